@@ -1,0 +1,338 @@
+//! The cost model: parameters, bytes, KV-cache and state sizes, FLOPs and roofline
+//! estimates, all read off a built [`Module`] so they describe exactly what is compiled.
+//!
+//! Counting rules (spec §4.3 rule 6, §7): parameters are architectural — every shared
+//! block once, a tied embedding once, an untied `lm_head` separately. KV-cache elements
+//! per token sum the `[kv_heads, C, head_dim]` caches of the decode graph, which exist
+//! only for hybrid (attention) invocations; the recurrent state is every other state.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use zambac_frontend::ModelSpec;
+
+use crate::build::names;
+use crate::graph::{Graph, Module};
+use crate::op::{Epilogue, OpKind};
+use crate::types::{Bindings, Sym};
+
+/// H100 SXM HBM3 bandwidth used for decode estimates (bytes/s).
+pub const H100_BANDWIDTH: f64 = 3.35e12;
+/// H100 SXM dense bf16 tensor throughput used for prefill estimates (FLOP/s).
+pub const H100_BF16_FLOPS: f64 = 989e12;
+
+/// Parameter counts by role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ParamBreakdown {
+    /// Token embedding (also the head when tied).
+    pub embedding: u64,
+    /// Untied output projection, 0 when tied.
+    pub lm_head: u64,
+    /// Mamba layers (norms and mixers, including the mixers inside hybrid layers) and the
+    /// final norm.
+    pub mamba: u64,
+    /// The shared blocks' own weights, each block once.
+    pub shared_blocks: u64,
+    /// Per-invocation LoRA adapters.
+    pub adapters: u64,
+    /// Per-invocation linears of the hybrid layers.
+    pub hybrid_linears: u64,
+    /// Everything.
+    pub total: u64,
+}
+
+impl ParamBreakdown {
+    /// Counts the parameters of `m`, each tie group (one shared tensor) once.
+    pub fn of(m: &Module) -> ParamBreakdown {
+        let mut seen_ties = std::collections::BTreeSet::new();
+        let mut b = ParamBreakdown::default();
+        for p in &m.params {
+            if let Some(t) = &p.tie
+                && !seen_ties.insert(t.clone())
+            {
+                continue;
+            }
+            let n = p.numel() as u64;
+            let slot = if p.name == names::EMBED {
+                &mut b.embedding
+            } else if p.name == names::LM_HEAD {
+                &mut b.lm_head
+            } else if p.name.contains("adapter_list") {
+                &mut b.adapters
+            } else if p.tie.is_some() {
+                &mut b.shared_blocks
+            } else if p.name.ends_with(".linear.weight") {
+                &mut b.hybrid_linears
+            } else {
+                &mut b.mamba
+            };
+            *slot += n;
+            b.total += n;
+        }
+        b
+    }
+}
+
+/// State sizes of a decode graph, in elements (states are kept in f32).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StateSizes {
+    /// KV-cache elements per token of context (all attention invocations, K and V).
+    pub kv_elems_per_token: u64,
+    /// Conv state elements (all layers).
+    pub conv_elems: u64,
+    /// SSM state elements (all layers).
+    pub ssm_elems: u64,
+}
+
+impl StateSizes {
+    /// Reads the state inputs of `decode`.
+    pub fn of(decode: &Graph) -> StateSizes {
+        let mut s = StateSizes::default();
+        for &n in &decode.inputs {
+            let OpKind::Input { name } = decode.kind(n) else {
+                continue;
+            };
+            let ty = &decode.node(n).results[0];
+            let elems = ty.const_numel() as u64;
+            if ty.mentions(Sym::C) {
+                s.kv_elems_per_token += elems;
+            } else if name.starts_with("conv.") {
+                s.conv_elems += elems;
+            } else if name.starts_with("ssm.") {
+                s.ssm_elems += elems;
+            }
+        }
+        s
+    }
+
+    /// Recurrent (constant-size) state elements per sequence.
+    pub fn recurrent_elems(&self) -> u64 {
+        self.conv_elems + self.ssm_elems
+    }
+}
+
+/// FLOPs of one execution of `g` with the given bindings. In `decode`, `bind.c` is the
+/// number of keys attended (the context so far); in `prefill` queries attend causally
+/// from position 0. Matrix products count 2 FLOPs per multiply-add; pointwise ops one
+/// FLOP per element; views none.
+pub fn graph_flops(g: &Graph, bind: &Bindings) -> f64 {
+    g.nodes()
+        .filter(|&n| !g.kind(n).is_leaf())
+        .map(|n| op_flops(g, n, bind))
+        .sum()
+}
+
+fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
+    let node = g.node(n);
+    let ops = g.operands(n);
+    let numel = |i: usize| g.ty(ops[i]).numel(bind) as f64;
+    let out = node.results[0].numel(bind) as f64;
+    let rows = |i: usize| {
+        let t = g.ty(ops[i]);
+        t.numel(bind) as f64 / t.last().and_then(|d| d.as_const()).unwrap_or(1).max(1) as f64
+    };
+    match &node.kind {
+        OpKind::Linear(a) => {
+            let w = g.ty(ops[1]);
+            let (nout, k) = (w.dims[0].eval(bind) as f64, w.dims[1].eval(bind) as f64);
+            let m = rows(0);
+            let mut f = 2.0 * m * k * nout;
+            if a.lora {
+                let r = g.ty(ops[2 + a.bias as usize]).dims[0].eval(bind) as f64;
+                f += 2.0 * m * k * r + 2.0 * m * r * nout;
+            }
+            if a.epilogue != Epilogue::None {
+                f += m * nout;
+            }
+            f
+        }
+        OpKind::HeadLinear { heads } => {
+            // Each of the T·heads rows meets one [N, K] slice of W.
+            2.0 * rows(0) * g.ty(ops[1]).numel(bind) as f64 / *heads as f64
+        }
+        OpKind::Attention(a) => {
+            let t = g.ty(ops[0]).dims[0].eval(bind) as f64;
+            // Keys seen by all queries of the call.
+            let keys = if ops.len() == 4 {
+                t * bind.c as f64
+            } else {
+                t * (t + 1.0) / 2.0
+            };
+            4.0 * (a.heads * a.head_dim) as f64 * keys
+        }
+        OpKind::SsdScan(s) | OpKind::SsdStep(s) => {
+            let t = g.ty(ops[0]).dims[0].eval(bind) as f64;
+            5.0 * t * (s.heads * s.head_dim * s.state) as f64
+        }
+        OpKind::SelectiveScan(s) | OpKind::SelectiveStep(s) => {
+            let t = g.ty(ops[0]).dims[0].eval(bind) as f64;
+            5.0 * t * (s.heads * s.head_dim * s.state) as f64
+        }
+        OpKind::Mamba2Mix(m) | OpKind::Mamba2Step(m) => {
+            let s = m.ssd;
+            let t = rows(0);
+            let conv_dim = s.heads * s.head_dim + 2 * s.groups * s.state;
+            t * (5.0 * (s.heads * s.head_dim * s.state) as f64
+                + 2.0 * (m.conv * conv_dim) as f64
+                + 8.0 * (s.heads * s.head_dim) as f64)
+        }
+        OpKind::Mamba1Mix(m) | OpKind::Mamba1Step(m) => {
+            let s = m.scan;
+            let t = rows(0);
+            let di = (s.heads * s.head_dim) as f64;
+            t * (5.0 * di * s.state as f64
+                + 2.0 * (m.conv as f64) * di
+                + 2.0 * di * (m.dt_rank + 2 * s.state) as f64
+                + 2.0 * di * m.dt_rank as f64
+                + 6.0 * di)
+        }
+        OpKind::CausalConv1d { kernel, .. } | OpKind::ConvStep { kernel, .. } => {
+            2.0 * (*kernel as f64) * numel(0)
+        }
+        OpKind::RmsNorm { .. } | OpKind::GroupRmsNorm { .. } | OpKind::ConcatRmsNorm { .. } => {
+            4.0 * out
+        }
+        OpKind::AddRmsNorm { .. } => 5.0 * out,
+        OpKind::Rope(_) => 3.0 * out,
+        k if k.is_view() => 0.0,
+        OpKind::Embedding
+        | OpKind::ConvState { .. }
+        | OpKind::KvStore { .. }
+        | OpKind::KvAppend { .. } => 0.0,
+        _ => out,
+    }
+}
+
+/// The attention-everywhere transformer of the same width and depth, for comparison:
+/// every layer holds attention with the block's head counts at head dim `H / heads`, and
+/// a gated MLP of the block's width.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TransformerBaseline {
+    pub params: u64,
+    pub kv_cache_elems_per_token: u64,
+}
+
+impl TransformerBaseline {
+    pub fn of(spec: &ModelSpec) -> TransformerBaseline {
+        let h = spec.hidden_size as u64;
+        let l = spec.num_layers() as u64;
+        let heads = spec.shared.num_heads.max(1) as u64;
+        let kvh = spec.shared.num_kv_heads.max(1) as u64;
+        let hd = h / heads;
+        let f = spec.shared.intermediate_size as u64;
+        let attn = 2 * h * h + 2 * h * kvh * hd;
+        let mlp = 3 * h * f;
+        let per_layer = attn + mlp + 2 * h;
+        let embed = spec.vocab_size as u64 * h * if spec.tie_embeddings { 1 } else { 2 };
+        TransformerBaseline {
+            params: l * per_layer + embed + h,
+            kv_cache_elems_per_token: l * 2 * kvh * hd,
+        }
+    }
+}
+
+/// Everything `zambac explore` reports for one model.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub name: String,
+    pub family: String,
+    pub layers: usize,
+    pub hybrid_layers: Vec<usize>,
+    pub shared_blocks: usize,
+    /// Architectural parameter count.
+    pub params: u64,
+    pub param_breakdown: ParamBreakdown,
+    /// Weight bytes by dtype name.
+    pub weight_bytes: BTreeMap<String, u64>,
+    pub kv_cache_elems_per_token: u64,
+    /// KV-cache bytes per token in f32 (the engines' cache type) and bf16.
+    pub kv_cache_bytes_per_token_f32: u64,
+    pub kv_cache_bytes_per_token_bf16: u64,
+    pub conv_state_elems: u64,
+    pub ssm_state_elems: u64,
+    /// Recurrent state bytes per sequence (f32).
+    pub recurrent_state_bytes: u64,
+    pub contexts: Vec<ContextCost>,
+    pub transformer: TransformerBaseline,
+}
+
+/// Costs at one context length.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContextCost {
+    pub context: usize,
+    /// KV-cache bytes (f32) at this context.
+    pub kv_cache_bytes: u64,
+    /// The same for the attention-everywhere transformer.
+    pub transformer_kv_cache_bytes: u64,
+    /// Prefill FLOPs per token for a prompt of this length.
+    pub prefill_flops_per_token: f64,
+    /// Decode FLOPs for one token at this context.
+    pub decode_flops_per_token: f64,
+    /// Bytes a decode step moves at this context (weights in the model dtype, states read
+    /// and written, KV cache read).
+    pub decode_bytes_per_token: f64,
+    /// H100 roofline: decode latency per token (s) = bytes / bandwidth.
+    pub h100_decode_s: f64,
+    /// H100 roofline: prefill of `context` tokens (s) = FLOPs / bf16 throughput.
+    pub h100_prefill_s: f64,
+}
+
+impl Report {
+    /// Costs `m` (built from `spec`) at the given context lengths.
+    pub fn new(spec: &ModelSpec, m: &Module, contexts: &[usize]) -> Report {
+        let params = ParamBreakdown::of(m);
+        let decode = m
+            .graph("decode")
+            .expect("built modules have a decode graph");
+        let prefill = m
+            .graph("prefill")
+            .expect("built modules have a prefill graph");
+        let states = StateSizes::of(decode);
+        let transformer = TransformerBaseline::of(spec);
+        let mut weight_bytes = BTreeMap::new();
+        for d in ["f32", "bf16"] {
+            let size = if d == "f32" { 4 } else { 2 };
+            weight_bytes.insert(d.to_string(), params.total * size);
+        }
+        let model_weight_bytes = params.total as f64 * spec.dtype.size() as f64;
+        let recurrent_state_bytes = 4 * states.recurrent_elems();
+        let contexts = contexts
+            .iter()
+            .map(|&c| {
+                let pf = graph_flops(prefill, &Bindings { t: c, c });
+                let df = graph_flops(decode, &Bindings { t: 1, c });
+                let kv_bytes = 4 * states.kv_elems_per_token * c as u64;
+                let decode_bytes =
+                    model_weight_bytes + 2.0 * recurrent_state_bytes as f64 + kv_bytes as f64;
+                ContextCost {
+                    context: c,
+                    kv_cache_bytes: kv_bytes,
+                    transformer_kv_cache_bytes: 4 * transformer.kv_cache_elems_per_token * c as u64,
+                    prefill_flops_per_token: pf / c.max(1) as f64,
+                    decode_flops_per_token: df,
+                    decode_bytes_per_token: decode_bytes,
+                    h100_decode_s: decode_bytes / H100_BANDWIDTH,
+                    h100_prefill_s: pf / H100_BF16_FLOPS,
+                }
+            })
+            .collect();
+        Report {
+            name: spec.name.clone(),
+            family: spec.family.name().to_string(),
+            layers: spec.num_layers(),
+            hybrid_layers: spec.hybrid_layer_ids(),
+            shared_blocks: spec.shared.num_blocks,
+            params: params.total,
+            param_breakdown: params,
+            weight_bytes,
+            kv_cache_elems_per_token: states.kv_elems_per_token,
+            kv_cache_bytes_per_token_f32: 4 * states.kv_elems_per_token,
+            kv_cache_bytes_per_token_bf16: 2 * states.kv_elems_per_token,
+            conv_state_elems: states.conv_elems,
+            ssm_state_elems: states.ssm_elems,
+            recurrent_state_bytes,
+            contexts,
+            transformer,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! zambac's graph IR.
+//!
+//! A [`Module`] holds the model's parameters and two entry graphs, `prefill` and `decode`,
+//! whose recurrent states and KV caches are explicit inputs and outputs. Graphs are built
+//! from a [`zambac_frontend::ModelSpec`] by [`build::build`], print to and parse from the
+//! `.zir` text form ([`text`]), are checked by [`verify`], and are costed by [`cost`].
+
+pub mod build;
+pub mod cost;
+pub mod graph;
+pub mod op;
+pub mod plan;
+pub mod signature;
+pub mod text;
+pub mod types;
+pub mod verify;
+
+pub use build::{BuildOptions, build, build_with};
+pub use graph::{Graph, Loc, Module, Node, NodeId, Param, ParamId, Placement, ValueRef};
+pub use op::OpKind;
+pub use text::{parse_module, print_module};
+pub use types::{Bindings, Dim, Elem, Sym, TensorType};
+pub use verify::verify_module;
