@@ -1,0 +1,34 @@
+//! Runtime errors. `Input` and `Load` are the user's to fix (the CLI exits with 2);
+//! `Internal` is a bug or an environment failure (exit 1).
+
+/// What went wrong while loading or running a model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    /// A checkpoint or engine file is missing, malformed or does not match the model.
+    #[error("{file}: {}{msg}", tensor.as_ref().map(|t| format!("tensor `{t}`: ")).unwrap_or_default())]
+    Load {
+        file: String,
+        tensor: Option<String>,
+        msg: String,
+    },
+    /// Bad run input: token ids, options.
+    #[error("{0}")]
+    Input(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RuntimeError {
+    pub fn load(file: impl Into<String>, tensor: Option<&str>, msg: impl Into<String>) -> Self {
+        RuntimeError::Load {
+            file: file.into(),
+            tensor: tensor.map(str::to_string),
+            msg: msg.into(),
+        }
+    }
+
+    /// Whether the user can fix this (exit code 2) rather than it being a bug (exit 1).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, RuntimeError::Internal(_))
+    }
+}
