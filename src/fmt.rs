@@ -1,0 +1,57 @@
+//! Number formatting for reports: thousands separators, binary byte units, SI prefixes.
+
+/// `1215064704` → `1,215,064,704`.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes with a binary unit: `196608` → `192.0 KiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+/// A quantity with an SI prefix: `2.43e9` → `2.43 G`.
+pub fn si(x: f64) -> String {
+    const PREFIXES: [&str; 6] = ["", "k", "M", "G", "T", "P"];
+    let mut v = x;
+    let mut p = 0;
+    while v.abs() >= 1000.0 && p + 1 < PREFIXES.len() {
+        v /= 1000.0;
+        p += 1;
+    }
+    format!("{v:.2} {}", PREFIXES[p]).trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(count(1215064704), "1,215,064,704");
+        assert_eq!(count(999), "999");
+        assert_eq!(bytes(196608), "192.0 KiB");
+        assert_eq!(bytes(12), "12 B");
+        assert_eq!(si(2.43e9), "2.43 G");
+        assert_eq!(si(12.0), "12.00");
+    }
+}

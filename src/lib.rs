@@ -1,0 +1,10 @@
+//! The zambac driver: the command line, wiring the stages together, reports.
+
+pub mod error;
+pub mod explore;
+pub mod fmt;
+pub mod ir_cmd;
+pub mod model;
+pub mod plot;
+pub mod run_cmd;
+pub mod text;

@@ -1,0 +1,38 @@
+//! `zambac`: a compiler for Zamba-family hybrid language models.
+
+use clap::{Parser, Subcommand};
+use zambac::{explore, ir_cmd, run_cmd};
+
+#[derive(Parser)]
+#[command(
+    name = "zambac",
+    version,
+    about = "A compiler for Zamba-family hybrid Mamba/attention models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cost a model and its variants: parameters, bytes, KV cache, state, FLOPs, roofline.
+    Explore(explore::ExploreArgs),
+    /// Print the IR (.zir) of a model.
+    Ir(ir_cmd::IrArgs),
+    /// Generate from a model: prefill the prompt, then decode token by token.
+    Run(run_cmd::RunArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Explore(a) => explore::run(a),
+        Command::Ir(a) => ir_cmd::run(a),
+        Command::Run(a) => run_cmd::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("{e}");
+        std::process::exit(e.exit_code());
+    }
+}

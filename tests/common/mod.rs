@@ -1,0 +1,74 @@
+#![allow(dead_code)]
+//! Shared helpers of the integration tests.
+
+pub mod random_model;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use zambac_runtime::Tensor;
+use zambac_runtime::weights::Checkpoint;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("../shared/fixtures").join(name)
+}
+
+/// The names of all HF fixtures.
+pub fn fixture_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root().join("../shared/fixtures"))
+        .expect("fixtures directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("config.json").exists())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The prompts of a fixture (`tokens.json`).
+pub fn prompts(dir: &Path) -> Vec<Vec<i64>> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json")).unwrap()).unwrap()
+}
+
+/// A tensor from a safetensors file, as f32 with its shape.
+pub fn tensor(ck: &Checkpoint, name: &str) -> Tensor {
+    let shape = ck
+        .entry(name)
+        .unwrap_or_else(|| panic!("no tensor {name}"))
+        .shape
+        .clone();
+    Tensor::new(shape, ck.to_f32(name).unwrap())
+}
+
+/// An i64 tensor from a safetensors file.
+pub fn i64s(ck: &Checkpoint, name: &str) -> Vec<i64> {
+    ck.bytes(name)
+        .unwrap_or_else(|| panic!("no tensor {name}"))
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// Runs the `zambac` binary.
+pub fn zambac(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zambac"))
+        .args(args)
+        .output()
+        .expect("zambac runs")
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
