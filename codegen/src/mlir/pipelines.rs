@@ -1,0 +1,115 @@
+//! The MLIR pass pipelines, as the exact text handed to MLIR's pipeline parser, so that a dump
+//! can record which pipeline produced an artefact and `mlir-opt-22 --pass-pipeline='…'` can
+//! replay it.
+
+use crate::error::CodegenError;
+use std::path::Path;
+
+/// Host lowering: `func`/`arith`/`math`/`memref`/`scf` (including `scf.parallel`)/`vector`/
+/// `affine` → LLVM dialect.
+///
+/// Order matters: `vector` transfers become `scf` loops before `scf` becomes `cf`;
+/// `convert-math-to-llvm` takes the ops LLVM has intrinsics for and `convert-math-to-libm`
+/// the rest (e.g. `math.erf` → `erff`); `expand-strided-metadata` emits `affine.apply`, which
+/// `lower-affine` must remove before `finalize-memref-to-llvm`.
+pub const HOST: &str = "builtin.module(\
+func.func(arith-expand,convert-vector-to-scf,convert-scf-to-cf),\
+convert-vector-to-llvm,\
+convert-math-to-llvm,\
+convert-math-to-libm,\
+expand-strided-metadata,\
+lower-affine,\
+finalize-memref-to-llvm,\
+convert-arith-to-llvm,\
+convert-index-to-llvm,\
+convert-cf-to-llvm,\
+convert-func-to-llvm,\
+reconcile-unrealized-casts)";
+
+/// GPU mapping: each `scf.parallel` is tiled by [`GPU_BLOCK_SIZE`], the tile loop is mapped to
+/// blocks and the intra-tile loop to threads, and the resulting `gpu.launch` bodies are
+/// outlined into one `gpu.module` per kernel.
+///
+/// `no-min-max-bounds=true` is required: without it the intra-tile bound is an `affine.min`
+/// and `convert-parallel-loops-to-gpu` silently leaves the loops unconverted. With it, the
+/// tail is guarded by an `scf.if` instead.
+pub const GPU_MAPPING: &str = "builtin.module(\
+func.func(\
+scf-parallel-loop-tiling{parallel-loop-tile-sizes=256 no-min-max-bounds=true},\
+gpu-map-parallel-loops,\
+convert-parallel-loops-to-gpu),\
+gpu-kernel-outlining)";
+
+/// Threads per block used by [`GPU_MAPPING`].
+pub const GPU_BLOCK_SIZE: u32 = 256;
+
+/// The passes run inside each `gpu.module` before serialization: the same `vector`/`scf`/
+/// `memref`/`affine` clean-up as on the host, then `convert-gpu-to-nvvm` (which also maps
+/// `math.*` to libdevice `__nv_*` calls). `lower-affine` must precede `convert-gpu-to-nvvm`,
+/// or translation fails on a leftover `builtin.unrealized_conversion_cast`.
+pub const GPU_MODULE_PASSES: &str = "gpu.module(\
+convert-vector-to-scf,\
+convert-scf-to-cf,\
+expand-strided-metadata,\
+lower-affine,\
+convert-vector-to-llvm,\
+convert-gpu-to-nvvm,\
+canonicalize,\
+cse,\
+reconcile-unrealized-casts)";
+
+/// The device pipeline for a chip: attach an NVVM target (linking libdevice when given),
+/// lower each `gpu.module` with [`GPU_MODULE_PASSES`], and serialize it to PTX text
+/// (`format=isa`, which needs no CUDA toolkit).
+///
+/// It is built at run time because the libdevice path is only known then; the path must not
+/// contain characters that end a pass option.
+pub fn gpu_device(
+    chip: &str,
+    features: &str,
+    libdevice: Option<&Path>,
+) -> Result<String, CodegenError> {
+    let link = match libdevice {
+        Some(path) => format!(" l={}", pass_option_path(path)?),
+        None => String::new(),
+    };
+    Ok(format!(
+        "builtin.module(nvvm-attach-target{{chip={chip} features={features} O=3{link}}},\
+{GPU_MODULE_PASSES},gpu-module-to-binary{{format=isa}})"
+    ))
+}
+
+fn pass_option_path(path: &Path) -> Result<&str, CodegenError> {
+    path.to_str()
+        .filter(|text| {
+            !text.is_empty()
+                && !text
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '=' | '"' | '\''))
+        })
+        .ok_or_else(|| CodegenError::UnquotablePath(path.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_pipeline_names_chip_features_and_libdevice() {
+        let pipeline = gpu_device("sm_90", "+ptx80", Some(Path::new("/x/libdevice.10.bc")))
+            .expect("plain path");
+        assert_eq!(
+            pipeline,
+            format!(
+                "builtin.module(nvvm-attach-target{{chip=sm_90 features=+ptx80 O=3 \
+l=/x/libdevice.10.bc}},{GPU_MODULE_PASSES},gpu-module-to-binary{{format=isa}})"
+            )
+        );
+    }
+
+    #[test]
+    fn a_path_that_would_break_the_option_syntax_is_refused() {
+        let error = gpu_device("sm_90", "+ptx80", Some(Path::new("/a b/libdevice.10.bc")));
+        assert!(matches!(error, Err(CodegenError::UnquotablePath(_))));
+    }
+}
