@@ -27,14 +27,23 @@ impl Pass for Canonicalize {
     fn run(&self, m: &mut Module, cx: &mut PassCx) -> Result<Changed, PassError> {
         let (mut folded, mut merged) = (0, 0);
         for g in &mut m.graphs {
-            for n in g.order() {
-                if g.contains(n)
-                    && fold(g, n).map_err(|msg| PassError {
-                        pass: "canonicalize",
-                        msg,
-                    })?
-                {
-                    folded += 1;
+            // A fold can expose another (a merged reshape may be an identity): repeat
+            // until nothing changes. Every fold removes an op, so this terminates.
+            loop {
+                let mut round = 0;
+                for n in g.order() {
+                    if g.contains(n)
+                        && fold(g, n).map_err(|msg| PassError {
+                            pass: "canonicalize",
+                            msg,
+                        })?
+                    {
+                        round += 1;
+                    }
+                }
+                folded += round;
+                if round == 0 {
+                    break;
                 }
             }
             merged += cse(g);
