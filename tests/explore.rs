@@ -1,0 +1,274 @@
+//! `zambac explore`: the parameter and KV-cache counts of the released models (HF's own
+//! numbers), of their TOML versions, and of variants counted by hand from spec §7.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn explore_json(args: &[&str]) -> Value {
+    let mut a = vec!["explore"];
+    a.extend_from_slice(args);
+    a.push("--json");
+    let out = zambac(&a);
+    assert!(out.status.success(), "{:?}: {}", args, stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+fn expected() -> serde_json::Map<String, Value> {
+    let text = std::fs::read_to_string(root().join("../shared/configs/expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn released_configs_match_hf_counts() {
+    for (name, want) in expected() {
+        let cfg = root()
+            .join("../shared/configs")
+            .join(&name)
+            .join("config.json");
+        let got = explore_json(&[cfg.to_str().unwrap()]);
+        assert_eq!(got["params"], want["params"], "{name} params");
+        assert_eq!(
+            got["kv_cache_elems_per_token"], want["kv_cache_elems_per_token"],
+            "{name} KV"
+        );
+    }
+}
+
+#[test]
+fn toml_versions_give_the_same_counts() {
+    for (name, want) in expected() {
+        let toml = root().join("examples").join(format!("{name}.toml"));
+        let got = explore_json(&[toml.to_str().unwrap()]);
+        assert_eq!(got["params"], want["params"], "{name}.toml params");
+        assert_eq!(
+            got["kv_cache_elems_per_token"], want["kv_cache_elems_per_token"],
+            "{name}.toml KV"
+        );
+    }
+}
+
+/// A Zamba2 shape, counted with the formulas of spec §7.1 and §7.2.
+struct Shape {
+    v: u64,
+    h: u64,
+    layers: u64,
+    hybrids: u64,
+    blocks: u64,
+    d_state: u64,
+    heads: u64,
+    groups: u64,
+    attn_heads: u64,
+    kv_heads: u64,
+    attn_rank: u64,
+    mlp_rank: u64,
+    concat: bool,
+}
+
+impl Shape {
+    fn params(&self) -> u64 {
+        let (h, di) = (self.h, 2 * self.h);
+        let conv = di + 2 * self.groups * self.d_state;
+        let mamba =
+            (di + conv + self.heads) * h + conv * 4 + conv + 3 * self.heads + di + h * di + h;
+        let a = if self.concat { 2 * h } else { h };
+        let hd = a / self.attn_heads;
+        let (q, kv) = (self.attn_heads * hd, self.kv_heads * hd);
+        let f = 4 * h;
+        let block = a + q * a + 2 * kv * a + h * q + h + 2 * f * h + h * f;
+        let attn_adapters = self.attn_rank * (a * 3 + q + 2 * kv);
+        let mlp_adapters = self.mlp_rank * (h + 2 * f);
+        self.layers * mamba
+            + self.hybrids * (h * h + attn_adapters + mlp_adapters)
+            + self.blocks * block
+            + self.v * h
+            + h
+    }
+
+    fn kv_per_token(&self) -> u64 {
+        let a = if self.concat { 2 * self.h } else { self.h };
+        self.hybrids * 2 * self.kv_heads * (a / self.attn_heads)
+    }
+}
+
+/// Zamba2-1.2B's shape (spec §7.1), the base of the variants.
+fn base_1_2b() -> Shape {
+    Shape {
+        v: 32000,
+        h: 2048,
+        layers: 38,
+        hybrids: 6,
+        blocks: 1,
+        d_state: 128,
+        heads: 64,
+        groups: 1,
+        attn_heads: 32,
+        kv_heads: 32,
+        attn_rank: 128,
+        mlp_rank: 128,
+        concat: true,
+    }
+}
+
+#[test]
+fn hand_formula_reproduces_the_spec_count() {
+    assert_eq!(base_1_2b().params(), 1_215_064_704);
+    assert_eq!(base_1_2b().kv_per_token(), 49_152);
+}
+
+/// Sweeps over the 1.2B config, each checked against the formula.
+#[test]
+fn sweep_variants_match_hand_counts() {
+    let cfg = root().join("examples/zamba2-1.2b.toml");
+    let cases: Vec<(&str, Shape)> = vec![
+        // Every 4 layers from layer 5: 5, 9, …, 37 → 9 hybrid layers.
+        (
+            "shared.every=4",
+            Shape {
+                hybrids: 9,
+                ..base_1_2b()
+            },
+        ),
+        (
+            "shared.blocks=2",
+            Shape {
+                blocks: 2,
+                ..base_1_2b()
+            },
+        ),
+        (
+            "mamba.d_state=64",
+            Shape {
+                d_state: 64,
+                ..base_1_2b()
+            },
+        ),
+        (
+            "adapter_rank=32",
+            Shape {
+                attn_rank: 32,
+                mlp_rank: 32,
+                ..base_1_2b()
+            },
+        ),
+        (
+            "shared.concat_embeddings=false",
+            Shape {
+                concat: false,
+                ..base_1_2b()
+            },
+        ),
+    ];
+    for (sweep, shape) in cases {
+        let got = explore_json(&[cfg.to_str().unwrap(), "--sweep", sweep]);
+        let v = &got["sweep"][0];
+        assert_eq!(v["params"].as_u64().unwrap(), shape.params(), "{sweep}");
+        assert_eq!(
+            v["kv_cache_elems_per_token"].as_u64().unwrap(),
+            shape.kv_per_token(),
+            "{sweep}"
+        );
+    }
+}
+
+#[test]
+fn gqa_variant_example_matches_hand_count() {
+    // variant-2.7b-gqa8: the 2.7B shape with 8 KV heads (and hence no attention adapters).
+    let got = explore_json(&[root()
+        .join("examples/variant-2.7b-gqa8.toml")
+        .to_str()
+        .unwrap()]);
+    let shape = Shape {
+        v: 32000,
+        h: 2560,
+        layers: 54,
+        hybrids: 9,
+        blocks: 2,
+        d_state: 64,
+        heads: 80,
+        groups: 1,
+        attn_heads: 32,
+        kv_heads: 8,
+        attn_rank: 0,
+        mlp_rank: 128,
+        concat: true,
+    };
+    assert_eq!(got["params"].as_u64().unwrap(), shape.params());
+    assert_eq!(
+        got["kv_cache_elems_per_token"].as_u64().unwrap(),
+        shape.kv_per_token()
+    );
+}
+
+#[test]
+fn sweep_grid_csv_and_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("sweep.csv");
+    let svg = tmp.path().join("kv.svg");
+    let cfg = root().join("examples/zamba2-1.2b.toml");
+    let out = zambac(&[
+        "explore",
+        cfg.to_str().unwrap(),
+        "--context",
+        "4096,16k",
+        "--sweep",
+        "shared.every=3,6",
+        "--sweep",
+        "shared.blocks=1,2",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("shared.every=3 shared.blocks=2"), "{table}");
+    // Base + 4 variants, 2 contexts each, plus the header.
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(rows.lines().count(), 1 + 5 * 2, "{rows}");
+    assert!(rows.lines().any(|l| l.contains("16384")));
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.contains("<svg") && plot.contains("transformer"));
+}
+
+#[test]
+fn explore_reports_kv_reduction_against_a_transformer() {
+    let got = explore_json(&[
+        root().join("examples/zamba2-1.2b.toml").to_str().unwrap(),
+        "--context",
+        "4096",
+    ]);
+    // 38 attention layers × 2 × 32 heads × 64 dims for the same width and depth.
+    assert_eq!(
+        got["transformer"]["kv_cache_elems_per_token"]
+            .as_u64()
+            .unwrap(),
+        38 * 2 * 32 * 64
+    );
+    let c = &got["contexts"][0];
+    assert_eq!(c["kv_cache_bytes"].as_u64().unwrap(), 4 * 49_152 * 4096);
+    // H100 roofline: decode moves the bf16 weights, the state twice and the KV cache.
+    let bytes = 2.0 * 1_215_064_704f64
+        + 2.0 * got["recurrent_state_bytes"].as_f64().unwrap()
+        + c["kv_cache_bytes"].as_f64().unwrap();
+    let want = bytes / 3.35e12;
+    assert!((c["h100_decode_s"].as_f64().unwrap() - want).abs() < 1e-9);
+}
+
+#[test]
+fn bad_explore_options_exit_2() {
+    let cfg = root().join("examples/tiny.toml");
+    for args in [
+        vec!["--context", "lots"],
+        vec!["--sweep", "shared.evry=3"],
+        vec!["--sweep", "shared.every"],
+        vec!["--sweep", "shared.every=0"],
+    ] {
+        let mut a = vec!["explore", cfg.to_str().unwrap()];
+        a.extend(args.iter());
+        let out = zambac(&a);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"));
+    }
+}
