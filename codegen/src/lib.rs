@@ -16,12 +16,15 @@
 //! pipelines are public constants ([`pipelines`]) so dumps can record them.
 
 mod error;
+pub mod kernelize;
 pub mod link;
 pub mod llvm;
 pub mod mlir;
 pub mod toolchain;
 
+pub use device::{GpuKernel, GpuModule, compile_gpu};
 pub use error::CodegenError;
+pub use host::{HostLibrary, compile_host};
 pub use link::link_shared_library;
 pub use llvm::{
     HostObject, HostTarget, PtxAssembly, compile_host_object, compile_ptx, translate_to_llvm,

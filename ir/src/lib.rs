@@ -10,6 +10,7 @@ pub mod cost;
 pub mod graph;
 pub mod op;
 pub mod plan;
+pub mod program;
 pub mod signature;
 pub mod text;
 pub mod types;

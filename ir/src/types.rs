@@ -9,7 +9,10 @@ use std::fmt;
 pub use zambac_frontend::DType;
 
 /// Element type of a value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Elem {
     F32,
     Bf16,
