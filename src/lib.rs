@@ -1,10 +1,12 @@
 //! The zambac driver: the command line, wiring the stages together, reports.
 
+pub mod build_cmd;
 pub mod error;
 pub mod explore;
 pub mod fmt;
 pub mod ir_cmd;
 pub mod model;
+pub mod pass_args;
 pub mod plot;
 pub mod run_cmd;
 pub mod text;

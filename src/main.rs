@@ -1,7 +1,7 @@
 //! `zambac`: a compiler for Zamba-family hybrid language models.
 
 use clap::{Parser, Subcommand};
-use zambac::{explore, ir_cmd, run_cmd};
+use zambac::{build_cmd, explore, ir_cmd, run_cmd};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Compile a model into an engine.
+    Build(build_cmd::BuildArgs),
     /// Cost a model and its variants: parameters, bytes, KV cache, state, FLOPs, roofline.
     Explore(explore::ExploreArgs),
     /// Print the IR (.zir) of a model.
@@ -27,6 +29,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Build(a) => build_cmd::run(a),
         Command::Explore(a) => explore::run(a),
         Command::Ir(a) => ir_cmd::run(a),
         Command::Run(a) => run_cmd::run(a),

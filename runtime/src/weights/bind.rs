@@ -24,11 +24,36 @@ pub struct Bound {
     pub warnings: Vec<String>,
 }
 
+/// Where each parameter of a module is stored in a checkpoint, checked but not yet read.
+pub struct Resolved {
+    /// The checkpoint tensor of each parameter, indexed by `ParamId`.
+    pub sources: Vec<String>,
+    /// Things ignored on the way (unowned adapter slots).
+    pub warnings: Vec<String>,
+}
+
 /// Reads every parameter of `m` from `ck`, checking names, shapes and dtypes.
 pub fn bind(m: &Module, spec: &ModelSpec, ck: &Checkpoint) -> Result<Bound, RuntimeError> {
+    let r = resolve(m, spec, ck)?;
+    let tensors = m
+        .params
+        .iter()
+        .zip(&r.sources)
+        .map(|(p, src)| Ok(Tensor::new(p.shape.clone(), ck.to_f32(src)?)))
+        .collect::<Result<_, RuntimeError>>()?;
+    Ok(Bound {
+        tensors,
+        warnings: r.warnings,
+    })
+}
+
+/// Finds the checkpoint tensor of every parameter of `m` and checks the whole checkpoint
+/// against the model (names, shapes, dtypes, shared-block copies, unexpected tensors),
+/// reading only the bytes of duplicate block copies it must compare.
+pub fn resolve(m: &Module, spec: &ModelSpec, ck: &Checkpoint) -> Result<Resolved, RuntimeError> {
     let homes = block_homes(m, spec, ck)?;
     let mut consumed: BTreeSet<String> = BTreeSet::new();
-    let mut tensors = Vec::with_capacity(m.params.len());
+    let mut sources = Vec::with_capacity(m.params.len());
     for p in &m.params {
         let stored = match p.tie.as_deref().and_then(names::parse_tie_key) {
             Some((b, suffix)) => format!("{}{suffix}", names::block_prefix(spec.family, homes[&b])),
@@ -48,8 +73,9 @@ pub fn bind(m: &Module, spec: &ModelSpec, ck: &Checkpoint) -> Result<Bound, Runt
                 format!("expected shape {:?}, found {:?}", p.shape, entry.shape),
             ));
         }
-        tensors.push(Tensor::new(p.shape.clone(), ck.to_f32(&stored)?));
-        consumed.insert(stored);
+        ck.check_float(&stored)?;
+        consumed.insert(stored.clone());
+        sources.push(stored);
     }
     check_copies(m, spec, ck, &homes, &mut consumed)?;
     if spec.tie_embeddings && ck.entry(names::LM_HEAD).is_some() {
@@ -86,7 +112,7 @@ pub fn bind(m: &Module, spec: &ModelSpec, ck: &Checkpoint) -> Result<Bound, Runt
             "unexpected tensor: the model described by config.json has no such parameter",
         ));
     }
-    Ok(Bound { tensors, warnings })
+    Ok(Resolved { sources, warnings })
 }
 
 /// For each block, the hybrid layer whose copy is used: the first one (depth order) that

@@ -172,6 +172,32 @@ impl Checkpoint {
         Some(&self.files[e.file].1[e.start..e.end])
     }
 
+    /// Checks that a tensor has a floating-point type zambac reads (F32, BF16, F16).
+    pub fn check_float(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.tensors.get(name).map(|e| e.dtype) {
+            Some(Dtype::F32 | Dtype::BF16 | Dtype::F16) => Ok(()),
+            Some(other) => Err(RuntimeError::load(
+                self.file_of(name),
+                Some(name),
+                format!("dtype {other:?} is not supported (expected F32, BF16 or F16)"),
+            )),
+            None => Err(RuntimeError::load(
+                &self.source,
+                Some(name),
+                "missing tensor",
+            )),
+        }
+    }
+
+    /// A content hash of a tensor's stored bytes, dtype and shape.
+    pub fn content_hash(&self, name: &str) -> Option<u64> {
+        let e = self.tensors.get(name)?;
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(format!("{:?}{:?}", e.dtype, e.shape).as_bytes());
+        h.update(self.bytes(name)?);
+        Some(h.digest())
+    }
+
     /// A tensor converted to f32 (exactly: bf16 and f16 widen without rounding).
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, RuntimeError> {
         let e = self

@@ -5,7 +5,7 @@ mod bind;
 mod checkpoint;
 mod random;
 
-pub use bind::{Bound, bind};
+pub use bind::{Bound, Resolved, bind, resolve};
 pub use checkpoint::{Checkpoint, TensorEntry};
 pub use random::random_param;
 

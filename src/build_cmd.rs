@@ -1,0 +1,214 @@
+//! `zambac build`: model → optimised IR → kernels and programs → generated code → engine.
+
+use std::path::{Path, PathBuf};
+
+use zambac_codegen::kernelize::{Lowered, kernelize};
+use zambac_ir::{Bindings, Elem, Module};
+
+use crate::error::{CliError, CliResult};
+use crate::fmt::{bytes, count};
+use crate::model::{self, Input, WeightSource};
+use crate::pass_args::{PassArgs, run_pipeline};
+
+/// Options of `zambac build`.
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// A model description (.toml), a Hugging Face config.json, or a checkpoint directory.
+    pub input: PathBuf,
+    /// Engine directory to write (default: `<model name>.engine`).
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Code to generate: `cpu` (host machine code), `sm_90` (PTX for H100) or `all`.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "sm_90", "all"])]
+    pub target: String,
+    /// Weights: a checkpoint directory or `random[:SEED]` (default: the checkpoint the
+    /// input is, else random with seed 0).
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// Storage type of the matrix weights: `f32` or `bf16` (default: the model's dtype).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    pub dtype: Option<String>,
+    /// Context length the summary reports memory for (tokens).
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    /// When Δ is clamped at time_step_min: `hf5` (prefill only; default), `always`, `none`.
+    #[arg(long)]
+    pub dt_clamp: Option<String>,
+    /// Compile and report, but write no engine (and read no weights).
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub passes: PassArgs,
+}
+
+/// What a build produced, for the summary.
+pub struct Compiled {
+    pub input: Input,
+    pub module: Module,
+    pub lowered: Lowered,
+    pub ops_before: (usize, usize),
+    pub dtype: Elem,
+}
+
+pub fn run(args: &BuildArgs) -> CliResult<()> {
+    let compiled = compile(args)?;
+    print_summary(&compiled, args, None);
+    Ok(())
+}
+
+/// Frontend, IR, passes and kernelize.
+pub fn compile(args: &BuildArgs) -> CliResult<Compiled> {
+    let dt_clamp = args
+        .dt_clamp
+        .as_deref()
+        .map(model::parse_dt_clamp)
+        .transpose()?;
+    let input = model::open(&args.input, args.weights.as_deref(), dt_clamp)?;
+    let dtype = engine_dtype(args.dtype.as_deref(), &input);
+    let mut module = zambac_ir::build(&input.spec)?;
+    if let WeightSource::Checkpoint(dir) = &input.weights {
+        hash_checkpoint_weights(&mut module, &input, dir)?;
+    }
+    let ops_before = ops(&module);
+    let bind = Bindings {
+        t: args.context,
+        c: args.context,
+    };
+    run_pipeline(&mut module, &args.passes, bind)?;
+    let lowered = kernelize(&module, dtype).map_err(|e| CliError::input(format!("error: {e}")))?;
+    Ok(Compiled {
+        input,
+        module,
+        lowered,
+        ops_before,
+        dtype,
+    })
+}
+
+fn engine_dtype(flag: Option<&str>, input: &Input) -> Elem {
+    match flag {
+        Some("bf16") => Elem::Bf16,
+        Some(_) => Elem::F32,
+        None => match input.spec.dtype {
+            zambac_frontend::DType::Bf16 => Elem::Bf16,
+            _ => Elem::F32,
+        },
+    }
+}
+
+/// Content hashes let `dedup-weights` store identical checkpoint tensors once.
+fn hash_checkpoint_weights(m: &mut Module, input: &Input, dir: &Path) -> CliResult<()> {
+    let ck = zambac_runtime::weights::Checkpoint::open(dir)?;
+    let resolved = zambac_runtime::weights::resolve(m, &input.spec, &ck)?;
+    for w in &resolved.warnings {
+        eprintln!("warning: {w}");
+    }
+    for (p, src) in m.params.iter_mut().zip(&resolved.sources) {
+        p.hash = ck.content_hash(src);
+    }
+    Ok(())
+}
+
+fn ops(m: &Module) -> (usize, usize) {
+    let n = |g: &str| m.graph(g).map_or(0, |g| g.op_count());
+    (n("prefill"), n("decode"))
+}
+
+/// Bytes of the engine's weights: each parameter once, matrices in the engine dtype.
+pub fn weight_bytes(c: &Compiled) -> u64 {
+    c.module
+        .params
+        .iter()
+        .zip(&c.lowered.weight_elems)
+        .map(|(p, e)| (p.numel() * e.size()) as u64)
+        .sum()
+}
+
+fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
+    let spec = &c.input.spec;
+    let after = ops(&c.module);
+    let params = zambac_ir::cost::ParamBreakdown::of(&c.module).total;
+    let weights = match &c.input.weights {
+        WeightSource::Random(seed) => {
+            format!("random (seed {seed}): the description has no checkpoint")
+        }
+        WeightSource::Checkpoint(d) => format!("checkpoint {}", d.display()),
+    };
+    let bind = Bindings {
+        t: args.context,
+        c: args.context,
+    };
+    let peak = |g: &str, b: &Bindings| {
+        c.module
+            .graph(g)
+            .and_then(|g| zambac_ir::plan::peak_activation_bytes(g, b))
+            .unwrap_or(0) as u64
+    };
+    let decode_bind = Bindings {
+        t: 1,
+        c: args.context,
+    };
+    let state = c
+        .module
+        .graph("decode")
+        .map_or(0, |g| zambac_ir::plan::state_bytes(g, &decode_bind)) as u64;
+    let gemm_steps: usize = c
+        .lowered
+        .programs
+        .iter()
+        .map(|p| {
+            p.steps
+                .iter()
+                .filter(|s| matches!(s, zambac_ir::program::Step::Gemm { .. }))
+                .count()
+        })
+        .sum();
+    match engine {
+        Some(dir) => println!("built {} → {}", spec.name, dir.display()),
+        None => println!("checked {} (no engine written)", spec.name),
+    }
+    let rows = [
+        ("weights", weights),
+        (
+            "parameters",
+            format!("{} (each shared block once)", count(params)),
+        ),
+        (
+            "weight bytes",
+            format!(
+                "{} ({}; matrices {}, other weights f32)",
+                count(weight_bytes(c)),
+                bytes(weight_bytes(c)),
+                c.dtype
+            ),
+        ),
+        (
+            "ops",
+            format!(
+                "prefill {} → {}, decode {} → {} (after the pass pipeline)",
+                c.ops_before.0, after.0, c.ops_before.1, after.1
+            ),
+        ),
+        (
+            "kernels",
+            format!(
+                "{} generated, {gemm_steps} GEMM library calls over all programs",
+                c.lowered.kernels.len()
+            ),
+        ),
+        (
+            "peak memory",
+            format!(
+                "activations {} for a {}-token prefill, {} per decode step; states + KV cache {} at context {}",
+                bytes(peak("prefill", &bind)),
+                args.context,
+                bytes(peak("decode", &decode_bind)),
+                bytes(state),
+                args.context
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("  {k:<13} {v}");
+    }
+}
