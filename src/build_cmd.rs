@@ -37,6 +37,9 @@ pub struct BuildArgs {
     /// Compile and report, but write no engine (and read no weights).
     #[arg(long)]
     pub check: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub passes: PassArgs,
 }
@@ -124,10 +127,84 @@ pub fn weight_bytes(c: &Compiled) -> u64 {
         .sum()
 }
 
+/// The numbers of the summary.
+#[derive(serde::Serialize)]
+struct Summary {
+    model: String,
+    engine: Option<String>,
+    weights: String,
+    params: u64,
+    weight_bytes: u64,
+    dtype: String,
+    ops_before: [usize; 2],
+    ops_after: [usize; 2],
+    kernels: usize,
+    gemm_calls: usize,
+    context: usize,
+    peak_prefill_activation_bytes: u64,
+    peak_decode_activation_bytes: u64,
+    state_bytes: u64,
+}
+
 fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
+    let s = summary(c, args, engine);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        return;
+    }
+    match engine {
+        Some(dir) => println!("built {} → {}", s.model, dir.display()),
+        None => println!("checked {} (no engine written)", s.model),
+    }
+    let rows = [
+        ("weights", s.weights.clone()),
+        (
+            "parameters",
+            format!("{} (each shared block once)", count(s.params)),
+        ),
+        (
+            "weight bytes",
+            format!(
+                "{} ({}; matrices {}, other weights f32)",
+                count(s.weight_bytes),
+                bytes(s.weight_bytes),
+                s.dtype
+            ),
+        ),
+        (
+            "ops",
+            format!(
+                "prefill {} → {}, decode {} → {} (after the pass pipeline)",
+                s.ops_before[0], s.ops_after[0], s.ops_before[1], s.ops_after[1]
+            ),
+        ),
+        (
+            "kernels",
+            format!(
+                "{} generated, {} GEMM library calls over all programs",
+                s.kernels, s.gemm_calls
+            ),
+        ),
+        (
+            "peak memory",
+            format!(
+                "activations {} for a {}-token prefill, {} per decode step; states + KV cache {} at context {}",
+                bytes(s.peak_prefill_activation_bytes),
+                s.context,
+                bytes(s.peak_decode_activation_bytes),
+                bytes(s.state_bytes),
+                s.context
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("  {k:<13} {v}");
+    }
+}
+
+fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) -> Summary {
     let spec = &c.input.spec;
     let after = ops(&c.module);
-    let params = zambac_ir::cost::ParamBreakdown::of(&c.module).total;
     let weights = match &c.input.weights {
         WeightSource::Random(seed) => {
             format!("random (seed {seed}): the description has no checkpoint")
@@ -138,21 +215,17 @@ fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
         t: args.context,
         c: args.context,
     };
+    let decode_bind = Bindings {
+        t: 1,
+        c: args.context,
+    };
     let peak = |g: &str, b: &Bindings| {
         c.module
             .graph(g)
             .and_then(|g| zambac_ir::plan::peak_activation_bytes(g, b))
             .unwrap_or(0) as u64
     };
-    let decode_bind = Bindings {
-        t: 1,
-        c: args.context,
-    };
-    let state = c
-        .module
-        .graph("decode")
-        .map_or(0, |g| zambac_ir::plan::state_bytes(g, &decode_bind)) as u64;
-    let gemm_steps: usize = c
+    let gemm_calls = c
         .lowered
         .programs
         .iter()
@@ -163,52 +236,24 @@ fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
                 .count()
         })
         .sum();
-    match engine {
-        Some(dir) => println!("built {} → {}", spec.name, dir.display()),
-        None => println!("checked {} (no engine written)", spec.name),
-    }
-    let rows = [
-        ("weights", weights),
-        (
-            "parameters",
-            format!("{} (each shared block once)", count(params)),
-        ),
-        (
-            "weight bytes",
-            format!(
-                "{} ({}; matrices {}, other weights f32)",
-                count(weight_bytes(c)),
-                bytes(weight_bytes(c)),
-                c.dtype
-            ),
-        ),
-        (
-            "ops",
-            format!(
-                "prefill {} → {}, decode {} → {} (after the pass pipeline)",
-                c.ops_before.0, after.0, c.ops_before.1, after.1
-            ),
-        ),
-        (
-            "kernels",
-            format!(
-                "{} generated, {gemm_steps} GEMM library calls over all programs",
-                c.lowered.kernels.len()
-            ),
-        ),
-        (
-            "peak memory",
-            format!(
-                "activations {} for a {}-token prefill, {} per decode step; states + KV cache {} at context {}",
-                bytes(peak("prefill", &bind)),
-                args.context,
-                bytes(peak("decode", &decode_bind)),
-                bytes(state),
-                args.context
-            ),
-        ),
-    ];
-    for (k, v) in rows {
-        println!("  {k:<13} {v}");
+    Summary {
+        model: spec.name.clone(),
+        engine: engine.map(|e| e.display().to_string()),
+        weights,
+        params: zambac_ir::cost::ParamBreakdown::of(&c.module).total,
+        weight_bytes: weight_bytes(c),
+        dtype: c.dtype.to_string(),
+        ops_before: [c.ops_before.0, c.ops_before.1],
+        ops_after: [after.0, after.1],
+        kernels: c.lowered.kernels.len(),
+        gemm_calls,
+        context: args.context,
+        peak_prefill_activation_bytes: peak("prefill", &bind),
+        peak_decode_activation_bytes: peak("decode", &decode_bind),
+        state_bytes: c
+            .module
+            .graph("decode")
+            .map_or(0, |g| zambac_ir::plan::state_bytes(g, &decode_bind))
+            as u64,
     }
 }
