@@ -108,6 +108,38 @@ pub enum CodegenError {
     )]
     UnquotablePath(PathBuf),
 
+    /// A kernel whose symbol or sizes no program can mean (a compiler bug upstream).
+    #[error("kernel `{symbol}` is invalid: {reason}")]
+    InvalidKernel {
+        /// The kernel's symbol.
+        symbol: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Two kernels of one library share a symbol.
+    #[error("two kernels are named `{0}`; symbols must be unique")]
+    DuplicateSymbol(String),
+
+    /// The GPU outliner produced a kernel whose parameters are not the grid function's own
+    /// arguments, so no launch ABI can be stated for it (a code generator bug).
+    #[error("GPU kernel `{symbol}` has no stable parameter list: {detail}")]
+    GpuAbi {
+        /// The kernel's symbol.
+        symbol: String,
+        /// What the outliner produced.
+        detail: String,
+    },
+
+    /// `ptxas` had to spill registers, which the design forbids.
+    #[error("ptxas spills registers in {kernels}:\n{log}")]
+    PtxSpills {
+        /// The kernels that spill, comma-separated.
+        kernels: String,
+        /// The full `ptxas -v` output.
+        log: String,
+    },
+
     /// MLIR text with an interior NUL byte, which the C API cannot accept.
     #[error("MLIR source contains a NUL byte at offset {0}")]
     NulInSource(usize),

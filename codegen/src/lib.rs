@@ -11,12 +11,20 @@
 //! - GPU: [`lower_to_ptx`] (parallel loops → blocks/threads → NVVM → PTX for `sm_90`), then
 //!   [`toolchain::ptxas_check`] for registers and spills.
 //!
+//! [`compile_host`] and [`compile_gpu`] do this for a program's kernels ([`kernels`]: one
+//! MLIR function per [`zambac_ir::program::KernelKind`], exported as `zk_<symbol>`): one
+//! `host.so` with every kernel, one PTX module with an `.entry` per kernel.
+//!
 //! [`compile_ptx`] is the direct inkwell route from an LLVM module to PTX. Every failure is a
 //! [`CodegenError`] carrying MLIR diagnostics, LLVM messages or tool output. The pass
 //! pipelines are public constants ([`pipelines`]) so dumps can record them.
 
+mod device;
+mod dump;
 mod error;
+mod host;
 pub mod kernelize;
+pub mod kernels;
 pub mod link;
 pub mod llvm;
 pub mod mlir;

@@ -10,13 +10,16 @@ use std::path::Path;
 ///
 /// Order matters: `vector` transfers become `scf` loops before `scf` becomes `cf`;
 /// `convert-math-to-llvm` takes the ops LLVM has intrinsics for and `convert-math-to-libm`
-/// the rest (e.g. `math.erf` → `erff`); `expand-strided-metadata` emits `affine.apply`, which
-/// `lower-affine` must remove before `finalize-memref-to-llvm`.
+/// the rest (e.g. `math.erf` → `erff`, vectors unrolled with `vector.extract`), both before
+/// `convert-vector-to-llvm` so the unrolling is lowered too; `log1p` is left to libm
+/// (`approximate-log1p=false`) because the LLVM lowering computes `log(1 + x)`, which loses
+/// all precision for the tiny `x` of a very negative softplus; `expand-strided-metadata`
+/// emits `affine.apply`, which `lower-affine` must remove before `finalize-memref-to-llvm`.
 pub const HOST: &str = "builtin.module(\
 func.func(arith-expand,convert-vector-to-scf,convert-scf-to-cf),\
-convert-vector-to-llvm,\
-convert-math-to-llvm,\
+convert-math-to-llvm{approximate-log1p=false},\
 convert-math-to-libm,\
+convert-vector-to-llvm,\
 expand-strided-metadata,\
 lower-affine,\
 finalize-memref-to-llvm,\
@@ -32,12 +35,20 @@ reconcile-unrealized-casts)";
 ///
 /// `no-min-max-bounds=true` is required: without it the intra-tile bound is an `affine.min`
 /// and `convert-parallel-loops-to-gpu` silently leaves the loops unconverted. With it, the
-/// tail is guarded by an `scf.if` instead.
+/// tail is guarded by an `scf.if` instead — but that guard is wrong for loops whose step is
+/// not 1 (MLIR 22 multiplies the intra-tile index by the step twice), so loops mapped to the
+/// GPU must have unit step.
+///
+/// `canonicalize` folds the launch-size arithmetic and `gpu-launch-sink-index-computations`
+/// moves constants into the launch body, so that the outlined kernel captures only the
+/// function's own arguments (its parameters are then a stable ABI).
 pub const GPU_MAPPING: &str = "builtin.module(\
 func.func(\
 scf-parallel-loop-tiling{parallel-loop-tile-sizes=256 no-min-max-bounds=true},\
 gpu-map-parallel-loops,\
-convert-parallel-loops-to-gpu),\
+convert-parallel-loops-to-gpu,\
+canonicalize,\
+gpu-launch-sink-index-computations),\
 gpu-kernel-outlining)";
 
 /// Threads per block used by [`GPU_MAPPING`].

@@ -1,0 +1,158 @@
+//! Compiling a program's kernels into one PTX module for the GPU.
+//!
+//! Each kernel's grid function is built for [`Target::Gpu`] (one grid index per thread) and
+//! mapped to the GPU on its own ([`pipelines::GPU_MAPPING`]); the outlined kernel is renamed
+//! `zk_<symbol>` — the host entry's name — and moved into one shared `gpu.module`, which the
+//! device pipeline turns into a single PTX text with one `.entry` per kernel. The parameter
+//! order of each entry is read back from the launch the outliner produced ([`GpuParam`]).
+//! When `ptxas` is available the PTX is assembled for the target and spills are an error.
+
+use crate::dump::Dumps;
+use crate::error::CodegenError;
+use crate::host::check_unique;
+use crate::kernels::{GpuParam, Target, build_module, gpu_params, grid_function};
+use crate::mlir::{GpuTarget, MlirContext, extract_ptx, pipelines};
+use crate::toolchain::{self, PtxasReport};
+use melior::ir::attribute::StringAttribute;
+use melior::ir::operation::{OperationLike, OperationMutLike};
+use melior::ir::{BlockLike, Module, Operation, RegionLike};
+use std::path::Path;
+use zambac_ir::program::Kernel;
+
+/// The `gpu.module` (and PTX module) that holds every kernel.
+const GPU_MODULE: &str = "zambac";
+
+/// One `.entry` of the PTX module and how to launch it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuKernel {
+    /// The entry's name, `zk_<symbol>`.
+    pub entry: String,
+    /// Its parameters in order (each 8 bytes).
+    pub params: Vec<GpuParam>,
+    /// Threads per block; a launch over `[begin, end)` uses `⌈(end − begin) / block_size⌉`
+    /// blocks, one grid index per thread.
+    pub block_size: u32,
+}
+
+/// The PTX of a program's kernels.
+#[derive(Clone, Debug)]
+pub struct GpuModule {
+    /// One PTX module with a `.entry` per kernel.
+    pub ptx: String,
+    /// The entries, in the kernels' order.
+    pub kernels: Vec<GpuKernel>,
+    /// What `ptxas` reported, when it was found.
+    pub ptxas: Option<PtxasReport>,
+}
+
+/// Compiles `kernels` to PTX for `target`. With `dumps`, writes `<symbol>.gpu.mlir` (after
+/// mapping and outlining) for each kernel and `kernels.ptx`.
+pub fn compile_gpu(
+    kernels: &[Kernel],
+    target: &GpuTarget,
+    dumps: Option<&Path>,
+) -> Result<GpuModule, CodegenError> {
+    check_unique(kernels)?;
+    let dumps = Dumps::new(dumps)?;
+    let mlir = MlirContext::new();
+    let mut combined = mlir.parse_module(&format!(
+        "module attributes {{gpu.container_module}} {{ gpu.module @{GPU_MODULE} {{ }} }}"
+    ))?;
+    let mut entries = Vec::with_capacity(kernels.len());
+    for kernel in kernels {
+        let mut module = build_module(mlir.context(), kernel, Target::Gpu)?;
+        mlir.verify(&module, "before GPU mapping")?;
+        mlir.run_pipeline(&mut module, pipelines::GPU_MAPPING)?;
+        dumps.write(&format!("{}.gpu.mlir", kernel.symbol), || {
+            module.as_operation().to_string()
+        })?;
+        let params = gpu_params(&module, kernel)?;
+        let entry = format!("zk_{}", kernel.symbol);
+        adopt_kernel(&mlir, &module, &combined, kernel, &entry)?;
+        entries.push(GpuKernel {
+            entry,
+            params,
+            block_size: pipelines::GPU_BLOCK_SIZE,
+        });
+    }
+    let ptx = if kernels.is_empty() {
+        String::new()
+    } else {
+        mlir.run_pipeline(&mut combined, &target.device_pipeline()?)?;
+        let binaries = extract_ptx(&combined)?;
+        binaries
+            .into_iter()
+            .map(|binary| binary.ptx)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    dumps.write("kernels.ptx", || ptx.clone())?;
+    let ptxas = match toolchain::ptxas() {
+        Some(_) if !ptx.is_empty() => Some(check_ptxas(&ptx, &target.chip)?),
+        _ => None,
+    };
+    Ok(GpuModule {
+        ptx,
+        kernels: entries,
+        ptxas,
+    })
+}
+
+/// Copies the kernel outlined from `kernel`'s grid function into the shared `gpu.module` of
+/// `combined`, named `entry`.
+fn adopt_kernel(
+    mlir: &MlirContext,
+    module: &Module,
+    combined: &Module,
+    kernel: &Kernel,
+    entry: &str,
+) -> Result<(), CodegenError> {
+    let outlined = format!("{}_kernel", grid_function(&kernel.symbol));
+    let missing = |what: &str| CodegenError::GpuAbi {
+        symbol: kernel.symbol.clone(),
+        detail: format!("{what} after outlining"),
+    };
+    let gpu_module = crate::kernels::top_level(module, "gpu.module", &outlined)
+        .ok_or_else(|| missing("no gpu.module"))?;
+    let body = gpu_module
+        .region(0)
+        .ok()
+        .and_then(|region| region.first_block())
+        .ok_or_else(|| missing("an empty gpu.module"))?;
+    let function = body
+        .first_operation()
+        .filter(|op| op.name().as_string_ref().as_str() == Ok("gpu.func"))
+        .ok_or_else(|| missing("no gpu.func"))?;
+    // SAFETY: `mlirOperationClone` returns a new operation that nothing owns yet; `Operation`
+    // takes ownership, and appending it to a block hands ownership to that block.
+    let mut clone = unsafe { Operation::from_raw(mlir_sys::mlirOperationClone(function.to_raw())) };
+    clone.set_attribute(
+        "sym_name",
+        StringAttribute::new(mlir.context(), entry).into(),
+    );
+    let target = crate::kernels::top_level(combined, "gpu.module", GPU_MODULE)
+        .and_then(|op| op.region(0).ok())
+        .and_then(|region| region.first_block())
+        .ok_or_else(|| missing("no shared gpu.module"))?;
+    target.append_operation(clone);
+    Ok(())
+}
+
+/// Assembles `ptx` for `chip` and rejects spills, naming the kernels that spill.
+fn check_ptxas(ptx: &str, chip: &str) -> Result<PtxasReport, CodegenError> {
+    let report = toolchain::ptxas_check(ptx, chip)?;
+    let spilling: Vec<&str> = report
+        .functions
+        .iter()
+        .filter(|function| function.spill_store_bytes + function.spill_load_bytes > 0)
+        .map(|function| function.name.as_str())
+        .collect();
+    if spilling.is_empty() {
+        Ok(report)
+    } else {
+        Err(CodegenError::PtxSpills {
+            kernels: spilling.join(", "),
+            log: report.log.clone(),
+        })
+    }
+}

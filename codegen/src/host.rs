@@ -1,0 +1,84 @@
+//! Compiling a program's kernels into the engine's `host.so`.
+//!
+//! Each kernel is its own MLIR module (built, lowered with the host pipeline, optimised with
+//! LLVM O3 for the host target, emitted as an object); the objects are linked into one
+//! shared library exporting `zk_<symbol>` for every kernel. The output depends only on the
+//! kernels and the target: objects are produced and linked in the kernels' order, and the
+//! link is deterministic (see [`crate::link`]).
+
+use crate::dump::Dumps;
+use crate::error::CodegenError;
+use crate::kernels::{Target, build_module};
+use crate::link::link_shared_library;
+use crate::llvm::{HostTarget, compile_host_object};
+use crate::mlir::{MlirContext, lower_to_host};
+use std::collections::BTreeSet;
+use std::path::Path;
+use zambac_ir::program::Kernel;
+
+/// A linked `host.so`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLibrary {
+    /// The shared library's bytes.
+    pub bytes: Vec<u8>,
+    /// The exported kernel entry points, `zk_<symbol>`, in the kernels' order.
+    pub symbols: Vec<String>,
+}
+
+/// Compiles `kernels` for `target` into one shared library. With `dumps`, writes
+/// `<symbol>.mlir` (as built), `<symbol>.lowered.mlir` (LLVM dialect) and `<symbol>.ll`
+/// (after O3) for each kernel.
+pub fn compile_host(
+    kernels: &[Kernel],
+    target: &HostTarget,
+    dumps: Option<&Path>,
+) -> Result<HostLibrary, CodegenError> {
+    check_unique(kernels)?;
+    let dumps = Dumps::new(dumps)?;
+    let mlir = MlirContext::new();
+    let mut objects = Vec::with_capacity(kernels.len());
+    for kernel in kernels {
+        let symbol = &kernel.symbol;
+        let mut module = build_module(mlir.context(), kernel, Target::Host)?;
+        dumps.write(&format!("{symbol}.mlir"), || {
+            module.as_operation().to_string()
+        })?;
+        lower_to_host(&mlir, &mut module)?;
+        dumps.write(&format!("{symbol}.lowered.mlir"), || {
+            module.as_operation().to_string()
+        })?;
+        let object = compile_host_object(&mlir, &module, target)?;
+        dumps.write(&format!("{symbol}.ll"), || object.llvm_ir.clone())?;
+        objects.push(object.object);
+    }
+    if objects.is_empty() {
+        // The linker needs at least one input; an empty module gives an empty library.
+        let mut empty = mlir.parse_module("")?;
+        lower_to_host(&mlir, &mut empty)?;
+        objects.push(compile_host_object(&mlir, &empty, target)?.object);
+    }
+    let directory =
+        tempfile::tempdir().map_err(|error| CodegenError::io("temporary directory", error))?;
+    let library = directory.path().join("host.so");
+    let inputs: Vec<&[u8]> = objects.iter().map(Vec::as_slice).collect();
+    link_shared_library(&inputs, &library)?;
+    let bytes = std::fs::read(&library).map_err(|error| CodegenError::io(&library, error))?;
+    Ok(HostLibrary {
+        bytes,
+        symbols: kernels
+            .iter()
+            .map(|kernel| format!("zk_{}", kernel.symbol))
+            .collect(),
+    })
+}
+
+/// Symbols name exported functions, so two kernels may not share one.
+pub(crate) fn check_unique(kernels: &[Kernel]) -> Result<(), CodegenError> {
+    let mut seen = BTreeSet::new();
+    for kernel in kernels {
+        if !seen.insert(kernel.symbol.as_str()) {
+            return Err(CodegenError::DuplicateSymbol(kernel.symbol.clone()));
+        }
+    }
+    Ok(())
+}

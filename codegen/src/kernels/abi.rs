@@ -1,0 +1,215 @@
+//! The kernel ABI in MLIR: the grid function every kernel is built as, the host trampoline
+//! that exposes it as `zk_<symbol>(bufs, ints, begin, end)`, and the parameter list of the
+//! GPU entry that the outliner derives from it.
+//!
+//! The grid function takes raw pointers (not memref descriptors) and builds its memrefs
+//! inside the parallel loop body. On the host this costs nothing (the descriptors are loop
+//! invariant and fold away); on the GPU it means the outlined kernel captures only the
+//! function's own arguments, so every `.entry` takes plain pointers and integers in an order
+//! that [`gpu_params`] reads back from the launch the outliner left behind.
+
+use super::emit::Emitter;
+use super::rows::storage_type;
+use super::{Frame, Signature, block_size, emit_kind, signature, validate};
+use crate::error::CodegenError;
+use melior::Context;
+use melior::ir::attribute::{DenseI32ArrayAttribute, StringAttribute};
+use melior::ir::block::BlockArgument;
+use melior::ir::operation::OperationLike;
+use melior::ir::{BlockLike, Location, Module, OperationRef, RegionLike};
+use zambac_ir::program::Kernel;
+
+/// Which lowering a kernel module is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Host code: blocked grid iterations and a `zk_<symbol>` trampoline.
+    Host,
+    /// GPU code: one grid index per iteration (one per thread), no trampoline.
+    Gpu,
+    /// Host code with the GPU's schedule (one grid index per iteration) and the host
+    /// trampoline: the GPU kernels' arithmetic, runnable — and testable — without a GPU.
+    HostWithGpuSchedule,
+}
+
+impl Target {
+    fn is_host(self) -> bool {
+        self != Target::Gpu
+    }
+}
+
+/// One parameter of a GPU kernel entry, in `.param` order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuParam {
+    /// The device address of view `j` (`.u64`).
+    View(usize),
+    /// Integer argument `i` (`.u64`).
+    Int(usize),
+    /// The first grid index of the launch (`.u64`).
+    Begin,
+    /// The end of the grid range (`.u64`).
+    End,
+}
+
+/// The name of the grid function of the kernel `symbol`.
+pub fn grid_function(symbol: &str) -> String {
+    format!("zkg_{symbol}")
+}
+
+/// Builds the module of one kernel for `target`: the grid function, plus on the host the
+/// `zk_<symbol>` trampoline.
+pub fn build_module<'c>(
+    cx: &'c Context,
+    kernel: &Kernel,
+    target: Target,
+) -> Result<Module<'c>, CodegenError> {
+    validate(kernel)?;
+    let module = Module::new(Location::unknown(cx));
+    let signature = signature(&kernel.kind);
+    {
+        let body = module.body();
+        let e = Emitter::new(cx, &body);
+        grid(&e, kernel, &signature, target);
+        if target.is_host() {
+            trampoline(&e, &kernel.symbol, &signature);
+        }
+    }
+    Ok(module)
+}
+
+fn grid(e: &Emitter<'_, '_>, kernel: &Kernel, signature: &Signature, target: Target) {
+    let views = signature.views.len();
+    let ints = signature.ints;
+    let mut arguments = vec![e.ptr_t(); views];
+    arguments.extend(vec![e.index_t(); ints + 2]);
+    let block = block_size(&kernel.kind, target);
+    let name = grid_function(&kernel.symbol);
+    e.function(&name, &arguments, target.is_host(), |e, args| {
+        let (begin, end) = (args[views + ints], args[views + ints + 1]);
+        e.parallel(begin, end, e.index(block as i64), |e, item| {
+            let memrefs = signature
+                .views
+                .iter()
+                .zip(args)
+                .map(|(elem, ptr)| e.memref_at(*ptr, storage_type(e, *elem)))
+                .collect();
+            let frame = Frame {
+                views: memrefs,
+                ints: args[views..views + ints].to_vec(),
+                item,
+                begin,
+                end,
+                block,
+            };
+            emit_kind(e, &frame, &kernel.kind);
+        });
+    });
+}
+
+/// `zk_<symbol>(void *const *bufs, const int64_t *ints, int64_t begin, int64_t end)`: loads
+/// the view pointers and integers and calls the grid function, which LLVM then inlines.
+fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature) {
+    let ptr = e.ptr_t();
+    let i64_t = e.int_t(64);
+    let grid = grid_function(symbol);
+    e.function(
+        &format!("zk_{symbol}"),
+        &[ptr, ptr, i64_t, i64_t],
+        false,
+        |e, args| {
+            let index = |v| e.cast("index_cast", v, e.index_t());
+            let mut operands: Vec<_> = (0..signature.views.len())
+                .map(|j| e.load_slot(args[0], j, ptr))
+                .collect();
+            operands.extend((0..signature.ints).map(|i| index(e.load_slot(args[1], i, i64_t))));
+            operands.push(index(args[2]));
+            operands.push(index(args[3]));
+            e.call(&grid, &operands);
+        },
+    );
+}
+
+/// Reads the parameters of the kernel outlined from `kernel`'s grid function in `module`
+/// (after [`crate::pipelines::GPU_MAPPING`]): each operand of its `gpu.launch_func` must be an
+/// argument of the grid function, which says what it is.
+pub fn gpu_params(module: &Module, kernel: &Kernel) -> Result<Vec<GpuParam>, CodegenError> {
+    let abi_error = |detail: &str| CodegenError::GpuAbi {
+        symbol: kernel.symbol.clone(),
+        detail: detail.to_string(),
+    };
+    let signature = signature(&kernel.kind);
+    let (views, ints) = (signature.views.len(), signature.ints);
+    let name = grid_function(&kernel.symbol);
+    let function = top_level(module, "func.func", &name)
+        .ok_or_else(|| abi_error("the grid function is missing after outlining"))?;
+    let entry = function
+        .region(0)
+        .ok()
+        .and_then(|region| region.first_block())
+        .ok_or_else(|| abi_error("the grid function has no body"))?;
+    let mut launches = Vec::new();
+    let mut next = entry.first_operation();
+    while let Some(op) = next {
+        if op.name().as_string_ref().as_str() == Ok("gpu.launch_func") {
+            launches.push(op);
+        }
+        next = op.next_in_block();
+    }
+    let [launch] = launches[..] else {
+        return Err(abi_error(&format!(
+            "expected one gpu.launch_func, found {}",
+            launches.len()
+        )));
+    };
+    let segments = launch
+        .attribute("operandSegmentSizes")
+        .ok()
+        .and_then(|attribute| DenseI32ArrayAttribute::try_from(attribute).ok())
+        .ok_or_else(|| abi_error("gpu.launch_func has no operandSegmentSizes"))?;
+    let sizes: Vec<usize> = (0..segments.len())
+        .map(|i| segments.element(i).map(|n| n as usize))
+        .collect::<Result<_, _>>()
+        .map_err(|_| abi_error("unreadable operandSegmentSizes"))?;
+    // Segments: async deps, grid x/y/z, block x/y/z, cluster x/y/z, dynamic shared memory,
+    // kernel operands, async object.
+    const KERNEL_OPERANDS: usize = 11;
+    let start: usize = sizes.iter().take(KERNEL_OPERANDS).sum();
+    let count = *sizes
+        .get(KERNEL_OPERANDS)
+        .ok_or_else(|| abi_error("gpu.launch_func has fewer operand segments than expected"))?;
+    (start..start + count)
+        .map(|index| {
+            let operand = launch
+                .operand(index)
+                .map_err(|_| abi_error("operand index out of range"))?;
+            let argument = BlockArgument::try_from(operand)
+                .map_err(|_| abi_error("the kernel captures a value computed on the host"))?;
+            match argument.argument_number() {
+                j if j < views => Ok(GpuParam::View(j)),
+                i if i < views + ints => Ok(GpuParam::Int(i - views)),
+                b if b == views + ints => Ok(GpuParam::Begin),
+                _ => Ok(GpuParam::End),
+            }
+        })
+        .collect()
+}
+
+/// The top-level operation `kind` of `module` whose `sym_name` is `name`.
+pub(crate) fn top_level<'c, 'a>(
+    module: &'a Module<'c>,
+    kind: &str,
+    name: &str,
+) -> Option<OperationRef<'c, 'a>> {
+    let mut next = module.body().first_operation();
+    while let Some(op) = next {
+        let symbol = op
+            .attribute("sym_name")
+            .ok()
+            .and_then(|attribute| StringAttribute::try_from(attribute).ok())
+            .map(|attribute| attribute.value().to_string());
+        if op.name().as_string_ref().as_str() == Ok(kind) && symbol.as_deref() == Some(name) {
+            return Some(op);
+        }
+        next = op.next_in_block();
+    }
+    None
+}

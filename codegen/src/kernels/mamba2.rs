@@ -1,0 +1,182 @@
+//! The Mamba2 SSD recurrence ([`zambac_ir::program::KernelKind::Mamba2Scan`]), one head per
+//! grid index: the kernel that dominates prefill after the matrix products.
+//!
+//! For each head the state is `P` rows of `N` values. Tokens are taken [`TOKENS`] at a time:
+//! their Δ and decay `exp(Δ·A)` are computed together as one vector (one exponential per
+//! token and head, not per state row). Then for each state row `p` the row is loaded into
+//! registers — [`COLUMNS`] values at a time, as `VW`-wide vectors — and carried through
+//! those tokens: `S ← decay·S + (Δ·x)·B`, `y = S·C (+ D·x)`, reading B and C from the
+//! token's xBC row (L1-resident), and stored back once. Within a chunk of tokens the only
+//! memory traffic per state row is B, C and x; the state itself never leaves registers.
+
+use super::Frame;
+use super::act::softplus;
+use super::emit::{Emitter, V, VW};
+use super::rows::{for_chunks, load_f32, tail_chunks};
+use zambac_ir::types::Elem;
+
+/// Tokens per chunk: one vector of Δ values.
+const TOKENS: usize = VW;
+
+/// State values per register block: 8 vectors of 8, which leaves AVX2 registers for B, C and
+/// two accumulators.
+const COLUMNS: usize = 8 * VW;
+
+/// The sizes of a Mamba2 scan.
+pub(crate) struct ScanShape {
+    pub width: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub groups: usize,
+    pub state: usize,
+}
+
+/// Everything one head's chunks read.
+struct Head<'c> {
+    zx: V<'c>,
+    xbc: V<'c>,
+    y: V<'c>,
+    state: V<'c>,
+    /// `A = −exp(A_log[h])`, `D[h]`, `dt_bias[h]`.
+    a: V<'c>,
+    d: V<'c>,
+    dt_bias: V<'c>,
+    dt_min: Option<f32>,
+    /// Column of this head's Δ input in `zx`, of its x in `xbc`, and of its group's B and C.
+    dt_column: V<'c>,
+    x_column: V<'c>,
+    b_column: V<'c>,
+    c_column: V<'c>,
+    /// First element of this head's state.
+    state_base: V<'c>,
+    width: usize,
+    cd: usize,
+    di: usize,
+    p: usize,
+    n: usize,
+}
+
+/// [`zambac_ir::program::KernelKind::Mamba2Scan`].
+pub(crate) fn scan<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c>,
+    s: &ScanShape,
+    dt_min: Option<f64>,
+    step: bool,
+) {
+    let [zx, xbc, dt_bias, a_log, d, y, state] = f.views[..] else {
+        unreachable!("Mamba2Scan has seven views")
+    };
+    let rows = f.ints[0];
+    let h = f.item;
+    let (p, n) = (s.head_dim, s.state);
+    let di = s.heads * p;
+    let gn = s.groups * n;
+    let cd = di + 2 * gn;
+    let group = e.divui(h, e.index((s.heads / s.groups) as i64));
+    let b_column = e.add_k(e.mul_k(group, n), di);
+    let head = Head {
+        zx,
+        xbc,
+        y,
+        state,
+        a: e.negf(e.math("exp", e.load(a_log, h))),
+        d: e.load(d, h),
+        dt_bias: e.load(dt_bias, h),
+        dt_min: dt_min.map(|min| min as f32),
+        dt_column: e.add_k(h, di + cd),
+        x_column: e.mul_k(h, p),
+        b_column,
+        c_column: e.add_k(b_column, gn),
+        state_base: e.mul_k(h, p * n),
+        width: s.width,
+        cd,
+        di,
+        p,
+        n,
+    };
+    if !step {
+        for_chunks(e, p * n, 2, |e, offset, width| {
+            let at = e.addi(head.state_base, offset);
+            e.vstore(e.f32_splat(0.0, width), state, at);
+        });
+    }
+    let full = e.mul_k(e.divui(rows, e.index(TOKENS as i64)), TOKENS);
+    e.for_(e.index(0), full, e.index(TOKENS as i64), &[], |e, t, _| {
+        tokens(e, &head, t, TOKENS);
+        vec![]
+    });
+    e.for_(full, rows, e.index(1), &[], |e, t, _| {
+        tokens(e, &head, t, 1);
+        vec![]
+    });
+}
+
+/// Tokens `[first, first + count)` of one head.
+fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) {
+    let rows: Vec<V<'c>> = (0..count).map(|j| e.add_k(first, j)).collect();
+    let raw: Vec<V<'c>> = rows
+        .iter()
+        .map(|t| e.load(head.zx, e.addi(e.mul_k(*t, head.width), head.dt_column)))
+        .collect();
+    let mut delta = softplus(e, e.addf(e.vector_of(&raw), e.splat(head.dt_bias, count)));
+    if let Some(min) = head.dt_min {
+        delta = e.maxf(delta, e.f32_splat(min, count));
+    }
+    let decay = e.math("exp", e.mulf(delta, e.splat(head.a, count)));
+    let deltas: Vec<V<'c>> = (0..count).map(|j| e.extract(delta, j)).collect();
+    let decays: Vec<V<'c>> = (0..count).map(|j| e.extract(decay, j)).collect();
+    let xbc_rows: Vec<V<'c>> = rows.iter().map(|t| e.mul_k(*t, head.cd)).collect();
+    let y_rows: Vec<V<'c>> = rows.iter().map(|t| e.mul_k(*t, head.di)).collect();
+    e.for_k(0, head.p, 1, &[], |e, p, _| {
+        let x_at = e.addi(head.x_column, p);
+        let xs: Vec<V<'c>> = xbc_rows
+            .iter()
+            .map(|row| e.load(head.xbc, e.addi(*row, x_at)))
+            .collect();
+        let state_row = e.addi(head.state_base, e.mul_k(p, head.n));
+        for block in (0..head.n).step_by(COLUMNS) {
+            let chunks = tail_chunks(block, head.n.min(block + COLUMNS));
+            let mut s: Vec<V<'c>> = chunks
+                .iter()
+                .map(|&(offset, width)| {
+                    let at = e.add_k(state_row, offset);
+                    load_f32(e, head.state, at, width, Elem::F32)
+                })
+                .collect();
+            for j in 0..count {
+                let b_at = e.addi(xbc_rows[j], head.b_column);
+                let c_at = e.addi(xbc_rows[j], head.c_column);
+                let dbx = e.mulf(deltas[j], xs[j]);
+                let mut accs = [e.f32_splat(0.0, VW), e.f32_splat(0.0, VW)];
+                let mut narrow = None;
+                for (i, &(offset, width)) in chunks.iter().enumerate() {
+                    let b = load_f32(e, head.xbc, e.add_k(b_at, offset), width, Elem::F32);
+                    let c = load_f32(e, head.xbc, e.add_k(c_at, offset), width, Elem::F32);
+                    let decayed = e.mulf(s[i], e.splat(decays[j], width));
+                    s[i] = e.fma(b, e.splat(dbx, width), decayed);
+                    if width == VW {
+                        accs[i % 2] = e.fma(s[i], c, accs[i % 2]);
+                    } else {
+                        narrow = Some(e.mulf(s[i], c));
+                    }
+                }
+                let mut out = e.reduce("add", e.addf(accs[0], accs[1]));
+                if let Some(part) = narrow {
+                    out = e.addf(out, e.reduce("add", part));
+                }
+                let y_at = e.addi(y_rows[j], x_at);
+                out = if block == 0 {
+                    e.fma(head.d, xs[j], out)
+                } else {
+                    e.addf(e.load(head.y, y_at), out)
+                };
+                e.store(out, head.y, y_at);
+            }
+            for (i, &(offset, _)) in chunks.iter().enumerate() {
+                e.vstore(s[i], head.state, e.add_k(state_row, offset));
+            }
+        }
+        vec![]
+    });
+}

@@ -1,0 +1,104 @@
+//! The small row kernels: embedding lookup, elementwise add/multiply, KV-cache writes and the
+//! causal softmax of prefill attention scores.
+
+use super::Frame;
+use super::emit::{Emitter, V};
+use super::rows::{fold_chunks_dyn, for_chunks, for_chunks_dyn, load_f32};
+use zambac_ir::program::BinOp;
+use zambac_ir::types::Elem;
+
+/// Copies `n` f32 lanes from `src[sbase..]` (stored as `elem`) to `dst[dbase..]`.
+fn copy_row<'c>(
+    e: &Emitter<'c, '_>,
+    (src, sbase, elem): (V<'c>, V<'c>, Elem),
+    (dst, dbase): (V<'c>, V<'c>),
+    n: usize,
+) {
+    for_chunks(e, n, 2, |e, offset, width| {
+        let v = load_f32(e, src, e.addi(sbase, offset), width, elem);
+        e.vstore(v, dst, e.addi(dbase, offset));
+    });
+}
+
+/// [`zambac_ir::program::KernelKind::Embedding`].
+pub(crate) fn embedding<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, hidden: usize, elem: Elem) {
+    let [tokens, table, out] = f.views[..] else {
+        unreachable!("Embedding has three views")
+    };
+    let token = e.cast("index_cast", e.load(tokens, f.item), e.index_t());
+    let source = (table, e.mul_k(token, hidden), elem);
+    copy_row(e, source, (out, e.mul_k(f.item, hidden)), hidden);
+}
+
+/// [`zambac_ir::program::KernelKind::Binary`]; views `[a, b, out]`.
+pub(crate) fn binary<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, op: BinOp, n: usize, b_rows: bool) {
+    let [a, b, out] = f.views[..] else {
+        unreachable!("Binary has three views")
+    };
+    let row = e.mul_k(f.item, n);
+    let brow = if b_rows { row } else { e.index(0) };
+    for_chunks(e, n, 2, |e, offset, width| {
+        let x = load_f32(e, a, e.addi(row, offset), width, Elem::F32);
+        let y = load_f32(e, b, e.addi(brow, offset), width, Elem::F32);
+        let z = match op {
+            BinOp::Add => e.addf(x, y),
+            BinOp::Mul => e.mulf(x, y),
+        };
+        e.vstore(z, out, e.addi(row, offset));
+    });
+}
+
+/// [`zambac_ir::program::KernelKind::KvWrite`].
+pub(crate) fn kv_write<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, heads: usize, head_dim: usize) {
+    let [k, cache] = f.views[..] else {
+        unreachable!("KvWrite has two views")
+    };
+    let [pos0, capacity] = f.ints[..] else {
+        unreachable!("KvWrite has two integer arguments")
+    };
+    let position = e.addi(pos0, f.item);
+    let row = e.mul_k(f.item, heads * head_dim);
+    e.for_k(0, heads, 1, &[], |e, h, _| {
+        let source = e.addi(row, e.mul_k(h, head_dim));
+        let slot = e.addi(e.muli(h, capacity), position);
+        let target = (cache, e.mul_k(slot, head_dim));
+        copy_row(e, (k, source, Elem::F32), target, head_dim);
+        vec![]
+    });
+}
+
+/// [`zambac_ir::program::KernelKind::Softmax`]: max, exponentials (stored) with their sum,
+/// normalisation, then zeros for the masked columns. The kept length is clamped to the row
+/// stride so a position past the cache cannot write outside the row.
+pub(crate) fn softmax<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, scale: f64) {
+    let [s] = f.views[..] else {
+        unreachable!("Softmax has one view")
+    };
+    let [pos0, ld] = f.ints[..] else {
+        unreachable!("Softmax has two integer arguments")
+    };
+    let scale = scale as f32;
+    let row = e.muli(f.item, ld);
+    let kept = e.minsi(e.add_k(e.addi(pos0, f.item), 1), ld);
+    let scaled = |e: &Emitter<'c, '_>, offset: V<'c>, width: usize| {
+        let v = load_f32(e, s, e.addi(row, offset), width, Elem::F32);
+        e.mulf(v, e.f32_splat(scale, width))
+    };
+    let max = fold_chunks_dyn(e, kept, "maximumf", f32::NEG_INFINITY, scaled);
+    let sum = fold_chunks_dyn(e, kept, "add", 0.0, |e, offset, width| {
+        let shifted = e.subf(scaled(e, offset, width), e.splat(max, width));
+        let exp = e.math("exp", shifted);
+        e.vstore(exp, s, e.addi(row, offset));
+        exp
+    });
+    for_chunks_dyn(e, kept, |e, offset, width| {
+        let at = e.addi(row, offset);
+        let v = load_f32(e, s, at, width, Elem::F32);
+        e.vstore(e.divf(v, e.splat(sum, width)), s, at);
+    });
+    let masked = e.subi(ld, kept);
+    let tail = e.addi(row, kept);
+    for_chunks_dyn(e, masked, |e, offset, width| {
+        e.vstore(e.f32_splat(0.0, width), s, e.addi(tail, offset));
+    });
+}

@@ -1,0 +1,148 @@
+//! RMSNorm and its fused forms, one row per grid index: plain (with equal groups), after a
+//! residual add, over a concatenation, and Mamba2's gate + grouped norm.
+//!
+//! Each row is read twice — once for the sum of squares, once to scale — in `VW`-wide
+//! chunks; the second pass hits L1/L2 because a row is at most a few KiB.
+
+use super::Frame;
+use super::act::silu;
+use super::emit::{Emitter, V};
+use super::rows::{for_chunks, load_f32, sum_chunks};
+use zambac_ir::types::Elem;
+
+/// Accumulators of the sum-of-squares loop: enough independent chains to hide FMA latency.
+const UNROLL: usize = 4;
+
+/// `1 / sqrt(ss / n + eps)`.
+fn inv_rms<'c>(e: &Emitter<'c, '_>, ss: V<'c>, n: usize, eps: f64) -> V<'c> {
+    let mean = e.divf(ss, e.f32(n as f32));
+    let root = e.math("sqrt", e.addf(mean, e.f32(eps as f32)));
+    e.divf(e.f32(1.0), root)
+}
+
+fn load<'c>(e: &Emitter<'c, '_>, mem: V<'c>, base: V<'c>, offset: V<'c>, width: usize) -> V<'c> {
+    load_f32(e, mem, e.addi(base, offset), width, Elem::F32)
+}
+
+/// `Σ x²` over `x[base .. base+n]`.
+fn sum_squares<'c>(e: &Emitter<'c, '_>, x: V<'c>, base: V<'c>, n: usize) -> V<'c> {
+    sum_chunks(e, n, UNROLL, |e, offset, width, acc| {
+        let v = load(e, x, base, offset, width);
+        e.fma(v, v, acc)
+    })
+}
+
+/// `out[obase + j] = src[sbase + j] · inv · w[wbase + j]` for `j < n`.
+fn scale_row<'c>(
+    e: &Emitter<'c, '_>,
+    (src, sbase): (V<'c>, V<'c>),
+    (w, wbase): (V<'c>, V<'c>),
+    (out, obase): (V<'c>, V<'c>),
+    inv: V<'c>,
+    n: usize,
+) {
+    for_chunks(e, n, 2, |e, offset, width| {
+        let v = load(e, src, sbase, offset, width);
+        let s = load(e, w, wbase, offset, width);
+        let y = e.mulf(e.mulf(v, e.splat(inv, width)), s);
+        e.vstore(y, out, e.addi(obase, offset));
+    });
+}
+
+/// [`zambac_ir::program::KernelKind::RmsNorm`].
+pub(crate) fn rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, d: usize, groups: usize, eps: f64) {
+    let [x, w, out] = f.views[..] else {
+        unreachable!("RmsNorm has three views")
+    };
+    let gw = d / groups;
+    let row = e.mul_k(f.item, d);
+    e.for_k(0, groups, 1, &[], |e, g, _| {
+        let wbase = e.mul_k(g, gw);
+        let base = e.addi(row, wbase);
+        let inv = inv_rms(e, sum_squares(e, x, base, gw), gw, eps);
+        scale_row(e, (x, base), (w, wbase), (out, base), inv, gw);
+        vec![]
+    });
+}
+
+/// [`zambac_ir::program::KernelKind::AddRmsNorm`]: the sum is stored in the first pass and
+/// normalised from there in the second.
+pub(crate) fn add_rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, d: usize, eps: f64) {
+    let [a, b, w, sum, out] = f.views[..] else {
+        unreachable!("AddRmsNorm has five views")
+    };
+    let row = e.mul_k(f.item, d);
+    let ss = sum_chunks(e, d, UNROLL, |e, offset, width, acc| {
+        let s = e.addf(
+            load(e, a, row, offset, width),
+            load(e, b, row, offset, width),
+        );
+        e.vstore(s, sum, e.addi(row, offset));
+        e.fma(s, s, acc)
+    });
+    let inv = inv_rms(e, ss, d, eps);
+    scale_row(e, (sum, row), (w, e.index(0)), (out, row), inv, d);
+}
+
+/// [`zambac_ir::program::KernelKind::ConcatRmsNorm`].
+pub(crate) fn concat_rms_norm<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c>,
+    da: usize,
+    db: usize,
+    eps: f64,
+) {
+    let [a, b, w, out] = f.views[..] else {
+        unreachable!("ConcatRmsNorm has four views")
+    };
+    let (arow, brow) = (e.mul_k(f.item, da), e.mul_k(f.item, db));
+    let orow = e.mul_k(f.item, da + db);
+    let mut ss = e.f32(0.0);
+    if da > 0 {
+        ss = e.addf(ss, sum_squares(e, a, arow, da));
+    }
+    if db > 0 {
+        ss = e.addf(ss, sum_squares(e, b, brow, db));
+    }
+    let inv = inv_rms(e, ss, da + db, eps);
+    if da > 0 {
+        scale_row(e, (a, arow), (w, e.index(0)), (out, orow), inv, da);
+    }
+    if db > 0 {
+        let (wb, ob) = (e.index(da as i64), e.add_k(orow, da));
+        scale_row(e, (b, brow), (w, wb), (out, ob), inv, db);
+    }
+}
+
+/// [`zambac_ir::program::KernelKind::Mamba2GateNorm`]: the gated values `y ⊙ silu(z)` are
+/// stored to `out` in the first pass (so SiLU's exponential runs once per element) and scaled
+/// in place in the second.
+pub(crate) fn gate_norm<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c>,
+    width: usize,
+    di: usize,
+    groups: usize,
+    eps: f64,
+) {
+    let [y, zx, w, out] = f.views[..] else {
+        unreachable!("Mamba2GateNorm has four views")
+    };
+    let gw = di / groups;
+    let (yrow, zrow) = (e.mul_k(f.item, di), e.mul_k(f.item, width));
+    e.for_k(0, groups, 1, &[], |e, g, _| {
+        let wbase = e.mul_k(g, gw);
+        let (ybase, zbase) = (e.addi(yrow, wbase), e.addi(zrow, wbase));
+        // One chunk per iteration: SiLU's exponential already gives each iteration enough
+        // independent work, and four unrolled chunks of it spill on the GPU.
+        let ss = sum_chunks(e, gw, 1, |e, offset, lanes, acc| {
+            let z = load(e, zx, zbase, offset, lanes);
+            let gated = e.mulf(load(e, y, ybase, offset, lanes), silu(e, z));
+            e.vstore(gated, out, e.addi(ybase, offset));
+            e.fma(gated, gated, acc)
+        });
+        let inv = inv_rms(e, ss, gw, eps);
+        scale_row(e, (out, ybase), (w, wbase), (out, ybase), inv, gw);
+        vec![]
+    });
+}

@@ -1,0 +1,238 @@
+//! Loops over contiguous runs of elements in vector chunks, and loads that widen stored
+//! weights to f32: the building blocks every row-wise kernel shares.
+//!
+//! Kernels are specialised to their sizes, so a run of constant length becomes a vector loop
+//! of `VW`-wide chunks (unrolled `unroll` times, with independent accumulators so that
+//! reductions are not one long dependency chain) plus a tail of constant chunks, the last one
+//! narrower than `VW` when the length is not a multiple of it. Runs whose length is only known
+//! at run time (attention rows) use the same vector loop with a one-element tail loop.
+
+use super::emit::{Emitter, V, VW};
+use melior::ir::Type;
+use zambac_ir::types::Elem;
+
+/// The element type a view of `elem` has in the kernel's memrefs. bf16 is kept as raw `i16`
+/// bits and widened by a shift, which is exact and needs no bf16 support from the target.
+pub(crate) fn storage_type<'c>(e: &Emitter<'c, '_>, elem: Elem) -> Type<'c> {
+    match elem {
+        Elem::F32 => e.f32_t(),
+        Elem::Bf16 => e.int_t(16),
+        Elem::F16 => Type::float16(e.cx),
+        Elem::I64 => e.int_t(64),
+    }
+}
+
+/// Loads `width` elements of a view stored as `elem` at `mem[index]`, as f32 lanes.
+pub(crate) fn load_f32<'c>(
+    e: &Emitter<'c, '_>,
+    mem: V<'c>,
+    index: V<'c>,
+    width: usize,
+    elem: Elem,
+) -> V<'c> {
+    match elem {
+        Elem::Bf16 => {
+            let bits = e.vload(mem, index, width, e.int_t(16));
+            let wide = e.cast("extui", bits, e.vec_t(width, e.int_t(32)));
+            let shifted = e.shli(wide, e.int_splat(16, 32, width));
+            e.cast("bitcast", shifted, e.vf32(width))
+        }
+        Elem::F16 => {
+            let half = e.vload(mem, index, width, Type::float16(e.cx));
+            e.cast("extf", half, e.vf32(width))
+        }
+        Elem::F32 | Elem::I64 => e.vload(mem, index, width, e.f32_t()),
+    }
+}
+
+/// Calls `f(e, offset, width)` for chunks covering `[0, len)`: a loop of `unroll` × `VW`
+/// elements per iteration, then constant chunks of `VW` and one narrower chunk.
+pub(crate) fn for_chunks<'c>(
+    e: &Emitter<'c, '_>,
+    len: usize,
+    unroll: usize,
+    f: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
+) {
+    let step = VW * unroll;
+    let main = len / step * step;
+    if main > 0 {
+        e.for_k(0, main, step, &[], |e, j, _| {
+            for u in 0..unroll {
+                f(e, e.add_k(j, u * VW), VW);
+            }
+            vec![]
+        });
+    }
+    for (offset, width) in tail_chunks(main, len) {
+        f(e, e.index(offset as i64), width);
+    }
+}
+
+/// The constant chunks covering `[from, len)`: full vectors, then one narrower vector.
+pub(crate) fn tail_chunks(from: usize, len: usize) -> Vec<(usize, usize)> {
+    let mut chunks = Vec::new();
+    let mut offset = from;
+    while offset < len {
+        let width = VW.min(len - offset);
+        chunks.push((offset, width));
+        offset += width;
+    }
+    chunks
+}
+
+/// `Σ` over `[0, len)` of the lanes that `f(e, offset, width, acc)` accumulates into `acc`
+/// (a `vector<width x f32>`, e.g. `fma(x, x, acc)`); returns an f32 scalar. The main loop
+/// keeps `unroll` accumulators.
+pub(crate) fn sum_chunks<'c>(
+    e: &Emitter<'c, '_>,
+    len: usize,
+    unroll: usize,
+    f: impl Fn(&Emitter<'c, '_>, V<'c>, usize, V<'c>) -> V<'c>,
+) -> V<'c> {
+    let step = VW * unroll;
+    let main = len / step * step;
+    let zero = e.f32_splat(0.0, VW);
+    let mut accs = vec![zero; unroll];
+    if main > 0 {
+        accs = e.for_k(0, main, step, &accs, |e, j, accs| {
+            (0..unroll)
+                .map(|u| f(e, e.add_k(j, u * VW), VW, accs[u]))
+                .collect()
+        });
+    }
+    let mut total = accs[0];
+    for acc in &accs[1..] {
+        total = e.addf(total, *acc);
+    }
+    let mut narrow = None;
+    for (offset, width) in tail_chunks(main, len) {
+        let at = e.index(offset as i64);
+        if width == VW {
+            total = f(e, at, VW, total);
+        } else {
+            narrow = Some(f(e, at, width, e.f32_splat(0.0, width)));
+        }
+    }
+    let sum = e.reduce("add", total);
+    match narrow {
+        Some(part) => e.addf(sum, e.reduce("add", part)),
+        None => sum,
+    }
+}
+
+/// Calls `f(e, offset, width)` over `[0, len)` for a run-time `len`: `VW`-wide chunks, then
+/// one element at a time.
+pub(crate) fn for_chunks_dyn<'c>(
+    e: &Emitter<'c, '_>,
+    len: V<'c>,
+    f: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
+) {
+    let main = e.mul_k(e.divui(len, e.index(VW as i64)), VW);
+    e.for_(e.index(0), main, e.index(VW as i64), &[], |e, j, _| {
+        f(e, j, VW);
+        vec![]
+    });
+    e.for_(main, len, e.index(1), &[], |e, j, _| {
+        f(e, j, 1);
+        vec![]
+    });
+}
+
+/// Folds `f(e, offset, width)` (a `vector<width x f32>`) over `[0, len)` for a run-time
+/// `len` with the vector combining `kind` (`add` → `addf`, `maximumf` → `maxf`), starting
+/// from `init` in every lane; returns an f32 scalar.
+pub(crate) fn fold_chunks_dyn<'c>(
+    e: &Emitter<'c, '_>,
+    len: V<'c>,
+    kind: &str,
+    init: f32,
+    f: impl Fn(&Emitter<'c, '_>, V<'c>, usize) -> V<'c>,
+) -> V<'c> {
+    let combine = |e: &Emitter<'c, '_>, a, b| match kind {
+        "add" => e.addf(a, b),
+        _ => e.maxf(a, b),
+    };
+    let main = e.mul_k(e.divui(len, e.index(VW as i64)), VW);
+    let vector = e.for_(
+        e.index(0),
+        main,
+        e.index(VW as i64),
+        &[e.f32_splat(init, VW)],
+        |e, j, acc| vec![combine(e, acc[0], f(e, j, VW))],
+    )[0];
+    let head = e.reduce(kind, vector);
+    e.for_(main, len, e.index(1), &[head], |e, j, acc| {
+        vec![combine(e, acc[0], e.reduce(kind, f(e, j, 1)))]
+    })[0]
+}
+
+/// Dot products of one vector with several rows: `x[xbase ..][..len] · w[base_r ..][..len]`
+/// for each `base_r` (rows of `w` stored as `elem`). Each chunk of `x` is loaded once for all
+/// rows, and each row keeps `unroll` accumulators in the main loop.
+pub(crate) fn dots<'c>(
+    e: &Emitter<'c, '_>,
+    (x, xbase): (V<'c>, V<'c>),
+    (w, elem): (V<'c>, Elem),
+    bases: &[V<'c>],
+    len: usize,
+    unroll: usize,
+) -> Vec<V<'c>> {
+    let n = bases.len();
+    let step = VW * unroll;
+    let main = len / step * step;
+    let mut accs = vec![e.f32_splat(0.0, VW); n * unroll];
+    if main > 0 {
+        accs = e.for_k(0, main, step, &accs, |e, j, accs| {
+            let mut next = accs.to_vec();
+            for u in 0..unroll {
+                let at = e.add_k(j, u * VW);
+                let xv = load_f32(e, x, e.addi(xbase, at), VW, Elem::F32);
+                for (r, base) in bases.iter().enumerate() {
+                    let wv = load_f32(e, w, e.addi(*base, at), VW, elem);
+                    next[r * unroll + u] = e.fma(xv, wv, next[r * unroll + u]);
+                }
+            }
+            next
+        });
+    }
+    let mut totals: Vec<V<'c>> = accs
+        .chunks(unroll)
+        .map(|row| row[1..].iter().fold(row[0], |sum, acc| e.addf(sum, *acc)))
+        .collect();
+    let mut narrow: Vec<Option<V<'c>>> = vec![None; n];
+    for (offset, width) in tail_chunks(main, len) {
+        let at = e.index(offset as i64);
+        let xv = load_f32(e, x, e.addi(xbase, at), width, Elem::F32);
+        for (r, base) in bases.iter().enumerate() {
+            let wv = load_f32(e, w, e.addi(*base, at), width, elem);
+            if width == VW {
+                totals[r] = e.fma(xv, wv, totals[r]);
+            } else {
+                narrow[r] = Some(e.mulf(xv, wv));
+            }
+        }
+    }
+    totals
+        .into_iter()
+        .zip(narrow)
+        .map(|(total, narrow)| {
+            let sum = e.reduce("add", total);
+            match narrow {
+                Some(part) => e.addf(sum, e.reduce("add", part)),
+                None => sum,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_chunks_end_with_one_narrow_vector() {
+        assert_eq!(tail_chunks(16, 27), vec![(16, 8), (24, 3)]);
+        assert_eq!(tail_chunks(16, 16), vec![]);
+        assert_eq!(tail_chunks(0, 5), vec![(0, 5)]);
+    }
+}

@@ -1,0 +1,45 @@
+//! Every kernel kind lowered to one PTX module for sm_90 and assembled by `ptxas` without
+//! spills (skipped with a message when `ptxas` or libdevice is absent).
+
+use super::cases;
+use std::time::Instant;
+use zambac_codegen::kernels::GpuParam;
+use zambac_codegen::toolchain;
+use zambac_codegen::{GpuTarget, compile_gpu};
+
+#[test]
+fn every_kind_assembles_for_sm_90_without_spills() {
+    let mut kernels = cases::all();
+    kernels.extend(cases::released_sizes());
+    let libdevice = toolchain::libdevice();
+    if toolchain::ptxas().is_none() || libdevice.is_none() {
+        eprintln!("skip: ptxas or libdevice.10.bc not found; GPU kernels not assembled");
+        return;
+    }
+    let dumps = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let module = compile_gpu(&kernels, &GpuTarget::sm_90(libdevice), Some(dumps.path()))
+        .unwrap_or_else(|error| panic!("{error}"));
+    eprintln!(
+        "compile_gpu: {} kernels in {:?}",
+        kernels.len(),
+        started.elapsed()
+    );
+    let report = module.ptxas.as_ref().expect("ptxas ran");
+    assert_eq!(report.total_spill_bytes(), 0, "{}", report.log);
+    for (kernel, entry) in kernels.iter().zip(&module.kernels) {
+        assert_eq!(entry.entry, format!("zk_{}", kernel.symbol));
+        assert!(module.ptx.contains(&format!(".entry {}(", entry.entry)));
+        assert!(entry.params.contains(&GpuParam::Begin) && entry.params.contains(&GpuParam::End));
+        let resources = report
+            .kernels()
+            .find(|f| f.name == entry.entry)
+            .unwrap_or_else(|| panic!("ptxas did not report {}", entry.entry));
+        eprintln!(
+            "{:<20} {:>3} registers, {:>4} bytes stack, params {:?}",
+            entry.entry, resources.registers, resources.stack_frame_bytes, entry.params
+        );
+    }
+    assert!(dumps.path().join("kernels.ptx").is_file());
+    assert!(dumps.path().join("attention.gpu.mlir").is_file());
+}

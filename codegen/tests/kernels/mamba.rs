@@ -1,0 +1,332 @@
+//! The Mamba mixers' convolutions and scans against the reference primitives.
+
+use super::harness::{Buf, check, random};
+use zambac_ir::program::KernelKind;
+use zambac_runtime::Tensor;
+use zambac_runtime::reference::kernels as k;
+
+/// The scans carry an f32 state through every token where the reference carries f64, so
+/// rounding accumulates over the sequence: elements far below the tensor's scale differ by up
+/// to ~2·10⁻⁵ of their value.
+const SCAN_RTOL: f32 = 1e-4;
+
+/// Depthwise causal conv + SiLU over `x [rows, ch]` continuing from `state [ch, K−1]` (or
+/// zeros): the outputs and the new state, as the kernel contract defines them.
+fn conv(
+    x: &[f32],
+    rows: usize,
+    ch: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    state: Option<&[f32]>,
+    kw: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let hist = kw - 1;
+    let mut out = vec![0.0; rows * ch];
+    let mut next = vec![0.0; ch * hist];
+    for c in 0..ch {
+        let mut window: Vec<f32> = (0..hist)
+            .map(|j| state.map_or(0.0, |s| s[c * hist + j]))
+            .collect();
+        window.extend((0..rows).map(|t| x[t * ch + c]));
+        for t in 0..rows {
+            let mut acc = bias.map_or(0.0, |b| b[c] as f64);
+            for j in 0..kw {
+                acc += w[c * kw + j] as f64 * window[t + j] as f64;
+            }
+            out[t * ch + c] = k::silu(acc as f32);
+        }
+        next[c * hist..(c + 1) * hist].copy_from_slice(&window[rows..]);
+    }
+    (out, next)
+}
+
+fn mamba2_conv(rows: usize, step: bool, kw: usize) {
+    let (di, cd) = (16, 33);
+    let width = di + cd + 7;
+    let zx = random(rows * width, 60, -2.0, 2.0);
+    let w = random(cd * kw, 61, -1.0, 1.0);
+    let b = random(cd, 62, -0.5, 0.5);
+    let state = random(cd * (kw - 1), 63, -2.0, 2.0);
+    let x: Vec<f32> = (0..rows * cd)
+        .map(|i| zx[i / cd * width + di + i % cd])
+        .collect();
+    let (out, next) = conv(&x, rows, cd, &w, Some(&b), step.then_some(&state[..]), kw);
+    let bufs = [
+        Buf::F32(zx),
+        Buf::F32(w),
+        Buf::F32(b),
+        Buf::F32(state),
+        Buf::F32(vec![0.0; rows * cd]),
+    ];
+    let kind = KernelKind::Mamba2Conv {
+        width,
+        di,
+        cd,
+        k: kw,
+        step,
+    };
+    check(
+        kind,
+        &bufs,
+        &[rows as i64],
+        cd,
+        &[(4, out), (3, next)],
+        1e-5,
+    );
+}
+
+#[test]
+fn mamba2_conv_prefill_from_zeros_and_step_from_state() {
+    mamba2_conv(7, false, 4);
+    mamba2_conv(2, false, 4);
+    mamba2_conv(1, true, 4);
+    mamba2_conv(3, true, 4);
+    mamba2_conv(5, false, 2);
+}
+
+fn mamba1_conv(rows: usize, step: bool, bias: bool, kw: usize) {
+    let di = 19;
+    let xz = random(rows * 2 * di, 64, -2.0, 2.0);
+    let w = random(di * kw, 65, -1.0, 1.0);
+    let b = random(di, 66, -0.5, 0.5);
+    let state = random(di * (kw - 1), 67, -2.0, 2.0);
+    let x: Vec<f32> = (0..rows * di)
+        .map(|i| xz[i / di * 2 * di + 2 * (i % di)])
+        .collect();
+    let (out, next) = conv(
+        &x,
+        rows,
+        di,
+        &w,
+        bias.then_some(&b[..]),
+        step.then_some(&state[..]),
+        kw,
+    );
+    let mut bufs = vec![Buf::F32(xz), Buf::F32(w)];
+    if bias {
+        bufs.push(Buf::F32(b));
+    }
+    bufs.push(Buf::F32(state));
+    bufs.push(Buf::F32(vec![0.0; rows * di]));
+    let n = bufs.len();
+    let kind = KernelKind::Mamba1Conv {
+        di,
+        k: kw,
+        bias,
+        step,
+    };
+    check(
+        kind,
+        &bufs,
+        &[rows as i64],
+        di,
+        &[(n - 1, out), (n - 2, next)],
+        1e-5,
+    );
+}
+
+#[test]
+fn mamba1_conv_reads_the_interleaved_x_columns() {
+    mamba1_conv(6, false, true, 4);
+    mamba1_conv(1, false, false, 4);
+    mamba1_conv(1, true, true, 4);
+    mamba1_conv(4, true, false, 3);
+}
+
+/// Columns `[from, from + n)` of `m [rows, width]`.
+fn columns(m: &[f32], rows: usize, width: usize, from: usize, n: usize) -> Vec<f32> {
+    (0..rows * n)
+        .map(|i| m[i / n * width + from + i % n])
+        .collect()
+}
+
+struct Ssd {
+    heads: usize,
+    p: usize,
+    groups: usize,
+    n: usize,
+}
+
+fn mamba2_scan(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool) {
+    let (h, p, g, n) = (s.heads, s.p, s.groups, s.n);
+    let di = h * p;
+    let cd = di + 2 * g * n;
+    let width = di + cd + h + 3;
+    let zx = random(rows * width, 70, -3.0, 1.0);
+    let xbc = random(rows * cd, 71, -1.0, 1.0);
+    let dt_bias = random(h, 72, -1.0, 0.5);
+    let a_log = random(h, 73, -1.0, 1.5);
+    let d = random(h, 74, 0.5, 1.5);
+    let s0 = random(h * p * n, 75, -1.0, 1.0);
+    let t = |data: Vec<f32>, cols: usize| Tensor::new(vec![rows, cols], data);
+    let x = t(columns(&xbc, rows, cd, 0, di), di);
+    let b = t(columns(&xbc, rows, cd, di, g * n), g * n);
+    let c = t(columns(&xbc, rows, cd, di + g * n, g * n), g * n);
+    let dt_raw = columns(&zx, rows, width, di + cd, h);
+    let dt: Vec<f32> = dt_raw
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let soft = k::softplus(v + dt_bias[i % h]);
+            dt_min.map_or(soft, |min| soft.max(min as f32))
+        })
+        .collect();
+    let start = Tensor::new(vec![h, p, n], s0.clone());
+    let (y, state) = k::ssd(
+        &x,
+        &t(dt, h),
+        &Tensor::new(vec![h], a_log.clone()),
+        &b,
+        &c,
+        step.then_some(&start),
+        (h, p, g, n),
+    );
+    let skip = k::scale_heads(&x, &Tensor::new(vec![h], d.clone()), h);
+    let y: Vec<f32> = y.data.iter().zip(&skip.data).map(|(a, b)| a + b).collect();
+    let bufs = [
+        Buf::F32(zx),
+        Buf::F32(xbc),
+        Buf::F32(dt_bias),
+        Buf::F32(a_log),
+        Buf::F32(d),
+        Buf::F32(vec![0.0; rows * di]),
+        Buf::F32(s0),
+    ];
+    let kind = KernelKind::Mamba2Scan {
+        width,
+        heads: h,
+        head_dim: p,
+        groups: g,
+        state: n,
+        dt_min,
+        step,
+    };
+    check(
+        kind,
+        &bufs,
+        &[rows as i64],
+        h,
+        &[(5, y), (6, state.data)],
+        SCAN_RTOL,
+    );
+}
+
+#[test]
+fn mamba2_scan_prefill_from_zero_state_with_the_dt_clamp() {
+    let small = Ssd {
+        heads: 4,
+        p: 4,
+        groups: 2,
+        n: 5,
+    };
+    mamba2_scan(&small, 19, Some(0.01), false);
+    mamba2_scan(&small, 8, None, false);
+    let wide = Ssd {
+        heads: 2,
+        p: 3,
+        groups: 1,
+        n: 72,
+    };
+    mamba2_scan(&wide, 11, Some(0.001), false);
+    let typical = Ssd {
+        heads: 4,
+        p: 16,
+        groups: 1,
+        n: 64,
+    };
+    mamba2_scan(&typical, 37, None, false);
+}
+
+#[test]
+fn mamba2_scan_steps_continue_from_the_state() {
+    let small = Ssd {
+        heads: 4,
+        p: 4,
+        groups: 2,
+        n: 5,
+    };
+    mamba2_scan(&small, 1, None, true);
+    mamba2_scan(&small, 3, Some(0.01), true);
+    let typical = Ssd {
+        heads: 2,
+        p: 8,
+        groups: 2,
+        n: 64,
+    };
+    mamba2_scan(&typical, 1, None, true);
+}
+
+fn mamba1_scan(heads: usize, p: usize, n: usize, rows: usize, dt_min: Option<f64>, step: bool) {
+    let r = 3;
+    let di = heads * p;
+    let bw = r + 2 * n;
+    let x = random(rows * di, 80, -1.0, 1.0);
+    let dt = random(rows * di, 81, -3.0, 1.0);
+    let dt_bias = random(di, 82, -1.0, 0.5);
+    let a_log = random(di * n, 83, -1.0, 1.5);
+    let bc = random(rows * heads * bw, 84, -1.0, 1.0);
+    let d = random(di, 85, 0.5, 1.5);
+    let xz = random(rows * 2 * di, 86, -3.0, 3.0);
+    let s0 = random(di * n, 87, -1.0, 1.0);
+    let delta: Vec<f32> = dt
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let soft = k::softplus(v + dt_bias[i % di]);
+            dt_min.map_or(soft, |min| soft.max(min as f32))
+        })
+        .collect();
+    let bcs = |from: usize| columns(&bc, rows * heads, bw, from, n);
+    let t3 = |data: Vec<f32>, last: usize| Tensor::new(vec![rows, heads, last], data);
+    let start = Tensor::new(vec![heads, p, n], s0.clone());
+    let (y, state) = k::selective_scan(
+        &t3(x.clone(), p),
+        &t3(delta, p),
+        &Tensor::new(vec![heads, p, n], a_log.clone()),
+        &t3(bcs(r), n),
+        &t3(bcs(r + n), n),
+        step.then_some(&start),
+    );
+    let y: Vec<f32> = (0..rows * di)
+        .map(|i| {
+            let z = xz[i / di * 2 * di + 2 * (i % di) + 1];
+            (y.data[i] + x[i] * d[i % di]) * k::silu(z)
+        })
+        .collect();
+    let bufs = [
+        Buf::F32(x),
+        Buf::F32(dt),
+        Buf::F32(dt_bias),
+        Buf::F32(a_log),
+        Buf::F32(bc),
+        Buf::F32(d),
+        Buf::F32(xz),
+        Buf::F32(s0),
+        Buf::F32(vec![0.0; rows * di]),
+    ];
+    let kind = KernelKind::Mamba1Scan {
+        heads,
+        head_dim: p,
+        state: n,
+        dt_rank: r,
+        dt_min,
+        step,
+    };
+    check(
+        kind,
+        &bufs,
+        &[rows as i64],
+        di,
+        &[(8, y), (7, state.data)],
+        SCAN_RTOL,
+    );
+}
+
+#[test]
+fn mamba1_scan_prefill_and_step_with_the_gate() {
+    mamba1_scan(2, 6, 16, 9, None, false);
+    mamba1_scan(2, 5, 11, 4, Some(0.001), false);
+    mamba1_scan(2, 6, 16, 1, None, true);
+    mamba1_scan(3, 4, 16, 3, Some(0.01), true);
+}
