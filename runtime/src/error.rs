@@ -11,6 +11,10 @@ pub enum RuntimeError {
         tensor: Option<String>,
         msg: String,
     },
+    /// An output file or directory could not be written (disk full, permissions): the
+    /// user's to fix, like `Load`.
+    #[error("{file}: cannot write: {msg}")]
+    Write { file: String, msg: String },
     /// Bad run input: token ids, options.
     #[error("{0}")]
     Input(String),
@@ -24,6 +28,13 @@ impl RuntimeError {
             file: file.into(),
             tensor: tensor.map(str::to_string),
             msg: msg.into(),
+        }
+    }
+
+    pub fn write(file: impl Into<String>, msg: impl std::fmt::Display) -> Self {
+        RuntimeError::Write {
+            file: file.into(),
+            msg: msg.to_string(),
         }
     }
 

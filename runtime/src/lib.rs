@@ -1,6 +1,10 @@
 //! zambac's runtime: weights (Hugging Face safetensors, sharded or not; random), the
-//! reference interpreter, generation with recurrent state and KV caches, sampling.
+//! engine format, the reference interpreter and the compiled `cpu` backend, generation
+//! with recurrent state and KV caches, sampling, benchmarking.
 
+pub mod bench;
+pub mod cpu;
+pub mod engine;
 pub mod error;
 pub mod reference;
 pub mod sampling;

@@ -18,6 +18,19 @@ pub trait Backend {
     /// KV caches hold `capacity` positions.
     fn prefill(&mut self, tokens: &[i64], capacity: usize)
     -> Result<(Tensor, State), RuntimeError>;
+    /// As [`Backend::prefill`], but returns only the last position's logits, `[1, V]`:
+    /// what generation needs, and what a compiled backend can compute without the full
+    /// `[T, V]` head product (benchmarks time this).
+    fn prefill_last(
+        &mut self,
+        tokens: &[i64],
+        capacity: usize,
+    ) -> Result<(Tensor, State), RuntimeError> {
+        let (logits, state) = self.prefill(tokens, capacity)?;
+        let last = logits.row(logits.rows().saturating_sub(1)).to_vec();
+        Ok((Tensor::new(vec![1, last.len()], last), state))
+    }
+
     /// Advances one token at position `pos`; returns logits `[1, V]` and the new state.
     fn decode(
         &mut self,

@@ -1,0 +1,96 @@
+//! `zambac bench`: prefill time, time to first token, decode throughput and peak memory of
+//! a backend on a random prompt, measured the same way for every backend.
+
+use std::time::Instant;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::error::RuntimeError;
+use crate::sampling::argmax;
+use crate::session::Backend;
+
+/// Timed prefill runs after the warm-up; the median is reported.
+const PREFILL_RUNS: usize = 3;
+
+/// What one benchmark measured. Times in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BenchReport {
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    /// Median time of `prefill_last` over the prompt (after a warm-up run).
+    pub prefill_s: f64,
+    /// Prompt tokens per second of that median.
+    pub prefill_tok_per_s: f64,
+    /// From the start of a prefill to the first generated token.
+    pub ttft_s: f64,
+    /// Decode steps per second after the prompt (0 when no token is decoded).
+    pub decode_tok_per_s: f64,
+    /// The process's peak resident memory (`VmHWM`), 0 where the OS does not report it.
+    pub peak_rss_bytes: u64,
+}
+
+/// Runs `prompt_len` random tokens (drawn from `seed`) through prefill, then decodes
+/// `new_tokens` greedily.
+pub fn run(
+    backend: &mut dyn Backend,
+    prompt_len: usize,
+    new_tokens: usize,
+    seed: u64,
+) -> Result<BenchReport, RuntimeError> {
+    if prompt_len == 0 {
+        return Err(RuntimeError::Input(
+            "the benchmark prompt needs at least one token".into(),
+        ));
+    }
+    let vocab = backend.vocab_size();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let prompt: Vec<i64> = (0..prompt_len)
+        .map(|_| rng.random_range(0..vocab as i64))
+        .collect();
+    let capacity = prompt_len + new_tokens.max(1);
+    backend.prefill_last(&prompt, capacity)?;
+    let mut times = Vec::with_capacity(PREFILL_RUNS);
+    for _ in 0..PREFILL_RUNS {
+        let t0 = Instant::now();
+        backend.prefill_last(&prompt, capacity)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let prefill_s = times[times.len() / 2];
+
+    let t0 = Instant::now();
+    let (logits, mut state) = backend.prefill_last(&prompt, capacity)?;
+    let mut token = argmax(logits.row(0)) as i64;
+    let ttft_s = t0.elapsed().as_secs_f64();
+
+    let t0 = Instant::now();
+    for i in 0..new_tokens {
+        let (logits, next) = backend.decode(token, prompt_len + i, state)?;
+        state = next;
+        token = argmax(logits.row(0)) as i64;
+    }
+    let decode_s = t0.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        prompt_len,
+        new_tokens,
+        prefill_s,
+        prefill_tok_per_s: prompt_len as f64 / prefill_s,
+        ttft_s,
+        decode_tok_per_s: if new_tokens == 0 {
+            0.0
+        } else {
+            new_tokens as f64 / decode_s
+        },
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+    })
+}
+
+/// `VmHWM` of this process, from `/proc/self/status` (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,151 @@
+//! Programs with their names resolved: kernels to indices into the loaded function table,
+//! buffers to compact references, so executing a step does no string lookups.
+
+use std::collections::HashMap;
+
+use zambac_ir::program::{Buffer, Expr, Program, Step, View};
+
+/// Where a view points.
+#[derive(Clone, Copy, Debug)]
+pub enum Buf {
+    Weight(usize),
+    /// `tokens` (prefill) or `token` (decode).
+    Tokens,
+    Pos,
+    Output(usize),
+    Slot(usize),
+    Scratch(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PView {
+    pub buf: Buf,
+    pub offset: Expr,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PMatrix {
+    pub view: PView,
+    pub row_stride: Expr,
+    pub col_stride: Expr,
+}
+
+#[derive(Clone, Debug)]
+pub enum PStep {
+    Launch {
+        kernel: usize,
+        grid: Expr,
+        views: Vec<PView>,
+        ints: Vec<Expr>,
+    },
+    /// Boxed: a product's operands are several times larger than a launch.
+    Gemm(Box<PGemm>),
+}
+
+#[derive(Clone, Debug)]
+pub struct PGemm {
+    pub m: Expr,
+    pub n: Expr,
+    pub k: Expr,
+    pub a: PMatrix,
+    pub b: PMatrix,
+    pub c: PMatrix,
+    pub accumulate: bool,
+}
+
+/// A program ready to execute.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub name: String,
+    pub steps: Vec<PStep>,
+    pub slots: Vec<Vec<Expr>>,
+    pub scratch: Vec<Expr>,
+    /// Name and shape of each output, indexed by `Buf::Output`.
+    pub outputs: Vec<(String, Vec<Expr>)>,
+}
+
+impl Plan {
+    /// Resolves `p` against the kernel table (symbol → index). The engine loader has
+    /// validated every reference; an unresolvable one is still reported, not assumed.
+    pub fn new(p: &Program, kernels: &HashMap<&str, usize>) -> Result<Plan, String> {
+        let outputs: HashMap<&str, usize> = p
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.as_str(), i))
+            .collect();
+        let view = |v: &View| -> Result<PView, String> {
+            let buf = match &v.buf {
+                Buffer::Weight(i) => Buf::Weight(*i as usize),
+                Buffer::Input(n) if n == "tokens" || n == "token" => Buf::Tokens,
+                Buffer::Input(n) if n == "pos" => Buf::Pos,
+                Buffer::Output(n) => Buf::Output(
+                    *outputs
+                        .get(n.as_str())
+                        .ok_or_else(|| format!("no output `{n}`"))?,
+                ),
+                Buffer::Slot(i) => Buf::Slot(*i as usize),
+                Buffer::Scratch(i) => Buf::Scratch(*i as usize),
+                other => return Err(format!("unknown buffer {other:?}")),
+            };
+            Ok(PView {
+                buf,
+                offset: v.offset,
+            })
+        };
+        let matrix = |m: &zambac_ir::program::Matrix| -> Result<PMatrix, String> {
+            Ok(PMatrix {
+                view: view(&m.view)?,
+                row_stride: m.row_stride,
+                col_stride: m.col_stride,
+            })
+        };
+        let mut steps = Vec::with_capacity(p.steps.len());
+        for (i, s) in p.steps.iter().enumerate() {
+            let step = match s {
+                Step::Launch {
+                    kernel,
+                    grid,
+                    views,
+                    ints,
+                } => PStep::Launch {
+                    kernel: *kernels
+                        .get(kernel.as_str())
+                        .ok_or_else(|| format!("step {i}: unknown kernel `{kernel}`"))?,
+                    grid: *grid,
+                    views: views
+                        .iter()
+                        .map(view)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("step {i}: {e}"))?,
+                    ints: ints.clone(),
+                },
+                Step::Gemm {
+                    m,
+                    n,
+                    k,
+                    a,
+                    b,
+                    c,
+                    accumulate,
+                } => PStep::Gemm(Box::new(PGemm {
+                    m: *m,
+                    n: *n,
+                    k: *k,
+                    a: matrix(a).map_err(|e| format!("step {i}: {e}"))?,
+                    b: matrix(b).map_err(|e| format!("step {i}: {e}"))?,
+                    c: matrix(c).map_err(|e| format!("step {i}: {e}"))?,
+                    accumulate: *accumulate,
+                })),
+            };
+            steps.push(step);
+        }
+        Ok(Plan {
+            name: p.name.clone(),
+            steps,
+            slots: p.slots.clone(),
+            scratch: p.scratch.clone(),
+            outputs: p.outputs.clone(),
+        })
+    }
+}

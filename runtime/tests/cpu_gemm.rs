@@ -1,0 +1,181 @@
+//! GEMM steps large enough to be split across threads (by columns and by rows, with
+//! ragged edges) and to widen a bf16 weight in several rounds, against plain Rust.
+
+mod common;
+
+use zambac_ir::program::{Buffer, Expr, Matrix, Program, Step, View};
+use zambac_runtime::cpu::CpuBackend;
+use zambac_runtime::engine::{Dtype, Engine, EngineWriter, ManifestParts, bf16_bits};
+use zambac_runtime::session::Backend;
+
+/// `(m, k, n)` of the three products.
+const P1: (usize, usize, usize) = (37, 24, 70);
+const P2: (usize, usize, usize) = (70, 24, 20);
+const P3: (usize, usize, usize) = (2, 2048, 2100);
+
+fn values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 - 500.0) / 500.0)
+        .collect()
+}
+
+fn mat(buf: Buffer, rs: usize, cs: usize) -> Matrix {
+    Matrix {
+        view: View::of(buf),
+        row_stride: Expr::k(rs as i64),
+        col_stride: Expr::k(cs as i64),
+    }
+}
+
+fn gemm(mkn: (usize, usize, usize), a: Matrix, b: Matrix, c: Matrix, acc: bool) -> Step {
+    let (m, k, n) = mkn;
+    Step::Gemm {
+        m: Expr::k(m as i64),
+        n: Expr::k(n as i64),
+        k: Expr::k(k as i64),
+        a,
+        b,
+        c,
+        accumulate: acc,
+    }
+}
+
+/// Weights: 0 `a1 [m,k]`, 1 `w1 [n,k]` bf16, 2 `f1 [k,n]`, 3 `a2`, 4 `w2 [n,k]` f32,
+/// 5 `a3`, 6 `w3 [n,k]` bf16.
+fn weights() -> Vec<(String, Vec<usize>, Vec<f32>, Dtype)> {
+    let (m1, k1, n1) = P1;
+    let (m2, k2, n2) = P2;
+    let (m3, k3, n3) = P3;
+    vec![
+        ("a1".into(), vec![m1, k1], values(m1 * k1, 1), Dtype::F32),
+        ("w1".into(), vec![n1, k1], values(n1 * k1, 2), Dtype::Bf16),
+        ("f1".into(), vec![k1, n1], values(k1 * n1, 3), Dtype::F32),
+        ("a2".into(), vec![m2, k2], values(m2 * k2, 4), Dtype::F32),
+        ("w2".into(), vec![n2, k2], values(n2 * k2, 5), Dtype::F32),
+        ("a3".into(), vec![m3, k3], values(m3 * k3, 6), Dtype::F32),
+        ("w3".into(), vec![n3, k3], values(n3 * k3, 7), Dtype::Bf16),
+    ]
+}
+
+fn program(name: &str) -> Program {
+    let (out1, out2, out3) = (
+        || Buffer::Output("conv.1".into()),
+        || Buffer::Output("conv.2".into()),
+        || Buffer::Output("conv.3".into()),
+    );
+    let ((_, k1, n1), (_, k2, n2), (_, k3, n3)) = (P1, P2, P3);
+    let steps = vec![
+        // C1 = a1 · w1ᵀ (bf16, column-major view), then C1 += a1 · f1 (row-major).
+        gemm(
+            P1,
+            mat(Buffer::Weight(0), k1, 1),
+            mat(Buffer::Weight(1), 1, k1),
+            mat(out1(), n1, 1),
+            false,
+        ),
+        gemm(
+            P1,
+            mat(Buffer::Weight(0), k1, 1),
+            mat(Buffer::Weight(2), n1, 1),
+            mat(out1(), n1, 1),
+            true,
+        ),
+        // C2ᵀ stored column-major: more rows than columns, split by rows.
+        gemm(
+            P2,
+            mat(Buffer::Weight(3), k2, 1),
+            mat(Buffer::Weight(4), 1, k2),
+            mat(out2(), 1, P2.0),
+            false,
+        ),
+        // Widened in two rounds.
+        gemm(
+            P3,
+            mat(Buffer::Weight(5), k3, 1),
+            mat(Buffer::Weight(6), 1, k3),
+            mat(out3(), n3, 1),
+            false,
+        ),
+    ];
+    let e = |x: usize| Expr::k(x as i64);
+    Program {
+        name: name.into(),
+        steps,
+        slots: vec![],
+        scratch: vec![],
+        outputs: vec![
+            ("logits".into(), vec![Expr::T, e(common::V)]),
+            ("conv.1".into(), vec![e(P1.0), e(n1)]),
+            ("conv.2".into(), vec![e(n2), e(P2.0)]),
+            ("conv.3".into(), vec![e(P3.0), e(n3)]),
+        ],
+    }
+}
+
+fn widen(x: &[f32]) -> Vec<f32> {
+    x.iter()
+        .map(|&v| f32::from_bits(u32::from(bf16_bits(v)) << 16))
+        .collect()
+}
+
+/// `C[i][j] = Σ_l a[i,l] · b(l, j)`.
+fn reference(m: usize, n: usize, k: usize, a: &[f32], b: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|l| a[i * k + l] * b(l, j)).sum();
+        }
+    }
+    c
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+            "{what}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn split_products_match_plain_rust_on_any_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = common::build_host_so(tmp.path(), "");
+    let dir = tmp.path().join("gemm.engine");
+    let ws = weights();
+    let mut w = EngineWriter::create(&dir).unwrap();
+    for (name, shape, data, dtype) in &ws {
+        w.add_weight(name, shape, data, *dtype).unwrap();
+    }
+    let parts = ManifestParts {
+        zambac_version: "test".into(),
+        spec: common::spec(),
+        kernels: vec![],
+        programs: vec![program("prefill"), program("decode")],
+        build: serde_json::Value::Null,
+    };
+    w.finish(parts, &host, None).unwrap();
+
+    let ((m1, k1, n1), (m2, k2, n2), (m3, k3, n3)) = (P1, P2, P3);
+    let (w1, w3) = (widen(&ws[1].2), widen(&ws[6].2));
+    let (f1, w2) = (&ws[2].2, &ws[4].2);
+    let want1 = reference(m1, n1, k1, &ws[0].2, |l, j| w1[j * k1 + l] + f1[l * n1 + j]);
+    let c2 = reference(m2, n2, k2, &ws[3].2, |l, j| w2[j * k2 + l]);
+    let want2: Vec<f32> = (0..n2 * m2).map(|x| c2[(x % m2) * n2 + x / m2]).collect();
+    let want3 = reference(m3, n3, k3, &ws[5].2, |l, j| w3[j * k3 + l]);
+
+    let mut results = Vec::new();
+    for threads in [1, 2, 3] {
+        let mut b = CpuBackend::new(Engine::open(&dir).unwrap(), threads).unwrap();
+        let (_, s) = b.prefill(&[1], 1).unwrap();
+        let get = |n: &str| s[n].f32().unwrap().data.clone();
+        close(&get("conv.1"), &want1, "C1");
+        close(&get("conv.2"), &want2, "C2");
+        close(&get("conv.3"), &want3, "C3");
+        results.push([get("conv.1"), get("conv.2"), get("conv.3")]);
+    }
+    assert_eq!(results[0], results[1], "1 vs 2 threads");
+    assert_eq!(results[0], results[2], "1 vs 3 threads");
+}
