@@ -40,6 +40,12 @@ pub struct BuildArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// LLVM CPU to generate host code for (default: this machine's, e.g. `znver3`).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// LLVM feature string for the host CPU (default: this machine's).
+    #[arg(long)]
+    pub cpu_features: Option<String>,
     #[command(flatten)]
     pub passes: PassArgs,
 }
@@ -47,6 +53,8 @@ pub struct BuildArgs {
 /// What a build produced, for the summary.
 pub struct Compiled {
     pub input: Input,
+    /// The checkpoint tensor of each parameter, by parameter name (checkpoint inputs).
+    pub sources: std::collections::BTreeMap<String, String>,
     pub module: Module,
     pub lowered: Lowered,
     pub ops_before: (usize, usize),
@@ -55,8 +63,59 @@ pub struct Compiled {
 
 pub fn run(args: &BuildArgs) -> CliResult<()> {
     let compiled = compile(args)?;
-    print_summary(&compiled, args, None);
+    if args.check {
+        generate_code(&compiled, args)?;
+        print_summary(&compiled, args, None);
+        return Ok(());
+    }
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.engine", compiled.input.spec.name)));
+    crate::engine_out::write(&compiled, args, &out)?;
+    print_summary(&compiled, args, Some(&out));
     Ok(())
+}
+
+/// Host code (and PTX for `--target sm_90|all`).
+pub fn generate_code(c: &Compiled, args: &BuildArgs) -> CliResult<GeneratedCode> {
+    let dumps = args.passes.dump_dir.as_ref().map(|d| d.join("codegen"));
+    let codegen_err = |e: zambac_codegen::CodegenError| {
+        CliError::Internal(anyhow::anyhow!("code generation failed: {e}"))
+    };
+    let host = if args.target != "sm_90" {
+        let target = host_target(args);
+        Some(
+            zambac_codegen::compile_host(&c.lowered.kernels, &target, dumps.as_deref())
+                .map_err(codegen_err)?,
+        )
+    } else {
+        None
+    };
+    let gpu = if args.target != "cpu" {
+        let target = zambac_codegen::GpuTarget::sm_90(zambac_codegen::toolchain::libdevice());
+        Some(
+            zambac_codegen::compile_gpu(&c.lowered.kernels, &target, dumps.as_deref())
+                .map_err(codegen_err)?,
+        )
+    } else {
+        None
+    };
+    Ok(GeneratedCode { host, gpu })
+}
+
+/// What code generation produced.
+pub struct GeneratedCode {
+    pub host: Option<zambac_codegen::HostLibrary>,
+    pub gpu: Option<zambac_codegen::GpuModule>,
+}
+
+pub fn host_target(args: &BuildArgs) -> zambac_codegen::HostTarget {
+    let native = zambac_codegen::HostTarget::native();
+    zambac_codegen::HostTarget {
+        cpu: args.cpu.clone().unwrap_or(native.cpu),
+        features: args.cpu_features.clone().unwrap_or(native.features),
+    }
 }
 
 /// Frontend, IR, passes and kernelize.
@@ -69,9 +128,12 @@ pub fn compile(args: &BuildArgs) -> CliResult<Compiled> {
     let input = model::open(&args.input, args.weights.as_deref(), dt_clamp)?;
     let dtype = engine_dtype(args.dtype.as_deref(), &input);
     let mut module = zambac_ir::build(&input.spec)?;
-    if let WeightSource::Checkpoint(dir) = &input.weights {
-        hash_checkpoint_weights(&mut module, &input, dir)?;
-    }
+    let sources = match (&input.weights, args.check) {
+        (WeightSource::Checkpoint(dir), false) => {
+            hash_checkpoint_weights(&mut module, &input, dir)?
+        }
+        _ => Default::default(),
+    };
     let ops_before = ops(&module);
     let bind = Bindings {
         t: args.context,
@@ -81,6 +143,7 @@ pub fn compile(args: &BuildArgs) -> CliResult<Compiled> {
     let lowered = kernelize(&module, dtype).map_err(|e| CliError::input(format!("error: {e}")))?;
     Ok(Compiled {
         input,
+        sources,
         module,
         lowered,
         ops_before,
@@ -99,17 +162,24 @@ fn engine_dtype(flag: Option<&str>, input: &Input) -> Elem {
     }
 }
 
-/// Content hashes let `dedup-weights` store identical checkpoint tensors once.
-fn hash_checkpoint_weights(m: &mut Module, input: &Input, dir: &Path) -> CliResult<()> {
+/// Checks the checkpoint against the model and records each tensor's content hash, so
+/// `dedup-weights` stores identical tensors once. Returns parameter name → tensor name.
+fn hash_checkpoint_weights(
+    m: &mut Module,
+    input: &Input,
+    dir: &Path,
+) -> CliResult<std::collections::BTreeMap<String, String>> {
     let ck = zambac_runtime::weights::Checkpoint::open(dir)?;
     let resolved = zambac_runtime::weights::resolve(m, &input.spec, &ck)?;
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
-    for (p, src) in m.params.iter_mut().zip(&resolved.sources) {
-        p.hash = ck.content_hash(src);
+    let mut sources = std::collections::BTreeMap::new();
+    for (p, src) in m.params.iter_mut().zip(resolved.sources) {
+        p.hash = ck.content_hash(&src);
+        sources.insert(p.name.clone(), src);
     }
-    Ok(())
+    Ok(sources)
 }
 
 fn ops(m: &Module) -> (usize, usize) {

@@ -1,6 +1,9 @@
 //! The zambac driver: the command line, wiring the stages together, reports.
 
+pub mod bench_cmd;
 pub mod build_cmd;
+pub mod engine_out;
+pub mod engines;
 pub mod error;
 pub mod explore;
 pub mod fmt;

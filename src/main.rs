@@ -1,7 +1,7 @@
 //! `zambac`: a compiler for Zamba-family hybrid language models.
 
 use clap::{Parser, Subcommand};
-use zambac::{build_cmd, explore, ir_cmd, run_cmd};
+use zambac::{bench_cmd, build_cmd, explore, ir_cmd, run_cmd};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +22,8 @@ enum Command {
     Explore(explore::ExploreArgs),
     /// Print the IR (.zir) of a model.
     Ir(ir_cmd::IrArgs),
+    /// Measure an engine: prefill, time to first token, decode tokens/s, peak RSS.
+    Bench(bench_cmd::BenchArgs),
     /// Generate from a model: prefill the prompt, then decode token by token.
     Run(run_cmd::RunArgs),
 }
@@ -33,6 +35,7 @@ fn main() {
         Command::Explore(a) => explore::run(a),
         Command::Ir(a) => ir_cmd::run(a),
         Command::Run(a) => run_cmd::run(a),
+        Command::Bench(a) => bench_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("{e}");

@@ -14,12 +14,16 @@ use crate::text::Tokenizer;
 /// Options of `zambac run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// A Hugging Face checkpoint directory, or a description (.toml / config.json) run
-    /// with random weights.
+    /// An engine directory (from `zambac build`), a Hugging Face checkpoint directory,
+    /// or a description (.toml / config.json) run with random weights.
     pub input: PathBuf,
-    /// Which backend executes the model.
-    #[arg(long, default_value = "reference", value_parser = ["reference"])]
+    /// Which backend executes the model: `cpu` (compiled host code; inputs that are not
+    /// engines are compiled into a temporary one first) or `reference` (the interpreter).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "reference"])]
     pub backend: String,
+    /// Threads for the cpu backend (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Prompt token ids, comma-separated.
     #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
     pub tokens: Option<String>,
@@ -52,12 +56,6 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> CliResult<()> {
-    let dt_clamp = args
-        .dt_clamp
-        .as_deref()
-        .map(model::parse_dt_clamp)
-        .transpose()?;
-    let input = model::open(&args.input, args.weights.as_deref(), dt_clamp)?;
     let tokenizer = match &args.prompt {
         Some(_) => Some(Tokenizer::beside(&args.input)?),
         None => None,
@@ -67,12 +65,46 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         (None, Some(p), Some(tok)) => tok.encode(p)?,
         _ => unreachable!("clap requires --tokens or --prompt"),
     };
-    let module = zambac_ir::build(&input.spec)?;
-    let (weights, warnings) = model::load_weights(&module, &input)?;
-    for w in warnings {
-        eprintln!("warning: {w}");
-    }
-    let mut backend: Box<dyn Backend> = Box::new(ReferenceBackend::new(module, weights)?);
+    // Keeps a temporary engine alive while it runs.
+    let mut _temp = None;
+    let mut backend: Box<dyn Backend> = if crate::engines::is_engine(&args.input) {
+        if args.weights.is_some() || args.dt_clamp.is_some() {
+            return Err(CliError::input(
+                "error: --weights and --dt-clamp are fixed when an engine is built; pass them to `zambac build`",
+            ));
+        }
+        match args.backend.as_str() {
+            "cpu" => crate::engines::cpu_backend(&args.input, args.threads)?,
+            _ => crate::engines::reference_backend(&args.input)?,
+        }
+    } else {
+        let dt_clamp = args
+            .dt_clamp
+            .as_deref()
+            .map(model::parse_dt_clamp)
+            .transpose()?;
+        match args.backend.as_str() {
+            "cpu" => {
+                let (dir, backend) = crate::engines::compile_temporary(
+                    &args.input,
+                    args.weights.as_deref(),
+                    args.dt_clamp.as_deref(),
+                    args.threads,
+                )?;
+                _temp = Some(dir);
+                backend
+            }
+            _ => {
+                let input = model::open(&args.input, args.weights.as_deref(), dt_clamp)?;
+                let module = zambac_ir::build(&input.spec)?;
+                let (weights, warnings) = model::load_weights(&module, &input)?;
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+                Box::new(ReferenceBackend::new(module, weights)?)
+            }
+        }
+    };
     let sampling = Sampling {
         temperature: args.temperature,
         top_k: args.top_k,

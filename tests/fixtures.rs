@@ -12,10 +12,25 @@ use zambac_runtime::{Tensor, Value};
 
 const TOL: f32 = 2e-4;
 
-/// `zambac run --backend reference --dump-logits` on every prompt of a fixture, compared
-/// with HF's logits, decode logits and greedy tokens.
-fn check_fixture_cli(name: &str) {
+/// `zambac run --backend <backend> --dump-logits` on every prompt of a fixture (or of an
+/// engine built from it, for the cpu backend), compared with HF's logits, decode logits
+/// and greedy tokens.
+fn check_fixture_cli(name: &str, backend: &str) {
     let dir = fixture(name);
+    let engine_dir = tempfile::tempdir().unwrap();
+    let input = if backend == "cpu" {
+        let engine = engine_dir.path().join("e.engine");
+        let out = zambac(&[
+            "build",
+            dir.to_str().unwrap(),
+            "-o",
+            engine.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{name}: build: {}", stderr(&out));
+        engine
+    } else {
+        dir.clone()
+    };
     let expected = Checkpoint::open_file(&dir.join("expected.safetensors")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     for (i, prompt) in prompts(&dir).iter().enumerate() {
@@ -27,9 +42,9 @@ fn check_fixture_cli(name: &str) {
             .join(",");
         let out = zambac(&[
             "run",
-            dir.to_str().unwrap(),
+            input.to_str().unwrap(),
             "--backend",
-            "reference",
+            backend,
             "--tokens",
             &tokens,
             "--max-new-tokens",
@@ -37,7 +52,11 @@ fn check_fixture_cli(name: &str) {
             "--dump-logits",
             dump.to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "{name} prompt {i}: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "{name} {backend} prompt {i}: {}",
+            stderr(&out)
+        );
         let got = Checkpoint::open_file(&dump).unwrap();
         let logits = tensor(&got, "logits");
         let d = logits.max_abs_diff(&tensor(&expected, &format!("logits_{i}")));
@@ -47,28 +66,46 @@ fn check_fixture_cli(name: &str) {
         );
         let dl = tensor(&got, "decode_logits");
         let d = dl.max_abs_diff(&tensor(&expected, &format!("decode_logits_{i}")));
-        assert!(d <= TOL, "{name} prompt {i}: decode logits differ by {d:e}");
+        assert!(
+            d <= TOL,
+            "{name} {backend} prompt {i}: decode logits differ by {d:e}"
+        );
         assert_eq!(
             i64s(&got, "tokens"),
             i64s(&expected, &format!("greedy_{i}")),
-            "{name} prompt {i}: greedy tokens"
+            "{name} {backend} prompt {i}: greedy tokens"
         );
     }
 }
 
 #[test]
 fn zamba2_tiny_matches_hf() {
-    check_fixture_cli("zamba2-tiny");
+    check_fixture_cli("zamba2-tiny", "reference");
 }
 
 #[test]
 fn zamba2_tiny_norope_1block_matches_hf() {
-    check_fixture_cli("zamba2-tiny-norope-1block");
+    check_fixture_cli("zamba2-tiny-norope-1block", "reference");
 }
 
 #[test]
 fn zamba1_tiny_matches_hf() {
-    check_fixture_cli("zamba1-tiny");
+    check_fixture_cli("zamba1-tiny", "reference");
+}
+
+#[test]
+fn zamba2_tiny_engine_matches_hf_on_cpu() {
+    check_fixture_cli("zamba2-tiny", "cpu");
+}
+
+#[test]
+fn zamba2_tiny_norope_1block_engine_matches_hf_on_cpu() {
+    check_fixture_cli("zamba2-tiny-norope-1block", "cpu");
+}
+
+#[test]
+fn zamba1_tiny_engine_matches_hf_on_cpu() {
+    check_fixture_cli("zamba1-tiny", "cpu");
 }
 
 /// Every fixture present (including ones added later) is covered by a test above.

@@ -90,10 +90,19 @@ impl Expr {
         }
     }
 
-    /// The value for a call with `t` tokens at position `pos` and capacity `c`.
-    pub fn eval(&self, t: usize, c: usize, pos: usize) -> i64 {
-        let t = t as i64;
-        self.t2 * t * t + self.t * t + self.c * c as i64 + self.p * pos as i64 + self.k
+    /// The value for a call with `t` tokens at position `pos` and capacity `c`, or None
+    /// on overflow (expressions come from engine files, which are user input).
+    pub fn eval(&self, t: usize, c: usize, pos: usize) -> Option<i64> {
+        let v = |x: usize| i64::try_from(x).ok();
+        let (t, c, pos) = (v(t)?, v(c)?, v(pos)?);
+        let terms = [
+            self.t2.checked_mul(t.checked_mul(t)?)?,
+            self.t.checked_mul(t)?,
+            self.c.checked_mul(c)?,
+            self.p.checked_mul(pos)?,
+            self.k,
+        ];
+        terms.iter().try_fold(0i64, |acc, x| acc.checked_add(*x))
     }
 }
 
@@ -162,7 +171,8 @@ pub struct Matrix {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Step {
-    /// Call a generated kernel over grid indices `[0, grid)`.
+    /// Call a generated kernel over grid indices `[0, grid)`. `kernel` is the
+    /// [`Kernel::symbol`]; the exported function is `zk_<symbol>`.
     Launch {
         kernel: String,
         grid: Expr,
@@ -214,8 +224,8 @@ pub enum KernelKind {
     /// views `[a [rows,da], b [rows,db], w [da+db], out [rows,da+db]]`; grid rows:
     /// `out = RmsNorm(concat(a, b); w)`.
     ConcatRmsNorm { da: usize, db: usize, eps: f64 },
-    /// Elementwise `out = a + b` or `a ⊙ b` over `[rows, n]`, `b` broadcast over rows when
-    /// `b_rows` is false; grid rows.
+    /// Elementwise `out = a + b` or `a ⊙ b` over `[rows, n]`: views `[a, b, out]`, `b`
+    /// broadcast over rows when `b_rows` is false; grid rows.
     Binary { op: BinOp, n: usize, b_rows: bool },
     /// Matrix-vector products for one-row inputs, several weights sharing one pass over
     /// `x`: views `[x [k], W_0 [rows_0,k], …, W_p, y_0 [rows_0], …, y_p]`; grid
@@ -242,9 +252,10 @@ pub enum KernelKind {
     /// Writes rows `k [rows, heads·hd]` into a cache `[heads, C, hd]` at positions
     /// `pos0 + r`: views `[k, cache]`; ints `[pos0, C]`; grid rows.
     KvWrite { heads: usize, head_dim: usize },
-    /// Causal softmax of attention scores `s [rows, C]` in place: query `r` keeps columns
-    /// `0 ..= pos0 + r` (scaled by `scale`, normalised), the rest become 0. views `[s]`;
-    /// ints `[pos0, ld]` (`ld` = row stride of `s`); grid rows.
+    /// Causal softmax of attention scores `s [rows, ld]` in place: query `r` keeps columns
+    /// `0 ..= pos0 + r` (scaled by `scale`, normalised), the rest of its `ld` columns
+    /// become 0. views `[s]`; ints `[pos0, ld]` (`ld` = row width = row stride of `s`);
+    /// grid rows.
     Softmax { scale: f64 },
     /// One-token attention over a cache: views `[q [heads·hd], K [kvh,C,hd],
     /// V [kvh,C,hd], out [heads·hd]]`; ints `[pos, C]`; grid heads: head `h` attends keys

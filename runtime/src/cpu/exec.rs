@@ -23,11 +23,7 @@ pub struct Dims {
 impl Dims {
     /// Evaluates `e`, refusing overflow (expressions come from the engine file).
     pub fn eval(&self, e: &Expr) -> Result<i64, String> {
-        let term = |coef: i64, v: usize| i64::try_from(v).ok().and_then(|v| coef.checked_mul(v));
-        term(e.t, self.t)
-            .zip(term(e.c, self.c))
-            .zip(term(e.p, self.pos))
-            .and_then(|((a, b), c)| a.checked_add(b)?.checked_add(c)?.checked_add(e.k))
+        e.eval(self.t, self.c, self.pos)
             .ok_or_else(|| format!("{e:?} overflows"))
     }
 
