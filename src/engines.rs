@@ -13,9 +13,13 @@ use crate::build_cmd::{BuildArgs, compile};
 use crate::error::{CliError, CliResult};
 use crate::pass_args::PassArgs;
 
-/// Whether `path` is an engine directory.
+/// Whether `path` is (or claims to be) an engine directory: it holds any engine file. A
+/// damaged engine is then reported by the engine loader, naming what is missing.
 pub fn is_engine(path: &Path) -> bool {
-    path.join(zambac_runtime::engine::MANIFEST_FILE).is_file()
+    use zambac_runtime::engine::{HOST_FILE, MANIFEST_FILE, WEIGHTS_FILE};
+    [MANIFEST_FILE, WEIGHTS_FILE, HOST_FILE]
+        .iter()
+        .any(|f| path.join(f).is_file())
 }
 
 pub fn cpu_backend(dir: &Path, threads: usize) -> CliResult<Box<dyn Backend>> {

@@ -1,0 +1,191 @@
+//! Engines through the CLI: reproducible builds, atomic replacement, and validation of
+//! broken engines with exit code 2 before anything runs.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn build(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut a = vec![
+        "build",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    a.extend_from_slice(extra);
+    zambac(&a)
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn same_inputs_give_a_byte_identical_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a.engine"), tmp.path().join("b.engine"));
+    for out in [&a, &b] {
+        let o = build(&fixture("zamba2-tiny"), out, &["--target", "all"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let (fa, fb) = (files(&a), files(&b));
+    let names: Vec<&str> = fa.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"kernels.ptx") && names.contains(&"host.so"),
+        "{names:?}"
+    );
+    assert_eq!(fa, fb);
+}
+
+#[test]
+fn a_failed_build_leaves_the_existing_engine_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.engine");
+    let o = build(&root().join("examples/tiny.toml"), &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = files(&out);
+    // A malformed description and a checkpoint that does not fit both fail.
+    let bad = root().join("tests/malformed/typo-key.toml");
+    let o = build(&bad, &out, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = build(
+        &root().join("examples/tiny.toml"),
+        &out,
+        &["--weights", fixture("zamba2-tiny").to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(files(&out), before);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "temporary files left behind: {leftovers:?}"
+    );
+}
+
+/// Builds a tiny engine, breaks it with `damage`, and checks `run` refuses it with exit
+/// code 2 and a message naming `needle`.
+fn assert_broken_engine_rejected(damage: impl Fn(&Path), needle: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.engine");
+    assert!(
+        build(&root().join("examples/tiny.toml"), &out, &[])
+            .status
+            .success()
+    );
+    damage(&out);
+    let o = zambac(&["run", out.to_str().unwrap(), "--tokens", "1,2"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains(needle), "should name `{needle}`: {err}");
+}
+
+#[test]
+fn a_corrupt_weight_is_named() {
+    assert_broken_engine_rejected(
+        |d| {
+            let p = d.join("weights.bin");
+            let mut b = std::fs::read(&p).unwrap();
+            b[100] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+        },
+        "model.embed_tokens.weight",
+    );
+}
+
+#[test]
+fn missing_files_are_named() {
+    for f in ["host.so", "weights.bin", "manifest.json"] {
+        assert_broken_engine_rejected(|d| std::fs::remove_file(d.join(f)).unwrap(), f);
+    }
+}
+
+#[test]
+fn a_truncated_manifest_is_rejected() {
+    assert_broken_engine_rejected(
+        |d| {
+            let p = d.join("manifest.json");
+            let b = std::fs::read(&p).unwrap();
+            std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+        },
+        "manifest.json",
+    );
+}
+
+#[test]
+fn an_unknown_format_version_is_rejected() {
+    assert_broken_engine_rejected(
+        |d| {
+            let p = d.join("manifest.json");
+            let t = std::fs::read_to_string(&p).unwrap();
+            std::fs::write(
+                &p,
+                t.replacen("\"format_version\": 1", "\"format_version\": 99", 1),
+            )
+            .unwrap();
+        },
+        "99",
+    );
+}
+
+#[test]
+fn a_replaced_host_library_is_rejected() {
+    assert_broken_engine_rejected(
+        |d| {
+            let p = d.join("host.so");
+            let mut b = std::fs::read(&p).unwrap();
+            let n = b.len();
+            b[n - 10] ^= 1;
+            std::fs::write(&p, b).unwrap();
+        },
+        "host.so",
+    );
+}
+
+#[test]
+fn bench_reports_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.engine");
+    assert!(
+        build(
+            &root().join("examples/tiny.toml"),
+            &out,
+            &["--dtype", "bf16"]
+        )
+        .status
+        .success()
+    );
+    let o = zambac(&[
+        "bench",
+        out.to_str().unwrap(),
+        "--prompt-len",
+        "16",
+        "--new-tokens",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for k in ["prefill_s", "decode_tok_per_s", "peak_rss_bytes"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+    let o = zambac(&["bench", root().join("examples/tiny.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+}
