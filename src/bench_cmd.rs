@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 
+use zambac_runtime::bench::{self, BenchReport};
+use zambac_runtime::cpu::{CpuBackend, ProfileRow};
+use zambac_runtime::sampling::argmax;
+use zambac_runtime::session::Backend;
+
 use crate::error::{CliError, CliResult};
 
 /// Options of `zambac bench`.
@@ -23,9 +28,29 @@ pub struct BenchArgs {
     /// Seed of the random prompt.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also time every kernel: one more prefill and `--new-tokens` more decode steps run
+    /// with a clock around each step, and a table per phase shows where the time goes.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Per-kernel times of one profiled prefill and of the profiled decode steps.
+#[derive(serde::Serialize)]
+struct Profile {
+    prefill: Vec<ProfileRow>,
+    decode: Vec<ProfileRow>,
+}
+
+/// The JSON object: the report, and the profile when asked for.
+#[derive(serde::Serialize)]
+struct Output<'a> {
+    #[serde(flatten)]
+    report: &'a BenchReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Profile>,
 }
 
 pub fn run(args: &BenchArgs) -> CliResult<()> {
@@ -38,17 +63,20 @@ pub fn run(args: &BenchArgs) -> CliResult<()> {
     if args.prompt_len == 0 {
         return Err(CliError::input("error: --prompt-len must be at least 1"));
     }
-    let mut backend = crate::engines::cpu_backend(&args.engine, args.threads)?;
-    let r = zambac_runtime::bench::run(
-        backend.as_mut(),
-        args.prompt_len,
-        args.new_tokens,
-        args.seed,
-    )?;
+    let mut backend = crate::engines::open_cpu(&args.engine, args.threads)?;
+    let r = bench::run(&mut backend, args.prompt_len, args.new_tokens, args.seed)?;
+    let profile = match args.profile {
+        true => Some(profile(&mut backend, args)?),
+        false => None,
+    };
     if args.json {
+        let out = Output {
+            report: &r,
+            profile,
+        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&r).map_err(anyhow::Error::from)?
+            serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?
         );
     } else {
         println!("engine        {}", args.engine.display());
@@ -64,6 +92,59 @@ pub fn run(args: &BenchArgs) -> CliResult<()> {
             r.new_tokens
         );
         println!("peak RSS      {}", crate::fmt::bytes(r.peak_rss_bytes));
+        if let Some(p) = profile {
+            print_table(
+                &format!("prefill of {} tokens", r.prompt_len),
+                &p.prefill,
+                1,
+            );
+            print_table(
+                &format!("decode, per token (mean of {})", r.new_tokens),
+                &p.decode,
+                r.new_tokens.max(1),
+            );
+        }
     }
     Ok(())
+}
+
+/// Runs the benchmark's prompt once more and decodes `--new-tokens` greedily, with every
+/// step timed.
+fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> CliResult<Profile> {
+    let prompt = bench::random_prompt(backend.vocab_size(), args.prompt_len, args.seed);
+    let capacity = args.prompt_len + args.new_tokens.max(1);
+    backend.set_profiling(true);
+    let (logits, mut state) = backend.prefill_last(&prompt, capacity)?;
+    let prefill = backend.take_profile();
+    let mut token = argmax(logits.row(0)) as i64;
+    for i in 0..args.new_tokens {
+        let (logits, next) = backend.decode(token, args.prompt_len + i, state)?;
+        state = next;
+        token = argmax(logits.row(0)) as i64;
+    }
+    let decode = backend.take_profile();
+    backend.set_profiling(false);
+    Ok(Profile { prefill, decode })
+}
+
+/// One phase's rows: kind, symbol, launches and time per `per` runs, share of the phase.
+fn print_table(title: &str, rows: &[ProfileRow], per: usize) {
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    println!("\n{title}: {:.3} ms in kernels", total * 1e3 / per as f64);
+    println!(
+        "  {:<16} {:<22} {:>8} {:>10} {:>6} {:>9}",
+        "kind", "kernel", "calls", "ms", "share", "GFLOP/s"
+    );
+    for r in rows {
+        let rate = r.gflop_per_s.map_or(String::new(), |g| format!("{g:.1}"));
+        println!(
+            "  {:<16} {:<22} {:>8} {:>10.3} {:>5.1}% {:>9}",
+            r.kind,
+            r.name,
+            r.calls / per as u64,
+            r.seconds * 1e3 / per as f64,
+            100.0 * r.seconds / total.max(f64::MIN_POSITIVE),
+            rate
+        );
+    }
 }

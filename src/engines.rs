@@ -23,8 +23,13 @@ pub fn is_engine(path: &Path) -> bool {
 }
 
 pub fn cpu_backend(dir: &Path, threads: usize) -> CliResult<Box<dyn Backend>> {
+    Ok(Box::new(open_cpu(dir, threads)?))
+}
+
+/// The cpu backend on the engine in `dir` (0 threads: one per core).
+pub fn open_cpu(dir: &Path, threads: usize) -> CliResult<CpuBackend> {
     let engine = Engine::open(dir)?;
-    Ok(Box::new(CpuBackend::new(engine, threads)?))
+    Ok(CpuBackend::new(engine, threads)?)
 }
 
 /// The reference interpreter on the unoptimised graph of an engine's model, with the

@@ -189,3 +189,64 @@ fn bench_reports_json() {
     let o = zambac(&["bench", root().join("examples/tiny.toml").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn bench_profile_accounts_for_every_kernel_of_a_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.engine");
+    assert!(
+        build(&root().join("examples/tiny.toml"), &out, &[])
+            .status
+            .success()
+    );
+    let new_tokens = 5u64;
+    let o = zambac(&[
+        "bench",
+        out.to_str().unwrap(),
+        "--prompt-len",
+        "12",
+        "--new-tokens",
+        &new_tokens.to_string(),
+        "--profile",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let symbols: Vec<&str> = manifest["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["symbol"].as_str().unwrap())
+        .collect();
+    for phase in ["prefill", "decode"] {
+        let rows = v["profile"][phase].as_array().unwrap();
+        assert!(!rows.is_empty(), "{phase}: {v}");
+        for r in rows {
+            let name = r["name"].as_str().unwrap();
+            assert!(name == "gemm" || symbols.contains(&name), "{name}");
+            assert!(r["seconds"].as_f64().unwrap() >= 0.0);
+        }
+        // Longest first.
+        let secs: Vec<f64> = rows
+            .iter()
+            .map(|r| r["seconds"].as_f64().unwrap())
+            .collect();
+        assert!(secs.windows(2).all(|w| w[0] >= w[1]), "{secs:?}");
+        // One embedding lookup per call: one prefill, then one per decoded token.
+        let embedding = rows.iter().find(|r| r["kind"] == "Embedding").unwrap();
+        let calls = if phase == "prefill" { 1 } else { new_tokens };
+        assert_eq!(embedding["calls"].as_u64().unwrap(), calls, "{phase}");
+    }
+    // Without --profile the object has no profile.
+    let o = zambac(&[
+        "bench",
+        out.to_str().unwrap(),
+        "--prompt-len",
+        "4",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v.get("profile").is_none());
+}

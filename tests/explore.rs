@@ -248,8 +248,13 @@ fn explore_reports_kv_reduction_against_a_transformer() {
     );
     let c = &got["contexts"][0];
     assert_eq!(c["kv_cache_bytes"].as_u64().unwrap(), 4 * 49_152 * 4096);
-    // H100 roofline: decode moves the bf16 weights, the state twice and the KV cache.
-    let bytes = 2.0 * 1_215_064_704f64
+    // Decode reads every weight once, except that the shared block (109,058,048 params)
+    // streams again at each of its 5 further invocations and the tied embedding is read
+    // in full by the head plus one row (2048) by the lookup.
+    let read = 1_215_064_704u64 + 5 * 109_058_048 + 2048;
+    assert_eq!(got["decode_weight_elems_read"].as_u64().unwrap(), read);
+    // H100 roofline: decode moves those bf16 weights, the state twice and the KV cache.
+    let bytes = 2.0 * read as f64
         + 2.0 * got["recurrent_state_bytes"].as_f64().unwrap()
         + c["kv_cache_bytes"].as_f64().unwrap();
     let want = bytes / 3.35e12;

@@ -122,6 +122,30 @@ pub fn graph_flops(g: &Graph, bind: &Bindings) -> f64 {
         .sum()
 }
 
+/// Parameter elements a call of `g` reads: every op reads each weight it takes in full —
+/// so a shared block's weights count once per invocation, as they stream from memory once
+/// per invocation — except an embedding lookup, which reads one row per token.
+pub fn weight_elems_read(g: &Graph, bind: &Bindings) -> u64 {
+    g.nodes()
+        .filter(|&n| matches!(g.kind(n), OpKind::Param(_)))
+        .map(|n| {
+            let ty = g.ty(n.out());
+            let mut users: Vec<_> = g.users(n).into_iter().map(|(u, _, _)| u).collect();
+            users.sort();
+            users.dedup();
+            users
+                .iter()
+                .map(|&u| match g.kind(u) {
+                    OpKind::Embedding => {
+                        bind.t as u64 * ty.last().and_then(|d| d.as_const()).unwrap_or(1) as u64
+                    }
+                    _ => ty.numel(bind) as u64,
+                })
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
     let node = g.node(n);
     let ops = g.operands(n);
@@ -252,6 +276,8 @@ pub struct Report {
     pub ssm_state_elems: u64,
     /// Recurrent state bytes per sequence (f32).
     pub recurrent_state_bytes: u64,
+    /// Weight elements one decode step reads: each shared block once per invocation.
+    pub decode_weight_elems_read: u64,
     pub contexts: Vec<ContextCost>,
     pub transformer: TransformerBaseline,
 }
@@ -268,8 +294,8 @@ pub struct ContextCost {
     pub prefill_flops_per_token: f64,
     /// Decode FLOPs for one token at this context.
     pub decode_flops_per_token: f64,
-    /// Bytes a decode step moves at this context (weights in the model dtype, states read
-    /// and written, KV cache read).
+    /// Bytes a decode step moves at this context: the weights it reads in the model dtype
+    /// (shared blocks once per invocation), states read and written, the KV cache read.
     pub decode_bytes_per_token: f64,
     /// H100 roofline: decode latency per token (s) = bytes / bandwidth.
     pub h100_decode_s: f64,
@@ -294,7 +320,8 @@ impl Report {
             let size = if d == "f32" { 4 } else { 2 };
             weight_bytes.insert(d.to_string(), params.total * size);
         }
-        let model_weight_bytes = params.total as f64 * spec.dtype.size() as f64;
+        let decode_weight_elems_read = weight_elems_read(decode, &Bindings { t: 1, c: 1 });
+        let model_weight_bytes = decode_weight_elems_read as f64 * spec.dtype.size() as f64;
         let recurrent_state_bytes = 4 * states.recurrent_elems();
         let contexts = contexts
             .iter()
@@ -331,6 +358,7 @@ impl Report {
             conv_state_elems: states.conv_elems,
             ssm_state_elems: states.ssm_elems,
             recurrent_state_bytes,
+            decode_weight_elems_read,
             contexts,
             transformer,
         }

@@ -44,11 +44,7 @@ pub fn run(
             "the benchmark prompt needs at least one token".into(),
         ));
     }
-    let vocab = backend.vocab_size();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let prompt: Vec<i64> = (0..prompt_len)
-        .map(|_| rng.random_range(0..vocab as i64))
-        .collect();
+    let prompt = random_prompt(backend.vocab_size(), prompt_len, seed);
     let capacity = prompt_len + new_tokens.max(1);
     backend.prefill_last(&prompt, capacity)?;
     let mut times = Vec::with_capacity(PREFILL_RUNS);
@@ -85,6 +81,14 @@ pub fn run(
         },
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
     })
+}
+
+/// The benchmark's prompt: `len` token ids drawn uniformly from the vocabulary by `seed`.
+pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<i64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| rng.random_range(0..vocab as i64))
+        .collect()
 }
 
 /// `VmHWM` of this process, from `/proc/self/status` (Linux).

@@ -3,6 +3,7 @@
 //! launches on the [`Pool`], products through [`super::gemm`].
 
 use std::ffi::c_void;
+use std::time::Instant;
 
 use zambac_ir::program::Expr;
 
@@ -87,6 +88,17 @@ pub struct Executor {
     scratch: Arena,
     /// Holds bf16 GEMM operands widened to f32.
     widen: AlignedBuf,
+    /// Time spent per step kind, while profiling.
+    profile: Option<StepTimes>,
+}
+
+/// Wall time per kernel and in the GEMM library, summed over the steps run while profiling.
+#[derive(Clone, Debug, Default)]
+pub struct StepTimes {
+    /// Indexed like the engine's kernel table: (launches, seconds).
+    pub kernels: Vec<(u64, f64)>,
+    /// Library matrix products: (calls, seconds, floating-point operations).
+    pub gemm: (u64, f64, f64),
 }
 
 /// Kernel launches: the pool, the loaded kernels, and the argument arrays reused by every
@@ -127,7 +139,25 @@ impl Executor {
             slots: Arena::default(),
             scratch: Arena::default(),
             widen: AlignedBuf::default(),
+            profile: None,
         })
+    }
+
+    /// Starts (or stops) timing every step; starting clears what was collected.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| StepTimes {
+            kernels: vec![(0, 0.0); self.launcher.fns.len()],
+            gemm: (0, 0.0, 0.0),
+        });
+    }
+
+    /// What was timed since profiling started, leaving the counters at zero.
+    pub fn take_profile(&mut self) -> Option<StepTimes> {
+        let fresh = self.profile.as_ref().map(|p| StepTimes {
+            kernels: vec![(0, 0.0); p.kernels.len()],
+            gemm: (0, 0.0, 0.0),
+        });
+        std::mem::replace(&mut self.profile, fresh)
     }
 
     pub fn threads(&self) -> usize {
@@ -161,16 +191,26 @@ impl Executor {
             slots: &slots,
             scratch: &scratch,
         };
+        let profile = &mut self.profile;
         let mut exec = |step: &PStep| -> Result<(), String> {
+            let t0 = profile.is_some().then(Instant::now);
             match step {
                 PStep::Launch {
                     kernel,
                     grid,
                     views,
                     ints,
-                } => self
-                    .launcher
-                    .launch(*kernel, d.size(grid)?, views, ints, &bound, d),
+                } => {
+                    self.launcher
+                        .launch(*kernel, d.size(grid)?, views, ints, &bound, d)?;
+                    if let (Some(p), Some(t0)) = (profile.as_mut(), t0)
+                        && let Some(slot) = p.kernels.get_mut(*kernel)
+                    {
+                        slot.0 += 1;
+                        slot.1 += t0.elapsed().as_secs_f64();
+                    }
+                    Ok(())
+                }
                 PStep::Gemm(g) => {
                     let PGemm {
                         m,
@@ -194,7 +234,13 @@ impl Executor {
                         c: op(c, m, n)?,
                         accumulate: *accumulate,
                     };
-                    gemm::run(&g, &self.launcher.pool, &mut self.widen)
+                    gemm::run(&g, &self.launcher.pool, &mut self.widen)?;
+                    if let (Some(p), Some(t0)) = (profile.as_mut(), t0) {
+                        p.gemm.0 += 1;
+                        p.gemm.1 += t0.elapsed().as_secs_f64();
+                        p.gemm.2 += 2.0 * (m as f64) * (n as f64) * (k as f64);
+                    }
+                    Ok(())
                 }
             }
         };

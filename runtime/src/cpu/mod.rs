@@ -23,6 +23,21 @@ use exec::{CallBuffers, Dims, ElemKind, Executor, Region};
 use library::HostLibrary;
 use plan::Plan;
 
+/// One line of a profile: a generated kernel, or the GEMM library, and the wall time its
+/// steps took (every thread of a step together).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProfileRow {
+    /// The kernel's symbol, or `gemm` for the library's matrix products.
+    pub name: String,
+    /// The kernel kind (`Gemv`, `Mamba2Scan`, ...), or `library`.
+    pub kind: String,
+    pub calls: u64,
+    pub seconds: f64,
+    /// Achieved GFLOP/s, for the matrix products.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflop_per_s: Option<f64>,
+}
+
 /// Executes an engine on the CPU.
 pub struct CpuBackend {
     // Field order is drop order: the executor (threads, pointers into the map and the
@@ -104,6 +119,45 @@ impl CpuBackend {
 
     pub fn threads(&self) -> usize {
         self.exec.threads()
+    }
+
+    /// Starts or stops timing every step of every call; starting clears the counters.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.exec.set_profiling(on);
+    }
+
+    /// Per-kernel time since profiling started (or since the last take), longest first;
+    /// empty when profiling is off.
+    pub fn take_profile(&mut self) -> Vec<ProfileRow> {
+        let Some(times) = self.exec.take_profile() else {
+            return Vec::new();
+        };
+        let kernels = &self.engine.manifest().kernels;
+        let mut rows: Vec<ProfileRow> = times
+            .kernels
+            .iter()
+            .zip(kernels)
+            .filter(|((calls, _), _)| *calls > 0)
+            .map(|(&(calls, seconds), k)| ProfileRow {
+                name: k.symbol.clone(),
+                kind: kind_name(&k.kind),
+                calls,
+                seconds,
+                gflop_per_s: None,
+            })
+            .collect();
+        let (calls, seconds, flops) = times.gemm;
+        if calls > 0 {
+            rows.push(ProfileRow {
+                name: "gemm".into(),
+                kind: "library".into(),
+                calls,
+                seconds,
+                gflop_per_s: (seconds > 0.0).then(|| flops / seconds / 1e9),
+            });
+        }
+        rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        rows
     }
 
     fn manifest_error(&self, msg: String) -> RuntimeError {
@@ -230,6 +284,13 @@ enum Which {
     Prefill,
     PrefillLast,
     Decode,
+}
+
+/// The variant name of a kernel kind, without its parameters.
+fn kind_name(kind: &zambac_ir::program::KernelKind) -> String {
+    let debug = format!("{kind:?}");
+    let end = debug.find([' ', '{', '(']).unwrap_or(debug.len());
+    debug[..end].to_string()
 }
 
 fn zeros(shape: &[usize]) -> Result<Tensor, String> {

@@ -1,0 +1,177 @@
+"""Runs Hugging Face transformers and zambac side by side on the CPU and prints ratios.
+
+For each config: HF eager float32 with 2 threads (prefill of 512 tokens computing the last
+position's logits; decode tokens/s after a 128-token prompt, from generate() timings),
+then `zambac build` (random f32 and bf16 weights) and `zambac bench` for the same shapes.
+The machine's read bandwidth is measured here too, with a large f32 matrix-vector product
+(2 threads) and with a plain sum over the same matrix, to express decode as a fraction of
+the memory-bandwidth roofline: weight bytes read per token (`zambac explore`'s
+`decode_weight_elems_read`: a shared block's weights stream once per invocation) divided
+by the bandwidth.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "..", "shared", "configs")
+
+
+def median_time(fn, runs=3):
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bandwidths_gbs():
+    """Read bandwidth over 1 GiB of f32, 2 threads: (matrix-vector product, plain sum).
+
+    The GEMV figure is the issue's definition of the machine's bandwidth; the sum reads
+    the same bytes with less work per byte and shows what the memory system delivers."""
+    a = torch.randn(16384, 16384, dtype=torch.float32)
+    x = torch.randn(16384, dtype=torch.float32)
+    gemv = median_time(lambda: torch.mv(a, x), runs=5)
+    total = median_time(lambda: a.sum(), runs=5)
+    return a.numel() * 4 / gemv / 1e9, a.numel() * 4 / total / 1e9
+
+
+def hf_bench(name, prompt_len, decode_prompt, new_tokens):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(os.path.join(CONFIGS, name))
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, cfg.vocab_size, (1, prompt_len), generator=g)
+    with torch.no_grad():
+        prefill = median_time(lambda: model(ids, logits_to_keep=1))
+        dp = ids[:, :decode_prompt]
+
+        def gen(n):
+            return model.generate(dp, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+        one = median_time(lambda: gen(1), runs=2)
+        many = median_time(lambda: gen(new_tokens + 1), runs=2)
+    per_token = (many - one) / new_tokens
+    rss = peak_rss()
+    del model
+    return {"prefill_s": prefill, "decode_s_per_token": per_token, "decode_tok_per_s": 1 / per_token, "peak_rss_bytes": rss}
+
+
+def hf_bench_isolated(name, prompt_len, decode_prompt, new_tokens):
+    """hf_bench in a process of its own, so its peak RSS is HF's alone."""
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--hf-only", name, "--prompt-len", str(prompt_len),
+         "--decode-prompt", str(decode_prompt), "--new-tokens", str(new_tokens)],
+        check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def peak_rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def zambac(binary, args):
+    out = subprocess.run([binary] + args, check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+def zambac_bench(binary, name, dtype, prompt_len, decode_prompt, new_tokens, workdir):
+    engine = os.path.join(workdir, f"{name}-{dtype}.engine")
+    cfg = os.path.join(CONFIGS, name, "config.json")
+    summary = json.loads(zambac(binary, ["build", cfg, "--dtype", dtype, "--weights", "random:0", "-o", engine, "--json"]))
+    explore = json.loads(zambac(binary, ["explore", cfg, "--json"]))
+    pre = json.loads(zambac(binary, ["bench", engine, "--prompt-len", str(prompt_len), "--new-tokens", "2", "--json"]))
+    dec = json.loads(zambac(binary, ["bench", engine, "--prompt-len", str(decode_prompt), "--new-tokens", str(new_tokens), "--json"]))
+    return {
+        "weight_bytes": summary["weight_bytes"],
+        # What one decode step streams: every weight, the shared blocks once per invocation.
+        "decode_weight_bytes_read": explore["decode_weight_elems_read"] * (4 if dtype == "f32" else 2),
+        "prefill_s": pre["prefill_s"],
+        "decode_tok_per_s": dec["decode_tok_per_s"],
+        "decode_s_per_token": 1 / dec["decode_tok_per_s"],
+        "peak_rss_bytes": max(pre["peak_rss_bytes"], dec["peak_rss_bytes"]),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zambac", help="the zambac binary")
+    ap.add_argument("--hf-only", metavar="CONFIG", help="(internal) print HF's results for one config as JSON")
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--decode-prompt", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("configs", nargs="*", default=["zamba2-100m", "zamba2-1.2b"])
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    if a.hf_only:
+        print(json.dumps(hf_bench(a.hf_only, a.prompt_len, a.decode_prompt, a.new_tokens)))
+        return 0
+    if not a.zambac:
+        ap.error("--zambac is required")
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    bw, bw_sum = bandwidths_gbs()
+    print(f"machine: {machine}; read bandwidth, 2 threads: f32 GEMV {bw:.1f} GB/s, sum {bw_sum:.1f} GB/s")
+    results = {"machine": machine, "bandwidth_gbs": bw, "sum_bandwidth_gbs": bw_sum, "configs": {}}
+    with tempfile.TemporaryDirectory() as work:
+        for name in a.configs:
+            hf = hf_bench_isolated(name, a.prompt_len, a.decode_prompt, a.new_tokens)
+            f32 = zambac_bench(a.zambac, name, "f32", a.prompt_len, a.decode_prompt, a.new_tokens, work)
+            bf16 = zambac_bench(a.zambac, name, "bf16", a.prompt_len, a.decode_prompt, a.new_tokens, work)
+            roof = f32["decode_weight_bytes_read"] / (bw * 1e9)
+            roof_sum = f32["decode_weight_bytes_read"] / (bw_sum * 1e9)
+            row = {
+                "hf": hf,
+                "zambac_f32": f32,
+                "zambac_bf16": bf16,
+                "prefill_speedup_f32": hf["prefill_s"] / f32["prefill_s"],
+                "prefill_speedup_bf16": hf["prefill_s"] / bf16["prefill_s"],
+                "decode_speedup_f32": f32["decode_tok_per_s"] / hf["decode_tok_per_s"],
+                "decode_roofline_fraction_f32": roof / f32["decode_s_per_token"],
+                "decode_sum_roofline_fraction_f32": roof_sum / f32["decode_s_per_token"],
+                "hf_decode_roofline_fraction": roof / hf["decode_s_per_token"],
+                "bf16_decode_vs_f32": bf16["decode_tok_per_s"] / f32["decode_tok_per_s"],
+                "bf16_prefill_vs_f32": f32["prefill_s"] / bf16["prefill_s"],
+            }
+            results["configs"][name] = row
+            print(f"\n{name} (f32 weights {f32['weight_bytes'] / 1e9:.2f} GB, read per decoded token {f32['decode_weight_bytes_read'] / 1e9:.2f} GB; roofline {roof * 1e3:.1f} ms/token at the GEMV bandwidth, {roof_sum * 1e3:.1f} at the sum's)")
+            print(f"  prefill {a.prompt_len}: HF {hf['prefill_s']:.3f} s | zambac f32 {f32['prefill_s']:.3f} s ({row['prefill_speedup_f32']:.2f}x) | bf16 {bf16['prefill_s']:.3f} s ({row['prefill_speedup_bf16']:.2f}x)")
+            print(f"  decode:      HF {hf['decode_s_per_token'] * 1e3:.1f} ms/tok ({row['hf_decode_roofline_fraction']:.0%} of roofline) | zambac f32 {f32['decode_s_per_token'] * 1e3:.1f} ms/tok ({row['decode_roofline_fraction_f32']:.0%} of roofline, {row['decode_sum_roofline_fraction_f32']:.0%} at the sum's bandwidth, {row['decode_speedup_f32']:.2f}x HF) | bf16 {bf16['decode_s_per_token'] * 1e3:.1f} ms/tok ({row['bf16_decode_vs_f32']:.2f}x f32)")
+            print(f"  peak RSS:    HF {hf['peak_rss_bytes'] / 2**30:.2f} GiB | zambac f32 {f32['peak_rss_bytes'] / 2**30:.2f} GiB | bf16 {bf16['peak_rss_bytes'] / 2**30:.2f} GiB")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
