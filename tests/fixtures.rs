@@ -60,12 +60,14 @@ fn check_fixture_cli(name: &str, backend: &str) {
         let got = Checkpoint::open_file(&dump).unwrap();
         let logits = tensor(&got, "logits");
         let d = logits.max_abs_diff(&tensor(&expected, &format!("logits_{i}")));
+        eprintln!("{name} {backend} prompt {i}: prefill logits max |Δ| {d:.2e}");
         assert!(
             d <= TOL,
             "{name} prompt {i}: prefill logits differ by {d:e}"
         );
         let dl = tensor(&got, "decode_logits");
         let d = dl.max_abs_diff(&tensor(&expected, &format!("decode_logits_{i}")));
+        eprintln!("{name} {backend} prompt {i}: decode logits max |Δ| {d:.2e}");
         assert!(
             d <= TOL,
             "{name} {backend} prompt {i}: decode logits differ by {d:e}"

@@ -10,7 +10,7 @@
 use crate::dump::Dumps;
 use crate::error::CodegenError;
 use crate::host::check_unique;
-use crate::kernels::{GpuParam, Target, build_module, gpu_params, grid_function};
+use crate::kernels::{GpuParam, Target, VectorMath, build_module, gpu_params, grid_function};
 use crate::mlir::{GpuTarget, MlirContext, extract_ptx, pipelines};
 use crate::toolchain::{self, PtxasReport};
 use melior::ir::attribute::StringAttribute;
@@ -60,7 +60,7 @@ pub fn compile_gpu(
     ))?;
     let mut entries = Vec::with_capacity(kernels.len());
     for kernel in kernels {
-        let mut module = build_module(mlir.context(), kernel, Target::Gpu)?;
+        let mut module = build_module(mlir.context(), kernel, Target::Gpu, VectorMath::Ops)?;
         mlir.verify(&module, "before GPU mapping")?;
         mlir.run_pipeline(&mut module, pipelines::GPU_MAPPING)?;
         dumps.write(&format!("{}.gpu.mlir", kernel.symbol), || {

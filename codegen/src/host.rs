@@ -39,7 +39,7 @@ pub fn compile_host(
     let mut objects = Vec::with_capacity(kernels.len());
     for kernel in kernels {
         let symbol = &kernel.symbol;
-        let mut module = build_module(mlir.context(), kernel, Target::Host)?;
+        let mut module = build_module(mlir.context(), kernel, Target::Host, target.vector_math())?;
         dumps.write(&format!("{symbol}.mlir"), || {
             module.as_operation().to_string()
         })?;

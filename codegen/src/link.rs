@@ -22,9 +22,11 @@ pub const LINK_FLAGS: &[&str] = &[
     "-Wl,--hash-style=gnu",
 ];
 
-/// The libraries given after the inputs (so `--as-needed` toolchains keep them): libm,
-/// because LLVM lowers some math intrinsics (`llvm.exp.f32`, …) to libm calls on x86-64.
-pub const LINK_LIBRARIES: &[&str] = &["-lm"];
+/// The libraries given after the inputs (so `--as-needed` toolchains keep them): glibc's
+/// libmvec, recorded only when a kernel calls it ([`crate::kernels::VectorMath::Libmvec`]),
+/// and libm, because LLVM lowers some math intrinsics (`llvm.exp.f32`, …) to libm calls
+/// on x86-64.
+pub const LINK_LIBRARIES: &[&str] = &["-Wl,--as-needed", "-lmvec", "-Wl,--no-as-needed", "-lm"];
 
 /// Links `objects` (ELF relocatables, position-independent, e.g.
 /// [`crate::llvm::HostObject::object`]) into the shared library `output`.

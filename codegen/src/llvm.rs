@@ -48,6 +48,22 @@ impl HostTarget {
     }
 }
 
+impl HostTarget {
+    /// Whether the feature string enables AVX2 (not merely the CPU name implying it).
+    pub fn has_avx2(&self) -> bool {
+        self.features.split(',').any(|f| f.trim() == "+avx2")
+    }
+
+    /// Libmvec's AVX2 functions where the target has AVX2, `math` ops otherwise.
+    pub fn vector_math(&self) -> crate::kernels::VectorMath {
+        if self.has_avx2() {
+            crate::kernels::VectorMath::Libmvec
+        } else {
+            crate::kernels::VectorMath::Ops
+        }
+    }
+}
+
 impl Default for HostTarget {
     fn default() -> Self {
         Self::native()

@@ -8,7 +8,7 @@
 //! function's own arguments, so every `.entry` takes plain pointers and integers in an order
 //! that [`gpu_params`] reads back from the launch the outliner left behind.
 
-use super::emit::Emitter;
+use super::emit::{Emitter, VectorCalls};
 use super::rows::storage_type;
 use super::{Frame, Signature, block_size, emit_kind, signature, validate};
 use crate::error::CodegenError;
@@ -37,6 +37,17 @@ impl Target {
     }
 }
 
+/// How host code computes transcendental functions (`exp`, `erf`, `tanh`, `log1p`, `expm1`)
+/// of the 8-lane f32 vectors the kernels work in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorMath {
+    /// `math` ops, left to MLIR and LLVM: on x86-64 a scalar libm call per lane.
+    Ops,
+    /// Calls to glibc's libmvec AVX2 variants (`_ZGVdN8v_expf`, ...): the target must have
+    /// AVX2 and `host.so` must link `libmvec`. Ignored for the GPU.
+    Libmvec,
+}
+
 /// One parameter of a GPU kernel entry, in `.param` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GpuParam {
@@ -56,21 +67,27 @@ pub fn grid_function(symbol: &str) -> String {
 }
 
 /// Builds the module of one kernel for `target`: the grid function, plus on the host the
-/// `zk_<symbol>` trampoline.
+/// `zk_<symbol>` trampoline, with transcendental functions computed as `math` says.
 pub fn build_module<'c>(
     cx: &'c Context,
     kernel: &Kernel,
     target: Target,
+    math: VectorMath,
 ) -> Result<Module<'c>, CodegenError> {
     validate(kernel)?;
     let module = Module::new(Location::unknown(cx));
     let signature = signature(&kernel.kind);
+    let calls = VectorCalls::default();
+    let libmvec = math == VectorMath::Libmvec && target.is_host();
     {
         let body = module.body();
-        let e = Emitter::new(cx, &body);
+        let e = Emitter::new(cx, &body, libmvec.then_some(&calls));
         grid(&e, kernel, &signature, target);
         if target.is_host() {
             trampoline(&e, &kernel.symbol, &signature);
+        }
+        for name in calls.borrow().iter() {
+            e.declare_vector_function(name);
         }
     }
     Ok(module)

@@ -24,7 +24,7 @@ mod norm;
 mod rows;
 
 pub(crate) use abi::top_level;
-pub use abi::{GpuParam, Target, build_module, gpu_params, grid_function};
+pub use abi::{GpuParam, Target, VectorMath, build_module, gpu_params, grid_function};
 
 use crate::error::CodegenError;
 use emit::{Emitter, V};

@@ -8,7 +8,7 @@
 //! the GPU kernels' arithmetic is tested on a machine without a GPU.
 
 use libloading::Library;
-use zambac_codegen::kernels::{Target, build_module};
+use zambac_codegen::kernels::{Target, VectorMath, build_module};
 use zambac_codegen::{
     HostTarget, MlirContext, compile_host, compile_host_object, link_shared_library, lower_to_host,
 };
@@ -54,7 +54,17 @@ pub struct Lib {
 impl Lib {
     /// Compiles `kernels` for this machine and loads the library.
     pub fn build(kernels: &[Kernel]) -> Lib {
-        let compiled = compile_host(kernels, &HostTarget::native(), None)
+        Lib::build_for(kernels, &HostTarget::native(), None)
+    }
+
+    /// Compiles `kernels` for `target` (dumps into `dumps`) and loads the library, which
+    /// must run on this machine.
+    pub fn build_for(
+        kernels: &[Kernel],
+        target: &HostTarget,
+        dumps: Option<&std::path::Path>,
+    ) -> Lib {
+        let compiled = compile_host(kernels, target, dumps)
             .unwrap_or_else(|error| panic!("compile_host failed: {error}"));
         Lib::load(&compiled.bytes)
     }
@@ -66,8 +76,13 @@ impl Lib {
         let objects: Vec<Vec<u8>> = kernels
             .iter()
             .map(|kernel| {
-                let mut module = build_module(mlir.context(), kernel, Target::HostWithGpuSchedule)
-                    .unwrap_or_else(|error| panic!("{error}"));
+                let mut module = build_module(
+                    mlir.context(),
+                    kernel,
+                    Target::HostWithGpuSchedule,
+                    VectorMath::Ops,
+                )
+                .unwrap_or_else(|error| panic!("{error}"));
                 lower_to_host(&mlir, &mut module).unwrap_or_else(|error| panic!("{error}"));
                 compile_host_object(&mlir, &module, &HostTarget::native())
                     .unwrap_or_else(|error| panic!("{error}"))

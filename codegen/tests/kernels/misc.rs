@@ -1,6 +1,8 @@
 //! Embedding, elementwise binaries, KV-cache writes and the causal softmax.
 
-use super::harness::{Buf, check, random, to_bf16};
+use super::harness::{Buf, Lib, assert_close, check, random, to_bf16};
+use zambac_codegen::HostTarget;
+use zambac_ir::program::Kernel;
 use zambac_ir::program::{BinOp, KernelKind};
 use zambac_ir::types::Elem;
 use zambac_runtime::Tensor;
@@ -131,6 +133,46 @@ fn softmax_normalises_the_causal_prefix_of_each_row_and_zeroes_the_rest() {
             rows,
             &[(0, want)],
             1e-5,
+        );
+    }
+}
+
+/// 8-lane `exp` goes to libmvec's AVX2 `_ZGVdN8v_expf` where the target has AVX2, and stays
+/// a `math` op (scalar `expf` per lane) for a generic x86-64 target; both compute softmax.
+#[test]
+fn transcendentals_call_libmvec_only_for_avx2_targets() {
+    let (rows, ld, pos0, scale) = (6, 45, 3, 0.25);
+    let s = random(rows * ld, 5, -8.0, 8.0);
+    let want = causal_softmax(&s, rows, ld, pos0, scale);
+    let kernel = Kernel {
+        symbol: "k".into(),
+        kind: KernelKind::Softmax { scale },
+    };
+    let generic = HostTarget {
+        cpu: "x86-64".into(),
+        features: String::new(),
+    };
+    let avx2 = HostTarget {
+        cpu: "x86-64-v3".into(),
+        features: "+avx,+avx2,+fma".into(),
+    };
+    let runs_here = std::arch::is_x86_feature_detected!("avx2");
+    for (target, libmvec) in [(&generic, false), (&avx2, true)] {
+        let dumps = tempfile::tempdir().expect("tempdir");
+        let lib = Lib::build_for(std::slice::from_ref(&kernel), target, Some(dumps.path()));
+        let ll = std::fs::read_to_string(dumps.path().join("k.ll")).expect("k.ll");
+        assert_eq!(ll.contains("@_ZGVdN8v_expf("), libmvec, "{target:?}");
+        assert_eq!(target.has_avx2(), libmvec);
+        if libmvec && !runs_here {
+            continue;
+        }
+        let mut bufs = [Buf::F32(s.clone())];
+        lib.call("k", &mut bufs, &[pos0 as i64, ld as i64], 0, rows);
+        assert_close(
+            bufs[0].f32(),
+            &want,
+            1e-5,
+            &format!("softmax for {target:?}"),
         );
     }
 }

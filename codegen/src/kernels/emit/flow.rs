@@ -30,6 +30,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
                 cx: self.cx,
                 block: &block,
                 loc: self.loc,
+                vector_calls: self.vector_calls,
             };
             let args: Vec<V<'c>> = (0..arguments.len()).map(|i| inner.arg(i)).collect();
             build(&inner, &args);
@@ -196,6 +197,22 @@ impl<'c, 'b> Emitter<'c, 'b> {
             TypeAttribute::new(FunctionType::new(self.cx, arguments, &[]).into()),
             region,
             &attributes,
+            self.loc,
+        ));
+    }
+
+    /// `func.func private @name(vector<8xf32>) -> vector<8xf32>`: an external declaration.
+    pub(crate) fn declare_vector_function(&self, name: &str) {
+        let v8 = self.vf32(8);
+        self.append(func::func(
+            self.cx,
+            StringAttribute::new(self.cx, name),
+            TypeAttribute::new(FunctionType::new(self.cx, &[v8], &[v8]).into()),
+            Region::new(),
+            &[(
+                Identifier::new(self.cx, "sym_visibility"),
+                StringAttribute::new(self.cx, "private").into(),
+            )],
             self.loc,
         ));
     }

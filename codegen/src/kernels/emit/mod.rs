@@ -14,9 +14,10 @@ mod flow;
 
 use melior::Context;
 use melior::dialect::arith::{self, CmpfPredicate, CmpiPredicate};
-use melior::dialect::memref;
+use melior::dialect::{func, memref};
 use melior::ir::attribute::{
-    DenseElementsAttribute, DenseI64ArrayAttribute, FloatAttribute, IntegerAttribute,
+    DenseElementsAttribute, DenseI64ArrayAttribute, FlatSymbolRefAttribute, FloatAttribute,
+    IntegerAttribute,
 };
 use melior::ir::operation::{OperationBuilder, OperationLike};
 use melior::ir::r#type::IntegerType;
@@ -37,6 +38,20 @@ pub(crate) struct Emitter<'c, 'b> {
     pub(crate) cx: &'c Context,
     block: &'b Block<'c>,
     loc: Location<'c>,
+    /// Where 8-lane `math` ops become calls into glibc's libmvec: the names called so far,
+    /// which the module declares at the end. `None`: `math` ops throughout.
+    vector_calls: Option<&'b VectorCalls>,
+}
+
+/// The libmvec functions (`_ZGVdN8v_<op>f`, AVX2, 8 × f32 in `ymm0`) a module calls.
+pub(crate) type VectorCalls = std::cell::RefCell<std::collections::BTreeSet<String>>;
+
+/// `math` ops that have an AVX2 libmvec variant in glibc ≥ 2.35 (`expf` since 2.22).
+const LIBMVEC_OPS: [&str; 5] = ["exp", "erf", "tanh", "log1p", "expm1"];
+
+/// The libmvec name of the 8-lane AVX2 variant of `op`.
+pub(crate) fn libmvec_name(op: &str) -> String {
+    format!("_ZGVdN8v_{op}f")
 }
 
 fn erase<'c>(value: Value<'c, '_>) -> V<'c> {
@@ -46,11 +61,18 @@ fn erase<'c>(value: Value<'c, '_>) -> V<'c> {
 }
 
 impl<'c, 'b> Emitter<'c, 'b> {
-    pub(crate) fn new(cx: &'c Context, block: &'b Block<'c>) -> Self {
+    /// An emitter appending to `block`; with `vector_calls`, 8-lane transcendental `math`
+    /// ops become libmvec calls recorded there.
+    pub(crate) fn new(
+        cx: &'c Context,
+        block: &'b Block<'c>,
+        vector_calls: Option<&'b VectorCalls>,
+    ) -> Self {
         Self {
             cx,
             block,
             loc: Location::unknown(cx),
+            vector_calls,
         }
     }
 
@@ -238,8 +260,30 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.same_type("math.fma", &[a, b, c])
     }
 
-    /// A one-operand `math` op (`exp`, `log1p`, `erf`, `tanh`, `sin`, `cos`, `sqrt`).
+    /// A one-operand `math` op (`exp`, `log1p`, `erf`, `tanh`, `sin`, `cos`, `sqrt`). With
+    /// libmvec enabled, `vector<8xf32>` operands of the ops it has go to its AVX2 variant
+    /// (LLVM would otherwise call the scalar libm function once per lane).
     pub(crate) fn math(&self, op: &str, a: V<'c>) -> V<'c> {
+        let ty = a.r#type();
+        if let Some(calls) = self.vector_calls
+            && LIBMVEC_OPS.contains(&op)
+            && ty == self.vf32(8)
+        {
+            let name = libmvec_name(op);
+            let call = self.append(func::call(
+                self.cx,
+                FlatSymbolRefAttribute::new(self.cx, &name),
+                &[a],
+                &[ty],
+                self.loc,
+            ));
+            calls.borrow_mut().insert(name);
+            return erase(
+                call.result(0)
+                    .expect("libmvec calls have one result")
+                    .into(),
+            );
+        }
         self.same_type(&format!("math.{op}"), &[a])
     }
 
