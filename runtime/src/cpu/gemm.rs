@@ -15,9 +15,13 @@ use super::plan::PMatrix;
 use super::pool::Pool;
 use crate::engine::widen_bf16;
 
-/// Elements of B widened per round (all threads together): 4 MB of f32, which measured
-/// as fast as 16 MB for long prompts and twice as fast for one row (it stays in cache).
+/// Elements of B widened per round (all threads together) for up to 32 rows of A: 4 MB of
+/// f32, which stays in cache (twice as fast as 16 MB for one row). Each round is a separate
+/// product that packs A again, so longer inputs widen proportionally more per round, up to
+/// [`WIDEN_BLOCK_MAX`].
 const WIDEN_BLOCK: usize = 1 << 20;
+/// The most elements of B widened per round: 64 MB of f32.
+const WIDEN_BLOCK_MAX: usize = 1 << 24;
 /// Blocks of C handed to threads are multiples of this many columns or rows, the width of
 /// the crate's f32 micro-kernels, so no thread gets a ragged edge it need not have.
 const ALIGN: usize = 16;
@@ -135,7 +139,8 @@ pub fn run(g: &Gemm, pool: &Pool, widen: &mut AlignedBuf) -> Result<(), String> 
             })
         }
         ElemKind::Bf16 => {
-            let nb = (WIDEN_BLOCK / g.k).clamp(1, g.n);
+            let block = (WIDEN_BLOCK * (g.m / 32).max(1)).min(WIDEN_BLOCK_MAX);
+            let nb = (block / g.k).clamp(1, g.n);
             widen.reserve(g.k * nb);
             let buf = Shared(widen.as_mut_ptr());
             let mut ok = true;
