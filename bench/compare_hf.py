@@ -77,8 +77,8 @@ def hf_bench(name, prompt_len, decode_prompt, new_tokens):
         def gen(n):
             return model.generate(dp, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
-        one = best_time(lambda: gen(1), runs=2)
-        many = best_time(lambda: gen(new_tokens + 1), runs=2)
+        one = best_time(lambda: gen(1), runs=3)
+        many = best_time(lambda: gen(new_tokens + 1), runs=3)
     per_token = (many - one) / new_tokens
     rss = peak_rss()
     del model
@@ -123,14 +123,19 @@ def zambac_build(binary, name, dtype, workdir):
     }
 
 
-def zambac_round(binary, r, prompt_len, decode_prompt, new_tokens):
-    """One more `zambac bench` of prefill and of decode; keeps the best of the rounds."""
-    pre = json.loads(zambac(binary, ["bench", r["engine"], "--prompt-len", str(prompt_len), "--new-tokens", "2", "--json"]))
+def zambac_round(binary, r, prompt_len, decode_prompt, new_tokens, prefill):
+    """One more `zambac bench` of decode (and of prefill when `prefill`); keeps the best of
+    the rounds."""
+    runs = []
+    if prefill:
+        pre = json.loads(zambac(binary, ["bench", r["engine"], "--prompt-len", str(prompt_len), "--new-tokens", "2", "--json"]))
+        r["prefill_s"] = min(r["prefill_s"], pre["prefill_s"])
+        runs.append(pre)
     dec = json.loads(zambac(binary, ["bench", r["engine"], "--prompt-len", str(decode_prompt), "--new-tokens", str(new_tokens), "--json"]))
-    r["prefill_s"] = min(r["prefill_s"], pre["prefill_s"])
+    runs.append(dec)
     r["decode_s_per_token"] = min(r["decode_s_per_token"], 1 / dec["decode_tok_per_s"])
     r["decode_tok_per_s"] = 1 / r["decode_s_per_token"]
-    r["peak_rss_bytes"] = max(r["peak_rss_bytes"], pre["peak_rss_bytes"], dec["peak_rss_bytes"])
+    r["peak_rss_bytes"] = max([r["peak_rss_bytes"]] + [x["peak_rss_bytes"] for x in runs])
 
 
 def main():
@@ -140,7 +145,8 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--decode-prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=2, help="zambac bench rounds per engine (f32 and bf16 alternate); the best is kept")
+    ap.add_argument("--rounds", type=int, default=2, help="zambac prefill bench rounds per engine (f32 and bf16 alternate); the best is kept")
+    ap.add_argument("--decode-rounds", type=int, default=5, help="zambac decode bench rounds per engine, alternating likewise")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("configs", nargs="*", default=["zamba2-100m", "zamba2-1.2b"])
     a = ap.parse_args()
@@ -159,10 +165,11 @@ def main():
             hf = hf_bench_isolated(name, a.prompt_len, a.decode_prompt, a.new_tokens)
             f32 = zambac_build(a.zambac, name, "f32", work)
             bf16 = zambac_build(a.zambac, name, "bf16", work)
-            for _ in range(a.rounds):
+            for i in range(max(a.rounds, a.decode_rounds)):
                 for r in (f32, bf16):
-                    zambac_round(a.zambac, r, a.prompt_len, a.decode_prompt, a.new_tokens)
-                probes.append(bandwidths_gbs())
+                    zambac_round(a.zambac, r, a.prompt_len, a.decode_prompt, a.new_tokens, prefill=i < a.rounds)
+                if i < a.rounds:
+                    probes.append(bandwidths_gbs())
             # The machine's bandwidth is the best any probe saw so far (it varies with the
             # neighbours' load); the roofline is then the most demanding one.
             bw = max(p[0] for p in probes)
