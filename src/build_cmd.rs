@@ -43,7 +43,8 @@ pub struct BuildArgs {
     /// LLVM CPU to generate host code for (default: this machine's, e.g. `znver3`).
     #[arg(long)]
     pub cpu: Option<String>,
-    /// LLVM feature string for the host CPU (default: this machine's).
+    /// LLVM feature string for the host CPU (default: this machine's). With `+avx2`, vector
+    /// `exp`/`erf`/`tanh`/`log1p` call glibc's libmvec; without it, scalar libm per lane.
     #[arg(long)]
     pub cpu_features: Option<String>,
     #[command(flatten)]

@@ -46,9 +46,7 @@ impl HostTarget {
             features: TargetMachine::get_host_cpu_features().to_string(),
         }
     }
-}
 
-impl HostTarget {
     /// Whether the feature string enables AVX2 (not merely the CPU name implying it).
     pub fn has_avx2(&self) -> bool {
         self.features.split(',').any(|f| f.trim() == "+avx2")
