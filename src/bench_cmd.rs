@@ -65,9 +65,10 @@ pub fn run(args: &BenchArgs) -> CliResult<()> {
     }
     let mut backend = crate::engines::open_cpu(&args.engine, args.threads)?;
     let r = bench::run(&mut backend, args.prompt_len, args.new_tokens, args.seed)?;
-    let profile = match args.profile {
-        true => Some(profile(&mut backend, args)?),
-        false => None,
+    let profile = if args.profile {
+        Some(profile(&mut backend, args)?)
+    } else {
+        None
     };
     if args.json {
         let out = Output {
@@ -98,11 +99,13 @@ pub fn run(args: &BenchArgs) -> CliResult<()> {
                 &p.prefill,
                 1,
             );
-            print_table(
-                &format!("decode, per token (mean of {})", r.new_tokens),
-                &p.decode,
-                r.new_tokens.max(1),
-            );
+            if r.new_tokens > 0 {
+                print_table(
+                    &format!("decode, per token (mean of {})", r.new_tokens),
+                    &p.decode,
+                    r.new_tokens,
+                );
+            }
         }
     }
     Ok(())
