@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use zambac_runtime::bench::{self, BenchReport};
 use zambac_runtime::cpu::{CpuBackend, ProfileRow};
-use zambac_runtime::sampling::argmax;
 use zambac_runtime::session::Backend;
 
 use crate::error::{CliError, CliResult};
@@ -115,16 +114,11 @@ pub fn run(args: &BenchArgs) -> CliResult<()> {
 /// step timed.
 fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> CliResult<Profile> {
     let prompt = bench::random_prompt(backend.vocab_size(), args.prompt_len, args.seed);
-    let capacity = args.prompt_len + args.new_tokens.max(1);
     backend.set_profiling(true);
-    let (logits, mut state) = backend.prefill_last(&prompt, capacity)?;
-    let prefill = backend.take_profile();
-    let mut token = argmax(logits.row(0)) as i64;
-    for i in 0..args.new_tokens {
-        let (logits, next) = backend.decode(token, args.prompt_len + i, state)?;
-        state = next;
-        token = argmax(logits.row(0)) as i64;
-    }
+    let mut prefill = Vec::new();
+    bench::prefill_then_decode(backend, &prompt, args.new_tokens, |b| {
+        prefill = b.take_profile();
+    })?;
     let decode = backend.take_profile();
     backend.set_profiling(false);
     Ok(Profile { prefill, decode })

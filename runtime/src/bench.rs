@@ -56,18 +56,7 @@ pub fn run(
     times.sort_by(f64::total_cmp);
     let prefill_s = times[times.len() / 2];
 
-    let t0 = Instant::now();
-    let (logits, mut state) = backend.prefill_last(&prompt, capacity)?;
-    let mut token = argmax(logits.row(0)) as i64;
-    let ttft_s = t0.elapsed().as_secs_f64();
-
-    let t0 = Instant::now();
-    for i in 0..new_tokens {
-        let (logits, next) = backend.decode(token, prompt_len + i, state)?;
-        state = next;
-        token = argmax(logits.row(0)) as i64;
-    }
-    let decode_s = t0.elapsed().as_secs_f64();
+    let Generated { ttft_s, decode_s } = prefill_then_decode(backend, &prompt, new_tokens, |_| {})?;
     Ok(BenchReport {
         prompt_len,
         new_tokens,
@@ -80,6 +69,43 @@ pub fn run(
             new_tokens as f64 / decode_s
         },
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+    })
+}
+
+/// Wall times of one [`prefill_then_decode`], in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Generated {
+    /// From the start of the prefill to the first token.
+    pub ttft_s: f64,
+    /// All decode steps.
+    pub decode_s: f64,
+}
+
+/// A generating user's run: `prefill_last` over `prompt`, the greedy first token, then
+/// `new_tokens` greedy decode steps. `after_prefill` runs between the two phases, outside
+/// both clocks (the profiler takes the prefill's kernel times there).
+pub fn prefill_then_decode<B: Backend + ?Sized>(
+    backend: &mut B,
+    prompt: &[i64],
+    new_tokens: usize,
+    after_prefill: impl FnOnce(&mut B),
+) -> Result<Generated, RuntimeError> {
+    let capacity = prompt.len() + new_tokens.max(1);
+    let t0 = Instant::now();
+    let (logits, mut state) = backend.prefill_last(prompt, capacity)?;
+    let mut token = argmax(logits.row(0)) as i64;
+    let ttft_s = t0.elapsed().as_secs_f64();
+    after_prefill(backend);
+
+    let t0 = Instant::now();
+    for i in 0..new_tokens {
+        let (logits, next) = backend.decode(token, prompt.len() + i, state)?;
+        state = next;
+        token = argmax(logits.row(0)) as i64;
+    }
+    Ok(Generated {
+        ttft_s,
+        decode_s: t0.elapsed().as_secs_f64(),
     })
 }
 
