@@ -7,21 +7,8 @@
 mod common;
 
 use common::random_model::random_model;
+use common::trajectory;
 use proptest::prelude::*;
-use zambac_runtime::session::Backend;
-
-/// Logits of a prefill of `prompt` followed by `steps` greedy decode steps.
-fn trajectory(be: &mut dyn Backend, prompt: &[i64], steps: usize) -> Vec<Vec<f32>> {
-    let (logits, mut state) = be.prefill(prompt, prompt.len() + steps).unwrap();
-    let mut rows: Vec<Vec<f32>> = (0..prompt.len()).map(|r| logits.row(r).to_vec()).collect();
-    for i in 0..steps {
-        let tok = zambac_runtime::sampling::argmax(rows.last().unwrap()) as i64;
-        let (l, s) = be.decode(tok, prompt.len() + i, state).unwrap();
-        state = s;
-        rows.push(l.row(0).to_vec());
-    }
-    rows
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]

@@ -13,7 +13,6 @@ use zambac_frontend::ModelSpec;
 use zambac_ir::{Bindings, Module};
 use zambac_runtime::Tensor;
 use zambac_runtime::reference::ReferenceBackend;
-use zambac_runtime::session::Backend;
 
 const TOL: f32 = 1e-5;
 
@@ -38,20 +37,6 @@ fn by_name(from: &Module, w: &[Tensor], to: &Module) -> Vec<Tensor> {
             .clone()
         })
         .collect()
-}
-
-/// Prefill of `prompt` then `steps` greedy decode steps: every logits row produced.
-fn trajectory(be: &mut ReferenceBackend, prompt: &[i64], steps: usize) -> Vec<Vec<f32>> {
-    let cap = prompt.len() + steps;
-    let (logits, mut state) = be.prefill(prompt, cap).unwrap();
-    let mut rows: Vec<Vec<f32>> = (0..prompt.len()).map(|r| logits.row(r).to_vec()).collect();
-    for i in 0..steps {
-        let tok = zambac_runtime::sampling::argmax(rows.last().unwrap()) as i64;
-        let (l, s) = be.decode(tok, prompt.len() + i, state).unwrap();
-        state = s;
-        rows.push(l.row(0).to_vec());
-    }
-    rows
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {

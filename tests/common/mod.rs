@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use zambac_runtime::Tensor;
+use zambac_runtime::session::Backend;
 use zambac_runtime::weights::Checkpoint;
 
 /// The workspace root.
@@ -71,4 +72,17 @@ pub fn stderr(o: &Output) -> String {
 /// stdout as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Prefill of `prompt` then `steps` greedy decode steps: every logits row produced.
+pub fn trajectory(be: &mut dyn Backend, prompt: &[i64], steps: usize) -> Vec<Vec<f32>> {
+    let (logits, mut state) = be.prefill(prompt, prompt.len() + steps).unwrap();
+    let mut rows: Vec<Vec<f32>> = (0..prompt.len()).map(|r| logits.row(r).to_vec()).collect();
+    for i in 0..steps {
+        let tok = zambac_runtime::sampling::argmax(rows.last().unwrap()) as i64;
+        let (l, s) = be.decode(tok, prompt.len() + i, state).unwrap();
+        state = s;
+        rows.push(l.row(0).to_vec());
+    }
+    rows
 }
