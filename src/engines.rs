@@ -35,6 +35,13 @@ pub fn open_cpu(dir: &Path, threads: usize) -> CliResult<CpuBackend> {
 /// The reference interpreter on the unoptimised graph of an engine's model, with the
 /// engine's weights (bf16 ones widened exactly).
 pub fn reference_backend(dir: &Path) -> CliResult<Box<dyn Backend>> {
+    let (module, weights) = reference_model(dir)?;
+    Ok(Box::new(ReferenceBackend::new(module, weights)?))
+}
+
+/// What [`reference_backend`] interprets: the unoptimised module of an engine's model and
+/// the engine's weights as f32 tensors, in the module's parameter order.
+pub fn reference_model(dir: &Path) -> CliResult<(zambac_ir::Module, Vec<zambac_runtime::Tensor>)> {
     let engine = Engine::open(dir)?;
     let spec = engine.manifest().spec.clone();
     let module = zambac_ir::build(&spec)?;
@@ -56,7 +63,7 @@ pub fn reference_backend(dir: &Path) -> CliResult<Box<dyn Backend>> {
         })?;
         weights.push(zambac_runtime::Tensor::new(p.shape.clone(), view.to_f32()));
     }
-    Ok(Box::new(ReferenceBackend::new(module, weights)?))
+    Ok((module, weights))
 }
 
 /// Compiles `input` into an engine in a temporary directory and opens it on the cpu

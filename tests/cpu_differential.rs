@@ -7,12 +7,45 @@
 mod common;
 
 use common::random_model::random_model;
-use common::trajectory;
+use common::{forced_trajectory, trajectory};
 use proptest::prelude::*;
+use zambac_runtime::Tensor;
+use zambac_runtime::reference::ReferenceBackend;
 
-/// The cpu engine and the reference on `dir/model.toml`'s engine (weights `random:5`):
-/// the largest logit difference over an 11-token prompt and 5 greedy decode steps.
-fn max_difference(toml: &std::path::Path, dir: &std::path::Path) -> Result<f32, String> {
+/// The agreement required of the two backends on a well-conditioned logits row.
+const TOL: f32 = 2e-4;
+/// On a row whose value moves when the weights move by one unit in the last place, the
+/// cpu backend may differ by this many times that movement on top of [`TOL`]: its kernels
+/// round differently from the reference's (other summation orders, fused multiply-adds),
+/// and a model that magnifies a one-ulp change of its weights magnifies those roundings
+/// alike.
+const SENSITIVITY_FACTOR: f32 = 8.0;
+
+/// Logits rows of the cpu engine and the reference interpreter on `dir/model.toml`'s
+/// engine (weights `random:5`), over an 11-token prompt and the reference's 5 greedy
+/// decode steps, with the reference's own sensitivity to rounding on each row.
+#[derive(Debug)]
+struct Comparison {
+    /// Per row: the largest |cpu − reference|.
+    difference: Vec<f32>,
+    /// Per row: the largest change of the reference's logits when every weight moves by
+    /// one unit in the last place (the larger of two random draws of directions).
+    sensitivity: Vec<f32>,
+}
+
+impl Comparison {
+    /// The first row on which the difference exceeds what rounding explains.
+    fn violation(&self) -> Option<String> {
+        let rows = self.difference.iter().zip(&self.sensitivity).enumerate();
+        rows.map(|(r, (&d, &s))| (r, d, s))
+            .find(|&(_, d, s)| d > TOL + SENSITIVITY_FACTOR * s)
+            .map(|(r, d, s)| {
+                format!("row {r}: cpu and reference differ by {d:e}; the reference moves by {s:e} under one-ulp weight changes")
+            })
+    }
+}
+
+fn compare(toml: &std::path::Path, dir: &std::path::Path) -> Result<Comparison, String> {
     let engine = dir.join("m.engine");
     let out = common::zambac(&[
         "build",
@@ -25,28 +58,85 @@ fn max_difference(toml: &std::path::Path, dir: &std::path::Path) -> Result<f32, 
     if !out.status.success() {
         return Err(common::stderr(&out));
     }
-    let mut cpu = zambac::engines::cpu_backend(&engine, 2).unwrap();
-    let mut reference = zambac::engines::reference_backend(&engine).unwrap();
     let prompt: Vec<i64> = (0..11).map(|i| (i * 13 + 2) % 61).collect();
-    let a = trajectory(cpu.as_mut(), &prompt, 5);
-    let b = trajectory(reference.as_mut(), &prompt, 5);
-    Ok(a.iter()
-        .zip(&b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0f32, f32::max))
+    let mut reference = zambac::engines::reference_backend(&engine).unwrap();
+    let expected = trajectory(reference.as_mut(), &prompt, 5);
+    let tokens: Vec<i64> = expected[prompt.len() - 1..expected.len() - 1]
+        .iter()
+        .map(|row| zambac_runtime::sampling::argmax(row) as i64)
+        .collect();
+    let mut cpu = zambac::engines::cpu_backend(&engine, 2).unwrap();
+    let difference = row_differences(
+        &forced_trajectory(cpu.as_mut(), &prompt, &tokens),
+        &expected,
+    );
+    let mut sensitivity = vec![0.0f32; expected.len()];
+    for seed in 1..=2 {
+        let (module, mut weights) = zambac::engines::reference_model(&engine).unwrap();
+        move_last_bits(&mut weights, seed);
+        let mut moved = ReferenceBackend::new(module, weights).unwrap();
+        let rows = forced_trajectory(&mut moved, &prompt, &tokens);
+        for (s, d) in sensitivity
+            .iter_mut()
+            .zip(row_differences(&rows, &expected))
+        {
+            *s = s.max(d);
+        }
+    }
+    Ok(Comparison {
+        difference,
+        sensitivity,
+    })
 }
 
-/// A random model the property test found (one attention invocation with RoPE and a rank-4
-/// adapter, head dim 48): prompt positions 0–8 agree to 4e-6, position 9 differs by 2.8e-4
-/// and position 10 by 1.1e-4. Engines with and without libmvec agree with each other to
-/// 6e-6 there; without RoPE the model agrees everywhere. Cause not yet found.
+fn row_differences(a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<f32> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
+        })
+        .collect()
+}
+
+/// Moves every finite non-zero weight by one unit in its last place, up or down in
+/// magnitude at random (SplitMix64 from `seed`).
+fn move_last_bits(weights: &mut [Tensor], seed: u64) {
+    let mut state = seed;
+    for v in weights.iter_mut().flat_map(|t| t.data.iter_mut()) {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if v.is_finite() && *v != 0.0 {
+            let bits = v.to_bits();
+            *v = f32::from_bits(if z & 1 == 1 { bits + 1 } else { bits - 1 });
+        }
+    }
+}
+
+/// A random model the property test found: on prompt position 9 the Mamba mixer of layer 0
+/// gates its output to almost nothing (the gated RMSNorm sees an RMS of 7.8e-4 where the
+/// other positions see 0.02–0.2), and normalising it magnifies every rounding error some
+/// thousand times. The reference alone moves by ~1e-4 there when its weights move by one
+/// ulp, and cpu and reference differ by 2.8e-4 — rounding, not a wrong kernel: every
+/// well-conditioned row still agrees to 2e-4.
 #[test]
-#[ignore = "open: cpu vs reference differ by 2.8e-4 at position 9 on this model (issue 5)"]
-fn cpu_engine_equals_reference_on_the_rope_regression() {
+fn cpu_engine_equals_reference_on_an_ill_conditioned_model() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = common::root().join("tests/regressions/cpu-vs-reference-rope-pos9.toml");
-    let d = max_difference(&toml, dir.path()).unwrap();
-    assert!(d <= 2e-4, "cpu and reference differ by {d:e}");
+    let toml = common::root().join("tests/regressions/ill-conditioned-gated-norm.toml");
+    let c = compare(&toml, dir.path()).unwrap();
+    if let Some(v) = c.violation() {
+        panic!("{v}");
+    }
+    let (calm, ill) = (c.sensitivity[8], c.sensitivity[9]);
+    assert!(
+        ill > 20.0 * calm && ill > 3e-5,
+        "the model is meant to be ill-conditioned at position 9 (sensitivity {ill:e} vs {calm:e} at position 8); the random weights changed, so find a new example"
+    );
 }
 
 proptest! {
@@ -61,9 +151,9 @@ proptest! {
             text = text.replace("dtype = \"f32\"", "dtype = \"bf16\"");
         }
         std::fs::write(&toml, &text).unwrap();
-        let d = max_difference(&toml, dir.path());
-        prop_assert!(d.is_ok(), "{}", d.as_ref().unwrap_err());
-        let d = d.unwrap();
-        prop_assert!(d <= 2e-4, "cpu and reference differ by {d:e}\n{text}");
+        let c = compare(&toml, dir.path());
+        prop_assert!(c.is_ok(), "{}", c.as_ref().unwrap_err());
+        let violation = c.unwrap().violation();
+        prop_assert!(violation.is_none(), "{}\n{text}", violation.unwrap_or_default());
     }
 }

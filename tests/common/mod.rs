@@ -86,3 +86,17 @@ pub fn trajectory(be: &mut dyn Backend, prompt: &[i64], steps: usize) -> Vec<Vec
     }
     rows
 }
+
+/// Prefill of `prompt`, then one decode step per token of `tokens` (fed whatever the
+/// backend's own logits say): every logits row produced. Two backends given the same
+/// `tokens` can be compared row by row even where a near-tie flips one's argmax.
+pub fn forced_trajectory(be: &mut dyn Backend, prompt: &[i64], tokens: &[i64]) -> Vec<Vec<f32>> {
+    let (logits, mut state) = be.prefill(prompt, prompt.len() + tokens.len()).unwrap();
+    let mut rows: Vec<Vec<f32>> = (0..prompt.len()).map(|r| logits.row(r).to_vec()).collect();
+    for (i, &tok) in tokens.iter().enumerate() {
+        let (l, s) = be.decode(tok, prompt.len() + i, state).unwrap();
+        state = s;
+        rows.push(l.row(0).to_vec());
+    }
+    rows
+}
