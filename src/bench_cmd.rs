@@ -48,6 +48,8 @@ struct Profile {
 struct Output<'a> {
     #[serde(flatten)]
     report: &'a BenchReport,
+    threads: usize,
+    gemm_library: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Profile>,
 }
@@ -72,6 +74,8 @@ pub fn run(args: &BenchArgs) -> CliResult<()> {
     if args.json {
         let out = Output {
             report: &r,
+            threads: backend.threads(),
+            gemm_library: backend.gemm_library(),
             profile,
         };
         println!(
@@ -80,6 +84,11 @@ pub fn run(args: &BenchArgs) -> CliResult<()> {
         );
     } else {
         println!("engine        {}", args.engine.display());
+        println!(
+            "cpu backend   {} threads; matrix products by {}",
+            backend.threads(),
+            backend.gemm_library()
+        );
         println!(
             "prefill       {:.4} s for {} tokens ({:.1} tok/s)",
             r.prefill_s, r.prompt_len, r.prefill_tok_per_s

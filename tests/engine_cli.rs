@@ -186,6 +186,12 @@ fn bench_reports_json() {
     for k in ["prefill_s", "decode_tok_per_s", "peak_rss_bytes"] {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
     }
+    assert!(v["threads"].as_u64().is_some_and(|t| t >= 1), "{v}");
+    let library = v["gemm_library"].as_str().unwrap_or_default();
+    assert!(
+        library.starts_with("OpenBLAS 0."),
+        "gemm_library: {library}"
+    );
     let o = zambac(&["bench", root().join("examples/tiny.toml").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
 }

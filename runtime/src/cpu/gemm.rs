@@ -1,15 +1,17 @@
-//! `Step::Gemm` on the CPU: strided f32 products through the `gemm` crate.
+//! `Step::Gemm` on the CPU: strided f32 products through OpenBLAS (the `gemm` crate for
+//! layouts BLAS cannot express: no unit stride on an operand).
 //!
 //! The product is split across the launch [`Pool`] — each thread computes a block of C's
-//! columns (or rows) with a single-threaded `gemm` call — rather than through the crate's
-//! rayon parallelism: the pool's threads are already awake between launches, and a second
-//! pool would compete with them for the same cores. A bf16 weight operand is widened to f32
-//! by the thread that uses it, a bounded block of columns at a time, just before its
-//! product, so the widened block is still in that core's cache when `gemm` packs it.
+//! columns (or rows) with a single-threaded library call — rather than through the library's
+//! own threads: the pool's threads are already awake between launches, and a second set of
+//! threads would compete with them for the same cores. A bf16 weight operand is widened to
+//! f32 by the thread that uses it, a bounded block of columns at a time, just before its
+//! product, so the widened block is still in that core's cache when the library packs it.
 
 use gemm::Parallelism;
 
 use super::arena::AlignedBuf;
+use super::blas;
 use super::exec::{Dims, ElemKind, Region, split};
 use super::plan::PMatrix;
 use super::pool::Pool;
@@ -204,9 +206,20 @@ fn product(g: &Gemm, b: *const f32, rs: isize, cs: isize) {
     if g.n == 0 || g.m == 0 {
         return;
     }
+    let mat = |o: &Operand| blas::Mat {
+        ptr: o.ptr.cast::<f32>().cast_const(),
+        rs: o.rs,
+        cs: o.cs,
+    };
+    let beta = if g.accumulate { 1.0 } else { 0.0 };
+    let bm = blas::Mat { ptr: b, rs, cs };
     // SAFETY: every operand was bounds-checked for these sizes and strides (blocks of a
-    // checked operand stay inside it); `dst := alpha·dst + beta·A·B` reads dst only when
-    // accumulating, with alpha = 1.
+    // checked operand stay inside it); C is an output buffer distinct from A and B.
+    if unsafe { blas::sgemm(g.m, g.n, g.k, mat(&g.a), bm, mat(&g.c), beta) } {
+        return;
+    }
+    // SAFETY: as above; `dst := alpha·dst + beta·A·B` reads dst only when accumulating,
+    // with alpha = 1.
     unsafe {
         gemm::gemm(
             g.m,

@@ -7,6 +7,7 @@
 //! drives this backend exactly as it drives the reference interpreter.
 
 mod arena;
+mod blas;
 mod exec;
 mod gemm;
 mod library;
@@ -119,6 +120,11 @@ impl CpuBackend {
 
     pub fn threads(&self) -> usize {
         self.exec.threads()
+    }
+
+    /// The library behind the backend's matrix products, as it describes its build.
+    pub fn gemm_library(&self) -> String {
+        blas::config().trim().to_string()
     }
 
     /// Starts or stops timing every step of every call; starting clears the counters.
