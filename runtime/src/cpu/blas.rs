@@ -1,5 +1,6 @@
-//! f32 matrix products through OpenBLAS's `cblas_sgemm`, which runs this machine's products
-//! 15–40% faster than the `gemm` crate (docs/performance.md).
+//! f32 matrix products through OpenBLAS's `cblas_sgemm`, which ran every prefill product
+//! shape measured on this project's machine faster than the `gemm` crate (by 1–55%; 1.2B
+//! prefill 14–15 s instead of 16–18 s; docs/performance.md).
 //!
 //! The cpu backend splits a product across its own pool and calls OpenBLAS from each pool
 //! thread on a block of C, so OpenBLAS is kept single-threaded: its own threads would spin
