@@ -9,6 +9,7 @@ mod common;
 use common::random_model::random_model;
 use common::{forced_trajectory, trajectory};
 use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use zambac_runtime::Tensor;
 use zambac_runtime::reference::ReferenceBackend;
 
@@ -102,18 +103,14 @@ fn row_differences(a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<f32> {
 }
 
 /// Moves every finite non-zero weight by one unit in its last place, up or down in
-/// magnitude at random (SplitMix64 from `seed`).
-fn move_last_bits(weights: &mut [Tensor], seed: u64) {
-    let mut state = seed;
+/// magnitude at random (ChaCha from `seed`).
+fn move_last_bits(weights: &mut [Tensor], seed: u8) {
+    let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]);
     for v in weights.iter_mut().flat_map(|t| t.data.iter_mut()) {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        let up = rng.random::<bool>();
         if v.is_finite() && *v != 0.0 {
             let bits = v.to_bits();
-            *v = f32::from_bits(if z & 1 == 1 { bits + 1 } else { bits - 1 });
+            *v = f32::from_bits(if up { bits + 1 } else { bits - 1 });
         }
     }
 }

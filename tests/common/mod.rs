@@ -76,24 +76,29 @@ pub fn stdout(o: &Output) -> String {
 
 /// Prefill of `prompt` then `steps` greedy decode steps: every logits row produced.
 pub fn trajectory(be: &mut dyn Backend, prompt: &[i64], steps: usize) -> Vec<Vec<f32>> {
-    let (logits, mut state) = be.prefill(prompt, prompt.len() + steps).unwrap();
-    let mut rows: Vec<Vec<f32>> = (0..prompt.len()).map(|r| logits.row(r).to_vec()).collect();
-    for i in 0..steps {
-        let tok = zambac_runtime::sampling::argmax(rows.last().unwrap()) as i64;
-        let (l, s) = be.decode(tok, prompt.len() + i, state).unwrap();
-        state = s;
-        rows.push(l.row(0).to_vec());
-    }
-    rows
+    decode_rows(be, prompt, steps, |_, last| {
+        zambac_runtime::sampling::argmax(last) as i64
+    })
 }
 
 /// Prefill of `prompt`, then one decode step per token of `tokens` (fed whatever the
 /// backend's own logits say): every logits row produced. Two backends given the same
 /// `tokens` can be compared row by row even where a near-tie flips one's argmax.
 pub fn forced_trajectory(be: &mut dyn Backend, prompt: &[i64], tokens: &[i64]) -> Vec<Vec<f32>> {
-    let (logits, mut state) = be.prefill(prompt, prompt.len() + tokens.len()).unwrap();
+    decode_rows(be, prompt, tokens.len(), |i, _| tokens[i])
+}
+
+/// Prefill of `prompt`, then `steps` decode steps, step `i` feeding `next(i, last row)`.
+fn decode_rows(
+    be: &mut dyn Backend,
+    prompt: &[i64],
+    steps: usize,
+    mut next: impl FnMut(usize, &[f32]) -> i64,
+) -> Vec<Vec<f32>> {
+    let (logits, mut state) = be.prefill(prompt, prompt.len() + steps).unwrap();
     let mut rows: Vec<Vec<f32>> = (0..prompt.len()).map(|r| logits.row(r).to_vec()).collect();
-    for (i, &tok) in tokens.iter().enumerate() {
+    for i in 0..steps {
+        let tok = next(i, rows.last().unwrap());
         let (l, s) = be.decode(tok, prompt.len() + i, state).unwrap();
         state = s;
         rows.push(l.row(0).to_vec());
