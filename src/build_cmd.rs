@@ -215,6 +215,9 @@ struct Summary {
     peak_prefill_activation_bytes: u64,
     peak_decode_activation_bytes: u64,
     state_bytes: u64,
+    /// Weight elements one decode step of this engine reads: every weight its program
+    /// touches, a shared block's once per invocation, windows only their columns.
+    decode_weight_elems_read: u64,
 }
 
 fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
@@ -254,6 +257,13 @@ fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
             format!(
                 "{} generated, {} GEMM library calls over all programs",
                 s.kernels, s.gemm_calls
+            ),
+        ),
+        (
+            "decode reads",
+            format!(
+                "{} weight elements per token (a shared block's once per invocation)",
+                count(s.decode_weight_elems_read)
             ),
         ),
         (
@@ -326,5 +336,8 @@ fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) -> Summary {
             .graph("decode")
             .map_or(0, |g| zambac_ir::plan::state_bytes(g, &decode_bind))
             as u64,
+        decode_weight_elems_read: c.module.graph("decode").map_or(0, |g| {
+            zambac_ir::cost::weight_elems_read(g, &Bindings { t: 1, c: 1 })
+        }),
     }
 }

@@ -40,6 +40,24 @@ fn weight_bytes_are_the_unique_parameters() {
     }
 }
 
+/// Zamba2-1.2B's decode streams each weight once, the shared block's once per invocation
+/// (6), except that `hoist-shared-input` reads the embedding half (2048 of 4096 columns) of
+/// q, k and v once instead of 6 times, plus that half of the input norm's weight once.
+#[test]
+fn decode_reads_the_hoisted_embedding_half_of_the_shared_projections_once() {
+    let cfg = root().join("../shared/configs/zamba2-1.2b/config.json");
+    let s = summary(&[cfg.to_str().unwrap()]);
+    let explore = zambac(&["explore", cfg.to_str().unwrap(), "--json"]);
+    assert!(explore.status.success(), "{}", stderr(&explore));
+    let e: serde_json::Value = serde_json::from_str(&stdout(&explore)).unwrap();
+    let every_invocation = e["decode_weight_elems_read"].as_u64().unwrap();
+    let saved = 5 * 3 * 4096 * 2048 - 2048;
+    assert_eq!(
+        s["decode_weight_elems_read"].as_u64().unwrap(),
+        every_invocation - saved
+    );
+}
+
 #[test]
 fn every_pass_shows_in_the_build_output() {
     let out = zambac(&[
@@ -104,7 +122,7 @@ fn dump_dir_holds_the_ir_after_each_pass() {
         .collect();
     names.sort();
     assert_eq!(names[0], "000-input.zir");
-    assert_eq!(names.last().unwrap(), "007-plan-memory.zir");
+    assert_eq!(names.last().unwrap(), "008-plan-memory.zir");
     for n in &names {
         let text = std::fs::read_to_string(dir.path().join(n)).unwrap();
         zambac_ir::parse_module(&text).unwrap_or_else(|e| panic!("{n}: {e}"));

@@ -7,10 +7,8 @@
 mod common;
 
 use common::random_model::random_model;
-use common::{forced_trajectory, trajectory};
+use common::{forced_trajectory, move_last_bits, trajectory};
 use proptest::prelude::*;
-use proptest::test_runner::{RngAlgorithm, TestRng};
-use zambac_runtime::Tensor;
 use zambac_runtime::reference::ReferenceBackend;
 
 /// The agreement required of the two backends on a well-conditioned logits row.
@@ -100,19 +98,6 @@ fn row_differences(a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<f32> {
                 .fold(0.0, f32::max)
         })
         .collect()
-}
-
-/// Moves every finite non-zero weight by one unit in its last place, up or down in
-/// magnitude at random (ChaCha from `seed`).
-fn move_last_bits(weights: &mut [Tensor], seed: u8) {
-    let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]);
-    for v in weights.iter_mut().flat_map(|t| t.data.iter_mut()) {
-        let up = rng.random::<bool>();
-        if v.is_finite() && *v != 0.0 {
-            let bits = v.to_bits();
-            *v = f32::from_bits(if up { bits + 1 } else { bits - 1 });
-        }
-    }
 }
 
 /// A random model the property test found: on prompt position 9 the Mamba mixer of layer 0

@@ -1,8 +1,12 @@
-//! Differential tests of the passes: the reference interpreter gives the same logits
-//! (≤ 1e-5) on the optimised graph as on the unoptimised one — prefill and several decode
-//! steps — for every example (released shapes shrunk to a small width with the same
-//! layer schedule, blocks, adapters, groups and RoPE), every fixture with its real
-//! weights, and random models.
+//! Differential tests of the passes: the reference interpreter gives the same logits on the
+//! optimised graph as on the unoptimised one — prefill and several decode steps — for every
+//! example (released shapes shrunk to a small width with the same layer schedule, blocks,
+//! adapters, groups and RoPE), every fixture with its real weights, and random models.
+//!
+//! "The same" is ≤ 1e-5, or, where the pipeline reassociates arithmetic
+//! (`hoist-shared-input` sums the two halves of a dot product separately and scales after
+//! the product), no more than rounding moves that model: the most the unoptimised logits
+//! move when every weight moves by one ulp (two random draws).
 
 mod common;
 
@@ -58,12 +62,32 @@ fn assert_same(spec: &ModelSpec, weights: Option<(&Module, Vec<Tensor>)>, what: 
     };
     let vocab = spec.vocab_size as i64;
     let prompt: Vec<i64> = (0..9).map(|i| (i * 37 + 5) % vocab).collect();
-    let a = trajectory(&mut ReferenceBackend::new(m, w0).unwrap(), &prompt, 4);
+    let a = trajectory(
+        &mut ReferenceBackend::new(m.clone(), w0.clone()).unwrap(),
+        &prompt,
+        4,
+    );
     let b = trajectory(&mut ReferenceBackend::new(o, w1).unwrap(), &prompt, 4);
     let d = max_diff(&a, &b);
+    if d <= TOL {
+        return;
+    }
+    let rounding = (1..=2)
+        .map(|seed| {
+            let mut moved = w0.clone();
+            move_last_bits(&mut moved, seed);
+            let c = trajectory(
+                &mut ReferenceBackend::new(m.clone(), moved).unwrap(),
+                &prompt,
+                4,
+            );
+            max_diff(&a, &c)
+        })
+        .fold(0.0, f32::max);
     assert!(
-        d <= TOL,
-        "{what}: optimised and unoptimised logits differ by {d:e}"
+        d <= rounding,
+        "{what}: optimised and unoptimised logits differ by {d:e}, more than the {rounding:e} \
+         that moving every weight by one ulp moves them"
     );
 }
 

@@ -142,6 +142,7 @@ impl Gemv {
                 rows: vec![Self::ROWS],
                 elem,
                 accumulate: false,
+                row_stride: None,
             },
         };
         let bytes = Self::ROWS * Self::K * if elem == Elem::F32 { 4 } else { 2 };
@@ -242,24 +243,28 @@ fn decode_kernels() -> Vec<Kernel> {
             rows: vec![width],
             elem: Elem::Bf16,
             accumulate: false,
+            row_stride: None,
         },
         KernelKind::Gemv {
             k: 2 * h,
             rows: vec![2 * h, 2 * h, 2 * h],
             elem: Elem::Bf16,
             accumulate: false,
+            row_stride: None,
         },
         KernelKind::Gemv {
             k: di,
             rows: vec![h],
             elem: Elem::Bf16,
             accumulate: true,
+            row_stride: None,
         },
         KernelKind::Gemv {
             k: h,
             rows: vec![32000],
             elem: Elem::Bf16,
             accumulate: false,
+            row_stride: None,
         },
         KernelKind::Epilogue {
             n: 2 * h,

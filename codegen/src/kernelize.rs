@@ -219,7 +219,35 @@ impl<'a> GraphLowering<'a> {
     }
 
     /// Where a value lives.
+    /// A slice of a parameter along its first axis with stride 1: contiguous, so a view
+    /// into the weight at an offset.
+    fn weight_slice(&self, n: NodeId) -> Option<View> {
+        let OpKind::Slice {
+            axis: 0,
+            start,
+            stride: 1,
+            ..
+        } = *self.g.kind(n)
+        else {
+            return None;
+        };
+        let src = self.g.operands(n)[0];
+        let OpKind::Param(p) = self.g.kind(src.node) else {
+            return None;
+        };
+        let row: usize = self.g.ty(src).dims[1..]
+            .iter()
+            .map(|d| d.as_const().unwrap_or(0))
+            .product();
+        let mut v = View::of(Buffer::Weight(p.0));
+        v.offset = Expr::k((start * row) as i64);
+        Some(v)
+    }
+
     fn view(&self, v: ValueRef) -> View {
+        if let Some(view) = self.weight_slice(v.node) {
+            return view;
+        }
         match self.g.kind(v.node) {
             OpKind::Param(p) => View::of(Buffer::Weight(p.0)),
             OpKind::Input { name } => {
@@ -352,6 +380,23 @@ impl<'a> GraphLowering<'a> {
                     vec![],
                 );
             }
+            OpKind::ConcatRmsScale { eps } => {
+                let kind = KernelKind::ConcatRmsScale {
+                    da: self.last(ops[0]),
+                    db: self.last(ops[1]),
+                    eps,
+                };
+                let views = vec![self.view(ops[0]), self.view(ops[1]), self.view(out(0))];
+                self.launch(
+                    "concat_rms_scale",
+                    kind,
+                    self.row_count(ops[0]),
+                    views,
+                    vec![],
+                );
+            }
+            // A contiguous slice of a weight is only a view of it (see `view`).
+            OpKind::Slice { .. } if self.weight_slice(n).is_some() => {}
             OpKind::Add | OpKind::Mul => {
                 let op = if matches!(g.kind(n), OpKind::Add) {
                     BinOp::Add
@@ -496,25 +541,31 @@ impl<'a> GraphLowering<'a> {
     ) -> Result<(), KernelizeError> {
         let out = n.out();
         let (x, w) = (ops[0], ops[1]);
-        let (nout, k) = (self.dim(w, 0), self.dim(w, 1));
-        let mut i = 2;
-        let bias = a.bias.then(|| {
-            i += 1;
-            ops[2]
-        });
+        let (nout, kw) = (self.dim(w, 0), self.dim(w, 1));
+        // The input's full width (the adapter reads all of it) and the product's window.
+        let kx = self.last(x);
+        let (k, w_off, x_off) = match a.window {
+            None => (kw, 0, 0),
+            Some(win) => (win.len, win.start, if kx == kw { win.start } else { 0 }),
+        };
+        let bias = a.bias.then(|| ops[2]);
         let lora = a.lora.then(|| {
-            i += 2;
-            (ops[i - 2], ops[i - 1])
+            let i = 2 + usize::from(a.bias);
+            (ops[i], ops[i + 1])
         });
-        let extra = ops.get(i).copied();
+        let hoisted = a.hoisted.then(|| {
+            let i = a.hoisted_operand();
+            (ops[i], ops[i + 1])
+        });
+        let extra = ops.get(a.epilogue_operand()).copied();
         // Only the last row matters for the head of `prefill_last`.
         let head_last = self.last_only && Some(out) == self.logits;
         let (x_view, rows) = if head_last {
             let mut v = self.view(x);
             v.offset = v
                 .offset
-                .plus(Expr::T.times(k as i64))
-                .plus(Expr::k(-(k as i64)));
+                .plus(Expr::T.times(kx as i64))
+                .plus(Expr::k(-(kx as i64)));
             (v, Expr::k(1))
         } else {
             (self.view(x), self.rows(x))
@@ -528,7 +579,21 @@ impl<'a> GraphLowering<'a> {
         };
         let r = lora.map(|(down, _)| self.dim(down, 0));
         let down = r.map(|r| self.new_scratch(rows.times(r as i64)));
-        if one_row {
+        if lora.is_some_and(|(aw, _)| self.elem(aw) != self.elem(w)) {
+            return self.err("an adapter's down-projection and its shared weight differ in type");
+        }
+        // `y = r ⊙ Y` first; the products then accumulate onto it.
+        if let Some((term, scale)) = hoisted {
+            let kind = KernelKind::RowScale { n: nout };
+            let views = vec![self.view(term), self.view(scale), y.clone()];
+            self.launch("row_scale", kind, rows, views, vec![]);
+        }
+        let shifted = |mut v: View, by: usize| {
+            v.offset = v.offset.plus(Expr::k(by as i64));
+            v
+        };
+        if one_row && a.window.is_none() && hoisted.is_none() {
+            // One pass over `x` for the weight and the adapter's down-projection.
             let mut part_rows = vec![nout];
             let mut views = vec![x_view.clone(), self.view(w)];
             if let Some((aw, _)) = lora {
@@ -537,55 +602,47 @@ impl<'a> GraphLowering<'a> {
             }
             views.push(y.clone());
             views.extend(down.clone());
-            let elem = self.elem(w);
-            if lora.is_some_and(|(aw, _)| self.elem(aw) != elem) {
-                return self
-                    .err("an adapter's down-projection and its shared weight differ in type");
-            }
             let grid = part_rows.iter().sum::<usize>() as i64;
             let kind = KernelKind::Gemv {
                 k,
                 rows: part_rows,
-                elem,
+                elem: self.elem(w),
                 accumulate: false,
+                row_stride: None,
             };
             self.launch("gemv", kind, Expr::k(grid), views, vec![]);
-            if let (Some((_, bw)), Some(down), Some(r)) = (lora, down, r) {
-                let kind = KernelKind::Gemv {
-                    k: r,
-                    rows: vec![nout],
-                    elem: self.elem(bw),
-                    accumulate: true,
-                };
-                let views = vec![down, self.view(bw), y.clone()];
-                self.launch("gemv", kind, Expr::k(nout as i64), views, vec![]);
+        } else if one_row {
+            let views = [
+                shifted(x_view.clone(), x_off),
+                shifted(self.view(w), w_off),
+                y.clone(),
+            ];
+            let (elem, ld) = (self.elem(w), (kw != k).then_some(kw));
+            self.gemv(views, (nout, k, ld), elem, hoisted.is_some());
+            if let (Some((aw, _)), Some(down), Some(r)) = (lora, down.clone(), r) {
+                let views = [x_view.clone(), self.view(aw), down];
+                self.gemv(views, (r, kx, None), self.elem(aw), false);
             }
         } else {
-            let xa = matrix(x_view.clone(), 0, k as i64, 1);
-            let wt = matrix(self.view(w), 0, 1, k as i64);
-            self.gemm(
-                rows,
-                nout,
-                k,
-                xa.clone(),
-                wt,
-                matrix(y.clone(), 0, nout as i64, 1),
-                false,
-            );
-            if let (Some((aw, bw)), Some(down), Some(r)) = (lora, down, r) {
-                let at = matrix(self.view(aw), 0, 1, k as i64);
+            let xa = matrix(x_view.clone(), x_off as i64, kx as i64, 1);
+            let wt = matrix(self.view(w), w_off as i64, 1, kw as i64);
+            let ym = matrix(y.clone(), 0, nout as i64, 1);
+            self.gemm(rows, nout, k, xa, wt, ym, hoisted.is_some());
+            if let (Some((aw, _)), Some(down), Some(r)) = (lora, down.clone(), r) {
+                let xa = matrix(x_view.clone(), 0, kx as i64, 1);
+                let at = matrix(self.view(aw), 0, 1, kx as i64);
+                self.gemm(rows, r, kx, xa, at, matrix(down, 0, r as i64, 1), false);
+            }
+        }
+        if let (Some((_, bw)), Some(down), Some(r)) = (lora, down, r) {
+            if one_row {
+                let views = [down, self.view(bw), y.clone()];
+                self.gemv(views, (nout, r, None), self.elem(bw), true);
+            } else {
                 let dm = matrix(down, 0, r as i64, 1);
-                self.gemm(rows, r, k, xa, at, dm.clone(), false);
                 let bt = matrix(self.view(bw), 0, 1, r as i64);
-                self.gemm(
-                    rows,
-                    nout,
-                    r,
-                    dm,
-                    bt,
-                    matrix(y.clone(), 0, nout as i64, 1),
-                    true,
-                );
+                let ym = matrix(y.clone(), 0, nout as i64, 1);
+                self.gemm(rows, nout, r, dm, bt, ym, true);
             }
         }
         let op = match a.epilogue {
@@ -617,6 +674,25 @@ impl<'a> GraphLowering<'a> {
             self.launch("epilogue", kind, rows, views, vec![pos0]);
         }
         Ok(())
+    }
+
+    /// One single-part Gemv `y (+)= x·Wᵀ` over views `[x, W, y]`; `shape` is (rows of W,
+    /// k, row stride of W when not k).
+    fn gemv(
+        &mut self,
+        views: [View; 3],
+        (rows, k, row_stride): (usize, usize, Option<usize>),
+        elem: Elem,
+        accumulate: bool,
+    ) {
+        let kind = KernelKind::Gemv {
+            k,
+            rows: vec![rows],
+            elem,
+            accumulate,
+            row_stride,
+        };
+        self.launch("gemv", kind, Expr::k(rows as i64), views.into(), vec![]);
     }
 
     fn attention(

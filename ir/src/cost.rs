@@ -13,7 +13,7 @@ use zambac_frontend::ModelSpec;
 
 use crate::build::names;
 use crate::graph::{Graph, Module};
-use crate::op::{Epilogue, OpKind};
+use crate::op::{Epilogue, LinearAttrs, OpKind};
 use crate::types::{Bindings, Sym};
 
 /// H100 SXM HBM3 bandwidth used for decode estimates (bytes/s).
@@ -139,6 +139,15 @@ pub fn weight_elems_read(g: &Graph, bind: &Bindings) -> u64 {
                     OpKind::Embedding => {
                         bind.t as u64 * ty.last().and_then(|d| d.as_const()).unwrap_or(1) as u64
                     }
+                    // A windowed product reads only its columns of the weight.
+                    OpKind::Linear(LinearAttrs {
+                        window: Some(w), ..
+                    }) if g.operands(u)[1].node == n => {
+                        let width = ty.last().and_then(|d| d.as_const()).unwrap_or(1).max(1);
+                        (ty.numel(bind) / width * w.len) as u64
+                    }
+                    // A slice is read through its view, only the elements it selects.
+                    OpKind::Slice { .. } => g.ty(u.out()).numel(bind) as u64,
                     _ => ty.numel(bind) as u64,
                 })
                 .sum::<u64>()
@@ -158,12 +167,20 @@ fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
     match &node.kind {
         OpKind::Linear(a) => {
             let w = g.ty(ops[1]);
-            let (nout, k) = (w.dims[0].eval(bind) as f64, w.dims[1].eval(bind) as f64);
+            let (nout, kw) = (w.dims[0].eval(bind) as f64, w.dims[1].eval(bind) as f64);
+            let k = a.window.map_or(kw, |win| win.len as f64);
             let m = rows(0);
             let mut f = 2.0 * m * k * nout;
             if a.lora {
-                let r = g.ty(ops[2 + a.bias as usize]).dims[0].eval(bind) as f64;
-                f += 2.0 * m * k * r + 2.0 * m * r * nout;
+                let down = g.ty(ops[2 + a.bias as usize]);
+                let (r, kx) = (
+                    down.dims[0].eval(bind) as f64,
+                    down.dims[1].eval(bind) as f64,
+                );
+                f += 2.0 * m * kx * r + 2.0 * m * r * nout;
+            }
+            if a.hoisted {
+                f += 2.0 * m * nout;
             }
             if a.epilogue != Epilogue::None {
                 f += m * nout;
@@ -217,6 +234,7 @@ fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
             4.0 * out
         }
         OpKind::AddRmsNorm { .. } => 5.0 * out,
+        OpKind::ConcatRmsScale { .. } => 2.0 * (numel(0) + numel(1)),
         OpKind::Rope(_) => 3.0 * out,
         k if k.is_view() => 0.0,
         OpKind::Embedding

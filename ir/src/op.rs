@@ -61,7 +61,7 @@ pub enum Epilogue {
 
 /// Attributes of [`OpKind::Linear`]: `y = x·Wᵀ (+ b) (+ (x·Aᵀ)·Bᵀ)`, then the epilogue.
 ///
-/// Operand order: `x, W, [b], [A, B], [epilogue operand]`.
+/// Operand order: `x, W, [b], [A, B], [Y, r], [epilogue operand]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearAttrs {
     pub bias: bool,
@@ -69,6 +69,13 @@ pub struct LinearAttrs {
     /// `W` (one product over the row-concatenation `[W; A]`), the up-projection `B` is
     /// applied in the epilogue.
     pub lora: bool,
+    /// The product `x·Wᵀ` covers only these columns of `W` (and of `x`, when `x` is as
+    /// wide as `W`; otherwise `x` is as wide as the window). The adapter still reads all
+    /// of `x`.
+    pub window: Option<Window>,
+    /// A hoisted term is added: operands `Y [rows, N]` and `r [rows]` give `+ r ⊙ Y`
+    /// (each row of `Y` scaled by its `r`), before the bias and the epilogue.
+    pub hoisted: bool,
     pub epilogue: Epilogue,
 }
 
@@ -76,8 +83,27 @@ impl LinearAttrs {
     pub const PLAIN: LinearAttrs = LinearAttrs {
         bias: false,
         lora: false,
+        window: None,
+        hoisted: false,
         epilogue: Epilogue::None,
     };
+
+    /// Index of the first hoisted operand `Y` (then `r`), and of the epilogue operand
+    /// after all optional operands.
+    pub fn hoisted_operand(&self) -> usize {
+        2 + usize::from(self.bias) + 2 * usize::from(self.lora)
+    }
+
+    pub fn epilogue_operand(&self) -> usize {
+        self.hoisted_operand() + 2 * usize::from(self.hoisted)
+    }
+}
+
+/// Columns `[start, start + len)` of a linear's weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub start: usize,
+    pub len: usize,
 }
 
 /// Shape parameters of the Mamba2 SSD recurrence.
@@ -168,6 +194,11 @@ pub enum OpKind {
     },
     /// RMSNorm of `concat(a, b)` along the last axis without materialising the concat.
     ConcatRmsNorm {
+        eps: f64,
+    },
+    /// The factor that RMSNorm of `concat(a, b)` scales each row by:
+    /// `(a[T,Da], b[T,Db]) → f32[T]`, `1/sqrt(mean(concat(a, b)²) + eps)`.
+    ConcatRmsScale {
         eps: f64,
     },
     /// Residual add and RMSNorm in one pass: `(a, b, w) → (a + b, RMSNorm(a + b; w))`.
@@ -276,6 +307,7 @@ impl OpKind {
             OpKind::RmsNorm { .. } => "rms_norm",
             OpKind::GroupRmsNorm { .. } => "group_rms_norm",
             OpKind::ConcatRmsNorm { .. } => "concat_rms_norm",
+            OpKind::ConcatRmsScale { .. } => "concat_rms_scale",
             OpKind::AddRmsNorm { .. } => "add_rms_norm",
             OpKind::Concat { .. } => "concat",
             OpKind::Slice { .. } => "slice",
@@ -308,8 +340,9 @@ impl OpKind {
     /// Ops that produced by the fusion passes (used by reports: "fused kernels").
     pub fn is_fused(&self) -> bool {
         match self {
-            OpKind::Linear(a) => a.lora || a.epilogue != Epilogue::None,
+            OpKind::Linear(a) => a.lora || a.hoisted || a.epilogue != Epilogue::None,
             OpKind::ConcatRmsNorm { .. }
+            | OpKind::ConcatRmsScale { .. }
             | OpKind::AddRmsNorm { .. }
             | OpKind::Mamba2Mix(_)
             | OpKind::Mamba2Step(_)
@@ -342,6 +375,7 @@ impl OpKind {
             OpKind::ClampMin { min } => vec![("min", Float(*min))],
             OpKind::RmsNorm { eps }
             | OpKind::ConcatRmsNorm { eps }
+            | OpKind::ConcatRmsScale { eps }
             | OpKind::AddRmsNorm { eps } => {
                 vec![("eps", Float(*eps))]
             }
@@ -433,6 +467,9 @@ impl OpKind {
             "concat_rms_norm" => OpKind::ConcatRmsNorm {
                 eps: a.float("eps")?,
             },
+            "concat_rms_scale" => OpKind::ConcatRmsScale {
+                eps: a.float("eps")?,
+            },
             "add_rms_norm" => OpKind::AddRmsNorm {
                 eps: a.float("eps")?,
             },
@@ -508,6 +545,13 @@ fn linear_attrs(a: &LinearAttrs) -> Attrs {
     if a.lora {
         v.push(("lora", Flag));
     }
+    if let Some(w) = a.window {
+        v.push(("cols_from", Int(w.start)));
+        v.push(("cols", Int(w.len)));
+    }
+    if a.hoisted {
+        v.push(("hoisted", Flag));
+    }
     match a.epilogue {
         Epilogue::None => {}
         Epilogue::Act(act) => v.push(("epi", Ident(act.name().to_string()))),
@@ -524,6 +568,16 @@ fn linear_attrs(a: &LinearAttrs) -> Attrs {
 fn read_linear(a: &mut AttrReader) -> Result<LinearAttrs, AttrError> {
     let bias = a.flag("bias")?;
     let lora = a.flag("lora")?;
+    let window = match (a.opt_int("cols_from")?, a.opt_int("cols")?) {
+        (None, None) => None,
+        (Some(start), Some(len)) => Some(Window { start, len }),
+        _ => {
+            return Err(AttrError(
+                "`linear` attributes `cols_from` and `cols` come together".into(),
+            ));
+        }
+    };
+    let hoisted = a.flag("hoisted")?;
     let epilogue = match a.opt_ident("epi")?.as_deref() {
         None => Epilogue::None,
         Some("mul") => Epilogue::Mul,
@@ -541,6 +595,8 @@ fn read_linear(a: &mut AttrReader) -> Result<LinearAttrs, AttrError> {
     Ok(LinearAttrs {
         bias,
         lora,
+        window,
+        hoisted,
         epilogue,
     })
 }
@@ -654,9 +710,13 @@ impl AttrReader {
     }
 
     fn int_or(&mut self, key: &str, default: usize) -> Result<usize, AttrError> {
+        Ok(self.opt_int(key)?.unwrap_or(default))
+    }
+
+    fn opt_int(&mut self, key: &str) -> Result<Option<usize>, AttrError> {
         match self.take(key) {
-            None => Ok(default),
-            Some(Attr::Int(n)) => Ok(n),
+            None => Ok(None),
+            Some(Attr::Int(n)) => Ok(Some(n)),
             Some(other) => Err(self.err(key, "an integer", &other)),
         }
     }

@@ -224,6 +224,11 @@ pub enum KernelKind {
     /// views `[a [rows,da], b [rows,db], w [da+db], out [rows,da+db]]`; grid rows:
     /// `out = RmsNorm(concat(a, b); w)`.
     ConcatRmsNorm { da: usize, db: usize, eps: f64 },
+    /// views `[a [rows,da], b [rows,db], r [rows]]`; grid rows: `r = 1/sqrt(mean(concat(a,
+    /// b)²) + eps)`, the factor RMSNorm of the concatenation scales the row by.
+    ConcatRmsScale { da: usize, db: usize, eps: f64 },
+    /// views `[y [rows,n], r [rows], out [rows,n]]`; grid rows: `out[t] = r[t]·y[t]`.
+    RowScale { n: usize },
     /// Elementwise `out = a + b` or `a ⊙ b` over `[rows, n]`: views `[a, b, out]`, `b`
     /// broadcast over rows when `b_rows` is false; grid rows.
     Binary { op: BinOp, n: usize, b_rows: bool },
@@ -236,6 +241,10 @@ pub enum KernelKind {
         rows: Vec<usize>,
         elem: Elem,
         accumulate: bool,
+        /// Elements between consecutive weight rows when it is not `k` (the product reads
+        /// a window of a wider weight).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        row_stride: Option<usize>,
     },
     /// Row-wise epilogue of a linear on `y [rows, n]`: views `[y, (bias [n]),
     /// (m [rows, n]), out]`; ints `[pos0]`; grid rows. In order: `+ bias`; then one of

@@ -88,6 +88,16 @@ pub fn infer(kind: &OpKind, ops: &[&TensorType]) -> R {
             *dims.last_mut().expect("rank checked") = (da + db).into();
             Ok(vec![TensorType::f32(dims)])
         }
+        OpKind::ConcatRmsScale { .. } => {
+            cx.arity(2, 2)?;
+            let (a, b) = (cx.float(0)?, cx.float(1)?);
+            cx.const_last(a)?;
+            cx.const_last(b)?;
+            if a.dims[..a.rank() - 1] != b.dims[..b.rank() - 1] {
+                return cx.fail(format!("cannot concatenate {a} and {b}"));
+            }
+            Ok(vec![TensorType::f32(a.dims[..a.rank() - 1].to_vec())])
+        }
         OpKind::AddRmsNorm { .. } => {
             cx.arity(3, 3)?;
             let (a, b) = (cx.float(0)?, cx.float(1)?);
@@ -350,12 +360,30 @@ fn linear(cx: &Cx, a: &LinearAttrs) -> R {
         Epilogue::Rope(_) => (0, 1),
         _ => (0, 0),
     };
-    let base = 2 + a.bias as usize + 2 * a.lora as usize;
+    let base = a.epilogue_operand();
     cx.arity(base + extra.0, base + extra.1)?;
     let x = cx.float(0)?;
     let k = cx.const_last(x)?;
     let w = cx.weight(1, 2)?;
-    cx.same_dim(w.dims[1], k.into(), "input width")?;
+    let kw = w.dims[1].as_const().unwrap_or(0);
+    match a.window {
+        None => cx.same_dim(w.dims[1], k.into(), "input width")?,
+        Some(win) => {
+            if win.len == 0 || win.start + win.len > kw {
+                return cx.fail(format!(
+                    "columns {}..{} are not a window of a weight {kw} wide",
+                    win.start,
+                    win.start + win.len
+                ));
+            }
+            if k != win.len && k != kw {
+                return cx.fail(format!(
+                    "input width {k} is neither the window's {} nor the weight's {kw}",
+                    win.len
+                ));
+            }
+        }
+    }
     let n = w.dims[0].as_const().unwrap_or(0);
     let mut i = 2;
     if a.bias {
@@ -371,6 +399,13 @@ fn linear(cx: &Cx, a: &LinearAttrs) -> R {
     }
     let mut dims = x.dims.clone();
     *dims.last_mut().expect("rank checked") = n.into();
+    if a.hoisted {
+        cx.float(i)?;
+        cx.shape_is(cx.ops[i], &dims, "hoisted term")?;
+        cx.float(i + 1)?;
+        cx.shape_is(cx.ops[i + 1], &dims[..dims.len() - 1], "hoisted row scale")?;
+        i += 2;
+    }
     match a.epilogue {
         Epilogue::ActGate(_) => {
             if n % 2 != 0 {

@@ -1,7 +1,10 @@
 //! The default pipeline, as data. The order lives here and only here.
 
 use crate::manager::Pass;
-use crate::{Canonicalize, Dce, DedupWeights, FuseAdapters, FuseEpilogues, FuseMamba, PlanMemory};
+use crate::{
+    Canonicalize, Dce, DedupWeights, FuseAdapters, FuseEpilogues, FuseMamba, HoistSharedInput,
+    PlanMemory,
+};
 
 /// One entry of a pipeline.
 #[derive(Clone, Copy)]
@@ -30,6 +33,9 @@ pub fn default_pipeline() -> Vec<Step> {
         Step::Pass(&FuseAdapters),
         // RoPE, MLP gates, residual add + norm and the embedding concat.
         Step::Pass(&FuseEpilogues),
+        // On the fused form: the shared block's normalised concatenation is one op, so
+        // every invocation's products over the embedding half are easy to find.
+        Step::Pass(&HoistSharedInput),
         // Fusions erase what they replace; this removes anything else left unread and
         // drops parameters no graph reads.
         Step::Pass(&Dce),

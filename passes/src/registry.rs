@@ -1,7 +1,10 @@
 //! Every pass, registered once, by name.
 
 use crate::manager::{Pass, PipelineError};
-use crate::{Canonicalize, Dce, DedupWeights, FuseAdapters, FuseEpilogues, FuseMamba, PlanMemory};
+use crate::{
+    Canonicalize, Dce, DedupWeights, FuseAdapters, FuseEpilogues, FuseMamba, HoistSharedInput,
+    PlanMemory,
+};
 
 /// All passes, in default pipeline order.
 pub static REGISTRY: &[&dyn Pass] = &[
@@ -10,6 +13,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &FuseMamba,
     &FuseAdapters,
     &FuseEpilogues,
+    &HoistSharedInput,
     &Dce,
     &PlanMemory,
 ];

@@ -6,6 +6,8 @@ pub mod random_model;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use zambac_runtime::Tensor;
 use zambac_runtime::session::Backend;
 use zambac_runtime::weights::Checkpoint;
@@ -104,4 +106,17 @@ fn decode_rows(
         rows.push(l.row(0).to_vec());
     }
     rows
+}
+
+/// Moves every finite non-zero weight by one unit in its last place, up or down in
+/// magnitude at random (ChaCha from `seed`).
+pub fn move_last_bits(weights: &mut [Tensor], seed: u8) {
+    let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]);
+    for v in weights.iter_mut().flat_map(|t| t.data.iter_mut()) {
+        let up = rng.random::<bool>();
+        if v.is_finite() && *v != 0.0 {
+            let bits = v.to_bits();
+            *v = f32::from_bits(if up { bits + 1 } else { bits - 1 });
+        }
+    }
 }

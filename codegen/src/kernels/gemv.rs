@@ -32,6 +32,8 @@ struct Part<'c> {
 struct Shape<'c> {
     x: V<'c>,
     k: usize,
+    /// Elements between consecutive weight rows (`k` unless a window of a wider weight).
+    ld: usize,
     elem: Elem,
     accumulate: bool,
 }
@@ -44,11 +46,13 @@ pub(crate) fn gemv<'c>(
     rows: &[usize],
     elem: Elem,
     accumulate: bool,
+    ld: usize,
 ) {
     let count = rows.len();
     let shape = Shape {
         x: f.views[0],
         k,
+        ld,
         elem,
         accumulate,
     };
@@ -146,7 +150,7 @@ fn single_row<'c>(e: &Emitter<'c, '_>, shape: &Shape<'c>, parts: &[Part<'c>], ro
 
 /// `y[row] (+)= x · W[row]` for each of the part's (local) `rows`, sharing the loads of `x`.
 fn row_block<'c>(e: &Emitter<'c, '_>, shape: &Shape<'c>, part: &Part<'c>, rows: &[V<'c>]) {
-    let bases: Vec<V<'c>> = rows.iter().map(|row| e.mul_k(*row, shape.k)).collect();
+    let bases: Vec<V<'c>> = rows.iter().map(|row| e.mul_k(*row, shape.ld)).collect();
     let x = (shape.x, e.index(0));
     let sums = dots(e, x, (part.w, shape.elem), &bases, shape.k, UNROLL);
     for (row, mut sum) in rows.iter().zip(sums) {

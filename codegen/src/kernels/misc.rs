@@ -48,6 +48,19 @@ pub(crate) fn binary<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, op: BinOp, n: usize
     });
 }
 
+/// [`zambac_ir::program::KernelKind::RowScale`].
+pub(crate) fn row_scale<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, n: usize) {
+    let [y, r, out] = f.views[..] else {
+        unreachable!("RowScale has three views")
+    };
+    let row = e.mul_k(f.item, n);
+    let scale = e.load(r, f.item);
+    for_chunks(e, n, 2, |e, offset, width| {
+        let v = load_f32(e, y, e.addi(row, offset), width, Elem::F32);
+        e.vstore(e.mulf(v, e.splat(scale, width)), out, e.addi(row, offset));
+    });
+}
+
 /// [`zambac_ir::program::KernelKind::KvWrite`].
 pub(crate) fn kv_write<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, heads: usize, head_dim: usize) {
     let [k, cache] = f.views[..] else {

@@ -115,7 +115,9 @@ pub(crate) fn signature(kind: &KernelKind) -> Signature {
     let f32s = |n: usize| vec![Elem::F32; n];
     let (views, ints) = match kind {
         K::Embedding { elem, .. } => (vec![Elem::I64, *elem, Elem::F32], 0),
-        K::RmsNorm { .. } | K::Binary { .. } => (f32s(3), 0),
+        K::RmsNorm { .. } | K::Binary { .. } | K::ConcatRmsScale { .. } | K::RowScale { .. } => {
+            (f32s(3), 0)
+        }
         K::AddRmsNorm { .. } => (f32s(5), 0),
         K::ConcatRmsNorm { .. } | K::Mamba2GateNorm { .. } => (f32s(4), 0),
         K::Gemv { rows, elem, .. } => {
@@ -147,13 +149,16 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, kind: &KernelKind) {
         K::RmsNorm { d, groups, eps } => norm::rms_norm(e, f, *d, *groups, *eps),
         K::AddRmsNorm { d, eps } => norm::add_rms_norm(e, f, *d, *eps),
         K::ConcatRmsNorm { da, db, eps } => norm::concat_rms_norm(e, f, *da, *db, *eps),
+        K::ConcatRmsScale { da, db, eps } => norm::concat_rms_scale(e, f, *da, *db, *eps),
+        K::RowScale { n } => misc::row_scale(e, f, *n),
         K::Binary { op, n, b_rows } => misc::binary(e, f, *op, *n, *b_rows),
         K::Gemv {
             k,
             rows,
             elem,
             accumulate,
-        } => gemv::gemv(e, f, *k, rows, *elem, *accumulate),
+            row_stride,
+        } => gemv::gemv(e, f, *k, rows, *elem, *accumulate, row_stride.unwrap_or(*k)),
         K::Epilogue { n, bias, op } => epilogue::epilogue(e, f, *n, *bias, *op),
         K::KvWrite { heads, head_dim } => misc::kv_write(e, f, *heads, *head_dim),
         K::Softmax { scale } => misc::softmax(e, f, *scale),
@@ -268,10 +273,22 @@ fn check_sizes(kind: &KernelKind) -> Result<(), String> {
         K::Embedding { hidden, elem } => positive("hidden", *hidden).and(weight(*elem)),
         K::RmsNorm { d, groups, .. } => positive("d", *d).and(divides("groups", *groups, *d)),
         K::AddRmsNorm { d, .. } => positive("d", *d),
-        K::ConcatRmsNorm { da, db, .. } => positive("da + db", da + db),
+        K::ConcatRmsNorm { da, db, .. } | K::ConcatRmsScale { da, db, .. } => {
+            positive("da + db", da + db)
+        }
+        K::RowScale { n } => positive("n", *n),
         K::Binary { n, .. } => positive("n", *n),
-        K::Gemv { k, rows, elem, .. } => {
+        K::Gemv {
+            k,
+            rows,
+            elem,
+            row_stride,
+            ..
+        } => {
             positive("k", *k)?;
+            if row_stride.is_some_and(|ld| ld < *k) {
+                return Err(format!("row stride {row_stride:?} is shorter than k = {k}"));
+            }
             positive("the number of parts", rows.len())?;
             weight(*elem)
         }

@@ -97,14 +97,7 @@ pub(crate) fn concat_rms_norm<'c>(
     };
     let (arow, brow) = (e.mul_k(f.item, da), e.mul_k(f.item, db));
     let orow = e.mul_k(f.item, da + db);
-    let mut ss = e.f32(0.0);
-    if da > 0 {
-        ss = e.addf(ss, sum_squares(e, a, arow, da));
-    }
-    if db > 0 {
-        ss = e.addf(ss, sum_squares(e, b, brow, db));
-    }
-    let inv = inv_rms(e, ss, da + db, eps);
+    let inv = concat_inv_rms(e, (a, arow, da), (b, brow, db), eps);
     if da > 0 {
         scale_row(e, (a, arow), (w, e.index(0)), (out, orow), inv, da);
     }
@@ -112,6 +105,39 @@ pub(crate) fn concat_rms_norm<'c>(
         let (wb, ob) = (e.index(da as i64), e.add_k(orow, da));
         scale_row(e, (b, brow), (w, wb), (out, ob), inv, db);
     }
+}
+
+/// [`zambac_ir::program::KernelKind::ConcatRmsScale`].
+pub(crate) fn concat_rms_scale<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c>,
+    da: usize,
+    db: usize,
+    eps: f64,
+) {
+    let [a, b, r] = f.views[..] else {
+        unreachable!("ConcatRmsScale has three views")
+    };
+    let (arow, brow) = (e.mul_k(f.item, da), e.mul_k(f.item, db));
+    let inv = concat_inv_rms(e, (a, arow, da), (b, brow, db), eps);
+    e.store(inv, r, f.item);
+}
+
+/// `1/rms` of the concatenation of the rows `a[arow .. arow+da]` and `b[brow .. brow+db]`.
+fn concat_inv_rms<'c>(
+    e: &Emitter<'c, '_>,
+    (a, arow, da): (V<'c>, V<'c>, usize),
+    (b, brow, db): (V<'c>, V<'c>, usize),
+    eps: f64,
+) -> V<'c> {
+    let mut ss = e.f32(0.0);
+    if da > 0 {
+        ss = e.addf(ss, sum_squares(e, a, arow, da));
+    }
+    if db > 0 {
+        ss = e.addf(ss, sum_squares(e, b, brow, db));
+    }
+    inv_rms(e, ss, da + db, eps)
 }
 
 /// [`zambac_ir::program::KernelKind::Mamba2GateNorm`]: the gated values `y ⊙ silu(z)` are

@@ -97,6 +97,7 @@ fn invalid_kernels_are_typed_errors_naming_the_kernel() {
         rows: vec![2],
         elem: Elem::I64,
         accumulate: false,
+        row_stride: None,
     };
     let error = compile_gpu(&[kernel("g", i64_weights)], &GpuTarget::sm_90(None), None)
         .expect_err("i64 weights");

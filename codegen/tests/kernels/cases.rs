@@ -47,6 +47,15 @@ pub fn all() -> Vec<Kernel> {
             },
         ),
         (
+            "concat_rms_scale",
+            K::ConcatRmsScale {
+                da: 40,
+                db: 29,
+                eps: 1e-5,
+            },
+        ),
+        ("row_scale", K::RowScale { n: 45 }),
+        (
             "add",
             K::Binary {
                 op: BinOp::Add,
@@ -69,6 +78,7 @@ pub fn all() -> Vec<Kernel> {
                 rows: vec![37],
                 elem: Elem::F32,
                 accumulate: false,
+                row_stride: None,
             },
         ),
         (
@@ -78,6 +88,17 @@ pub fn all() -> Vec<Kernel> {
                 rows: vec![13, 6],
                 elem: Elem::Bf16,
                 accumulate: true,
+                row_stride: None,
+            },
+        ),
+        (
+            "gemv_window",
+            K::Gemv {
+                k: 64,
+                rows: vec![21],
+                elem: Elem::Bf16,
+                accumulate: true,
+                row_stride: Some(160),
             },
         ),
         (
@@ -87,6 +108,7 @@ pub fn all() -> Vec<Kernel> {
                 rows: vec![9],
                 elem: Elem::F16,
                 accumulate: false,
+                row_stride: None,
             },
         ),
         (
@@ -304,12 +326,14 @@ pub fn released_sizes() -> Vec<Kernel> {
                 rows: vec![2 * h; 3],
                 elem: Elem::Bf16,
                 accumulate: false,
+                row_stride: None,
             },
             K::Gemv {
                 k: h,
                 rows: vec![width],
                 elem: Elem::F32,
                 accumulate: true,
+                row_stride: None,
             },
             K::Epilogue {
                 n: ah * hd,

@@ -1,4 +1,5 @@
-//! Gemv in f32, bf16 and f16, with one and two parts, with and without accumulation.
+//! Gemv in f32, bf16 and f16, with one and two parts, with and without accumulation, and
+//! over a window of a wider weight.
 
 use super::harness::{Buf, check, f16_to_f32, random, to_bf16};
 use zambac_ir::program::KernelKind;
@@ -53,6 +54,7 @@ fn gemv(k: usize, rows: &[usize], elem: Elem, accumulate: bool) {
         rows: rows.to_vec(),
         elem,
         accumulate,
+        row_stride: None,
     };
     check(kind, &bufs, &[], rows.iter().sum(), &expected, 1e-5);
 }
@@ -81,4 +83,43 @@ fn two_parts_share_one_pass_and_accumulate_when_asked() {
     gemv(77, &[4, 9, 7], Elem::F32, false);
     gemv(64, &[10, 3], Elem::F32, true);
     gemv(48, &[40, 70, 17], Elem::Bf16, true);
+}
+
+/// `y (+)= x · W[:, from..from+k]ᵀ` for a weight `ld` columns wide: the kernel reads rows
+/// `ld` apart from a view that starts at column `from`.
+fn windowed_gemv(k: usize, ld: usize, from: usize, n: usize, elem: Elem, accumulate: bool) {
+    let x = random(k, 40, -1.0, 1.0);
+    let (stored, w) = weights(elem, n * ld, 41);
+    let y0 = random(n, 42, -1.0, 1.0);
+    let want: Vec<f32> = (0..n)
+        .map(|r| {
+            let dot: f64 = (0..k)
+                .map(|j| x[j] as f64 * w[r * ld + from + j] as f64)
+                .sum();
+            (dot + if accumulate { y0[r] as f64 } else { 0.0 }) as f32
+        })
+        .collect();
+    // The view starts at column `from`: drop the first `from` elements of the buffer.
+    let shifted = match stored {
+        Buf::F32(v) => Buf::F32(v[from..].to_vec()),
+        Buf::Bf16(v) => Buf::Bf16(v[from..].to_vec()),
+        other => other,
+    };
+    let out = if accumulate { y0 } else { vec![0.0; n] };
+    let bufs = [Buf::F32(x), shifted, Buf::F32(out)];
+    let kind = KernelKind::Gemv {
+        k,
+        rows: vec![n],
+        elem,
+        accumulate,
+        row_stride: Some(ld),
+    };
+    check(kind, &bufs, &[], n, &[(2, want)], 1e-5);
+}
+
+#[test]
+fn a_window_of_a_wider_weight_reads_rows_a_stride_apart() {
+    windowed_gemv(96, 160, 0, 37, Elem::F32, false);
+    windowed_gemv(64, 160, 96, 37, Elem::F32, true);
+    windowed_gemv(40, 100, 60, 21, Elem::Bf16, true);
 }

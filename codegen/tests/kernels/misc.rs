@@ -42,6 +42,23 @@ fn embedding_copies_the_rows_of_the_tokens_in_f32_and_widened_bf16() {
 }
 
 #[test]
+fn row_scale_multiplies_each_row_by_its_factor() {
+    let (n, rows) = (45, 5);
+    let y = random(rows * n, 15, -2.0, 2.0);
+    let r = random(rows, 16, 0.1, 3.0);
+    let want: Vec<f32> = (0..rows * n).map(|i| r[i / n] * y[i]).collect();
+    let bufs = [Buf::F32(y), Buf::F32(r), Buf::F32(vec![0.0; rows * n])];
+    check(
+        KernelKind::RowScale { n },
+        &bufs,
+        &[],
+        rows,
+        &[(2, want)],
+        0.0,
+    );
+}
+
+#[test]
 fn binary_adds_and_multiplies_per_row_or_broadcast() {
     let (n, rows) = (45, 5);
     let a = random(rows * n, 13, -2.0, 2.0);

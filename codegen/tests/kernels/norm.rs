@@ -107,3 +107,27 @@ fn mamba2_gate_norm_gates_with_silu_then_normalises_each_group() {
         check(kind, &bufs, &[], rows, &[(3, want)], 1e-5);
     }
 }
+
+#[test]
+fn concat_rms_scale_is_the_factor_concat_rms_norm_applies() {
+    let (da, db, rows, eps) = (40, 29, 5, 1e-5);
+    let a = random(rows * da, 12, -1.0, 1.0);
+    let b = random(rows * db, 13, -3.0, 3.0);
+    let want = k::concat_rms_scale(
+        &Tensor::new(vec![rows, da], a.clone()),
+        &Tensor::new(vec![rows, db], b.clone()),
+        eps,
+    )
+    .data;
+    // The reference factor, checked against its definition on one row.
+    let ss: f64 = a[..da]
+        .iter()
+        .chain(&b[..db])
+        .map(|&v| (v as f64).powi(2))
+        .sum();
+    let row0 = 1.0 / (ss / (da + db) as f64 + eps).sqrt();
+    assert!((want[0] as f64 - row0).abs() <= 1e-6 * row0);
+    let bufs = [Buf::F32(a), Buf::F32(b), Buf::F32(vec![0.0; rows])];
+    let kind = KernelKind::ConcatRmsScale { da, db, eps };
+    check(kind, &bufs, &[], rows, &[(2, want)], 1e-5);
+}

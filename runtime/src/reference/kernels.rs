@@ -133,6 +133,21 @@ pub fn group_rms_norm(x: &Tensor, w: &Tensor, groups: usize, eps: f64) -> Tensor
     Tensor::new(x.shape.clone(), out)
 }
 
+/// `1/sqrt(mean(concat(a, b)²) + eps)` of each row: the factor RMSNorm of the
+/// concatenation scales it by.
+pub fn concat_rms_scale(a: &Tensor, b: &Tensor, eps: f64) -> Tensor {
+    let (da, db) = (a.last(), b.last());
+    let rows = a.rows();
+    let scale = (0..rows)
+        .map(|t| {
+            let ss = |row: &[f32]| row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+            let ms = (ss(a.row(t)) + ss(b.row(t))) / (da + db) as f64;
+            (1.0 / (ms + eps).sqrt()) as f32
+        })
+        .collect();
+    Tensor::new(a.shape[..a.shape.len() - 1].to_vec(), scale)
+}
+
 /// Concatenation along `axis`.
 pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Tensor {
     let outer: usize = a.shape[..axis].iter().product();

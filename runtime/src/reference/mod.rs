@@ -189,6 +189,10 @@ fn eval(kind: &OpKind, a: &[Arg], capacity: usize) -> Result<Vec<Value>, String>
             let cat = k::concat(x, y, x.shape.len() - 1);
             f(k::group_rms_norm(&cat, a[2].t()?, 1, *eps))
         }
+        OpKind::ConcatRmsScale { eps } => {
+            let (x, y) = (a[0].t()?, a[1].t()?);
+            f(k::concat_rms_scale(x, y, *eps))
+        }
         OpKind::AddRmsNorm { eps } => {
             let sum = k::broadcast(a[0].t()?, a[1].t()?, |x, y| x + y);
             let normed = k::group_rms_norm(&sum, a[2].t()?, 1, *eps);
@@ -294,11 +298,32 @@ fn linear(attrs: &LinearAttrs, a: &[Arg]) -> Result<Tensor, String> {
     } else {
         None
     };
-    let mut y = k::linear(x, a[1].t()?, bias);
+    let w = a[1].t()?;
+    let mut y = match attrs.window {
+        None => k::linear(x, w, bias),
+        Some(win) => {
+            let cols =
+                |t: &Tensor| k::slice(t, t.shape.len() - 1, win.start, win.start + win.len, 1);
+            let xw = if x.last() == win.len {
+                x.clone()
+            } else {
+                cols(x)
+            };
+            k::linear(&xw, &cols(w), bias)
+        }
+    };
     if attrs.lora {
         let down = k::linear(x, a[i].t()?, None);
         let up = k::linear(&down, a[i + 1].t()?, None);
         y = k::broadcast(&y, &up, |p, q| p + q);
+        i += 2;
+    }
+    if attrs.hoisted {
+        let (term, r) = (a[i].t()?, a[i + 1].t()?);
+        let n = y.last();
+        for (j, v) in y.data.iter_mut().enumerate() {
+            *v += r.data[j / n] * term.data[j];
+        }
         i += 2;
     }
     Ok(match attrs.epilogue {
