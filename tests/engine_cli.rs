@@ -186,6 +186,16 @@ fn bench_reports_json() {
     for k in ["prefill_s", "decode_tok_per_s", "peak_rss_bytes"] {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
     }
+    // The reported prefill is the median of the runs listed beside it.
+    let mut runs: Vec<f64> = v["prefill_runs_s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap())
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    assert_eq!(runs.len(), 3, "{v}");
+    assert_eq!(v["prefill_s"].as_f64(), Some(runs[1]), "{v}");
     assert!(v["threads"].as_u64().is_some_and(|t| t >= 1), "{v}");
     let library = v["gemm_library"].as_str().unwrap_or_default();
     assert!(

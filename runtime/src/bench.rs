@@ -23,6 +23,8 @@ pub struct BenchReport {
     pub prefill_s: f64,
     /// Prompt tokens per second of that median.
     pub prefill_tok_per_s: f64,
+    /// Every timed prefill, in the order they ran.
+    pub prefill_runs_s: Vec<f64>,
     /// From the start of a prefill to the first generated token.
     pub ttft_s: f64,
     /// Decode steps per second after the prompt (0 when no token is decoded).
@@ -53,6 +55,7 @@ pub fn run(
         backend.prefill_last(&prompt, capacity)?;
         times.push(t0.elapsed().as_secs_f64());
     }
+    let prefill_runs_s = times.clone();
     times.sort_by(f64::total_cmp);
     let prefill_s = times[times.len() / 2];
 
@@ -62,6 +65,7 @@ pub fn run(
         new_tokens,
         prefill_s,
         prefill_tok_per_s: prompt_len as f64 / prefill_s,
+        prefill_runs_s,
         ttft_s,
         decode_tok_per_s: if new_tokens == 0 {
             0.0
