@@ -254,6 +254,12 @@ fn bench_profile_accounts_for_every_kernel_of_a_step() {
         let embedding = rows.iter().find(|r| r["kind"] == "Embedding").unwrap();
         let calls = if phase == "prefill" { 1 } else { new_tokens };
         assert_eq!(embedding["calls"].as_u64().unwrap(), calls, "{phase}");
+        // The timed steps happen inside the phase's wall time.
+        let wall = v["profile"][format!("{phase}_wall_s")].as_f64().unwrap();
+        assert!(
+            secs.iter().sum::<f64>() <= wall,
+            "{phase}: {secs:?} in {wall} s"
+        );
     }
     // Without --profile the object has no profile.
     let o = zambac(&[

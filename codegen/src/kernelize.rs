@@ -218,7 +218,6 @@ impl<'a> GraphLowering<'a> {
         }
     }
 
-    /// Where a value lives.
     /// A slice of a parameter along its first axis with stride 1: contiguous, so a view
     /// into the weight at an offset.
     fn weight_slice(&self, n: NodeId) -> Option<View> {
@@ -244,6 +243,7 @@ impl<'a> GraphLowering<'a> {
         Some(v)
     }
 
+    /// Where a value lives.
     fn view(&self, v: ValueRef) -> View {
         if let Some(view) = self.weight_slice(v.node) {
             return view;
