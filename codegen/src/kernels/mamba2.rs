@@ -161,9 +161,9 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
                         narrow = Some(e.mulf(s[i], c));
                     }
                 }
-                let mut out = e.reduce("add", e.addf(accs[0], accs[1]));
+                let mut out = e.sum_any_order(e.addf(accs[0], accs[1]));
                 if let Some(part) = narrow {
-                    out = e.addf(out, e.reduce("add", part));
+                    out = e.addf(out, e.sum_any_order(part));
                 }
                 let y_at = e.addi(y_rows[j], x_at);
                 out = if block == 0 {

@@ -398,6 +398,22 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.emit1("vector.reduction", &[v], elem, &[("kind", kind)])
     }
 
+    /// The sum of all lanes of `v` in any order: LLVM may reduce it as a tree (log₂ lanes
+    /// shuffles and adds) instead of one lane after another. The Mamba2 scan reduces once
+    /// per state row and token, and there the in-order chain of eight dependent scalar
+    /// adds cost 15–20% of the kernel (`bench_kernels`).
+    pub(crate) fn sum_any_order(&self, v: V<'c>) -> V<'c> {
+        let elem = self.elem_of(v);
+        let kind = self.parse_attr("#vector.kind<add>");
+        let reassoc = self.parse_attr("#arith.fastmath<reassoc>");
+        self.emit1(
+            "vector.reduction",
+            &[v],
+            elem,
+            &[("kind", kind), ("fastmath", reassoc)],
+        )
+    }
+
     /// Lane `lane` of `v`.
     pub(crate) fn extract(&self, v: V<'c>, lane: usize) -> V<'c> {
         let elem = self.elem_of(v);
