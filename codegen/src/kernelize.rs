@@ -560,6 +560,10 @@ impl<'a> GraphLowering<'a> {
         let extra = ops.get(a.epilogue_operand()).copied();
         // Only the last row matters for the head of `prefill_last`.
         let head_last = self.last_only && Some(out) == self.logits;
+        if head_last && hoisted.is_some() {
+            // `hoist-shared-input` only rewrites a shared block's input products.
+            return self.err("the logits head cannot take a hoisted term");
+        }
         let (x_view, rows) = if head_last {
             let mut v = self.view(x);
             v.offset = v

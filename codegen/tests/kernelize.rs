@@ -72,22 +72,6 @@ fn decode_updates_states_in_place_and_uses_gemv() {
             .all(|s| matches!(s, Step::Launch { .. })),
         "decode needs no GEMM library call"
     );
-    std::fs::write(
-        "/tmp/kz/decode.json",
-        serde_json::to_string_pretty(&decode).unwrap(),
-    )
-    .unwrap();
-    let prefill = l.programs.iter().find(|p| p.name == "prefill").unwrap();
-    std::fs::write(
-        "/tmp/kz/prefill.json",
-        serde_json::to_string_pretty(&prefill).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        "/tmp/kz/kernels.json",
-        serde_json::to_string_pretty(&l.kernels).unwrap(),
-    )
-    .unwrap();
     assert!(decode.steps.iter().any(|s| {
         match s {
             Step::Launch { views, .. } => views
@@ -96,4 +80,72 @@ fn decode_updates_states_in_place_and_uses_gemv() {
             _ => false,
         }
     }));
+}
+
+/// With `hoist-shared-input`, each invocation's q/k/v product reads only the hidden half of
+/// the shared weight (a window: row stride of the full width, decode Gemv with a row
+/// stride) after `r ⊙ Y` is written, and the embedding half is multiplied once per program.
+#[test]
+fn hoisted_products_read_a_window_of_the_shared_weight() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let m = optimised(&root.join("examples/zamba2-1.2b.toml"));
+    let l = kernelize(&m, Elem::Bf16).unwrap();
+    let kind = |symbol: &str| {
+        &l.kernels
+            .iter()
+            .find(|k| k.symbol == symbol)
+            .expect("launched kernels exist")
+            .kind
+    };
+    use zambac_ir::program::KernelKind as K;
+    for p in &l.programs {
+        let launched: Vec<&K> = p
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Launch { kernel, .. } => Some(kind(kernel)),
+                _ => None,
+            })
+            .collect();
+        let row_scales = launched
+            .iter()
+            .filter(|k| matches!(k, K::RowScale { .. }))
+            .count();
+        // 6 invocations × q, k, v.
+        assert_eq!(row_scales, 18, "{}", p.name);
+        let scales = launched
+            .iter()
+            .filter(|k| matches!(k, K::ConcatRmsScale { .. }))
+            .count();
+        assert_eq!(scales, 6, "{}", p.name);
+        if p.name == "decode" {
+            let windowed = launched
+                .iter()
+                .filter(|k| {
+                    matches!(
+                        k,
+                        K::Gemv {
+                            k: 2048,
+                            row_stride: Some(4096),
+                            ..
+                        }
+                    )
+                })
+                .count();
+            // Each invocation's q, k, v over the hidden half, and the three hoisted
+            // products over the embedding half.
+            assert_eq!(windowed, 18 + 3, "{}", p.name);
+        } else {
+            let windowed = p
+                .steps
+                .iter()
+                .filter(|s| {
+                    matches!(s, Step::Gemm { k, b, .. }
+                    if *k == zambac_ir::program::Expr::k(2048)
+                        && b.col_stride == zambac_ir::program::Expr::k(4096))
+                })
+                .count();
+            assert_eq!(windowed, 18 + 3, "{}", p.name);
+        }
+    }
 }
