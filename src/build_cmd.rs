@@ -262,7 +262,8 @@ fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
         (
             "decode reads",
             format!(
-                "{} weight elements per token (a shared block's once per invocation)",
+                "{} weight elements per token (a shared block's once per invocation, \
+                 but for the hoisted embedding halves)",
                 count(s.decode_weight_elems_read)
             ),
         ),

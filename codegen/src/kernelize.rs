@@ -238,9 +238,7 @@ impl<'a> GraphLowering<'a> {
             .iter()
             .map(|d| d.as_const().unwrap_or(0))
             .product();
-        let mut v = View::of(Buffer::Weight(p.0));
-        v.offset = Expr::k((start * row) as i64);
-        Some(v)
+        Some(View::at(Buffer::Weight(p.0), Expr::k((start * row) as i64)))
     }
 
     /// Where a value lives.
@@ -565,12 +563,8 @@ impl<'a> GraphLowering<'a> {
             return self.err("the logits head cannot take a hoisted term");
         }
         let (x_view, rows) = if head_last {
-            let mut v = self.view(x);
-            v.offset = v
-                .offset
-                .plus(Expr::T.times(kx as i64))
-                .plus(Expr::k(-(kx as i64)));
-            (v, Expr::k(1))
+            let last_row = Expr::T.times(kx as i64).plus(Expr::k(-(kx as i64)));
+            (self.view(x).shifted(last_row), Expr::k(1))
         } else {
             (self.view(x), self.rows(x))
         };
@@ -592,10 +586,6 @@ impl<'a> GraphLowering<'a> {
             let views = vec![self.view(term), self.view(scale), y.clone()];
             self.launch("row_scale", kind, rows, views, vec![]);
         }
-        let shifted = |mut v: View, by: usize| {
-            v.offset = v.offset.plus(Expr::k(by as i64));
-            v
-        };
         if one_row && a.window.is_none() && hoisted.is_none() {
             // One pass over `x` for the weight and the adapter's down-projection.
             let mut part_rows = vec![nout];
@@ -617,8 +607,8 @@ impl<'a> GraphLowering<'a> {
             self.launch("gemv", kind, Expr::k(grid), views, vec![]);
         } else if one_row {
             let views = [
-                shifted(x_view.clone(), x_off),
-                shifted(self.view(w), w_off),
+                x_view.clone().shifted(Expr::k(x_off as i64)),
+                self.view(w).shifted(Expr::k(w_off as i64)),
                 y.clone(),
             ];
             let (elem, ld) = (self.elem(w), (kw != k).then_some(kw));
@@ -932,7 +922,7 @@ impl<'a> GraphLowering<'a> {
 /// A strided matrix at `view + offset`.
 fn matrix(view: View, offset: i64, row_stride: i64, col_stride: i64) -> Matrix {
     Matrix {
-        view: View::at(view.buf, view.offset.plus(Expr::k(offset))),
+        view: view.shifted(Expr::k(offset)),
         row_stride: Expr::k(row_stride),
         col_stride: Expr::k(col_stride),
     }

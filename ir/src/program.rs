@@ -155,6 +155,14 @@ impl View {
     pub fn at(buf: Buffer, offset: Expr) -> View {
         View { buf, offset }
     }
+
+    /// The same buffer, `by` elements further on.
+    pub fn shifted(self, by: Expr) -> View {
+        View {
+            offset: self.offset.plus(by),
+            ..self
+        }
+    }
 }
 
 /// A strided matrix operand: element `(i, j)` is at `offset + i·row_stride + j·col_stride`.
