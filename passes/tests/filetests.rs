@@ -1,4 +1,4 @@
-//! Pass filetests: each `tests/filetests/<pass>/*.zir` names the passes it runs in a
+//! Pass filetests: each `passes/tests/filetests/<pass>/*.zir` names the passes it runs in a
 //! `; test: a,b` header; the harness parses the module, runs exactly those passes (with
 //! the verifier after each) and snapshots the result — or the error — with insta.
 //! Review changes with `cargo insta review`.
