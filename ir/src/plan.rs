@@ -42,7 +42,14 @@ pub fn check(g: &Graph, plan: &BTreeMap<ValueRef, Placement>) -> Result<(), Stri
     let mut by_slot: BTreeMap<u32, Vec<(usize, usize, ValueRef)>> = BTreeMap::new();
     for (v, &(start, end)) in &ranges {
         match plan.get(v) {
-            None => return Err(format!("value {v:?} has no placement")),
+            None => {
+                return Err(format!(
+                    "result {} of `{}` node {} has no placement",
+                    v.result,
+                    g.kind(v.node).name(),
+                    v.node.0.index()
+                ));
+            }
             Some(Placement::Output(name)) => {
                 if !g.outputs.iter().any(|(n, o)| n == name && o == v) {
                     return Err(format!(
