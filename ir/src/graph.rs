@@ -236,6 +236,18 @@ impl Graph {
     ) -> Result<NodeId, TypeError> {
         let tys: Vec<&TensorType> = operands.iter().map(|&v| self.ty(v)).collect();
         let results = infer(&kind, &tys)?;
+        Ok(self.add_op_typed(kind, operands, results, loc))
+    }
+
+    /// Adds an op with the result types the caller states, unchecked. Only the unverified
+    /// parser uses it, so that the verifier, not the parser, sees what a text claims.
+    pub(crate) fn add_op_typed(
+        &mut self,
+        kind: OpKind,
+        operands: &[ValueRef],
+        results: Vec<TensorType>,
+        loc: Loc,
+    ) -> NodeId {
         let n = NodeId(self.g.add_node(Node { kind, results, loc }));
         for (slot, v) in operands.iter().enumerate() {
             self.g.add_edge(
@@ -247,7 +259,7 @@ impl Graph {
                 },
             );
         }
-        Ok(n)
+        n
     }
 
     /// The operands of `n`, in slot order.

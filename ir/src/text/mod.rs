@@ -5,7 +5,7 @@ mod lex;
 mod parse;
 mod print;
 
-pub use parse::parse_module;
+pub use parse::{parse_module, parse_module_unverified};
 pub use print::{print_graph, print_module};
 
 /// A syntax or typing error in `.zir` text, with its 1-based position.

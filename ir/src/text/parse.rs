@@ -2,25 +2,50 @@
 //!
 //! Ops are rebuilt through `Graph::add_op`, so the parser re-infers every result type and
 //! rejects a text whose written types disagree with the op's typing rule.
+//! [`parse_module_unverified`] reads the same syntax but leaves those meaning checks to the
+//! verifier.
 
 use std::collections::HashMap;
 
 use super::ParseError;
 use super::lex::{Tok, Token, lex};
-use crate::graph::{Graph, Loc, Module, Param, ParamId, Placement, ValueRef};
+use crate::graph::{Graph, Loc, Module, NodeId, Param, ParamId, Placement, ValueRef};
 use crate::op::{Attr, OpKind};
 use crate::types::{Dim, Elem, Sym, TensorType};
 
 /// Parses a module.
 pub fn parse_module(src: &str) -> Result<Module, ParseError> {
+    parse(src, Check::Full)
+}
+
+/// Parses a module without checking what the verifier checks: each op gets the result
+/// types the text writes, and a graph, input or output name given twice is kept. Syntax and
+/// name resolution are checked as by [`parse_module`]. This is how a text can state a
+/// module that only the verifier rejects, which the verifier's negative tests need; every
+/// other reader wants [`parse_module`].
+pub fn parse_module_unverified(src: &str) -> Result<Module, ParseError> {
+    parse(src, Check::Syntax)
+}
+
+fn parse(src: &str, check: Check) -> Result<Module, ParseError> {
     let toks = lex(src)?;
-    let mut p = Parser { toks, i: 0 };
+    let mut p = Parser { toks, i: 0, check };
     p.module()
+}
+
+/// How much of a module's meaning the parser checks beyond syntax and names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Re-infer every result type; reject graph, input and output names given twice.
+    Full,
+    /// Trust the written types and names; the verifier judges them.
+    Syntax,
 }
 
 struct Parser {
     toks: Vec<Token>,
     i: usize,
+    check: Check,
 }
 
 impl Parser {
@@ -157,12 +182,13 @@ impl Parser {
             }
             let name = self.string()?;
             self.expect_punct(':')?;
+            let ty_tok = self.i;
             let ty = self.ty()?;
             let mut shape = Vec::new();
             for d in &ty.dims {
                 match d.as_const() {
                     Some(n) => shape.push(n),
-                    None => return self.err("parameter shapes must be static"),
+                    None => return Err(self.at(ty_tok, "parameter shapes must be static")),
                 }
             }
             let mut param = Param {
@@ -190,9 +216,10 @@ impl Parser {
             m.params.push(param);
         }
         while *self.peek() != Tok::Eof {
+            let header = self.i;
             let g = self.graph(&m)?;
-            if m.graph(&g.name).is_some() {
-                return self.err(format!("graph `@{}` is defined twice", g.name));
+            if self.check == Check::Full && m.graph(&g.name).is_some() {
+                return Err(self.at(header, format!("graph `@{}` is defined twice", g.name)));
             }
             m.graphs.push(g);
         }
@@ -244,6 +271,7 @@ impl Parser {
         self.expect_punct('(')?;
         if !self.eat_punct(')') {
             loop {
+                let name_tok = self.i;
                 let name = match self.next().tok {
                     Tok::Value(v) => v,
                     t => {
@@ -255,8 +283,8 @@ impl Parser {
                 self.expect_punct(':')?;
                 let ty = self.ty()?;
                 let v = g.add_input(name.clone(), ty);
-                if values.insert(name.clone(), v).is_some() {
-                    return self.err(format!("input `%{name}` is declared twice"));
+                if values.insert(name.clone(), v).is_some() && self.check == Check::Full {
+                    return Err(self.at(name_tok, format!("input `%{name}` is declared twice")));
                 }
                 if self.eat_punct(')') {
                     break;
@@ -301,11 +329,12 @@ impl Parser {
         values: &HashMap<String, ValueRef>,
     ) -> Result<(), ParseError> {
         loop {
+            let name_tok = self.i;
             let name = self.ident()?;
             self.expect_punct('=')?;
             let v = self.value_use(values)?;
-            if g.outputs.iter().any(|(n, _)| *n == name) {
-                return self.err(format!("output `{name}` is returned twice"));
+            if self.check == Check::Full && g.outputs.iter().any(|(n, _)| *n == name) {
+                return Err(self.at(name_tok, format!("output `{name}` is returned twice")));
             }
             g.outputs.push((name, v));
             if !self.eat_punct(',') {
@@ -404,32 +433,16 @@ impl Parser {
         if kind.is_leaf() {
             return Err(self.at(stmt_tok, format!("`{op_name}` cannot be written as an op")));
         }
-        let n = g
-            .add_op(kind, &operands, loc)
-            .map_err(|e| self.at(stmt_tok, e.to_string()))?;
-        let inferred = &g.node(n).results;
-        if *inferred != tys {
-            let show = |t: &[TensorType]| {
-                t.iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+        let n = match self.check {
+            Check::Full => self.add_inferred(g, kind, &operands, tys, loc, stmt_tok)?,
+            Check::Syntax => g.add_op_typed(kind, &operands, tys, loc),
+        };
+        let produced = g.node(n).results.len();
+        if results.len() != produced {
             return Err(self.at(
                 stmt_tok,
                 format!(
-                    "`{op_name}` produces {}, but the text says {}",
-                    show(inferred),
-                    show(&tys)
-                ),
-            ));
-        }
-        if results.len() != inferred.len() {
-            return Err(self.at(
-                stmt_tok,
-                format!(
-                    "`{op_name}` has {} results, {} are named",
-                    inferred.len(),
+                    "`{op_name}` has {produced} results, {} are named",
                     results.len()
                 ),
             ));
@@ -447,6 +460,40 @@ impl Parser {
             }
         }
         Ok(())
+    }
+
+    /// Adds an op through type inference and checks that the text wrote the types it infers.
+    fn add_inferred(
+        &self,
+        g: &mut Graph,
+        kind: OpKind,
+        operands: &[ValueRef],
+        written: Vec<TensorType>,
+        loc: Loc,
+        stmt_tok: usize,
+    ) -> Result<NodeId, ParseError> {
+        let op_name = kind.name();
+        let n = g
+            .add_op(kind, operands, loc)
+            .map_err(|e| self.at(stmt_tok, e.to_string()))?;
+        let inferred = &g.node(n).results;
+        if *inferred != written {
+            let show = |t: &[TensorType]| {
+                t.iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(self.at(
+                stmt_tok,
+                format!(
+                    "`{op_name}` produces {}, but the text says {}",
+                    show(inferred),
+                    show(&written)
+                ),
+            ));
+        }
+        Ok(n)
     }
 
     /// An optional `in s3` / `in conv.0` after a result type.
