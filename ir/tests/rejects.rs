@@ -17,8 +17,8 @@
 //!   are defined before use), a parameter with two nodes (every `@N` is one node), an edge
 //!   into a missing operand slot — are unit-tested in `ir/src/verify.rs`.
 //!
-//! Both harnesses also assert that the text is rejected, so blessing a snapshot of an
-//! accepted text cannot hide a check that stopped biting.
+//! Both harnesses also assert, after the glob, that every text was rejected, so blessing a
+//! snapshot of an accepted text cannot hide a check that stopped biting.
 
 use std::path::Path;
 
@@ -36,8 +36,9 @@ fn show_parse_error(src: &str, e: &ParseError) -> String {
     format!("{e}\n{line}\n{caret}^\n")
 }
 
-/// What `parse_module` says, then every verifier error on the unverified parse.
-fn verifier_case(path: &Path) -> String {
+/// What `parse_module` says, then every verifier error on the unverified parse; and
+/// whether the verifier rejected the module.
+fn verifier_case(path: &Path) -> (String, bool) {
     let src = read(path);
     let m = parse_module_unverified(&src)
         .unwrap_or_else(|e| panic!("{}: must parse: {e}", path.display()));
@@ -45,32 +46,60 @@ fn verifier_case(path: &Path) -> String {
         Ok(_) => "accepts".to_string(),
         Err(e) => e.to_string(),
     };
-    let errors = match verify_module(&m) {
-        Ok(()) => panic!("{}: the verifier accepts it", path.display()),
-        Err(errors) => errors,
-    };
-    let mut out = format!("parse_module: {checked}\nverify_module:\n");
-    for e in errors {
-        out.push_str(&format!("  {e}\n"));
+    let mut out = format!("parse_module: {checked}\nverify_module:");
+    match verify_module(&m) {
+        Ok(()) => {
+            out.push_str(" accepts\n");
+            (out, false)
+        }
+        Err(errors) => {
+            out.push('\n');
+            for e in errors {
+                out.push_str(&format!("  {e}\n"));
+            }
+            (out, true)
+        }
     }
-    out
+}
+
+/// The parser's error for a case, or `None` if it parses.
+fn parser_case(path: &Path) -> Option<String> {
+    let src = read(path);
+    parse_module(&src).err().map(|e| show_parse_error(&src, &e))
+}
+
+/// Fails naming every case that was accepted. Runs after the glob, so a broken check
+/// shows how many cases it lets through rather than the first one.
+fn assert_all_rejected(what: &str, accepted: &[String]) {
+    assert!(
+        accepted.is_empty(),
+        "{what} accepts {} case(s): {accepted:?}",
+        accepted.len()
+    );
 }
 
 #[test]
 fn verifier() {
+    let mut accepted = Vec::new();
     insta::glob!("verifier/*.zir", |path| {
-        insta::assert_snapshot!(verifier_case(path));
+        let (out, rejected) = verifier_case(path);
+        if !rejected {
+            accepted.push(path.display().to_string());
+        }
+        insta::assert_snapshot!(out);
     });
+    assert_all_rejected("the verifier", &accepted);
 }
 
 #[test]
 fn parser() {
+    let mut accepted = Vec::new();
     insta::glob!("parser/*.zir", |path| {
-        let src = read(path);
-        let e = match parse_module(&src) {
-            Ok(_) => panic!("{}: the parser accepts it", path.display()),
-            Err(e) => e,
-        };
-        insta::assert_snapshot!(show_parse_error(&src, &e));
+        let out = parser_case(path).unwrap_or_else(|| {
+            accepted.push(path.display().to_string());
+            "accepts\n".to_string()
+        });
+        insta::assert_snapshot!(out);
     });
+    assert_all_rejected("the parser", &accepted);
 }
