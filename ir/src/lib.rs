@@ -9,6 +9,7 @@ pub mod build;
 pub mod cost;
 pub mod graph;
 pub mod op;
+pub mod operands;
 pub mod plan;
 pub mod program;
 pub mod signature;

@@ -61,7 +61,8 @@ pub enum Epilogue {
 
 /// Attributes of [`OpKind::Linear`]: `y = x·Wᵀ (+ b) (+ (x·Aᵀ)·Bᵀ)`, then the epilogue.
 ///
-/// Operand order: `x, W, [b], [A, B], [Y, r], [epilogue operand]`.
+/// Operand order: `x, W, [b], [A, B], [Y, r], [epilogue operand]`; ask
+/// [`LinearAttrs::operands`] where each one sits.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearAttrs {
     pub bias: bool,
@@ -88,14 +89,24 @@ impl LinearAttrs {
         epilogue: Epilogue::None,
     };
 
-    /// Index of the first hoisted operand `Y` (then `r`), and of the epilogue operand
-    /// after all optional operands.
+    /// Index of the first hoisted operand `Y` (then `r`), where it is or would be.
+    ///
+    /// Superseded by [`LinearAttrs::operands`] and derived from it; kept only because
+    /// codegen's kernelize still calls it. Remove it once kernelize names its operands.
     pub fn hoisted_operand(&self) -> usize {
-        2 + usize::from(self.bias) + 2 * usize::from(self.lora)
+        let with = LinearAttrs {
+            hoisted: true,
+            ..*self
+        }
+        .operands();
+        with.hoisted.map_or(with.arity.0, |(y, _)| y)
     }
 
+    /// Index of the epilogue operand, after all optional operands. Kept for kernelize
+    /// only, like [`LinearAttrs::hoisted_operand`].
     pub fn epilogue_operand(&self) -> usize {
-        self.hoisted_operand() + 2 * usize::from(self.hoisted)
+        let o = self.operands();
+        o.epilogue.unwrap_or(o.arity.0)
     }
 }
 
@@ -138,6 +149,7 @@ pub struct Mamba2Attrs {
 }
 
 /// Attributes of the fused Mamba1 mixer (everything between `in_proj` and `out_proj`).
+/// `conv_bias` adds an operand; [`Mamba1Attrs::operands`] says where each one sits.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Mamba1Attrs {
     pub scan: ScanAttrs,
