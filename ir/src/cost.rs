@@ -171,8 +171,8 @@ fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
             let k = a.window.map_or(kw, |win| win.len as f64);
             let m = rows(0);
             let mut f = 2.0 * m * k * nout;
-            if a.lora {
-                let down = g.ty(ops[2 + a.bias as usize]);
+            if let Some((down, _)) = a.operands().lora {
+                let down = g.ty(ops[down]);
                 let (r, kx) = (
                     down.dims[0].eval(bind) as f64,
                     down.dims[1].eval(bind) as f64,

@@ -318,32 +318,33 @@ pub fn infer(kind: &OpKind, ops: &[&TensorType]) -> R {
         }
         OpKind::Mamba1Mix(m) | OpKind::Mamba1Step(m) => {
             let step = matches!(kind, OpKind::Mamba1Step(_));
-            let n = 7 + m.conv_bias as usize + 2 * step as usize;
-            cx.arity(n, n)?;
+            let slot = m.operands(step);
+            cx.arity(slot.arity, slot.arity)?;
             let s = &m.scan;
             let d_inner = s.heads * s.head_dim;
-            let xz = cx.rank(0, 2)?;
+            let xz = cx.rank(slot.xz, 2)?;
             if step {
                 cx.dim_is(xz, 0, 1)?;
             }
             cx.dim_is(xz, 1, 2 * d_inner)?;
-            cx.conv_weights(1, d_inner, m.conv, m.conv_bias)?;
-            let k = 2 + m.conv_bias as usize;
+            cx.conv_weights(slot.conv_weight, d_inner, m.conv, m.conv_bias)?;
             let (h, p, st, r) = (s.heads.into(), s.head_dim.into(), s.state.into(), m.dt_rank);
             cx.shape_is(
-                cx.weight(k, 3)?,
+                cx.weight(slot.x_proj, 3)?,
                 &[h, (r + 2 * s.state).into(), p],
                 "x_proj",
             )?;
-            cx.shape_is(cx.weight(k + 1, 3)?, &[h, p, r.into()], "dt_proj weight")?;
-            cx.shape_is(cx.weight(k + 2, 2)?, &[h, p], "dt_proj bias")?;
-            cx.shape_is(cx.weight(k + 3, 3)?, &[h, p, st], "A_log")?;
-            cx.shape_is(cx.weight(k + 4, 2)?, &[h, p], "D")?;
+            let dt_w = cx.weight(slot.dt_proj_weight, 3)?;
+            cx.shape_is(dt_w, &[h, p, r.into()], "dt_proj weight")?;
+            let dt_b = cx.weight(slot.dt_proj_bias, 2)?;
+            cx.shape_is(dt_b, &[h, p], "dt_proj bias")?;
+            cx.shape_is(cx.weight(slot.a_log, 3)?, &[h, p, st], "A_log")?;
+            cx.shape_is(cx.weight(slot.d, 2)?, &[h, p], "D")?;
             let conv_state = TensorType::f32(crate::dims![d_inner, m.conv - 1]);
             let ssm_state = TensorType::f32([h, p, st]);
-            if step {
-                cx.shape_is(ops[k + 5], &conv_state.dims, "conv state")?;
-                cx.shape_is(ops[k + 6], &ssm_state.dims, "ssm state")?;
+            if let Some((conv_in, ssm_in)) = slot.states {
+                cx.shape_is(ops[conv_in], &conv_state.dims, "conv state")?;
+                cx.shape_is(ops[ssm_in], &ssm_state.dims, "ssm state")?;
             }
             Ok(vec![
                 TensorType::f32([xz.dims[0], d_inner.into()]),
@@ -355,16 +356,11 @@ pub fn infer(kind: &OpKind, ops: &[&TensorType]) -> R {
 }
 
 fn linear(cx: &Cx, a: &LinearAttrs) -> R {
-    let extra = match a.epilogue {
-        Epilogue::Mul => (1, 1),
-        Epilogue::Rope(_) => (0, 1),
-        _ => (0, 0),
-    };
-    let base = a.epilogue_operand();
-    cx.arity(base + extra.0, base + extra.1)?;
-    let x = cx.float(0)?;
+    let slot = a.operands();
+    cx.arity(slot.arity.0, slot.arity.1)?;
+    let x = cx.float(slot.x)?;
     let k = cx.const_last(x)?;
-    let w = cx.weight(1, 2)?;
+    let w = cx.weight(slot.w, 2)?;
     let kw = w.dims[1].as_const().unwrap_or(0);
     match a.window {
         None => cx.same_dim(w.dims[1], k.into(), "input width")?,
@@ -385,42 +381,36 @@ fn linear(cx: &Cx, a: &LinearAttrs) -> R {
         }
     }
     let n = w.dims[0].as_const().unwrap_or(0);
-    let mut i = 2;
-    if a.bias {
-        cx.shape_is(cx.weight(i, 1)?, &[n.into()], "bias")?;
-        i += 1;
+    if let Some(b) = slot.bias {
+        cx.shape_is(cx.weight(b, 1)?, &[n.into()], "bias")?;
     }
-    if a.lora {
-        let down = cx.weight(i, 2)?;
-        let up = cx.weight(i + 1, 2)?;
+    if let Some((down, up)) = slot.lora {
+        let down = cx.weight(down, 2)?;
+        let up = cx.weight(up, 2)?;
         cx.same_dim(down.dims[1], k.into(), "adapter input width")?;
         cx.shape_is(up, &[n.into(), down.dims[0]], "adapter up-projection")?;
-        i += 2;
     }
     let mut dims = x.dims.clone();
     *dims.last_mut().expect("rank checked") = n.into();
-    if a.hoisted {
-        cx.float(i)?;
-        cx.shape_is(cx.ops[i], &dims, "hoisted term")?;
-        cx.float(i + 1)?;
-        cx.shape_is(cx.ops[i + 1], &dims[..dims.len() - 1], "hoisted row scale")?;
-        i += 2;
+    if let Some((y, r)) = slot.hoisted {
+        cx.shape_is(cx.float(y)?, &dims, "hoisted term")?;
+        cx.shape_is(cx.float(r)?, &dims[..dims.len() - 1], "hoisted row scale")?;
     }
-    match a.epilogue {
-        Epilogue::ActGate(_) => {
+    match (a.epilogue, slot.epilogue) {
+        (Epilogue::ActGate(_), _) => {
             if n % 2 != 0 {
                 return cx.fail("a gated epilogue needs an even output width");
             }
             *dims.last_mut().expect("rank checked") = (n / 2).into();
         }
-        Epilogue::Mul => {
-            cx.shape_is(cx.ops[i], &dims, "epilogue operand")?;
+        (Epilogue::Mul, Some(m)) => {
+            cx.shape_is(cx.ops[m], &dims, "epilogue operand")?;
         }
-        Epilogue::Rope(r) => {
+        (Epilogue::Rope(r), Some(pos)) => {
             let out = TensorType::f32(dims.clone());
-            cx.rope(&out, r.heads, r.head_dim, i)?;
+            cx.rope(&out, r.heads, r.head_dim, pos)?;
         }
-        Epilogue::None | Epilogue::Act(_) => {}
+        _ => {}
     }
     Ok(vec![TensorType::f32(dims)])
 }
