@@ -95,22 +95,23 @@ fn bare_linear(g: &Graph, v: ValueRef) -> Option<LinearAttrs> {
     }
 }
 
+/// `lin`'s producer with epilogue `epi` reading `operand`; `None` if its operands do not
+/// match its attributes.
 fn with_epilogue(
     g: &Graph,
     lin: ValueRef,
     attrs: LinearAttrs,
     epi: Epilogue,
-    extra: &[ValueRef],
-) -> (OpKind, Vec<ValueRef>) {
-    let mut operands = g.operands(lin.node);
-    operands.extend_from_slice(extra);
-    (
-        OpKind::Linear(LinearAttrs {
-            epilogue: epi,
-            ..attrs
-        }),
-        operands,
-    )
+    operand: Option<ValueRef>,
+) -> Option<(OpKind, Vec<ValueRef>)> {
+    let ops = g.operands(lin.node);
+    let mut args = attrs.operands().pick(&ops)?.copied();
+    args.epilogue = operand;
+    let attrs = LinearAttrs {
+        epilogue: epi,
+        ..attrs
+    };
+    Some((OpKind::Linear(attrs), args.into_vec()))
 }
 
 fn rope(g: &Graph, n: NodeId) -> Option<Rewrite> {
@@ -119,7 +120,8 @@ fn rope(g: &Graph, n: NodeId) -> Option<Rewrite> {
     };
     let ops = g.operands(n);
     let attrs = bare_linear(g, ops[0])?;
-    let (kind, operands) = with_epilogue(g, ops[0], attrs, Epilogue::Rope(*r), &ops[1..]);
+    let pos = ops.get(1).copied();
+    let (kind, operands) = with_epilogue(g, ops[0], attrs, Epilogue::Rope(*r), pos)?;
     Some(Rewrite {
         kind,
         operands,
@@ -166,7 +168,7 @@ fn act_gate(g: &Graph, n: NodeId) -> Option<Rewrite> {
     if !m.closed(&[n.out()]) {
         return None;
     }
-    let (kind, operands) = with_epilogue(g, gu, attrs, Epilogue::ActGate(a), &[]);
+    let (kind, operands) = with_epilogue(g, gu, attrs, Epilogue::ActGate(a), None)?;
     Some(Rewrite {
         kind,
         operands,
@@ -181,7 +183,7 @@ fn act(g: &Graph, n: NodeId) -> Option<Rewrite> {
     };
     let x = g.operands(n)[0];
     let attrs = bare_linear(g, x)?;
-    let (kind, operands) = with_epilogue(g, x, attrs, Epilogue::Act(a), &[]);
+    let (kind, operands) = with_epilogue(g, x, attrs, Epilogue::Act(a), None)?;
     Some(Rewrite {
         kind,
         operands,
@@ -203,7 +205,7 @@ fn mul(g: &Graph, n: NodeId) -> Option<Rewrite> {
             if other.node == lin.node {
                 continue;
             }
-            let (kind, operands) = with_epilogue(g, lin, attrs, Epilogue::Mul, &[other]);
+            let (kind, operands) = with_epilogue(g, lin, attrs, Epilogue::Mul, Some(other))?;
             return Some(Rewrite {
                 kind,
                 operands,

@@ -13,6 +13,7 @@
 //! The fused op reads `in_proj`'s output once; the replaced ops are left for `dce`.
 
 use zambac_ir::op::{Act, Mamba1Attrs, Mamba2Attrs, ScanAttrs, SsdAttrs};
+use zambac_ir::operands::Mamba1Args;
 use zambac_ir::{Graph, Loc, Module, NodeId, OpKind, ValueRef};
 
 use crate::manager::{Changed, Pass, PassCx, PassError};
@@ -306,19 +307,29 @@ fn match_mamba1(g: &Graph, scan: NodeId, s: ScanAttrs) -> Option<Fusion> {
         dt_rank: r,
         dt_min,
     };
-    let mut operands = vec![xz];
-    operands.extend(conv_w);
-    operands.extend([x_proj, dt_w, dt_b, a_log, d]);
-    if step {
-        operands.extend([conv_state_in?, ops[5]]);
-    }
+    let states = if step {
+        Some((conv_state_in?, ops[5]))
+    } else {
+        None
+    };
+    let operands = Mamba1Args {
+        xz,
+        conv_weight: *conv_w.first()?,
+        conv_bias: conv_w.get(1).copied(),
+        x_proj,
+        dt_proj_weight: dt_w,
+        dt_proj_bias: dt_b,
+        a_log,
+        d,
+        states,
+    };
     Some(Fusion {
         kind: if step {
             OpKind::Mamba1Step(attrs)
         } else {
             OpKind::Mamba1Mix(attrs)
         },
-        operands,
+        operands: operands.into_vec(),
         loc: g.node(scan).loc,
         replaces: vec![(mul.out(), 0), (conv_state, 1), (scan.res(1), 2)],
     })

@@ -163,9 +163,14 @@ fn hoist(g: &mut Graph) -> Result<(usize, usize), String> {
                         r
                     }
                 };
-                let mut operands = g.operands(site.linear);
-                let at = site.attrs.hoisted_operand();
-                operands.splice(at..at, [y, r]);
+                let ops = g.operands(site.linear);
+                let mut args = site
+                    .attrs
+                    .operands()
+                    .pick(&ops)
+                    .ok_or("a linear's operands do not match its attributes")?
+                    .copied();
+                args.hoisted = Some((y, r));
                 let attrs = LinearAttrs {
                     window: Some(Window { start: 0, len: da }),
                     hoisted: true,
@@ -173,7 +178,7 @@ fn hoist(g: &mut Graph) -> Result<(usize, usize), String> {
                 };
                 let lloc = g.node(site.linear).loc;
                 let new = g
-                    .add_op(OpKind::Linear(attrs), &operands, lloc)
+                    .add_op(OpKind::Linear(attrs), &args.into_vec(), lloc)
                     .map_err(|err| err.to_string())?;
                 rewire(g, &[(site.linear.out(), new.out())]);
                 rewritten += 1;
