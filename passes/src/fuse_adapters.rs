@@ -86,10 +86,10 @@ fn match_lora(g: &Graph, add: NodeId) -> Option<(Vec<ValueRef>, LinearAttrs)> {
         if !m.closed(&[add.out()]) {
             continue;
         }
-        let mut operands = bo.clone();
-        operands.extend([do_[1], uo[1]]);
+        let mut args = attrs.operands().pick(&bo)?.copied();
+        args.lora = Some((do_[1], uo[1]));
         return Some((
-            operands,
+            args.into_vec(),
             LinearAttrs {
                 lora: true,
                 ..attrs
