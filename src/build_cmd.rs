@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use zambac_codegen::kernelize::{Lowered, kernelize};
 use zambac_ir::{Bindings, Elem, Module};
+use zambac_kernelize::{Lowered, kernelize};
 
 use crate::error::{CliError, CliResult};
 use crate::fmt::{bytes, count};
@@ -170,8 +170,8 @@ fn hash_checkpoint_weights(
     input: &Input,
     dir: &Path,
 ) -> CliResult<std::collections::BTreeMap<String, String>> {
-    let ck = zambac_runtime::weights::Checkpoint::open(dir)?;
-    let resolved = zambac_runtime::weights::resolve(m, &input.spec, &ck)?;
+    let ck = zambac_weights::Checkpoint::open(dir)?;
+    let resolved = zambac_weights::resolve(m, &input.spec, &ck)?;
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
@@ -314,7 +314,7 @@ fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) -> Summary {
         .map(|p| {
             p.steps
                 .iter()
-                .filter(|s| matches!(s, zambac_ir::program::Step::Gemm { .. }))
+                .filter(|s| matches!(s, zambac_engine::Step::Gemm { .. }))
                 .count()
         })
         .sum();

@@ -6,15 +6,15 @@
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use zambac_ir::Elem;
-use zambac_runtime::engine::{Dtype, EngineWriter, ManifestParts};
-use zambac_runtime::weights::{Checkpoint, random_param};
+use zambac_engine::{Companions, Elem, EngineWriter, ManifestParts, ModelInfo};
+use zambac_weights::{Checkpoint, random_param};
 
 use crate::build_cmd::{BuildArgs, Compiled, generate_code, host_target, weight_bytes};
 use crate::error::{CliError, CliResult};
 use crate::model::WeightSource;
 
 pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<()> {
+    let tokenizer = read_tokenizer(c, args)?;
     let code = generate_code(c, args)?;
     let mut w = EngineWriter::create(out)?;
     let bar = progress_bar(weight_bytes(c));
@@ -47,12 +47,12 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<()> {
             }
             Source::Random(seed) => random_param(p, *seed).data,
         };
-        let dtype = if *elem == Elem::Bf16 {
-            Dtype::Bf16
+        let stored = if *elem == Elem::Bf16 {
+            Elem::Bf16
         } else {
-            Dtype::F32
+            Elem::F32
         };
-        let idx = w.add_weight(&p.name, &p.shape, &data, dtype)?;
+        let idx = w.add_weight(&p.name, &p.shape, &data, stored)?;
         if idx as usize != i {
             return Err(CliError::Internal(anyhow::anyhow!(
                 "weight {} written at index {idx}",
@@ -89,19 +89,61 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<()> {
                 .collect::<Vec<_>>());
         }
     }
+    let spec = &c.input.spec;
     let parts = ManifestParts {
         zambac_version: env!("CARGO_PKG_VERSION").to_string(),
-        spec: c.input.spec.clone(),
+        model: ModelInfo {
+            name: spec.name.clone(),
+            family: spec.family.name().to_string(),
+            vocab_size: spec.vocab_size,
+            hidden_size: spec.hidden_size,
+            layers: spec.layers.len(),
+            weight_elem: c.dtype,
+            state: c.lowered.state.clone(),
+            tokenizer: None,
+        },
+        source: serde_json::to_value(spec).map_err(|e| {
+            CliError::Internal(anyhow::anyhow!("cannot record the model description: {e}"))
+        })?,
         kernels: c.lowered.kernels.clone(),
         programs: c.lowered.programs.clone(),
         build,
     };
     let empty = Vec::new();
-    let host = code.host.as_ref().map_or(&empty, |h| &h.bytes);
-    let ptx = code.gpu.as_ref().map(|g| g.ptx.as_bytes());
-    w.finish(parts, host, ptx)?;
+    let files = Companions {
+        host: code.host.as_ref().map_or(&empty, |h| &h.bytes),
+        ptx: code.gpu.as_ref().map(|g| g.ptx.as_bytes()),
+        tokenizer: tokenizer.as_deref(),
+    };
+    w.finish(parts, files)?;
     bar.finish_and_clear();
     Ok(())
+}
+
+/// The model's `tokenizer.json`, checked to load, for the engine to carry: the one in the
+/// checkpoint directory the weights come from, else the one beside the description.
+fn read_tokenizer(c: &Compiled, args: &BuildArgs) -> CliResult<Option<Vec<u8>>> {
+    let beside = if args.input.is_dir() {
+        Some(args.input.clone())
+    } else {
+        args.input.parent().map(Path::to_path_buf)
+    };
+    let checkpoint = match &c.input.weights {
+        WeightSource::Checkpoint(dir) => Some(dir.clone()),
+        WeightSource::Random(_) => None,
+    };
+    let Some(path) = [checkpoint, beside]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(zambac_engine::TOKENIZER_FILE))
+        .find(|p| p.is_file())
+    else {
+        return Ok(None);
+    };
+    zambac_runtime::tokenizer::Tokenizer::open(&path, "")?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| CliError::input(format!("error: {}: cannot read: {e}", path.display())))?;
+    Ok(Some(bytes))
 }
 
 fn progress_bar(total: u64) -> ProgressBar {

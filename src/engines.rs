@@ -1,12 +1,11 @@
-//! Opening engines for `zambac run` and `zambac bench`: the cpu backend, the reference
-//! interpreter over an engine's weights, and temporary engines for inputs that are not
-//! engines yet.
+//! Opening engines for `zambac run`: the cpu backend, the reference interpreter over an
+//! engine's weights, and temporary engines for inputs that are not engines yet.
 
 use std::path::Path;
 
+use zambac_engine::Engine;
+use zambac_reference::ReferenceBackend;
 use zambac_runtime::cpu::CpuBackend;
-use zambac_runtime::engine::Engine;
-use zambac_runtime::reference::ReferenceBackend;
 use zambac_runtime::session::Backend;
 
 use crate::build_cmd::{BuildArgs, compile};
@@ -16,34 +15,44 @@ use crate::pass_args::PassArgs;
 /// Whether `path` is (or claims to be) an engine directory: it holds any engine file. A
 /// damaged engine is then reported by the engine loader, naming what is missing.
 pub fn is_engine(path: &Path) -> bool {
-    use zambac_runtime::engine::{HOST_FILE, MANIFEST_FILE, WEIGHTS_FILE};
+    use zambac_engine::{HOST_FILE, MANIFEST_FILE, WEIGHTS_FILE};
     [MANIFEST_FILE, WEIGHTS_FILE, HOST_FILE]
         .iter()
         .any(|f| path.join(f).is_file())
 }
 
-pub fn cpu_backend(dir: &Path, threads: usize) -> CliResult<Box<dyn Backend>> {
-    Ok(Box::new(open_cpu(dir, threads)?))
-}
-
-/// The cpu backend on the engine in `dir` (0 threads: one per core).
-pub fn open_cpu(dir: &Path, threads: usize) -> CliResult<CpuBackend> {
-    let engine = Engine::open(dir)?;
-    Ok(CpuBackend::new(engine, threads)?)
+/// The cpu backend on an opened engine (0 threads: one per core).
+pub fn cpu_backend(engine: Engine, threads: usize) -> CliResult<Box<dyn Backend>> {
+    Ok(Box::new(CpuBackend::new(engine, threads)?))
 }
 
 /// The reference interpreter on the unoptimised graph of an engine's model, with the
 /// engine's weights (bf16 ones widened exactly).
-pub fn reference_backend(dir: &Path) -> CliResult<Box<dyn Backend>> {
-    let (module, weights) = reference_model(dir)?;
+pub fn reference_backend(engine: &Engine) -> CliResult<Box<dyn Backend>> {
+    let (module, weights) = reference_model_of(engine)?;
     Ok(Box::new(ReferenceBackend::new(module, weights)?))
 }
 
-/// What [`reference_backend`] interprets: the unoptimised module of an engine's model and
-/// the engine's weights as f32 tensors, in the module's parameter order.
+/// [`reference_model_of`] the engine in `dir`.
 pub fn reference_model(dir: &Path) -> CliResult<(zambac_ir::Module, Vec<zambac_runtime::Tensor>)> {
-    let engine = Engine::open(dir)?;
-    let spec = engine.manifest().spec.clone();
+    reference_model_of(&Engine::open(dir)?)
+}
+
+/// What [`reference_backend`] interprets: the unoptimised module of the model an engine
+/// was compiled from (the description the compiler recorded in its manifest) and the
+/// engine's weights as f32 tensors, in the module's parameter order.
+pub fn reference_model_of(
+    engine: &Engine,
+) -> CliResult<(zambac_ir::Module, Vec<zambac_runtime::Tensor>)> {
+    let dir = engine.dir();
+    let spec: zambac_frontend::ModelSpec = serde_json::from_value(engine.manifest().source.clone())
+        .map_err(|e| {
+            CliError::input(format!(
+                "error: {}: the engine does not record a model description this zambac can \
+                 interpret ({e}); run the reference backend on the model itself",
+                dir.join(zambac_engine::MANIFEST_FILE).display()
+            ))
+        })?;
     let module = zambac_ir::build(&spec)?;
     let by_name: std::collections::BTreeMap<&str, usize> = engine
         .manifest()
@@ -61,7 +70,17 @@ pub fn reference_model(dir: &Path) -> CliResult<(zambac_ir::Module, Vec<zambac_r
                 p.name
             ))
         })?;
-        weights.push(zambac_runtime::Tensor::new(p.shape.clone(), view.to_f32()));
+        let values = view.to_f32();
+        if values.len() != p.numel() {
+            return Err(CliError::input(format!(
+                "error: {}: weight `{}` holds {} values, but the model needs shape {:?}",
+                dir.display(),
+                p.name,
+                values.len(),
+                p.shape
+            )));
+        }
+        weights.push(zambac_runtime::Tensor::new(p.shape.clone(), values));
     }
     Ok((module, weights))
 }
@@ -92,6 +111,6 @@ pub fn compile_temporary(
     };
     let compiled = compile(&args)?;
     crate::engine_out::write(&compiled, &args, &out)?;
-    let backend = cpu_backend(&out, threads)?;
+    let backend = cpu_backend(Engine::open(&out)?, threads)?;
     Ok((tmp, backend))
 }

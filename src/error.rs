@@ -52,6 +52,12 @@ impl From<zambac_ir::build::BuildError> for CliError {
     }
 }
 
+impl From<zambac_engine::EngineError> for CliError {
+    fn from(e: zambac_engine::EngineError) -> CliError {
+        zambac_runtime::RuntimeError::from(e).into()
+    }
+}
+
 impl From<zambac_runtime::RuntimeError> for CliError {
     fn from(e: zambac_runtime::RuntimeError) -> CliError {
         if e.is_user_error() {

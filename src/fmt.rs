@@ -13,21 +13,8 @@ pub fn count(n: u64) -> String {
     out
 }
 
-/// Bytes with a binary unit: `196608` → `192.0 KiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = n as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u + 1 < UNITS.len() {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{x:.1} {}", UNITS[u])
-    }
-}
+/// Bytes with a binary unit: `196608` → `192.0 KiB` (the runtime reports memory the same way).
+pub use zambac_runtime::bench::human_bytes as bytes;
 
 /// A quantity with an SI prefix: `2.43e9` → `2.43 G`.
 pub fn si(x: f64) -> String {

@@ -12,4 +12,3 @@ pub mod model;
 pub mod pass_args;
 pub mod plot;
 pub mod run_cmd;
-pub mod text;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use zambac_frontend::{DtClamp, InputKind, ModelSpec};
 use zambac_ir::Module;
 use zambac_runtime::Tensor;
-use zambac_runtime::weights::{Checkpoint, bind, random};
+use zambac_weights::{Checkpoint, bind, random};
 
 use crate::error::{CliError, CliResult};
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::*;
 use safetensors::tensor::{Dtype, TensorView};
-use zambac_runtime::weights::Checkpoint;
+use zambac_weights::Checkpoint;
 
 /// A checkpoint being edited: tensor name → (dtype, shape, little-endian bytes).
 type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;

@@ -9,7 +9,7 @@ mod common;
 use common::random_model::random_model;
 use common::{forced_trajectory, move_last_bits, trajectory};
 use proptest::prelude::*;
-use zambac_runtime::reference::ReferenceBackend;
+use zambac_reference::ReferenceBackend;
 
 /// The agreement required of the two backends on a well-conditioned logits row.
 const TOL: f32 = 2e-4;
@@ -58,13 +58,15 @@ fn compare(toml: &std::path::Path, dir: &std::path::Path) -> Result<Comparison, 
         return Err(common::stderr(&out));
     }
     let prompt: Vec<i64> = (0..11).map(|i| (i * 13 + 2) % 61).collect();
-    let mut reference = zambac::engines::reference_backend(&engine).unwrap();
+    let mut reference =
+        zambac::engines::reference_backend(&zambac_engine::Engine::open(&engine).unwrap()).unwrap();
     let expected = trajectory(reference.as_mut(), &prompt, 5);
     let tokens: Vec<i64> = expected[prompt.len() - 1..expected.len() - 1]
         .iter()
         .map(|row| zambac_runtime::sampling::argmax(row) as i64)
         .collect();
-    let mut cpu = zambac::engines::cpu_backend(&engine, 2).unwrap();
+    let mut cpu =
+        zambac::engines::cpu_backend(zambac_engine::Engine::open(&engine).unwrap(), 2).unwrap();
     let difference = row_differences(
         &forced_trajectory(cpu.as_mut(), &prompt, &tokens),
         &expected,

@@ -8,9 +8,9 @@ mod common;
 
 use common::random_model::random_model;
 use proptest::prelude::*;
-use zambac_runtime::reference::ReferenceBackend;
+use zambac_reference::ReferenceBackend;
 use zambac_runtime::session::Backend;
-use zambac_runtime::weights::random;
+use zambac_weights::random;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
@@ -30,8 +30,8 @@ proptest! {
             prop_assert!(d < 1e-4, "prefill row {} differs by {}", r, d);
         }
         for (pos, &tok) in prompt.iter().enumerate().skip(split) {
-            let (logits, next) = be.decode(tok, pos, state).unwrap();
-            state = next;
+            prop_assert_eq!(state.position(), pos);
+            let logits = be.decode(tok, &mut state).unwrap();
             let d = max_diff(logits.row(0), full.row(pos));
             prop_assert!(d < 1e-4, "decode at position {} differs by {}\n{}", pos, d, model.toml());
         }

@@ -15,8 +15,8 @@ use common::*;
 use proptest::prelude::*;
 use zambac_frontend::ModelSpec;
 use zambac_ir::{Bindings, Module};
+use zambac_reference::ReferenceBackend;
 use zambac_runtime::Tensor;
-use zambac_runtime::reference::ReferenceBackend;
 
 const TOL: f32 = 1e-5;
 
@@ -55,10 +55,7 @@ fn assert_same(spec: &ModelSpec, weights: Option<(&Module, Vec<Tensor>)>, what: 
     let o = optimise(&m);
     let (w0, w1) = match weights {
         Some((src, w)) => (by_name(src, &w, &m), by_name(src, &w, &o)),
-        None => (
-            zambac_runtime::weights::random(&m, 3),
-            zambac_runtime::weights::random(&o, 3),
-        ),
+        None => (zambac_weights::random(&m, 3), zambac_weights::random(&o, 3)),
     };
     let vocab = spec.vocab_size as i64;
     let prompt: Vec<i64> = (0..9).map(|i| (i * 37 + 5) % vocab).collect();
@@ -148,10 +145,8 @@ fn every_fixture_is_unchanged_by_the_pipeline() {
         let dir = fixture(&name);
         let spec = zambac_frontend::load(&dir).unwrap().spec;
         let m = zambac_ir::build(&spec).unwrap();
-        let ck = zambac_runtime::weights::Checkpoint::open(&dir).unwrap();
-        let w = zambac_runtime::weights::bind(&m, &spec, &ck)
-            .unwrap()
-            .tensors;
+        let ck = zambac_weights::Checkpoint::open(&dir).unwrap();
+        let w = zambac_weights::bind(&m, &spec, &ck).unwrap().tensors;
         assert_same(&spec, Some((&m, w)), &name);
     }
 }

@@ -129,20 +129,24 @@ fn a_truncated_manifest_is_rejected() {
     );
 }
 
+/// Sets the manifest's `format_version` to `v`.
+fn set_format_version(dir: &Path, v: u32) {
+    let p = dir.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    m["format_version"] = v.into();
+    std::fs::write(&p, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
 #[test]
 fn an_unknown_format_version_is_rejected() {
-    assert_broken_engine_rejected(
-        |d| {
-            let p = d.join("manifest.json");
-            let t = std::fs::read_to_string(&p).unwrap();
-            std::fs::write(
-                &p,
-                t.replacen("\"format_version\": 1", "\"format_version\": 99", 1),
-            )
-            .unwrap();
-        },
-        "99",
-    );
+    assert_broken_engine_rejected(|d| set_format_version(d, 99), "format version 99");
+}
+
+/// Engines of the format before the engine contract (version 1, which embedded the
+/// compiler's model description) are refused with a request to rebuild.
+#[test]
+fn an_engine_of_the_previous_format_is_refused_with_a_clear_message() {
+    assert_broken_engine_rejected(|d| set_format_version(d, 1), "rebuild the engine");
 }
 
 #[test]

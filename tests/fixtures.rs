@@ -6,9 +6,10 @@ mod common;
 
 use common::*;
 use zambac_ir::BuildOptions;
-use zambac_runtime::reference::execute;
-use zambac_runtime::weights::{Checkpoint, bind};
-use zambac_runtime::{Tensor, Value};
+use zambac_reference::Value;
+use zambac_reference::execute;
+use zambac_runtime::Tensor;
+use zambac_weights::{Checkpoint, bind};
 
 const TOL: f32 = 2e-4;
 

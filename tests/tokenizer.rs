@@ -96,3 +96,94 @@ fn prompt_without_tokenizer_says_to_use_tokens() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--tokens"), "{}", stderr(&out));
 }
+
+/// An engine built from a checkpoint with a tokenizer carries it: the runtime binary takes
+/// text without the checkpoint, and gives what `zambac run` gives on the checkpoint.
+#[test]
+fn engines_carry_the_tokenizer() {
+    let dir = checkpoint_with_tokenizer();
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = tmp.path().join("tok.engine");
+    let b = zambac(&[
+        "build",
+        dir.path().to_str().unwrap(),
+        "-o",
+        engine.to_str().unwrap(),
+    ]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert_eq!(
+        std::fs::read(engine.join("tokenizer.json")).unwrap(),
+        std::fs::read(dir.path().join("tokenizer.json")).unwrap()
+    );
+    let args = |input: &str| {
+        vec![
+            "run".to_string(),
+            input.to_string(),
+            "--prompt".into(),
+            "w80 w254 w217".into(),
+            "--max-new-tokens".into(),
+            "4".into(),
+            "--json".into(),
+        ]
+    };
+    let from_engine = zambac_run(
+        &args(engine.to_str().unwrap())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(from_engine.status.success(), "{}", stderr(&from_engine));
+    let from_checkpoint = zambac(
+        &args(dir.path().to_str().unwrap())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&stdout(&from_engine)).unwrap(),
+        serde_json::from_str(&stdout(&from_checkpoint)).unwrap(),
+    );
+    assert_eq!(a["prompt_tokens"], serde_json::json!([80, 254, 217]));
+    assert_eq!(a["tokens"], b["tokens"]);
+    assert_eq!(a["text"], b["text"]);
+}
+
+/// A tokenizer that does not load fails the build (exit 2, naming the file) before any
+/// engine is written.
+#[test]
+fn a_broken_tokenizer_fails_the_build() {
+    let dir = checkpoint_with_tokenizer();
+    std::fs::write(dir.path().join("tokenizer.json"), "{ not json").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = tmp.path().join("tok.engine");
+    let b = zambac(&[
+        "build",
+        dir.path().to_str().unwrap(),
+        "-o",
+        engine.to_str().unwrap(),
+    ]);
+    assert_eq!(b.status.code(), Some(2), "{}", stderr(&b));
+    assert!(stderr(&b).contains("tokenizer.json"), "{}", stderr(&b));
+    assert!(!engine.exists());
+}
+
+/// An engine without a tokenizer asks for token ids, in both binaries.
+#[test]
+fn an_engine_without_a_tokenizer_asks_for_token_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = tmp.path().join("plain.engine");
+    let b = zambac(&[
+        "build",
+        fixture("zamba2-tiny").to_str().unwrap(),
+        "-o",
+        engine.to_str().unwrap(),
+    ]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    for out in [
+        zambac(&["run", engine.to_str().unwrap(), "--prompt", "hi"]),
+        zambac_run(&["run", engine.to_str().unwrap(), "--prompt", "hi"]),
+    ] {
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("--tokens"), "{}", stderr(&out));
+    }
+}

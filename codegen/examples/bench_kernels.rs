@@ -18,8 +18,8 @@ use libloading::Library;
 use std::time::{Duration, Instant};
 use zambac_codegen::toolchain;
 use zambac_codegen::{GpuTarget, HostTarget, compile_gpu, compile_host};
-use zambac_ir::program::{ActKind, EpilogueOp, Kernel, KernelKind};
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::{ActKind, EpilogueOp, Kernel, KernelKind};
 
 type Entry = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64);
 
@@ -330,7 +330,7 @@ fn decode_kernels() -> Vec<Kernel> {
             eps: 1e-5,
         },
         KernelKind::Binary {
-            op: zambac_ir::program::BinOp::Add,
+            op: zambac_engine::BinOp::Add,
             n: h,
             b_rows: true,
         },

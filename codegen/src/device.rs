@@ -17,7 +17,7 @@ use melior::ir::attribute::StringAttribute;
 use melior::ir::operation::{OperationLike, OperationMutLike};
 use melior::ir::{BlockLike, Module, Operation, RegionLike};
 use std::path::Path;
-use zambac_ir::program::Kernel;
+use zambac_engine::Kernel;
 
 /// The `gpu.module` (and PTX module) that holds every kernel.
 const GPU_MODULE: &str = "zambac";

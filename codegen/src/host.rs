@@ -14,7 +14,7 @@ use crate::llvm::{HostTarget, compile_host_object};
 use crate::mlir::{MlirContext, lower_to_host};
 use std::collections::BTreeSet;
 use std::path::Path;
-use zambac_ir::program::Kernel;
+use zambac_engine::Kernel;
 
 /// A linked `host.so`.
 #[derive(Clone, Debug, PartialEq, Eq)]

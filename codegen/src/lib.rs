@@ -12,7 +12,7 @@
 //!   [`toolchain::ptxas_check`] for registers and spills.
 //!
 //! [`compile_host`] and [`compile_gpu`] do this for a program's kernels ([`kernels`]: one
-//! MLIR function per [`zambac_ir::program::KernelKind`], exported as `zk_<symbol>`): one
+//! MLIR function per [`zambac_engine::KernelKind`], exported as `zk_<symbol>`): one
 //! `host.so` with every kernel, one PTX module with an `.entry` per kernel.
 //!
 //! [`compile_ptx`] is the direct inkwell route from an LLVM module to PTX. Every failure is a
@@ -23,7 +23,6 @@ mod device;
 mod dump;
 mod error;
 mod host;
-pub mod kernelize;
 pub mod kernels;
 pub mod link;
 pub mod llvm;

@@ -9,12 +9,13 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use zambac_engine::StateRole;
 use zambac_frontend::ModelSpec;
 
 use crate::build::names;
 use crate::graph::{Graph, Module};
 use crate::op::{Epilogue, LinearAttrs, OpKind};
-use crate::types::{Bindings, Sym};
+use crate::types::Bindings;
 
 /// H100 SXM HBM3 bandwidth used for decode estimates (bytes/s).
 pub const H100_BANDWIDTH: f64 = 3.35e12;
@@ -94,12 +95,11 @@ impl StateSizes {
             };
             let ty = &decode.node(n).results[0];
             let elems = ty.const_numel() as u64;
-            if ty.mentions(Sym::C) {
-                s.kv_elems_per_token += elems;
-            } else if name.starts_with("conv.") {
-                s.conv_elems += elems;
-            } else if name.starts_with("ssm.") {
-                s.ssm_elems += elems;
+            match name.parse::<StateRole>() {
+                Ok(r) if r.is_cache() => s.kv_elems_per_token += elems,
+                Ok(StateRole::Conv { .. }) => s.conv_elems += elems,
+                Ok(StateRole::Ssm { .. }) => s.ssm_elems += elems,
+                _ => {}
             }
         }
         s

@@ -11,7 +11,6 @@ pub mod graph;
 pub mod op;
 pub mod operands;
 pub mod plan;
-pub mod program;
 pub mod signature;
 pub mod text;
 pub mod types;

@@ -88,26 +88,6 @@ impl LinearAttrs {
         hoisted: false,
         epilogue: Epilogue::None,
     };
-
-    /// Index of the first hoisted operand `Y` (then `r`), where it is or would be.
-    ///
-    /// Superseded by [`LinearAttrs::operands`] and derived from it; kept only because
-    /// codegen's kernelize still calls it. Remove it once kernelize names its operands.
-    pub fn hoisted_operand(&self) -> usize {
-        let with = LinearAttrs {
-            hoisted: true,
-            ..*self
-        }
-        .operands();
-        with.hoisted.map_or(with.arity.0, |(y, _)| y)
-    }
-
-    /// Index of the epilogue operand, after all optional operands. Kept for kernelize
-    /// only, like [`LinearAttrs::hoisted_operand`].
-    pub fn epilogue_operand(&self) -> usize {
-        let o = self.operands();
-        o.epilogue.unwrap_or(o.arity.0)
-    }
 }
 
 /// Columns `[start, start + len)` of a linear's weight.

@@ -1,8 +1,9 @@
 //! Named operand slots of the ops whose operand list depends on their attributes.
 //!
-//! A fused `linear` reads `x, W, [b], [A, B], [Y, r], [epilogue operand]` and a Mamba1
+//! A fused `linear` reads `x, W, [b], [A, B], [Y, r], [epilogue operand]`, a Mamba1
 //! mixer `xz, conv_w, [conv_b], x_proj, dt_proj_w, dt_proj_b, A_log, D, [conv_state,
-//! ssm_state]`, each optional group present by an attribute. Where each operand sits is
+//! ssm_state]` and a depthwise conv `x, [state], w, [b]`, each optional group present by
+//! an attribute (or by the op: only `conv_step` reads a state). Where each operand sits is
 //! computed here once, so typing, costing, the passes and the lowerings ask for an
 //! operand by name instead of repeating the position arithmetic (and cannot disagree on
 //! it).
@@ -218,6 +219,77 @@ impl<T> Mamba1Args<T> {
     }
 }
 
+/// Where each operand of a depthwise conv sits: `causal_conv1d(x, w, [b])` or
+/// `conv_step(x, state, w, [b])`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvOperands {
+    pub x: usize,
+    /// The incoming conv state (`conv_step` only).
+    pub state: Option<usize>,
+    pub weight: usize,
+    pub bias: Option<usize>,
+    pub arity: usize,
+}
+
+/// The operands of one depthwise conv, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvArgs<T> {
+    pub x: T,
+    pub state: Option<T>,
+    pub weight: T,
+    pub bias: Option<T>,
+}
+
+impl ConvOperands {
+    /// The layout of `causal_conv1d` (`step == false`) or `conv_step`, with or without
+    /// the bias.
+    pub fn new(step: bool, bias: bool) -> ConvOperands {
+        let weight = 1 + usize::from(step);
+        ConvOperands {
+            x: 0,
+            state: step.then_some(1),
+            weight,
+            bias: bias.then_some(weight + 1),
+            arity: weight + 1 + usize::from(bias),
+        }
+    }
+
+    /// Names the operands in `ops`, or `None` if `ops` is not exactly `arity` long.
+    pub fn pick<'a, T>(&self, ops: &'a [T]) -> Option<ConvArgs<&'a T>> {
+        if ops.len() != self.arity {
+            return None;
+        }
+        Some(ConvArgs {
+            x: &ops[self.x],
+            state: self.state.map(|i| &ops[i]),
+            weight: &ops[self.weight],
+            bias: self.bias.map(|i| &ops[i]),
+        })
+    }
+}
+
+impl<T: Copy> ConvArgs<&T> {
+    pub fn copied(self) -> ConvArgs<T> {
+        ConvArgs {
+            x: *self.x,
+            state: self.state.copied(),
+            weight: *self.weight,
+            bias: self.bias.copied(),
+        }
+    }
+}
+
+impl<T> ConvArgs<T> {
+    /// The operands in slot order.
+    pub fn into_vec(self) -> Vec<T> {
+        let mut v = vec![self.x];
+        v.extend(self.state);
+        v.push(self.weight);
+        v.extend(self.bias);
+        v
+    }
+}
+
 fn arity_allows((min, max): (usize, usize), n: usize) -> bool {
     (min..=max).contains(&n)
 }
@@ -276,9 +348,6 @@ mod tests {
             arity: (8, 8),
         };
         assert_eq!(a.operands(), want);
-        assert_eq!((a.hoisted_operand(), a.epilogue_operand()), (5, 7));
-        let plain = LinearAttrs::PLAIN;
-        assert_eq!((plain.hoisted_operand(), plain.epilogue_operand()), (2, 2));
     }
 
     #[test]
@@ -344,6 +413,32 @@ mod tests {
             let args = o.pick(&ops).expect("exact arity");
             assert_eq!(args.copied().into_vec(), ops);
             assert!(o.pick(&ops[1..]).is_none());
+        }
+    }
+
+    #[test]
+    fn a_conv_step_reads_its_state_before_the_weights() {
+        let prefill = ConvOperands::new(false, true);
+        assert_eq!(
+            (prefill.state, prefill.weight, prefill.bias),
+            (None, 1, Some(2))
+        );
+        assert_eq!(prefill.arity, 3);
+        let step = ConvOperands::new(true, false);
+        assert_eq!((step.state, step.weight, step.bias), (Some(1), 2, None));
+        assert_eq!(step.arity, 3);
+        assert_eq!(ConvOperands::new(true, true).bias, Some(3));
+    }
+
+    #[test]
+    fn conv_pick_and_into_vec_are_inverse() {
+        for (step, bias) in [(false, false), (false, true), (true, false), (true, true)] {
+            let o = ConvOperands::new(step, bias);
+            let ops: Vec<usize> = (0..o.arity).collect();
+            let args = o.pick(&ops).expect("exact arity");
+            assert_eq!(args.copied().into_vec(), ops);
+            assert!(o.pick(&ops[1..]).is_none());
+            assert!(o.pick(&vec![0; o.arity + 1]).is_none());
         }
     }
 }

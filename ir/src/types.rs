@@ -8,65 +8,16 @@ use std::fmt;
 
 pub use zambac_frontend::DType;
 
-/// Element type of a value.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Elem {
-    F32,
-    Bf16,
-    F16,
-    I64,
-}
+/// Element type of a value: the contract's one element type, shared with kernels, stored
+/// weights and the runtime's buffers.
+pub use zambac_engine::Elem;
 
-impl Elem {
-    pub fn name(self) -> &'static str {
-        match self {
-            Elem::F32 => "f32",
-            Elem::Bf16 => "bf16",
-            Elem::F16 => "f16",
-            Elem::I64 => "i64",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Elem> {
-        match s {
-            "f32" => Some(Elem::F32),
-            "bf16" => Some(Elem::Bf16),
-            "f16" => Some(Elem::F16),
-            "i64" => Some(Elem::I64),
-            _ => None,
-        }
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Elem::F32 => 4,
-            Elem::Bf16 | Elem::F16 => 2,
-            Elem::I64 => 8,
-        }
-    }
-
-    pub fn is_float(self) -> bool {
-        !matches!(self, Elem::I64)
-    }
-}
-
-impl From<DType> for Elem {
-    fn from(d: DType) -> Elem {
-        match d {
-            DType::F32 => Elem::F32,
-            DType::Bf16 => Elem::Bf16,
-            DType::F16 => Elem::F16,
-        }
-    }
-}
-
-impl fmt::Display for Elem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// The element type of weights stored as `d`.
+pub fn elem_of(d: DType) -> Elem {
+    match d {
+        DType::F32 => Elem::F32,
+        DType::Bf16 => Elem::Bf16,
+        DType::F16 => Elem::F16,
     }
 }
 

@@ -10,9 +10,11 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use zambac_ir::program::{Buffer, Expr, Kernel, KernelKind, Matrix, Program, Step, View};
+use zambac_engine::{
+    Buffer, Companions, Elem, Engine, EngineWriter, EpilogueOp, Expr, Kernel, KernelKind,
+    ManifestParts, Matrix, ModelInfo, Program, ProgramName, Step, View,
+};
 use zambac_runtime::cpu::CpuBackend;
-use zambac_runtime::engine::{Dtype, Engine, EngineWriter, ManifestParts};
 use zambac_runtime::session::Backend;
 
 fn main() {
@@ -22,8 +24,8 @@ fn main() {
     engine_io(tmp.path(), &host);
     launch_overhead(tmp.path(), &host);
     for m in [512, 64, 1] {
-        for dtype in [Dtype::F32, Dtype::Bf16] {
-            gemm_throughput(tmp.path(), &host, dtype, m, 2048, 8192);
+        for elem in [Elem::F32, Elem::Bf16] {
+            gemm_throughput(tmp.path(), &host, elem, m, 2048, 8192);
         }
     }
 }
@@ -32,40 +34,71 @@ fn threads_available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn program(steps: Vec<Step>, slots: Vec<Vec<Expr>>) -> Program {
+/// Program `name` of the benchmark engines: `steps` and nothing else (no state; the logits
+/// are never written).
+fn program(name: ProgramName, steps: Vec<Step>, slots: Vec<Vec<Expr>>) -> Program {
+    let rows = match name {
+        ProgramName::Prefill => Expr::T,
+        _ => Expr::k(1),
+    };
     Program {
-        name: "prefill".into(),
+        name,
         steps,
         slots,
         scratch: vec![],
-        outputs: vec![("logits".into(), vec![Expr::k(1), Expr::k(common::V as i64)])],
+        outputs: vec![("logits".into(), vec![rows, Expr::k(common::V as i64)])],
+    }
+}
+
+/// The toy's dimensions without its state.
+fn model() -> ModelInfo {
+    ModelInfo {
+        state: vec![],
+        ..common::model()
+    }
+}
+
+fn companions(host: &[u8]) -> Companions<'_> {
+    Companions {
+        host,
+        ptx: None,
+        tokenizer: None,
     }
 }
 
 fn engine(
     dir: &Path,
     host: &[u8],
-    weights: &[(&str, Vec<usize>, Vec<f32>, Dtype)],
+    weights: &[(&str, Vec<usize>, Vec<f32>, Elem)],
     prefill: Program,
 ) -> Engine {
-    let mut decode = prefill.clone();
-    decode.name = "decode".into();
+    let decode = program(
+        ProgramName::Decode,
+        prefill.steps.clone(),
+        prefill.slots.clone(),
+    );
     let mut w = EngineWriter::create(dir).unwrap();
-    for (name, shape, data, dtype) in weights {
-        w.add_weight(name, shape, data, *dtype).unwrap();
+    for (name, shape, data, elem) in weights {
+        w.add_weight(name, shape, data, *elem).unwrap();
     }
+    // An epilogue over rows of one element, whose C body does nothing.
     let kernels = vec![Kernel {
         symbol: "empty".into(),
-        kind: KernelKind::Softmax { scale: 1.0 },
+        kind: KernelKind::Epilogue {
+            n: 1,
+            bias: false,
+            op: EpilogueOp::None,
+        },
     }];
     let parts = ManifestParts {
         zambac_version: "bench".into(),
-        spec: common::spec(),
+        model: model(),
+        source: serde_json::Value::Null,
         kernels,
         programs: vec![prefill, decode],
         build: serde_json::Value::Null,
     };
-    w.finish(parts, host, None).unwrap();
+    w.finish(parts, companions(host)).unwrap();
     Engine::open(dir).unwrap()
 }
 
@@ -84,23 +117,27 @@ fn time_prefill(b: &mut CpuBackend, tokens: &[i64], reps: usize) -> f64 {
 /// Writing (with f32 → bf16 rounding) and opening (checksumming) 1 GiB of f32 weights.
 fn engine_io(dir: &Path, host: &[u8]) {
     let data: Vec<f32> = (0..1usize << 26).map(|i| i as f32 * 1e-3).collect();
-    for dtype in [Dtype::F32, Dtype::Bf16] {
-        let out = dir.join(format!("io-{}", dtype.name()));
+    for elem in [Elem::F32, Elem::Bf16] {
+        let out = dir.join(format!("io-{}", elem.name()));
         let t0 = Instant::now();
         let mut w = EngineWriter::create(&out).unwrap();
         for i in 0..4 {
-            w.add_weight(&format!("w{i}"), &[data.len()], &data, dtype)
+            w.add_weight(&format!("w{i}"), &[data.len()], &data, elem)
                 .unwrap();
         }
         let bytes = w.bytes_written() as f64;
         let parts = ManifestParts {
             zambac_version: "bench".into(),
-            spec: common::spec(),
+            model: model(),
+            source: serde_json::Value::Null,
             kernels: vec![],
-            programs: vec![],
+            programs: vec![
+                program(ProgramName::Prefill, vec![], vec![]),
+                program(ProgramName::Decode, vec![], vec![]),
+            ],
             build: serde_json::Value::Null,
         };
-        w.finish(parts, host, None).unwrap();
+        w.finish(parts, companions(host)).unwrap();
         let write = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         drop(Engine::open(&out).unwrap());
@@ -108,7 +145,7 @@ fn engine_io(dir: &Path, host: &[u8]) {
         println!(
             "engine of 1 GiB f32 input stored {}: write {:.2} s ({:.0} MB/s of input), \
              open + verify {:.2} s ({:.1} GB/s of weights.bin)",
-            dtype.name(),
+            elem.name(),
             write,
             4.0 * data.len() as f64 * 4.0 / write / 1e6,
             open,
@@ -121,13 +158,19 @@ fn engine_io(dir: &Path, host: &[u8]) {
 fn launch_overhead(dir: &Path, host: &[u8]) {
     const LAUNCHES: usize = 20_000;
     for grid in [1, 2, 64] {
+        // Views of a slot as large as the grid, as the kind's signature asks.
+        let rows = View::of(Buffer::Slot(0));
         let step = Step::Launch {
             kernel: "empty".into(),
             grid: Expr::k(grid),
-            views: vec![],
-            ints: vec![],
+            views: vec![rows.clone(), rows],
+            ints: vec![Expr::k(0)],
         };
-        let p = program(vec![step; LAUNCHES], vec![]);
+        let p = program(
+            ProgramName::Prefill,
+            vec![step; LAUNCHES],
+            vec![vec![Expr::k(grid)]],
+        );
         let e = engine(&dir.join(format!("launch{grid}")), host, &[], p);
         let mut b = CpuBackend::new(e, 0).unwrap();
         let s = time_prefill(&mut b, &[0], 5);
@@ -139,7 +182,7 @@ fn launch_overhead(dir: &Path, host: &[u8]) {
     }
 }
 
-fn gemm_throughput(dir: &Path, host: &[u8], dtype: Dtype, m: usize, k: usize, n: usize) {
+fn gemm_throughput(dir: &Path, host: &[u8], elem: Elem, m: usize, k: usize, n: usize) {
     let w: Vec<f32> = (0..n * k)
         .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
         .collect();
@@ -159,12 +202,12 @@ fn gemm_throughput(dir: &Path, host: &[u8], dtype: Dtype, m: usize, k: usize, n:
         accumulate: false,
     };
     let slots = vec![vec![Expr::T.times(k as i64)], vec![Expr::T.times(n as i64)]];
-    let out = dir.join(format!("gemm-{m}-{}", dtype.name()));
+    let out = dir.join(format!("gemm-{m}-{}", elem.name()));
     let e = engine(
         &out,
         host,
-        &[("w", vec![n, k], w, dtype)],
-        program(vec![step], slots),
+        &[("w", vec![n, k], w, elem)],
+        program(ProgramName::Prefill, vec![step], slots),
     );
     let mut b = CpuBackend::new(e, 0).unwrap();
     let tokens = vec![1i64; m];
@@ -172,7 +215,7 @@ fn gemm_throughput(dir: &Path, host: &[u8], dtype: Dtype, m: usize, k: usize, n:
     let flops = 2.0 * (m * n * k) as f64;
     println!(
         "GEMM {m}×{k}×{n}, B {}, {} threads: {:.1} ms, {:.1} GFLOP/s",
-        dtype.name(),
+        elem.name(),
         b.threads(),
         s * 1e3,
         flops / s / 1e9

@@ -102,9 +102,8 @@ pub fn prefill_then_decode<B: Backend + ?Sized>(
     after_prefill(backend);
 
     let t0 = Instant::now();
-    for i in 0..new_tokens {
-        let (logits, next) = backend.decode(token, prompt.len() + i, state)?;
-        state = next;
+    for _ in 0..new_tokens {
+        let logits = backend.decode(token, &mut state)?;
         token = argmax(logits.row(0)) as i64;
     }
     Ok(Generated {
@@ -127,4 +126,20 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Bytes with a binary unit: `196608` → `192.0 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
 }

@@ -43,3 +43,14 @@ impl RuntimeError {
         !matches!(self, RuntimeError::Internal(_))
     }
 }
+
+impl From<zambac_engine::EngineError> for RuntimeError {
+    fn from(e: zambac_engine::EngineError) -> RuntimeError {
+        use zambac_engine::EngineError as E;
+        match e {
+            E::Load { file, tensor, msg } => RuntimeError::Load { file, tensor, msg },
+            E::Write { file, msg } => RuntimeError::Write { file, msg },
+            E::Internal(msg) => RuntimeError::Internal(msg),
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! A plain row-major f32 tensor and the values the interpreter passes between ops.
+//! A plain row-major f32 tensor: logits, state tensors, reference weights.
 
 use crate::error::RuntimeError;
 
@@ -21,6 +21,27 @@ impl Tensor {
             shape,
             data: vec![0.0; n],
         }
+    }
+
+    /// A zero tensor, or an error naming the bytes a shape too large for memory would
+    /// need (shapes of states come from engine files and user options).
+    pub fn try_zeros(shape: Vec<usize>) -> Result<Tensor, RuntimeError> {
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|n| n.checked_mul(4).is_some())
+            .ok_or_else(|| {
+                RuntimeError::Input(format!("a tensor of shape {shape:?} is too large"))
+            })?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(n).map_err(|_| {
+            RuntimeError::Input(format!(
+                "a tensor of shape {shape:?} needs {} bytes, more than can be allocated",
+                n.saturating_mul(4)
+            ))
+        })?;
+        data.resize(n, 0.0);
+        Ok(Tensor { shape, data })
     }
 
     pub fn numel(&self) -> usize {
@@ -51,56 +72,5 @@ impl Tensor {
             .zip(&other.data)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max)
-    }
-}
-
-/// A runtime value: an f32 tensor or i64 data (tokens, positions).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    F32(Tensor),
-    I64 { shape: Vec<usize>, data: Vec<i64> },
-}
-
-impl Value {
-    pub fn scalar_i64(x: i64) -> Value {
-        Value::I64 {
-            shape: vec![],
-            data: vec![x],
-        }
-    }
-
-    pub fn tokens(ids: &[i64]) -> Value {
-        Value::I64 {
-            shape: vec![ids.len()],
-            data: ids.to_vec(),
-        }
-    }
-
-    pub fn shape(&self) -> &[usize] {
-        match self {
-            Value::F32(t) => &t.shape,
-            Value::I64 { shape, .. } => shape,
-        }
-    }
-
-    pub fn f32(&self) -> Result<&Tensor, RuntimeError> {
-        match self {
-            Value::F32(t) => Ok(t),
-            Value::I64 { .. } => Err(RuntimeError::Internal("expected an f32 value".into())),
-        }
-    }
-
-    pub fn into_f32(self) -> Result<Tensor, RuntimeError> {
-        match self {
-            Value::F32(t) => Ok(t),
-            Value::I64 { .. } => Err(RuntimeError::Internal("expected an f32 value".into())),
-        }
-    }
-
-    pub fn i64(&self) -> Result<&[i64], RuntimeError> {
-        match self {
-            Value::I64 { data, .. } => Ok(data),
-            Value::F32(_) => Err(RuntimeError::Internal("expected an i64 value".into())),
-        }
     }
 }

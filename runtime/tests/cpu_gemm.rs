@@ -4,9 +4,11 @@
 
 mod common;
 
-use zambac_ir::program::{Buffer, Expr, Matrix, Program, Step, View};
+use zambac_engine::{
+    Buffer, Companions, Elem, Engine, EngineWriter, Expr, ManifestParts, Matrix, ModelInfo,
+    Program, ProgramName, StateRole, StateSpec, Step, View, bf16_bits,
+};
 use zambac_runtime::cpu::CpuBackend;
-use zambac_runtime::engine::{Dtype, Engine, EngineWriter, ManifestParts, bf16_bits};
 use zambac_runtime::session::Backend;
 
 /// `(m, k, n)` of the three products.
@@ -43,28 +45,32 @@ fn gemm(mkn: (usize, usize, usize), a: Matrix, b: Matrix, c: Matrix, acc: bool) 
 
 /// Weights: 0 `a1 [m,k]`, 1 `w1 [n,k]` bf16, 2 `f1 [k,n]`, 3 `a2`, 4 `w2 [n,k]` f32,
 /// 5 `a3`, 6 `w3 [n,k]` bf16.
-fn weights() -> Vec<(String, Vec<usize>, Vec<f32>, Dtype)> {
+fn weights() -> Vec<(String, Vec<usize>, Vec<f32>, Elem)> {
     let (m1, k1, n1) = P1;
     let (m2, k2, n2) = P2;
     let (m3, k3, n3) = P3;
     vec![
-        ("a1".into(), vec![m1, k1], values(m1 * k1, 1), Dtype::F32),
-        ("w1".into(), vec![n1, k1], values(n1 * k1, 2), Dtype::Bf16),
-        ("f1".into(), vec![k1, n1], values(k1 * n1, 3), Dtype::F32),
-        ("a2".into(), vec![m2, k2], values(m2 * k2, 4), Dtype::F32),
-        ("w2".into(), vec![n2, k2], values(n2 * k2, 5), Dtype::F32),
-        ("a3".into(), vec![m3, k3], values(m3 * k3, 6), Dtype::F32),
-        ("w3".into(), vec![n3, k3], values(n3 * k3, 7), Dtype::Bf16),
+        ("a1".into(), vec![m1, k1], values(m1 * k1, 1), Elem::F32),
+        ("w1".into(), vec![n1, k1], values(n1 * k1, 2), Elem::Bf16),
+        ("f1".into(), vec![k1, n1], values(k1 * n1, 3), Elem::F32),
+        ("a2".into(), vec![m2, k2], values(m2 * k2, 4), Elem::F32),
+        ("w2".into(), vec![n2, k2], values(n2 * k2, 5), Elem::F32),
+        ("a3".into(), vec![m3, k3], values(m3 * k3, 6), Elem::F32),
+        ("w3".into(), vec![n3, k3], values(n3 * k3, 7), Elem::Bf16),
     ]
 }
 
-fn program(name: &str) -> Program {
+fn program(name: ProgramName) -> Program {
     let (out1, out2, out3) = (
         || Buffer::Output("conv.1".into()),
         || Buffer::Output("conv.2".into()),
         || Buffer::Output("conv.3".into()),
     );
-    let ((_, k1, n1), (_, k2, n2), (_, k3, n3)) = (P1, P2, P3);
+    let logit_rows = match name {
+        ProgramName::Prefill => Expr::T,
+        _ => Expr::k(1),
+    };
+    let ((_, k1, n1), (_, k2, _), (_, k3, n3)) = (P1, P2, P3);
     let steps = vec![
         // C1 = a1 · w1ᵀ (bf16, column-major view), then C1 += a1 · f1 (row-major).
         gemm(
@@ -106,20 +112,31 @@ fn program(name: &str) -> Program {
             false,
         ),
     ];
-    let e = |x: usize| Expr::k(x as i64);
+    let mut outputs = vec![("logits".into(), vec![logit_rows, Expr::k(common::V as i64)])];
+    outputs.extend(states().into_iter().map(|s| (s.role.name(), s.shape)));
     Program {
-        name: name.into(),
+        name,
         steps,
         slots: vec![],
         scratch: vec![],
-        outputs: vec![
-            ("logits".into(), vec![Expr::T, e(common::V)]),
-            ("conv.1".into(), vec![e(P1.0), e(n1)]),
-            ("conv.2".into(), vec![e(n2), e(P2.0)]),
-            ("conv.3".into(), vec![e(P3.0), e(n3)]),
-            ("conv.4".into(), vec![e(P1.0), e(n1)]),
-        ],
+        outputs,
     }
+}
+
+/// The products' results, held as states so a test can read them after a prefill.
+fn states() -> Vec<StateSpec> {
+    let ((_, _, n1), (_, _, n2), (m3, _, n3)) = (P1, P2, P3);
+    let e = |x: usize| Expr::k(x as i64);
+    let spec = |layer, shape| StateSpec {
+        role: StateRole::Conv { layer },
+        shape,
+    };
+    vec![
+        spec(1, vec![e(P1.0), e(n1)]),
+        spec(2, vec![e(n2), e(P2.0)]),
+        spec(3, vec![e(m3), e(n3)]),
+        spec(4, vec![e(P1.0), e(n1)]),
+    ]
 }
 
 fn widen(x: &[f32]) -> Vec<f32> {
@@ -161,12 +178,21 @@ fn split_products_match_plain_rust_on_any_thread_count() {
     }
     let parts = ManifestParts {
         zambac_version: "test".into(),
-        spec: common::spec(),
+        model: ModelInfo {
+            state: states(),
+            ..common::model()
+        },
+        source: serde_json::Value::Null,
         kernels: vec![],
-        programs: vec![program("prefill"), program("decode")],
+        programs: vec![program(ProgramName::Prefill), program(ProgramName::Decode)],
         build: serde_json::Value::Null,
     };
-    w.finish(parts, &host, None).unwrap();
+    let files = Companions {
+        host: &host,
+        ptx: None,
+        tokenizer: None,
+    };
+    w.finish(parts, files).unwrap();
 
     let ((m1, k1, n1), (m2, k2, n2), (m3, k3, n3)) = (P1, P2, P3);
     let (w1, w3) = (widen(&ws[1].2), widen(&ws[6].2));
@@ -183,12 +209,12 @@ fn split_products_match_plain_rust_on_any_thread_count() {
         let mut runs = Vec::new();
         for _ in 0..2 {
             let (_, s) = b.prefill(&[1], 1).unwrap();
-            let get = |n: &str| s[n].f32().unwrap().data.clone();
-            close(&get("conv.1"), &want1, "C1");
-            close(&get("conv.2"), &want2, "C2");
-            close(&get("conv.3"), &want3, "C3");
-            close(&get("conv.4"), &want4, "C4");
-            runs.push([get("conv.1"), get("conv.2"), get("conv.3"), get("conv.4")]);
+            let get = |layer| s.get(StateRole::Conv { layer }).unwrap().data.clone();
+            close(&get(1), &want1, "C1");
+            close(&get(2), &want2, "C2");
+            close(&get(3), &want3, "C3");
+            close(&get(4), &want4, "C4");
+            runs.push([get(1), get(2), get(3), get(4)]);
         }
         // Other thread counts split the products at other columns, which the library's
         // edge kernels may round differently; the same count reproduces every bit.

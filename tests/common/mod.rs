@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use zambac_runtime::Tensor;
 use zambac_runtime::session::Backend;
-use zambac_runtime::weights::Checkpoint;
+use zambac_weights::Checkpoint;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -66,6 +66,27 @@ pub fn zambac(args: &[&str]) -> Output {
         .expect("zambac runs")
 }
 
+/// The runtime binary `zambac-run`, built beside `zambac` by `cargo test --workspace`
+/// (and `cargo build`).
+pub fn zambac_run_bin() -> PathBuf {
+    let zambac = PathBuf::from(env!("CARGO_BIN_EXE_zambac"));
+    let bin = zambac.with_file_name(format!("zambac-run{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p zambac-runtime` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the `zambac-run` binary.
+pub fn zambac_run(args: &[&str]) -> Output {
+    Command::new(zambac_run_bin())
+        .args(args)
+        .output()
+        .expect("zambac-run runs")
+}
+
 /// stderr as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
@@ -101,8 +122,7 @@ fn decode_rows(
     let mut rows: Vec<Vec<f32>> = (0..prompt.len()).map(|r| logits.row(r).to_vec()).collect();
     for i in 0..steps {
         let tok = next(i, rows.last().unwrap());
-        let (l, s) = be.decode(tok, prompt.len() + i, state).unwrap();
-        state = s;
+        let l = be.decode(tok, &mut state).unwrap();
         rows.push(l.row(0).to_vec());
     }
     rows

@@ -10,14 +10,17 @@
 
 use super::emit::{Emitter, VectorCalls};
 use super::rows::storage_type;
-use super::{Frame, Signature, block_size, emit_kind, signature, validate};
+use super::{Frame, block_size, checked_signature, emit_kind};
 use crate::error::CodegenError;
 use melior::Context;
 use melior::ir::attribute::{DenseI32ArrayAttribute, StringAttribute};
 use melior::ir::block::BlockArgument;
 use melior::ir::operation::OperationLike;
 use melior::ir::{BlockLike, Location, Module, OperationRef, RegionLike};
-use zambac_ir::program::Kernel;
+use std::cell::Cell;
+
+use zambac_engine::Kernel;
+use zambac_engine::signature::Signature;
 
 /// Which lowering a kernel module is built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,15 +77,22 @@ pub fn build_module<'c>(
     target: Target,
     math: VectorMath,
 ) -> Result<Module<'c>, CodegenError> {
-    validate(kernel)?;
+    let signature = checked_signature(kernel)?;
     let module = Module::new(Location::unknown(cx));
-    let signature = signature(&kernel.kind);
     let calls = VectorCalls::default();
     let libmvec = math == VectorMath::Libmvec && target.is_host();
     {
         let body = module.body();
         let e = Emitter::new(cx, &body, libmvec.then_some(&calls));
-        grid(&e, kernel, &signature, target);
+        if let Some(role) = grid(&e, kernel, &signature, target) {
+            return Err(CodegenError::InvalidKernel {
+                symbol: kernel.symbol.clone(),
+                reason: format!(
+                    "codegen for {} asked for a `{role}` view, which its signature lacks",
+                    kernel.kind.name()
+                ),
+            });
+        }
         if target.is_host() {
             trampoline(&e, &kernel.symbol, &signature);
         }
@@ -93,9 +103,17 @@ pub fn build_module<'c>(
     Ok(module)
 }
 
-fn grid(e: &Emitter<'_, '_>, kernel: &Kernel, signature: &Signature, target: Target) {
+/// Emits the grid function; returns a role the kind's emitter asked for but the signature
+/// does not have (a codegen bug).
+fn grid(
+    e: &Emitter<'_, '_>,
+    kernel: &Kernel,
+    signature: &Signature,
+    target: Target,
+) -> Option<zambac_engine::Role> {
     let views = signature.views.len();
-    let ints = signature.ints;
+    let ints = signature.ints.len();
+    let missing = Cell::new(None);
     let mut arguments = vec![e.ptr_t(); views];
     arguments.extend(vec![e.index_t(); ints + 2]);
     let block = block_size(&kernel.kind, target);
@@ -107,10 +125,12 @@ fn grid(e: &Emitter<'_, '_>, kernel: &Kernel, signature: &Signature, target: Tar
                 .views
                 .iter()
                 .zip(args)
-                .map(|(elem, ptr)| e.memref_at(*ptr, storage_type(e, *elem)))
+                .map(|(view, ptr)| e.memref_at(*ptr, storage_type(e, view.elem)))
                 .collect();
             let frame = Frame {
                 views: memrefs,
+                signature,
+                missing: Cell::new(None),
                 ints: args[views..views + ints].to_vec(),
                 item,
                 begin,
@@ -118,8 +138,12 @@ fn grid(e: &Emitter<'_, '_>, kernel: &Kernel, signature: &Signature, target: Tar
                 block,
             };
             emit_kind(e, &frame, &kernel.kind);
+            if let Some(role) = frame.missing.get() {
+                missing.set(Some(role));
+            }
         });
     });
+    missing.get()
 }
 
 /// `zk_<symbol>(void *const *bufs, const int64_t *ints, int64_t begin, int64_t end)`: loads
@@ -137,7 +161,8 @@ fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature) {
             let mut operands: Vec<_> = (0..signature.views.len())
                 .map(|j| e.load_slot(args[0], j, ptr))
                 .collect();
-            operands.extend((0..signature.ints).map(|i| index(e.load_slot(args[1], i, i64_t))));
+            operands
+                .extend((0..signature.ints.len()).map(|i| index(e.load_slot(args[1], i, i64_t))));
             operands.push(index(args[2]));
             operands.push(index(args[3]));
             e.call(&grid, &operands);
@@ -153,8 +178,8 @@ pub fn gpu_params(module: &Module, kernel: &Kernel) -> Result<Vec<GpuParam>, Cod
         symbol: kernel.symbol.clone(),
         detail: detail.to_string(),
     };
-    let signature = signature(&kernel.kind);
-    let (views, ints) = (signature.views.len(), signature.ints);
+    let signature = checked_signature(kernel)?;
+    let (views, ints) = (signature.views.len(), signature.ints.len());
     let name = grid_function(&kernel.symbol);
     let function = top_level(module, "func.func", &name)
         .ok_or_else(|| abi_error("the grid function is missing after outlining"))?;

@@ -6,7 +6,7 @@
 
 use super::emit::{Emitter, V};
 use melior::dialect::arith::CmpfPredicate;
-use zambac_ir::program::ActKind;
+use zambac_engine::ActKind;
 
 /// `act(x)`.
 pub(crate) fn apply<'c>(e: &Emitter<'c, '_>, act: ActKind, x: V<'c>) -> V<'c> {

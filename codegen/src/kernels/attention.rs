@@ -1,4 +1,4 @@
-//! One-token attention over a KV cache ([`zambac_ir::program::KernelKind::AttentionDecode`]),
+//! One-token attention over a KV cache ([`zambac_engine::KernelKind::AttentionDecode`]),
 //! one head per grid index.
 //!
 //! There is no workspace for the scores, so the softmax is computed online (as in flash
@@ -11,7 +11,8 @@
 use super::Frame;
 use super::emit::{Emitter, V, VW};
 use super::rows::{dots, for_chunks, load_f32};
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::Role;
 
 /// Keys per block of the online softmax: one vector of scores.
 const KEYS: usize = VW;
@@ -27,18 +28,21 @@ struct Head<'c> {
     scale: f32,
 }
 
-/// [`zambac_ir::program::KernelKind::AttentionDecode`].
+/// [`zambac_engine::KernelKind::AttentionDecode`].
 pub(crate) fn decode<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
     scale: f64,
 ) {
-    let [q, k, v, out] = f.views[..] else {
-        unreachable!("AttentionDecode has four views")
-    };
+    let (q, k, v, out) = (
+        f.view(Role::Q),
+        f.view(Role::K),
+        f.view(Role::V),
+        f.view(Role::Out),
+    );
     let [pos, capacity] = f.ints[..] else {
         unreachable!("AttentionDecode has two integer arguments")
     };

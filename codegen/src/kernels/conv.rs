@@ -10,7 +10,8 @@ use super::Frame;
 use super::act::silu;
 use super::emit::{Emitter, V};
 use super::rows::load_f32;
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::Role;
 
 /// Where a channel's input for token `t` is.
 #[derive(Clone, Copy)]
@@ -37,19 +38,23 @@ struct Conv<'c> {
     out: V<'c>,
 }
 
-/// [`zambac_ir::program::KernelKind::Mamba2Conv`].
+/// [`zambac_engine::KernelKind::Mamba2Conv`].
 pub(crate) fn mamba2<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     width: usize,
     di: usize,
     cd: usize,
     k: usize,
     step: bool,
 ) {
-    let [zx, w, b, state, out] = f.views[..] else {
-        unreachable!("Mamba2Conv has five views")
-    };
+    let (zx, w, b, state, out) = (
+        f.view(Role::Zx),
+        f.view(Role::ConvW),
+        f.view(Role::ConvB),
+        f.view(Role::State),
+        f.view(Role::Out),
+    );
     let input = Input::Columns {
         mem: zx,
         stride: width,
@@ -68,29 +73,27 @@ pub(crate) fn mamba2<'c>(
     f.blocks(e, |e, first, n| channels(e, &conv, f.ints[0], first, n));
 }
 
-/// [`zambac_ir::program::KernelKind::Mamba1Conv`].
+/// [`zambac_engine::KernelKind::Mamba1Conv`].
 pub(crate) fn mamba1<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     di: usize,
     k: usize,
     bias: bool,
     step: bool,
 ) {
-    let views = &f.views;
-    let last = views.len() - 1;
     let conv = Conv {
         input: Input::Interleaved {
-            mem: views[0],
+            mem: f.view(Role::Xz),
             channels: di,
         },
         channels: di,
         k,
         step,
-        w: views[1],
-        bias: bias.then(|| views[2]),
-        state: views[last - 1],
-        out: views[last],
+        w: f.view(Role::ConvW),
+        bias: bias.then(|| f.view(Role::ConvB)),
+        state: f.view(Role::State),
+        out: f.view(Role::Out),
     };
     f.blocks(e, |e, first, n| channels(e, &conv, f.ints[0], first, n));
 }

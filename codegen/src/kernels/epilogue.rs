@@ -9,20 +9,21 @@ use super::Frame;
 use super::act::apply;
 use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32};
-use zambac_ir::program::EpilogueOp;
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::EpilogueOp;
+use zambac_engine::Role;
 
-/// [`zambac_ir::program::KernelKind::Epilogue`].
+/// [`zambac_engine::KernelKind::Epilogue`].
 pub(crate) fn epilogue<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     n: usize,
     bias: bool,
     op: EpilogueOp,
 ) {
-    let y = f.views[0];
-    let out = f.views[f.views.len() - 1];
-    let bias = bias.then(|| f.views[1]);
+    let y = f.view(Role::Y);
+    let out = f.view(Role::Out);
+    let bias = bias.then(|| f.view(Role::Bias));
     let row = e.mul_k(f.item, n);
     // `y[row + j] (+ bias[j])` for the `width` columns at `column`.
     let input = |e: &Emitter<'c, '_>, column: V<'c>, width: usize| {
@@ -34,7 +35,7 @@ pub(crate) fn epilogue<'c>(
     };
     match op {
         EpilogueOp::None | EpilogueOp::Act(_) | EpilogueOp::Mul => {
-            let m = matches!(op, EpilogueOp::Mul).then(|| f.views[f.views.len() - 2]);
+            let m = matches!(op, EpilogueOp::Mul).then(|| f.view(Role::M));
             for_chunks(e, n, 2, |e, column, width| {
                 let v = input(e, column, width);
                 let v = match (op, m) {

@@ -11,7 +11,8 @@ use super::Frame;
 use super::emit::{Emitter, V};
 use super::rows::dots;
 use melior::dialect::arith::CmpiPredicate;
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::Role;
 
 /// `VW`-chunks of each row per loop iteration, each with its own accumulator. With
 /// [`super::GEMV_ROWS`] rows per block, one chunk per row already gives eight independent
@@ -38,19 +39,18 @@ struct Shape<'c> {
     accumulate: bool,
 }
 
-/// [`zambac_ir::program::KernelKind::Gemv`].
+/// [`zambac_engine::KernelKind::Gemv`].
 pub(crate) fn gemv<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     k: usize,
     rows: &[usize],
     elem: Elem,
     accumulate: bool,
     ld: usize,
 ) {
-    let count = rows.len();
     let shape = Shape {
-        x: f.views[0],
+        x: f.view(Role::X),
         k,
         ld,
         elem,
@@ -62,8 +62,8 @@ pub(crate) fn gemv<'c>(
         .enumerate()
         .map(|(q, &rows)| {
             let part = Part {
-                w: f.views[1 + q],
-                y: f.views[1 + count + q],
+                w: f.view(Role::part_w(q)),
+                y: f.view(Role::part_y(q)),
                 first,
                 rows,
             };
@@ -87,7 +87,12 @@ pub(crate) fn gemv<'c>(
 /// stripe blocks take the first numbers in part order, and the next number computes every
 /// leftover row. There are always enough numbers: a leftover row means the range is not a
 /// multiple of `block`, so it has one iteration more than there are full stripe blocks.
-fn strided_blocks<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, shape: &Shape<'c>, parts: &[Part<'c>]) {
+fn strided_blocks<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    shape: &Shape<'c>,
+    parts: &[Part<'c>],
+) {
     let block = f.block;
     let ordinal = e.divui(e.subi(f.item, f.begin), e.index(block as i64));
     let mut taken = e.index(0);

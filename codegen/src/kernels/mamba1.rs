@@ -1,4 +1,4 @@
-//! The Mamba1 selective scan with its gate ([`zambac_ir::program::KernelKind::Mamba1Scan`]),
+//! The Mamba1 selective scan with its gate ([`zambac_engine::KernelKind::Mamba1Scan`]),
 //! one channel per grid index.
 //!
 //! A channel's state is one row of `N` values with its own `A` row, so unlike Mamba2 the
@@ -9,7 +9,8 @@ use super::Frame;
 use super::act::{silu, softplus};
 use super::emit::{Emitter, V, VW};
 use super::rows::{load_f32, tail_chunks};
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::Role;
 
 /// The sizes of a Mamba1 scan.
 pub(crate) struct ScanShape {
@@ -19,17 +20,25 @@ pub(crate) struct ScanShape {
     pub dt_rank: usize,
 }
 
-/// [`zambac_ir::program::KernelKind::Mamba1Scan`].
+/// [`zambac_engine::KernelKind::Mamba1Scan`].
 pub(crate) fn scan<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     s: &ScanShape,
     dt_min: Option<f64>,
     step: bool,
 ) {
-    let [x, dt, dt_bias, a_log, bc, d, xz, state, y] = f.views[..] else {
-        unreachable!("Mamba1Scan has nine views")
-    };
+    let (x, dt, dt_bias, a_log, bc, d, xz, state, y) = (
+        f.view(Role::X),
+        f.view(Role::Dt),
+        f.view(Role::DtBias),
+        f.view(Role::ALog),
+        f.view(Role::Bc),
+        f.view(Role::D),
+        f.view(Role::Xz),
+        f.view(Role::State),
+        f.view(Role::Y),
+    );
     let rows = f.ints[0];
     let c = f.item;
     let n = s.state;

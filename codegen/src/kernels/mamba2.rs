@@ -1,4 +1,4 @@
-//! The Mamba2 SSD recurrence ([`zambac_ir::program::KernelKind::Mamba2Scan`]), one head per
+//! The Mamba2 SSD recurrence ([`zambac_engine::KernelKind::Mamba2Scan`]), one head per
 //! grid index: the kernel that dominates prefill after the matrix products.
 //!
 //! For each head the state is `P` rows of `N` values. Tokens are taken [`TOKENS`] at a time:
@@ -13,7 +13,8 @@ use super::Frame;
 use super::act::softplus;
 use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32, tail_chunks};
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::Role;
 
 /// Tokens per chunk: one vector of Δ values.
 const TOKENS: usize = VW;
@@ -56,17 +57,23 @@ struct Head<'c> {
     n: usize,
 }
 
-/// [`zambac_ir::program::KernelKind::Mamba2Scan`].
+/// [`zambac_engine::KernelKind::Mamba2Scan`].
 pub(crate) fn scan<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     s: &ScanShape,
     dt_min: Option<f64>,
     step: bool,
 ) {
-    let [zx, xbc, dt_bias, a_log, d, y, state] = f.views[..] else {
-        unreachable!("Mamba2Scan has seven views")
-    };
+    let (zx, xbc, dt_bias, a_log, d, y, state) = (
+        f.view(Role::Zx),
+        f.view(Role::Xbc),
+        f.view(Role::DtBias),
+        f.view(Role::ALog),
+        f.view(Role::D),
+        f.view(Role::Y),
+        f.view(Role::State),
+    );
     let rows = f.ints[0];
     let h = f.item;
     let (p, n) = (s.head_dim, s.state);

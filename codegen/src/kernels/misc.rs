@@ -4,8 +4,9 @@
 use super::Frame;
 use super::emit::{Emitter, V};
 use super::rows::{fold_chunks_dyn, for_chunks, for_chunks_dyn, load_f32};
-use zambac_ir::program::BinOp;
-use zambac_ir::types::Elem;
+use zambac_engine::BinOp;
+use zambac_engine::Elem;
+use zambac_engine::Role;
 
 /// Copies `n` f32 lanes from `src[sbase..]` (stored as `elem`) to `dst[dbase..]`.
 fn copy_row<'c>(
@@ -20,21 +21,23 @@ fn copy_row<'c>(
     });
 }
 
-/// [`zambac_ir::program::KernelKind::Embedding`].
-pub(crate) fn embedding<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, hidden: usize, elem: Elem) {
-    let [tokens, table, out] = f.views[..] else {
-        unreachable!("Embedding has three views")
-    };
+/// [`zambac_engine::KernelKind::Embedding`].
+pub(crate) fn embedding<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, hidden: usize, elem: Elem) {
+    let (tokens, table, out) = (f.view(Role::Tokens), f.view(Role::Table), f.view(Role::Out));
     let token = e.cast("index_cast", e.load(tokens, f.item), e.index_t());
     let source = (table, e.mul_k(token, hidden), elem);
     copy_row(e, source, (out, e.mul_k(f.item, hidden)), hidden);
 }
 
-/// [`zambac_ir::program::KernelKind::Binary`]; views `[a, b, out]`.
-pub(crate) fn binary<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, op: BinOp, n: usize, b_rows: bool) {
-    let [a, b, out] = f.views[..] else {
-        unreachable!("Binary has three views")
-    };
+/// [`zambac_engine::KernelKind::Binary`]; views `[a, b, out]`.
+pub(crate) fn binary<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    op: BinOp,
+    n: usize,
+    b_rows: bool,
+) {
+    let (a, b, out) = (f.view(Role::A), f.view(Role::B), f.view(Role::Out));
     let row = e.mul_k(f.item, n);
     let brow = if b_rows { row } else { e.index(0) };
     for_chunks(e, n, 2, |e, offset, width| {
@@ -48,11 +51,9 @@ pub(crate) fn binary<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, op: BinOp, n: usize
     });
 }
 
-/// [`zambac_ir::program::KernelKind::RowScale`].
-pub(crate) fn row_scale<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, n: usize) {
-    let [y, r, out] = f.views[..] else {
-        unreachable!("RowScale has three views")
-    };
+/// [`zambac_engine::KernelKind::RowScale`].
+pub(crate) fn row_scale<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, n: usize) {
+    let (y, r, out) = (f.view(Role::Y), f.view(Role::R), f.view(Role::Out));
     let row = e.mul_k(f.item, n);
     let scale = e.load(r, f.item);
     for_chunks(e, n, 2, |e, offset, width| {
@@ -61,11 +62,9 @@ pub(crate) fn row_scale<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, n: usize) {
     });
 }
 
-/// [`zambac_ir::program::KernelKind::KvWrite`].
-pub(crate) fn kv_write<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, heads: usize, head_dim: usize) {
-    let [k, cache] = f.views[..] else {
-        unreachable!("KvWrite has two views")
-    };
+/// [`zambac_engine::KernelKind::KvWrite`].
+pub(crate) fn kv_write<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, heads: usize, head_dim: usize) {
+    let (k, cache) = (f.view(Role::K), f.view(Role::Cache));
     let [pos0, capacity] = f.ints[..] else {
         unreachable!("KvWrite has two integer arguments")
     };
@@ -80,13 +79,11 @@ pub(crate) fn kv_write<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, heads: usize, hea
     });
 }
 
-/// [`zambac_ir::program::KernelKind::Softmax`]: max, exponentials (stored) with their sum,
+/// [`zambac_engine::KernelKind::Softmax`]: max, exponentials (stored) with their sum,
 /// normalisation, then zeros for the masked columns. The kept length is clamped to the row
 /// stride so a position past the cache cannot write outside the row.
-pub(crate) fn softmax<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, scale: f64) {
-    let [s] = f.views[..] else {
-        unreachable!("Softmax has one view")
-    };
+pub(crate) fn softmax<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, scale: f64) {
+    let s = f.view(Role::Scores);
     let [pos0, ld] = f.ints[..] else {
         unreachable!("Softmax has two integer arguments")
     };

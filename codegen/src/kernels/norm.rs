@@ -8,7 +8,8 @@ use super::Frame;
 use super::act::silu;
 use super::emit::{Emitter, V};
 use super::rows::{for_chunks, load_f32, sum_chunks};
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::Role;
 
 /// Accumulators of the sum-of-squares loop: enough independent chains to hide FMA latency.
 const UNROLL: usize = 4;
@@ -49,11 +50,15 @@ fn scale_row<'c>(
     });
 }
 
-/// [`zambac_ir::program::KernelKind::RmsNorm`].
-pub(crate) fn rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, d: usize, groups: usize, eps: f64) {
-    let [x, w, out] = f.views[..] else {
-        unreachable!("RmsNorm has three views")
-    };
+/// [`zambac_engine::KernelKind::RmsNorm`].
+pub(crate) fn rms_norm<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    d: usize,
+    groups: usize,
+    eps: f64,
+) {
+    let (x, w, out) = (f.view(Role::X), f.view(Role::W), f.view(Role::Out));
     let gw = d / groups;
     let row = e.mul_k(f.item, d);
     e.for_k(0, groups, 1, &[], |e, g, _| {
@@ -65,12 +70,16 @@ pub(crate) fn rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, d: usize, groups:
     });
 }
 
-/// [`zambac_ir::program::KernelKind::AddRmsNorm`]: the sum is stored in the first pass and
+/// [`zambac_engine::KernelKind::AddRmsNorm`]: the sum is stored in the first pass and
 /// normalised from there in the second.
-pub(crate) fn add_rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, d: usize, eps: f64) {
-    let [a, b, w, sum, out] = f.views[..] else {
-        unreachable!("AddRmsNorm has five views")
-    };
+pub(crate) fn add_rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, d: usize, eps: f64) {
+    let (a, b, w, sum, out) = (
+        f.view(Role::A),
+        f.view(Role::B),
+        f.view(Role::W),
+        f.view(Role::Sum),
+        f.view(Role::Out),
+    );
     let row = e.mul_k(f.item, d);
     let ss = sum_chunks(e, d, UNROLL, |e, offset, width, acc| {
         let s = e.addf(
@@ -84,17 +93,20 @@ pub(crate) fn add_rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c>, d: usize, eps
     scale_row(e, (sum, row), (w, e.index(0)), (out, row), inv, d);
 }
 
-/// [`zambac_ir::program::KernelKind::ConcatRmsNorm`].
+/// [`zambac_engine::KernelKind::ConcatRmsNorm`].
 pub(crate) fn concat_rms_norm<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     da: usize,
     db: usize,
     eps: f64,
 ) {
-    let [a, b, w, out] = f.views[..] else {
-        unreachable!("ConcatRmsNorm has four views")
-    };
+    let (a, b, w, out) = (
+        f.view(Role::A),
+        f.view(Role::B),
+        f.view(Role::W),
+        f.view(Role::Out),
+    );
     let (arow, brow) = (e.mul_k(f.item, da), e.mul_k(f.item, db));
     let orow = e.mul_k(f.item, da + db);
     let inv = concat_inv_rms(e, (a, arow, da), (b, brow, db), eps);
@@ -107,17 +119,15 @@ pub(crate) fn concat_rms_norm<'c>(
     }
 }
 
-/// [`zambac_ir::program::KernelKind::ConcatRmsScale`].
+/// [`zambac_engine::KernelKind::ConcatRmsScale`].
 pub(crate) fn concat_rms_scale<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     da: usize,
     db: usize,
     eps: f64,
 ) {
-    let [a, b, r] = f.views[..] else {
-        unreachable!("ConcatRmsScale has three views")
-    };
+    let (a, b, r) = (f.view(Role::A), f.view(Role::B), f.view(Role::R));
     let (arow, brow) = (e.mul_k(f.item, da), e.mul_k(f.item, db));
     let inv = concat_inv_rms(e, (a, arow, da), (b, brow, db), eps);
     e.store(inv, r, f.item);
@@ -140,20 +150,23 @@ fn concat_inv_rms<'c>(
     inv_rms(e, ss, da + db, eps)
 }
 
-/// [`zambac_ir::program::KernelKind::Mamba2GateNorm`]: the gated values `y ⊙ silu(z)` are
+/// [`zambac_engine::KernelKind::Mamba2GateNorm`]: the gated values `y ⊙ silu(z)` are
 /// stored to `out` in the first pass (so SiLU's exponential runs once per element) and scaled
 /// in place in the second.
 pub(crate) fn gate_norm<'c>(
     e: &Emitter<'c, '_>,
-    f: &Frame<'c>,
+    f: &Frame<'c, '_>,
     width: usize,
     di: usize,
     groups: usize,
     eps: f64,
 ) {
-    let [y, zx, w, out] = f.views[..] else {
-        unreachable!("Mamba2GateNorm has four views")
-    };
+    let (y, zx, w, out) = (
+        f.view(Role::Y),
+        f.view(Role::Zx),
+        f.view(Role::W),
+        f.view(Role::Out),
+    );
     let gw = di / groups;
     let (yrow, zrow) = (e.mul_k(f.item, di), e.mul_k(f.item, width));
     e.for_k(0, groups, 1, &[], |e, g, _| {

@@ -9,7 +9,7 @@
 
 use super::emit::{Emitter, V, VW};
 use melior::ir::Type;
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
 
 /// The element type a view of `elem` has in the kernel's memrefs. bf16 is kept as raw `i16`
 /// bits and widened by a shift, which is exact and needs no bf16 support from the target.

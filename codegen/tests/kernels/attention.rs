@@ -1,9 +1,9 @@
 //! One-token attention over a KV cache, with and without grouped-query heads.
 
 use super::harness::{Buf, check, random};
-use zambac_ir::program::KernelKind;
+use zambac_engine::KernelKind;
+use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
-use zambac_runtime::reference::kernels as k;
 
 fn decode(heads: usize, kv_heads: usize, head_dim: usize, capacity: usize, pos: usize) {
     let scale = (head_dim as f64 / 2.0).powf(-0.5);

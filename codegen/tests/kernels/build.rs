@@ -5,8 +5,8 @@ use super::cases;
 use std::time::Instant;
 use zambac_codegen::toolchain;
 use zambac_codegen::{CodegenError, GpuTarget, HostTarget, compile_gpu, compile_host};
-use zambac_ir::program::{BinOp, Kernel, KernelKind};
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::{BinOp, Kernel, KernelKind};
 
 #[test]
 fn every_kind_compiles_into_one_host_library_exporting_its_symbols() {

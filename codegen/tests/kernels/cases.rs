@@ -1,8 +1,8 @@
 //! One kernel of every kind and variant, for the tests that treat kernels as a set (GPU
 //! assembly, determinism, dumps, compile time).
 
-use zambac_ir::program::{ActKind, BinOp, EpilogueOp, Kernel, KernelKind as K};
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::{ActKind, BinOp, EpilogueOp, Kernel, KernelKind as K};
 
 /// Every `KernelKind` with its variants, at small but irregular sizes.
 pub fn all() -> Vec<Kernel> {

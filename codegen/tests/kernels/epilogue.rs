@@ -2,9 +2,9 @@
 //! and in place.
 
 use super::harness::{Buf, Lib, assert_close, check, random};
-use zambac_ir::program::{ActKind, EpilogueOp, Kernel, KernelKind};
+use zambac_engine::{ActKind, EpilogueOp, Kernel, KernelKind};
+use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
-use zambac_runtime::reference::kernels as k;
 
 const ACTS: [ActKind; 4] = [
     ActKind::Silu,

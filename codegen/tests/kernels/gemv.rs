@@ -2,8 +2,8 @@
 //! over a window of a wider weight.
 
 use super::harness::{Buf, check, f16_to_f32, random, to_bf16};
-use zambac_ir::program::KernelKind;
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::KernelKind;
 
 /// Weights of one part in the stored element type, and the f32 values they hold.
 fn weights(elem: Elem, n: usize, seed: u64) -> (Buf, Vec<f32>) {

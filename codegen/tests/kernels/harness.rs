@@ -12,7 +12,7 @@ use zambac_codegen::kernels::{Target, VectorMath, build_module};
 use zambac_codegen::{
     HostTarget, MlirContext, compile_host, compile_host_object, link_shared_library, lower_to_host,
 };
-use zambac_ir::program::{Kernel, KernelKind};
+use zambac_engine::{Kernel, KernelKind};
 
 /// `void zk_<symbol>(void *const *bufs, const int64_t *ints, int64_t begin, int64_t end)`.
 type Entry = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64);

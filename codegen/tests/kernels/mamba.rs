@@ -1,9 +1,9 @@
 //! The Mamba mixers' convolutions and scans against the reference primitives.
 
 use super::harness::{Buf, check, random};
-use zambac_ir::program::KernelKind;
+use zambac_engine::KernelKind;
+use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
-use zambac_runtime::reference::kernels as k;
 
 /// The scans carry an f32 state through every token where the reference carries f64, so
 /// rounding accumulates over the sequence: elements far below the tensor's scale differ by up

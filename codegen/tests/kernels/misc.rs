@@ -2,11 +2,11 @@
 
 use super::harness::{Buf, Lib, assert_close, check, random, to_bf16};
 use zambac_codegen::HostTarget;
-use zambac_ir::program::Kernel;
-use zambac_ir::program::{BinOp, KernelKind};
-use zambac_ir::types::Elem;
+use zambac_engine::Elem;
+use zambac_engine::Kernel;
+use zambac_engine::{BinOp, KernelKind};
+use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
-use zambac_runtime::reference::kernels as k;
 
 #[test]
 fn embedding_copies_the_rows_of_the_tokens_in_f32_and_widened_bf16() {

@@ -1,9 +1,9 @@
 //! RMSNorm and its fused forms against `group_rms_norm` of the reference.
 
 use super::harness::{Buf, check, random};
-use zambac_ir::program::KernelKind;
+use zambac_engine::KernelKind;
+use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
-use zambac_runtime::reference::kernels as k;
 
 fn norm(x: &[f32], rows: usize, w: &[f32], groups: usize, eps: f64) -> Vec<f32> {
     let d = w.len();

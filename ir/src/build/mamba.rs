@@ -5,6 +5,7 @@ use super::{BuildError, GraphBuilder, Mode};
 use crate::graph::ValueRef;
 use crate::op::{Act, OpKind, ScanAttrs, SsdAttrs};
 use crate::types::{Dim, T};
+use zambac_engine::StateRole;
 
 /// ε of Mamba2's gated RMSNorm: hard-coded in HF, not `rms_norm_eps` (spec §6.2).
 pub const GATED_NORM_EPS: f64 = 1e-5;
@@ -24,8 +25,8 @@ impl GraphBuilder<'_> {
         } else {
             self.mamba1(l, &p, u)?
         };
-        self.emit_state(format!("conv.{l}"), conv_state);
-        self.emit_state(format!("ssm.{l}"), ssm_state);
+        self.emit_state(StateRole::Conv { layer: l }, conv_state);
+        self.emit_state(StateRole::Ssm { layer: l }, ssm_state);
         let (h, d_inner) = (self.spec.hidden_size, self.spec.mamba.d_inner);
         let w = self.weight(&format!("{p}out_proj.weight"), &[h, d_inner], None);
         let b = self.proj_bias(&format!("{p}out_proj.bias"), h);
@@ -61,7 +62,7 @@ impl GraphBuilder<'_> {
                 (c, s)
             }
             Mode::Decode => {
-                ops.extend([x, self.state(&format!("conv.{l}")), w]);
+                ops.extend([x, self.state(StateRole::Conv { layer: l }), w]);
                 ops.extend(b);
                 let n = self.op_node(OpKind::ConvStep { kernel: k, bias }, &ops)?;
                 (n.res(0), n.res(1))
@@ -124,7 +125,7 @@ impl GraphBuilder<'_> {
         let scan = match self.mode {
             Mode::Prefill => self.op_node(OpKind::SsdScan(attrs), &[x, dt, a_log, bm, cm])?,
             Mode::Decode => {
-                let s = self.state(&format!("ssm.{l}"));
+                let s = self.state(StateRole::Ssm { layer: l });
                 self.op_node(OpKind::SsdStep(attrs), &[x, dt, a_log, bm, cm, s])?
             }
         };
@@ -212,7 +213,7 @@ impl GraphBuilder<'_> {
         let scan = match self.mode {
             Mode::Prefill => self.op_node(OpKind::SelectiveScan(attrs), &[x, dt, a_log, bm, cm])?,
             Mode::Decode => {
-                let st = self.state(&format!("ssm.{l}"));
+                let st = self.state(StateRole::Ssm { layer: l });
                 self.op_node(OpKind::SelectiveStep(attrs), &[x, dt, a_log, bm, cm, st])?
             }
         };

@@ -12,6 +12,7 @@ mod shared;
 
 use std::collections::HashMap;
 
+use zambac_engine::StateRole;
 use zambac_frontend::{LayerKind, ModelSpec};
 
 use crate::graph::{Graph, Loc, Module, NodeId, Param, ParamId, ValueRef};
@@ -82,7 +83,7 @@ struct GraphBuilder<'a> {
     /// Decode: the position of the token (tokens seen so far).
     pos: Option<ValueRef>,
     /// Decode: incoming state by name.
-    state_in: HashMap<String, ValueRef>,
+    state_in: HashMap<StateRole, ValueRef>,
     /// Outgoing state, in signature order.
     state_out: Vec<(String, ValueRef)>,
     /// Whether to output the residual stream after each layer.
@@ -177,7 +178,7 @@ impl<'a> GraphBuilder<'a> {
         let order: HashMap<String, usize> = state_types(spec)
             .into_iter()
             .enumerate()
-            .map(|(i, (n, _))| (n, i))
+            .map(|(i, (role, _))| (role.name(), i))
             .collect();
         states.sort_by_key(|(n, _)| order[n]);
         self.g.outputs.extend(states);
@@ -188,19 +189,19 @@ impl<'a> GraphBuilder<'a> {
 
     /// Decode inputs: every state, in the order the outputs list them.
     fn declare_state_inputs(&mut self) {
-        for (name, ty) in state_types(self.spec) {
-            let v = self.g.add_input(name.clone(), ty);
-            self.state_in.insert(name, v);
+        for (role, ty) in state_types(self.spec) {
+            let v = self.g.add_input(role.name(), ty);
+            self.state_in.insert(role, v);
         }
     }
 
-    /// The incoming value of state `name` (decode only).
-    fn state(&self, name: &str) -> ValueRef {
-        self.state_in[name]
+    /// The incoming value of state `role` (decode only).
+    fn state(&self, role: StateRole) -> ValueRef {
+        self.state_in[&role]
     }
 
-    fn emit_state(&mut self, name: String, v: ValueRef) {
-        self.state_out.push((name, v));
+    fn emit_state(&mut self, role: StateRole, v: ValueRef) {
+        self.state_out.push((role.name(), v));
     }
 
     /// The graph node of parameter `name`, declaring the parameter on first use.
@@ -210,7 +211,7 @@ impl<'a> GraphBuilder<'a> {
             None => {
                 let id = self.module.add_param(Param {
                     name: name.to_string(),
-                    elem: self.spec.dtype.into(),
+                    elem: crate::types::elem_of(self.spec.dtype),
                     shape: shape.to_vec(),
                     tie,
                     hash: None,
@@ -291,7 +292,7 @@ impl<'a> GraphBuilder<'a> {
 
 /// Every recurrent state and KV cache of a model, in signature order, with its type:
 /// per layer `conv.{l}` and `ssm.{l}`, and for hybrid layers `k.{l}` and `v.{l}`.
-pub fn state_types(spec: &ModelSpec) -> Vec<(String, TensorType)> {
+pub fn state_types(spec: &ModelSpec) -> Vec<(StateRole, TensorType)> {
     let m = &spec.mamba;
     // Mamba2: [heads, P, N]; Mamba1: [heads, channels per head, N]. Same formula.
     let ssm = crate::dims![m.n_heads, m.head_dim, m.d_state];
@@ -303,13 +304,13 @@ pub fn state_types(spec: &ModelSpec) -> Vec<(String, TensorType)> {
     let mut out = Vec::new();
     for (l, kind) in spec.layers.iter().enumerate() {
         out.push((
-            format!("conv.{l}"),
+            StateRole::Conv { layer: l },
             TensorType::f32(crate::dims![m.conv_dim(), m.d_conv - 1]),
         ));
-        out.push((format!("ssm.{l}"), TensorType::f32(ssm.clone())));
+        out.push((StateRole::Ssm { layer: l }, TensorType::f32(ssm.clone())));
         if *kind == LayerKind::Hybrid {
-            out.push((format!("k.{l}"), TensorType::f32(kv)));
-            out.push((format!("v.{l}"), TensorType::f32(kv)));
+            out.push((StateRole::Key { layer: l }, TensorType::f32(kv)));
+            out.push((StateRole::Value { layer: l }, TensorType::f32(kv)));
         }
     }
     out

@@ -4,6 +4,7 @@
 //! hybrid layer, tied by `shared{b}/…`); only the adapters of slot `i` and the KV cache of
 //! the invoking layer are per invocation.
 
+use zambac_engine::StateRole;
 use zambac_frontend::{Activation, Family};
 
 use super::{BuildError, GraphBuilder, Mode, names};
@@ -70,13 +71,16 @@ impl GraphBuilder<'_> {
                     heads: kvh,
                     head_dim: hd,
                 };
-                let kc = self.op(append.clone(), &[self.state(&format!("k.{l}")), k, pos])?;
-                let vc = self.op(append, &[self.state(&format!("v.{l}")), v, pos])?;
+                let kc = self.op(
+                    append.clone(),
+                    &[self.state(StateRole::Key { layer: l }), k, pos],
+                )?;
+                let vc = self.op(append, &[self.state(StateRole::Value { layer: l }), v, pos])?;
                 (kc, vc)
             }
         };
-        self.emit_state(format!("k.{l}"), kc);
-        self.emit_state(format!("v.{l}"), vc);
+        self.emit_state(StateRole::Key { layer: l }, kc);
+        self.emit_state(StateRole::Value { layer: l }, vc);
         let attn = OpKind::Attention(AttnAttrs {
             heads: sh.num_heads,
             kv_heads: kvh,

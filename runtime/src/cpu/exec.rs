@@ -5,7 +5,7 @@
 use std::ffi::c_void;
 use std::time::Instant;
 
-use zambac_ir::program::Expr;
+use zambac_engine::{Elem, Expr};
 
 use super::arena::{AlignedBuf, Arena};
 use super::gemm::{self, Gemm};
@@ -35,30 +35,12 @@ impl Dims {
     }
 }
 
-/// Element type of a bound buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ElemKind {
-    F32,
-    Bf16,
-    I64,
-}
-
-impl ElemKind {
-    pub fn size(self) -> usize {
-        match self {
-            ElemKind::F32 => 4,
-            ElemKind::Bf16 => 2,
-            ElemKind::I64 => 8,
-        }
-    }
-}
-
 /// A bound buffer: base pointer and length in elements.
 #[derive(Clone, Copy, Debug)]
 pub struct Region {
     pub ptr: *mut u8,
     pub len: usize,
-    pub kind: ElemKind,
+    pub kind: Elem,
 }
 
 impl Region {
@@ -66,7 +48,7 @@ impl Region {
         Region {
             ptr: data.as_mut_ptr().cast(),
             len: data.len(),
-            kind: ElemKind::F32,
+            kind: Elem::F32,
         }
     }
 }
@@ -257,7 +239,7 @@ impl Launcher {
         kernel: usize,
         grid: usize,
         views: &[PView],
-        ints: &[zambac_ir::program::Expr],
+        ints: &[Expr],
         bound: &Bound<'_>,
         d: Dims,
     ) -> Result<(), String> {

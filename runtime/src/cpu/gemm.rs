@@ -12,10 +12,10 @@ use gemm::Parallelism;
 
 use super::arena::AlignedBuf;
 use super::blas;
-use super::exec::{Dims, ElemKind, Region, split};
+use super::exec::{Dims, Region, split};
 use super::plan::PMatrix;
 use super::pool::Pool;
-use crate::engine::widen_bf16;
+use zambac_engine::{Elem, widen_bf16};
 
 /// Elements of B widened per round (all threads together) for up to 32 rows of A: 4 MB of
 /// f32, which stays in cache (twice as fast as 16 MB for one row). Each round is a separate
@@ -32,7 +32,7 @@ const ALIGN: usize = 16;
 #[derive(Clone, Copy, Debug)]
 pub struct Operand {
     pub ptr: *mut u8,
-    pub kind: ElemKind,
+    pub kind: Elem,
     pub rs: isize,
     pub cs: isize,
 }
@@ -102,7 +102,7 @@ pub fn operand(
 
 /// Runs `g` on the pool. The operands were bounds-checked by [`operand`].
 pub fn run(g: &Gemm, pool: &Pool, widen: &mut AlignedBuf) -> Result<(), String> {
-    if g.a.kind != ElemKind::F32 || g.c.kind != ElemKind::F32 {
+    if g.a.kind != Elem::F32 || g.c.kind != Elem::F32 {
         return Err("GEMM operands A and C must be f32".into());
     }
     if g.m == 0 || g.n == 0 {
@@ -115,7 +115,7 @@ pub fn run(g: &Gemm, pool: &Pool, widen: &mut AlignedBuf) -> Result<(), String> 
         return Ok(());
     }
     let ok = match g.b.kind {
-        ElemKind::F32 => {
+        Elem::F32 => {
             // Split the longer side of C, so each thread's product stays large.
             let by_cols = g.n >= g.m;
             let len = if by_cols { g.n } else { g.m };
@@ -140,7 +140,7 @@ pub fn run(g: &Gemm, pool: &Pool, widen: &mut AlignedBuf) -> Result<(), String> 
                 product(&part, part.b.ptr.cast(), part.b.rs, part.b.cs);
             })
         }
-        ElemKind::Bf16 => {
+        Elem::Bf16 => {
             let block = (WIDEN_BLOCK * (g.m / 32).max(1)).min(WIDEN_BLOCK_MAX);
             let nb = (block / g.k).clamp(1, g.n);
             widen.reserve(g.k * nb);
@@ -168,7 +168,7 @@ pub fn run(g: &Gemm, pool: &Pool, widen: &mut AlignedBuf) -> Result<(), String> 
             }
             ok
         }
-        ElemKind::I64 => return Err("GEMM operand B is i64".into()),
+        Elem::I64 | Elem::F16 => return Err(format!("GEMM operand B is {}", g.b.kind)),
     };
     if ok {
         Ok(())

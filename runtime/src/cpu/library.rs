@@ -5,11 +5,11 @@ use std::ffi::c_void;
 use std::path::Path;
 
 use libloading::Library;
-use zambac_ir::program::Kernel;
+use zambac_engine::Kernel;
 
 use crate::error::RuntimeError;
 
-/// The C ABI of every generated kernel (see `zambac_ir::program`):
+/// The C ABI of every generated kernel (see `zambac_engine::program`):
 /// `void zk_<symbol>(void *const *bufs, const int64_t *ints, int64_t begin, int64_t end)`.
 pub type KernelFn = unsafe extern "C" fn(*const *mut c_void, *const i64, i64, i64);
 

@@ -3,8 +3,9 @@
 //!
 //! Weights are used in place from the engine's memory map; activation slots and
 //! workspaces are 64-byte aligned buffers reused across calls; states and KV caches live
-//! in the [`State`] map, which decode updates in place, so [`crate::session::generate`]
-//! drives this backend exactly as it drives the reference interpreter.
+//! in the sequence's typed [`State`], laid out as the engine's manifest says, which decode
+//! updates in place, so [`crate::session::generate`] drives this backend exactly as it
+//! drives the compiler's reference interpreter.
 
 mod arena;
 mod blas;
@@ -16,13 +17,14 @@ mod pool;
 
 use std::collections::HashMap;
 
-use crate::engine::{Dtype, Engine, MANIFEST_FILE};
+use zambac_engine::{Elem, Engine, MANIFEST_FILE, ProgramName, StateSpec};
+
 use crate::error::RuntimeError;
-use crate::session::{Backend, State, check_tokens};
-use crate::tensor::{Tensor, Value};
-use exec::{CallBuffers, Dims, ElemKind, Executor, Region};
+use crate::session::{Backend, State, check_room, check_tokens};
+use crate::tensor::Tensor;
+use exec::{CallBuffers, Dims, Executor, Region};
 use library::HostLibrary;
-use plan::Plan;
+use plan::{Output, Plan};
 
 /// One line of a profile: a generated kernel, or the GEMM library, and the wall time its
 /// steps took (every thread of a step together).
@@ -48,6 +50,8 @@ pub struct CpuBackend {
     prefill_last: Option<Plan>,
     decode: Plan,
     vocab: usize,
+    /// The engine's state layout, in the order a [`State`] of this engine holds it.
+    layout: Vec<StateSpec>,
     _lib: HostLibrary,
     engine: Engine,
 }
@@ -74,31 +78,28 @@ impl CpuBackend {
             .enumerate()
             .map(|(i, k)| (k.symbol.as_str(), i))
             .collect();
-        let plan = |name: &str| -> Result<Option<Plan>, RuntimeError> {
+        let plan = |name: ProgramName| -> Result<Option<Plan>, RuntimeError> {
             m.program(name)
                 .map(|p| Plan::new(p, &kernels))
                 .transpose()
                 .map_err(|e| RuntimeError::load(&manifest_path, None, format!("`{name}`: {e}")))
         };
-        let required = |name: &str| {
+        let required = |name: ProgramName| {
             plan(name)?.ok_or_else(|| {
                 RuntimeError::load(&manifest_path, None, format!("has no `{name}` program"))
             })
         };
         let (prefill, decode, prefill_last) = (
-            required("prefill")?,
-            required("decode")?,
-            plan("prefill_last")?,
+            required(ProgramName::Prefill)?,
+            required(ProgramName::Decode)?,
+            plan(ProgramName::PrefillLast)?,
         );
         let weights = (0..m.weights.len())
             .filter_map(|i| engine.weight(i))
             .map(|w| Region {
                 ptr: w.bytes.as_ptr().cast_mut(),
-                len: w.bytes.len() / w.entry.dtype.size(),
-                kind: match w.entry.dtype {
-                    Dtype::F32 => ElemKind::F32,
-                    Dtype::Bf16 => ElemKind::Bf16,
-                },
+                len: w.bytes.len() / w.entry.elem.size(),
+                kind: w.entry.elem,
             })
             .collect();
         let exec =
@@ -108,7 +109,8 @@ impl CpuBackend {
             prefill,
             prefill_last,
             decode,
-            vocab: m.spec.vocab_size,
+            vocab: m.model.vocab_size,
+            layout: m.model.state.clone(),
             _lib: lib,
             engine,
         })
@@ -146,7 +148,7 @@ impl CpuBackend {
             .filter(|((calls, _), _)| *calls > 0)
             .map(|(&(calls, seconds), k)| ProfileRow {
                 name: k.symbol.clone(),
-                kind: kind_name(&k.kind),
+                kind: k.kind.name().to_string(),
                 calls,
                 seconds,
                 gflop_per_s: None,
@@ -185,24 +187,25 @@ impl CpuBackend {
                 tokens.len()
             )));
         }
-        let d = Dims {
-            t: tokens.len(),
-            c: capacity,
-            pos: 0,
-        };
-        let mut state = State::new();
-        self.run(which, d, tokens, &mut state)
+        let mut state = State::zeros(&self.layout, capacity)?;
+        let logits = self.run(which, tokens, &mut state)?;
+        state.advance(tokens.len());
+        Ok((logits, state))
     }
 
-    /// Runs a program. Outputs present in `state` are bound in place (decode); the
-    /// others are allocated zeroed and inserted (prefill). Returns the logits.
+    /// Runs a program on `tokens` at the state's position; the state's tensors are bound
+    /// in place. Returns the logits.
     fn run(
         &mut self,
         which: Which,
-        d: Dims,
         tokens: &[i64],
         state: &mut State,
-    ) -> Result<(Tensor, State), RuntimeError> {
+    ) -> Result<Tensor, RuntimeError> {
+        let d = Dims {
+            t: tokens.len(),
+            c: state.capacity(),
+            pos: state.position(),
+        };
         let plan = match which {
             Which::Prefill => &self.prefill,
             Which::PrefillLast => self
@@ -211,76 +214,64 @@ impl CpuBackend {
                 .ok_or_else(|| self.manifest_error("has no `prefill_last` program".into()))?,
             Which::Decode => &self.decode,
         };
-        let shapes = plan
-            .outputs
-            .iter()
-            .map(|(n, dims)| {
-                let shape = dims
-                    .iter()
-                    .map(|e| d.size(e))
-                    .collect::<Result<Vec<_>, _>>();
-                shape.map_err(|e| self.manifest_error(format!("`{}` output `{n}`: {e}", plan.name)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let mut logits = None;
-        for ((name, _), shape) in plan.outputs.iter().zip(&shapes) {
-            if name == "logits" {
-                if shape.len() != 2 || shape[1] != self.vocab {
-                    return Err(self.manifest_error(format!(
-                        "`{}` logits have shape {shape:?}, not [rows, {}]",
-                        plan.name, self.vocab
-                    )));
-                }
-                logits = Some(zeros(shape).map_err(|e| self.manifest_error(e))?);
-            } else if let Some(v) = state.get(name) {
-                if v.shape() != shape.as_slice() || v.f32().is_err() {
-                    return Err(RuntimeError::Input(format!(
-                        "state `{name}` has shape {:?}, but this engine needs {shape:?}",
-                        v.shape()
-                    )));
-                }
-            } else if which == Which::Decode {
-                return Err(RuntimeError::Input(format!(
-                    "the state has no `{name}`: it does not come from this engine's prefill"
-                )));
-            } else {
-                let t = zeros(shape).map_err(|e| self.manifest_error(e))?;
-                state.insert(name.clone(), Value::F32(t));
+        for (what, dims) in &plan.outputs {
+            let shape = dims
+                .iter()
+                .map(|e| d.size(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.manifest_error(format!("`{}` output: {e}", plan.name)))?;
+            match what {
+                Output::Logits => logits = Some(Tensor::try_zeros(shape)?),
+                Output::State(role) => match state.get(*role) {
+                    Some(t) if t.shape == shape => {}
+                    Some(t) => {
+                        return Err(RuntimeError::Input(format!(
+                            "state `{role}` has shape {:?}, but this engine needs {shape:?}",
+                            t.shape
+                        )));
+                    }
+                    None => {
+                        return Err(RuntimeError::Input(format!(
+                            "the state has no `{role}`: it does not come from this engine"
+                        )));
+                    }
+                },
             }
         }
         let mut logits = logits.ok_or_else(|| self.manifest_error("no logits".into()))?;
         let mut outputs = Vec::with_capacity(plan.outputs.len());
-        for (name, _) in &plan.outputs {
-            let data = if name == "logits" {
-                &mut logits.data
-            } else {
-                match state.get_mut(name) {
-                    Some(Value::F32(t)) => &mut t.data,
-                    _ => return Err(RuntimeError::Internal(format!("state `{name}` vanished"))),
-                }
+        for (what, _) in &plan.outputs {
+            let region = match what {
+                Output::Logits => Region::f32(&mut logits.data),
+                Output::State(role) => match state.get_mut(*role) {
+                    Some(t) => Region::f32(&mut t.data),
+                    None => return Err(RuntimeError::Internal(format!("state `{role}` vanished"))),
+                },
             };
-            outputs.push(Region::f32(data));
+            outputs.push(region);
         }
         let mut token_buf = tokens.to_vec();
-        let mut pos_buf = [d.pos as i64];
+        let mut pos_buf = [i64::try_from(d.pos)
+            .map_err(|_| RuntimeError::Input(format!("position {} is too large", d.pos)))?];
         let call = CallBuffers {
             tokens: Region {
                 ptr: token_buf.as_mut_ptr().cast(),
                 len: token_buf.len(),
-                kind: ElemKind::I64,
+                kind: Elem::I64,
             },
             pos: Region {
                 ptr: pos_buf.as_mut_ptr().cast(),
                 len: 1,
-                kind: ElemKind::I64,
+                kind: Elem::I64,
             },
             outputs: &outputs,
         };
-        let name = plan.name.clone();
+        let name = plan.name;
         self.exec
             .run(plan, d, &call)
             .map_err(|e| self.manifest_error(format!("program `{name}`, {e}")))?;
-        Ok((logits, std::mem::take(state)))
+        Ok(logits)
     }
 }
 
@@ -290,21 +281,6 @@ enum Which {
     Prefill,
     PrefillLast,
     Decode,
-}
-
-/// The variant name of a kernel kind, without its parameters.
-fn kind_name(kind: &zambac_ir::program::KernelKind) -> String {
-    let debug = format!("{kind:?}");
-    let end = debug.find([' ', '{', '(']).unwrap_or(debug.len());
-    debug[..end].to_string()
-}
-
-fn zeros(shape: &[usize]) -> Result<Tensor, String> {
-    let n = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| format!("output shape {shape:?} is too large"))?;
-    Ok(Tensor::new(shape.to_vec(), vec![0.0; n]))
 }
 
 impl Backend for CpuBackend {
@@ -328,29 +304,11 @@ impl Backend for CpuBackend {
         self.run_prefill(Which::PrefillLast, tokens, capacity)
     }
 
-    fn decode(
-        &mut self,
-        token: i64,
-        pos: usize,
-        mut state: State,
-    ) -> Result<(Tensor, State), RuntimeError> {
+    fn decode(&mut self, token: i64, state: &mut State) -> Result<Tensor, RuntimeError> {
         check_tokens(&[token], self.vocab)?;
-        let kv = state
-            .iter()
-            .find(|(n, _)| n.starts_with("k."))
-            .and_then(|(_, v)| v.shape().get(1).copied());
-        if let Some(c) = kv
-            && pos >= c
-        {
-            return Err(RuntimeError::Input(format!(
-                "position {pos} is past the KV-cache capacity {c}"
-            )));
-        }
-        let d = Dims {
-            t: 1,
-            c: kv.unwrap_or(pos + 1),
-            pos,
-        };
-        self.run(Which::Decode, d, &[token], &mut state)
+        check_room(state)?;
+        let logits = self.run(Which::Decode, &[token], state)?;
+        state.advance(1);
+        Ok(logits)
     }
 }

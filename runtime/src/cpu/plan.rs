@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use zambac_ir::program::{Buffer, Expr, Program, Step, View};
+use zambac_engine::{Buffer, Expr, Matrix, Program, ProgramName, StateRole, Step, View};
 
 /// Where a view points.
 #[derive(Clone, Copy, Debug)]
@@ -53,15 +53,22 @@ pub struct PGemm {
     pub accumulate: bool,
 }
 
+/// What an output of a program is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Logits,
+    State(StateRole),
+}
+
 /// A program ready to execute.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub name: String,
+    pub name: ProgramName,
     pub steps: Vec<PStep>,
     pub slots: Vec<Vec<Expr>>,
     pub scratch: Vec<Expr>,
-    /// Name and shape of each output, indexed by `Buf::Output`.
-    pub outputs: Vec<(String, Vec<Expr>)>,
+    /// What each output is and its shape, indexed by `Buf::Output`.
+    pub outputs: Vec<(Output, Vec<Expr>)>,
 }
 
 impl Plan {
@@ -93,7 +100,7 @@ impl Plan {
                 offset: v.offset,
             })
         };
-        let matrix = |m: &zambac_ir::program::Matrix| -> Result<PMatrix, String> {
+        let matrix = |m: &Matrix| -> Result<PMatrix, String> {
             Ok(PMatrix {
                 view: view(&m.view)?,
                 row_stride: m.row_stride,
@@ -140,12 +147,24 @@ impl Plan {
             };
             steps.push(step);
         }
+        let outputs = p
+            .outputs
+            .iter()
+            .map(|(name, shape)| {
+                let what = if name == "logits" {
+                    Output::Logits
+                } else {
+                    Output::State(name.parse()?)
+                };
+                Ok((what, shape.clone()))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Plan {
-            name: p.name.clone(),
+            name: p.name,
             steps,
             slots: p.slots.clone(),
             scratch: p.scratch.clone(),
-            outputs: p.outputs.clone(),
+            outputs,
         })
     }
 }

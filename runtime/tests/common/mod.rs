@@ -1,53 +1,95 @@
-//! Shared fixtures for the engine and cpu-backend tests (and the cpu benchmark): a tiny
-//! kernel library compiled from C at test time with the `zk_` ABI, a toy model that
-//! mixes launches and GEMMs over every buffer kind, and the same model in plain Rust.
+//! Shared fixtures for the cpu-backend and `zambac-run` tests (and the cpu benchmark): the
+//! contract's toy engine (one definition, in `runtime/engine/tests/common/toy.rs`), a
+//! kernel library for it compiled from C at test time with the `zk_` ABI, and the same
+//! model in plain Rust.
 
 #![allow(dead_code)]
+
+#[path = "../../engine/tests/common/toy.rs"]
+mod toy;
 
 use std::path::Path;
 use std::process::Command;
 
-use zambac_frontend::ModelSpec;
-use zambac_ir::program::{
-    BinOp, Buffer, EpilogueOp, Expr, Kernel, KernelKind, Matrix, Program, Step, View,
-};
-use zambac_ir::types::Elem;
-use zambac_runtime::engine::{Dtype, EngineWriter, ManifestParts, bf16_bits};
+pub use toy::*;
+use zambac_engine::{Companions, EngineWriter, Kernel, ManifestParts, StateRole, bf16_bits};
 
-/// Kernels with the generated-code ABI. Each touches only its grid range.
+/// Kernels for the toy's kernel table, each following the calling convention of the kind it
+/// is declared as (`zambac_engine::signature`): the same views in the same order and
+/// element types, the same integer arguments, constant sizes compiled in (`H`). Each
+/// touches only its grid range `[begin, end)`.
 pub const KERNELS_C: &str = r#"
 #include <stdint.h>
+#include <string.h>
 typedef void *const *bufs_t;
 
-/* views [tokens i64, table [V,n], out [rows,n]]; ints [n] */
+/* Embedding { hidden: H, elem: f32 }: views [tokens i64 [rows], table [V,H], out [rows,H]];
+   grid rows */
 void zk_embed(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
     const int64_t *tok = b[0]; const float *table = b[1]; float *out = b[2];
-    int64_t n = ints[0];
+    (void)ints;
     for (int64_t r = begin; r < end; r++)
-        for (int64_t j = 0; j < n; j++) out[r * n + j] = table[tok[r] * n + j];
+        for (int64_t j = 0; j < H; j++) out[r * H + j] = table[tok[r] * H + j];
 }
 
-/* views [a [rows,n], b [rows|1, n], out]; ints [n, b_row_stride] */
+/* Binary { Add, n: H, b_rows: true }: views [a [rows,H], b [rows,H], out [rows,H]] */
 void zk_add(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
     const float *x = b[0], *y = b[1]; float *out = b[2];
-    int64_t n = ints[0], ys = ints[1];
+    (void)ints;
     for (int64_t r = begin; r < end; r++)
-        for (int64_t j = 0; j < n; j++) out[r * n + j] = x[r * n + j] + y[r * ys + j];
+        for (int64_t j = 0; j < H; j++) out[r * H + j] = x[r * H + j] + y[r * H + j];
 }
 
-/* views [x [rows,n], out]; ints [n, pos0]: out[r] = x[r] * (1 + (pos0 + r) / 2) */
+/* Binary { Add, n: H, b_rows: false }: views [a [rows,H], b [H], out [rows,H]] */
+void zk_add_row(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
+    const float *x = b[0], *y = b[1]; float *out = b[2];
+    (void)ints;
+    for (int64_t r = begin; r < end; r++)
+        for (int64_t j = 0; j < H; j++) out[r * H + j] = x[r * H + j] + y[j];
+}
+
+/* Epilogue { n: H, bias: false, op: None }: views [y [rows,H], out [rows,H]]; ints [pos0].
+   The toy's own arithmetic: out[r] = y[r] * (1 + (pos0 + r) / 2). */
 void zk_row_scale(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
-    const float *x = b[0]; float *out = b[1];
-    int64_t n = ints[0], pos0 = ints[1];
+    const float *y = b[0]; float *out = b[1];
+    int64_t pos0 = ints[0];
     for (int64_t r = begin; r < end; r++) {
         float s = 1.0f + 0.5f * (float)(pos0 + r);
-        for (int64_t j = 0; j < n; j++) out[r * n + j] = x[r * n + j] * s;
+        for (int64_t j = 0; j < H; j++) out[r * H + j] = y[r * H + j] * s;
     }
 }
 
-/* views [out [grid, 2]]: out[i] = (i * 3 + 1, begin of the chunk that ran i) */
+/* KvWrite { heads: 1, head_dim: H }: views [k [rows,H], cache [1,C,H]]; ints [pos0, C]:
+   cache[0, pos0 + r, :] = k[r] */
+void zk_kv_write(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
+    const float *k = b[0]; float *cache = b[1];
+    int64_t pos0 = ints[0];
+    for (int64_t r = begin; r < end; r++)
+        for (int64_t j = 0; j < H; j++) cache[(pos0 + r) * H + j] = k[r * H + j];
+}
+
+/* Gemv { k: H, rows: [V], elem: bf16 }: views [x [H], W [V,H] bf16, y [V]]; grid V:
+   y[i] = sum_k x[k] W[i,k] */
+void zk_head(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
+    const float *x = b[0]; const uint16_t *w = b[1]; float *y = b[2];
+    (void)ints;
+    for (int64_t i = begin; i < end; i++) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < H; k++) {
+            uint32_t bits = (uint32_t)w[i * H + k] << 16;
+            float wk;
+            memcpy(&wk, &bits, sizeof wk);
+            acc += x[k] * wk;
+        }
+        y[i] = acc;
+    }
+}
+
+/* Epilogue { n: 2, bias: false, op: None }: views [y [grid,2], out [grid,2]]; ints [pos0].
+   Reads nothing: out[i] = (i * 3 + 1, begin of the chunk that ran i), so the runtime's
+   splitting of the grid is visible. */
 void zk_mark(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
-    float *out = b[0];
+    float *out = b[1];
     (void)ints;
     for (int64_t i = begin; i < end; i++) {
         out[2 * i] = (float)(i * 3 + 1);
@@ -55,7 +97,8 @@ void zk_mark(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
     }
 }
 
-/* views []; ints []: nothing, to time a launch */
+/* Epilogue { n: 1, bias: false, op: None }: views [y, out]; ints [pos0]. Nothing, to time
+   a launch. */
 void zk_empty(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
     (void)b; (void)ints; (void)begin; (void)end;
 }
@@ -65,9 +108,9 @@ void zk_empty(bufs_t b, const int64_t *ints, int64_t begin, int64_t end) {
 pub fn build_host_so(dir: &Path, extra: &str) -> Vec<u8> {
     let src = dir.join("kernels.c");
     let out = dir.join("kernels.so");
-    std::fs::write(&src, format!("{KERNELS_C}\n{extra}")).unwrap();
+    std::fs::write(&src, format!("#define H {H}\n{KERNELS_C}\n{extra}")).unwrap();
     let status = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
         .arg(&out)
         .arg(&src)
         .status()
@@ -76,232 +119,64 @@ pub fn build_host_so(dir: &Path, extra: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-pub const V: usize = 8;
-pub const H: usize = 4;
-
-pub fn spec() -> ModelSpec {
-    let src = include_str!("../../../examples/tiny.toml");
-    let mut s = zambac_frontend::parse_toml(src, "tiny.toml").expect("tiny.toml parses");
-    s.vocab_size = V;
-    s
-}
-
-fn kernel(symbol: &str) -> Kernel {
-    let kind = match symbol {
-        "embed" => KernelKind::Embedding {
-            hidden: H,
-            elem: Elem::F32,
-        },
-        "add" => KernelKind::Binary {
-            op: BinOp::Add,
-            n: H,
-            b_rows: true,
-        },
-        _ => KernelKind::Epilogue {
-            n: H,
-            bias: false,
-            op: EpilogueOp::None,
-        },
-    };
-    Kernel {
-        symbol: symbol.into(),
-        kind,
+/// Writes the toy's weights and `parts` to `out`, with `host_so` as the kernel library.
+pub fn write_parts(out: &Path, host_so: &[u8], parts: ManifestParts) {
+    let mut w = EngineWriter::create(out).unwrap();
+    for (name, shape, data, elem) in weights() {
+        w.add_weight(name, &shape, &data, elem).unwrap();
     }
-}
-
-pub fn kernels() -> Vec<Kernel> {
-    ["embed", "add", "row_scale", "mark"]
-        .into_iter()
-        .map(kernel)
-        .collect()
-}
-
-/// The toy model's weights: `embed [V,H]`, `w1 [H,H]` (a linear, `y = x·w1ᵀ`), `w2 [H,H]`
-/// (used as `x·w2`), `head [V,H]` stored bf16.
-pub fn weights() -> Vec<(&'static str, Vec<usize>, Vec<f32>, Dtype)> {
-    let f = |n: usize, seed: f32| -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as f32 * 0.37 + seed).sin() * 0.8) + 0.001 * i as f32)
-            .collect()
+    let files = Companions {
+        host: host_so,
+        ptx: None,
+        tokenizer: None,
     };
-    vec![
-        ("embed", vec![V, H], f(V * H, 0.1), Dtype::F32),
-        ("w1", vec![H, H], f(H * H, 1.3), Dtype::F32),
-        ("w2", vec![H, H], f(H * H, 2.9), Dtype::F32),
-        ("head", vec![V, H], f(V * H, 4.2), Dtype::Bf16),
-    ]
-}
-
-fn v(buf: Buffer) -> View {
-    View::of(buf)
-}
-
-fn launch(kernel: &str, grid: Expr, views: Vec<View>, ints: Vec<Expr>) -> Step {
-    Step::Launch {
-        kernel: kernel.into(),
-        grid,
-        views,
-        ints,
-    }
-}
-
-fn mat(view: View, rs: Expr, cs: Expr) -> Matrix {
-    Matrix {
-        view,
-        row_stride: rs,
-        col_stride: cs,
-    }
-}
-
-/// The toy model as a program, `rows` = T (prefill) or 1 (decode):
-///
-/// ```text
-/// x = embed[tokens]                       (launch)
-/// y = x · w1ᵀ ; y += x · w2               (GEMM, GEMM accumulate, strided B)
-/// h = (y + x) * (1 + (pos + r)/2)         (launches; ints use pos)
-/// conv.0 += h[rows-1]                     (a state updated in place)
-/// k.0[0, pos + r, :] = h[r]               (a cache of capacity C)
-/// logits = h · headᵀ                      (GEMM with a bf16 B); prefill_last: last row
-/// ```
-pub fn program(name: &str) -> Program {
-    let (rows, tokens) = match name {
-        "decode" => (Expr::k(1), "token"),
-        _ => (Expr::T, "tokens"),
-    };
-    let h = Expr::k(H as i64);
-    let last = rows.plus(Expr::k(-1)).times(H as i64);
-    let head_rows = if name == "prefill_last" {
-        Expr::k(1)
-    } else {
-        rows
-    };
-    let head_a = if name == "prefill_last" {
-        View::at(Buffer::Slot(2), last)
-    } else {
-        v(Buffer::Slot(2))
-    };
-    let steps = vec![
-        launch(
-            "embed",
-            rows,
-            vec![
-                v(Buffer::Input(tokens.into())),
-                v(Buffer::Weight(0)),
-                v(Buffer::Slot(0)),
-            ],
-            vec![h],
-        ),
-        Step::Gemm {
-            m: rows,
-            n: h,
-            k: h,
-            a: mat(v(Buffer::Slot(0)), h, Expr::k(1)),
-            b: mat(v(Buffer::Weight(1)), Expr::k(1), h),
-            c: mat(v(Buffer::Slot(1)), h, Expr::k(1)),
-            accumulate: false,
-        },
-        Step::Gemm {
-            m: rows,
-            n: h,
-            k: h,
-            a: mat(v(Buffer::Slot(0)), h, Expr::k(1)),
-            b: mat(v(Buffer::Weight(2)), h, Expr::k(1)),
-            c: mat(v(Buffer::Slot(1)), h, Expr::k(1)),
-            accumulate: true,
-        },
-        launch(
-            "add",
-            rows,
-            vec![
-                v(Buffer::Slot(1)),
-                v(Buffer::Slot(0)),
-                v(Buffer::Scratch(0)),
-            ],
-            vec![h, h],
-        ),
-        launch(
-            "row_scale",
-            rows,
-            vec![v(Buffer::Scratch(0)), v(Buffer::Slot(2))],
-            vec![h, Expr::POS],
-        ),
-        launch(
-            "add",
-            Expr::k(1),
-            vec![
-                v(Buffer::Output("conv.0".into())),
-                View::at(Buffer::Slot(2), last),
-                v(Buffer::Output("conv.0".into())),
-            ],
-            vec![h, Expr::k(0)],
-        ),
-        launch(
-            "row_scale",
-            rows,
-            vec![
-                v(Buffer::Slot(2)),
-                View::at(Buffer::Output("k.0".into()), Expr::POS.times(H as i64)),
-            ],
-            vec![h, Expr::k(1)],
-        ),
-        Step::Gemm {
-            m: head_rows,
-            n: Expr::k(V as i64),
-            k: h,
-            a: mat(head_a, h, Expr::k(1)),
-            b: mat(v(Buffer::Weight(3)), Expr::k(1), h),
-            c: mat(
-                v(Buffer::Output("logits".into())),
-                Expr::k(V as i64),
-                Expr::k(1),
-            ),
-            accumulate: false,
-        },
-    ];
-    Program {
-        name: name.into(),
-        steps,
-        slots: vec![
-            vec![rows.times(H as i64)],
-            vec![rows.times(H as i64), Expr::k(1)],
-            vec![rows.times(H as i64)],
-        ],
-        scratch: vec![rows.times(H as i64)],
-        outputs: vec![
-            ("logits".into(), vec![head_rows, Expr::k(V as i64)]),
-            ("conv.0".into(), vec![Expr::k(1), h]),
-            ("k.0".into(), vec![Expr::k(1), Expr::C, h]),
-        ],
-    }
-}
-
-pub fn parts(kernels: Vec<Kernel>) -> ManifestParts {
-    ManifestParts {
-        zambac_version: "0.1.0-test".into(),
-        spec: spec(),
-        kernels,
-        programs: ["prefill", "prefill_last", "decode"]
-            .into_iter()
-            .map(program)
-            .collect(),
-        build: serde_json::json!({ "target_cpu": "test", "features": "" }),
-    }
+    w.finish(parts, files).unwrap();
 }
 
 /// Writes the toy engine (weights, the compiled kernels) to `out`.
 pub fn write_engine(out: &Path, host_so: &[u8]) {
-    let mut w = EngineWriter::create(out).unwrap();
-    for (name, shape, data, dtype) in weights() {
-        w.add_weight(name, &shape, &data, dtype).unwrap();
-    }
-    w.finish(parts(kernels()), host_so, None).unwrap();
+    write_parts(out, host_so, parts(kernels()));
 }
 
-/// The toy model in plain Rust: logits `[T, V]` of every position, then the states.
+/// The toy's kernel table with `symbol` renamed to `to`, and its launches with it.
+pub fn renamed(symbol: &str, to: &str) -> ManifestParts {
+    let rename = |s: &mut String| {
+        if s == symbol {
+            *s = to.to_string();
+        }
+    };
+    let mut kernels: Vec<Kernel> = kernels();
+    kernels.iter_mut().for_each(|k| rename(&mut k.symbol));
+    let mut p = parts(kernels);
+    for prog in &mut p.programs {
+        for step in &mut prog.steps {
+            if let zambac_engine::Step::Launch { kernel, .. } = step {
+                rename(kernel);
+            }
+        }
+    }
+    p
+}
+
+pub fn conv0() -> StateRole {
+    StateRole::Conv { layer: 0 }
+}
+
+pub fn k0() -> StateRole {
+    StateRole::Key { layer: 0 }
+}
+
+pub fn v0() -> StateRole {
+    StateRole::Value { layer: 0 }
+}
+
+/// The toy model in plain Rust: logits of every position, and the states.
 pub struct Reference {
     pub conv: Vec<f32>,
     /// `[C, H]`.
     pub k: Vec<f32>,
+    /// `[C, H]`.
+    pub v: Vec<f32>,
 }
 
 impl Reference {
@@ -309,6 +184,7 @@ impl Reference {
         Reference {
             conv: vec![0.0; H],
             k: vec![0.0; capacity * H],
+            v: vec![0.0; capacity * H],
         }
     }
 
@@ -333,10 +209,10 @@ impl Reference {
                     (y1 + y2 + x[j]) * scale
                 })
                 .collect();
-            let k_scale = 1.0 + 0.5 * (1.0 + r as f32);
-            let row = &mut self.k[(pos + r) * H..][..H];
-            for (k, hj) in row.iter_mut().zip(&h) {
-                *k = hj * k_scale;
+            self.k[(pos + r) * H..][..H].copy_from_slice(&h);
+            let v_scale = 1.0 + 0.5 * (1.0 + r as f32);
+            for (v, hj) in self.v[(pos + r) * H..][..H].iter_mut().zip(&h) {
+                *v = hj * v_scale;
             }
             out.push(
                 (0..V)
@@ -360,4 +236,19 @@ pub fn assert_close(got: &[f32], want: &[f32], what: &str) {
             "{what}[{i}]: got {g}, want {w}"
         );
     }
+}
+
+/// The toy engine, built with the C kernels, in a temporary directory that lives as long
+/// as the fixture.
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+    pub dir: std::path::PathBuf,
+}
+
+pub fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = build_host_so(tmp.path(), "");
+    let dir = tmp.path().join("toy.engine");
+    write_engine(&dir, &host);
+    Fixture { tmp, dir }
 }

@@ -1,0 +1,264 @@
+//! Kernelize: an optimised, memory-planned module → execution [`Program`]s and the
+//! [`Kernel`]s they launch.
+//!
+//! Each op becomes launches of generated kernels and, for matrix products with more than
+//! one row, calls of the tuned GEMM library (`Step::Gemm`): linears with several rows,
+//! Mamba1's per-head projections and the two products of prefill attention. One-row
+//! products (decode, the last-row head) use the generated `Gemv` kernel, which streams the
+//! weights once — an adapter's down-projection in the same pass as its shared projection.
+//! Kernels are specialised to the model's constant sizes and deduplicated, so every
+//! Mamba layer of a model shares one set of mixer kernels.
+//!
+//! Values live where the memory plan put them; intermediate results of a fused op (the
+//! conv output, the scan output, adapter down-projections, attention scores) live in
+//! per-program scratch buffers. Precondition: the module went through the default
+//! pipeline (fused Mamba mixers, a memory plan); anything else is a clear error.
+
+mod lower;
+
+use std::collections::BTreeMap;
+
+use zambac_engine::{
+    ActKind, Expr, Kernel, KernelKind, Matrix, Program, ProgramName, StateRole, StateSpec, View,
+};
+use zambac_ir::op::Act;
+use zambac_ir::{Dim, Elem, Graph, Module, OpKind, Sym, ValueRef};
+
+use lower::GraphLowering;
+
+/// Why a module cannot be kernelized.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot generate code for graph @{graph}: {msg}")]
+pub struct KernelizeError {
+    pub graph: String,
+    pub msg: String,
+}
+
+/// The lowered form of a module.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lowered {
+    pub kernels: Vec<Kernel>,
+    /// `prefill`, `prefill_last`, `decode`.
+    pub programs: Vec<Program>,
+    /// Storage type of each parameter: `dtype` for matrix weights, f32 for the rest.
+    pub weight_elems: Vec<Elem>,
+    /// The sequence state the programs read and write, in the decode graph's order.
+    pub state: Vec<StateSpec>,
+}
+
+/// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16).
+pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
+    let weight_elems = weight_elems(m, dtype)?;
+    let mut kernels = KernelTable::default();
+    let mut programs = Vec::new();
+    for (graph, name, last_only) in [
+        ("prefill", ProgramName::Prefill, false),
+        ("prefill", ProgramName::PrefillLast, true),
+        ("decode", ProgramName::Decode, false),
+    ] {
+        let g = m.graph(graph).ok_or_else(|| KernelizeError {
+            graph: graph.into(),
+            msg: "the module has no such graph".into(),
+        })?;
+        let mut lw = GraphLowering::new(g, &weight_elems, &mut kernels, last_only)?;
+        lw.lower_all()?;
+        programs.push(lw.finish(name));
+    }
+    Ok(Lowered {
+        kernels: kernels.kernels,
+        programs,
+        weight_elems,
+        state: state_layout(m)?,
+    })
+}
+
+/// The decode graph's state outputs (every recurrent state and KV cache) as the contract's
+/// typed layout.
+fn state_layout(m: &Module) -> Result<Vec<StateSpec>, KernelizeError> {
+    let err = |msg: String| KernelizeError {
+        graph: "decode".into(),
+        msg,
+    };
+    let g = m
+        .graph("decode")
+        .ok_or_else(|| err("the module has no such graph".into()))?;
+    let mut layout = Vec::new();
+    for (name, v) in &g.outputs {
+        let Ok(role) = name.parse::<StateRole>() else {
+            continue;
+        };
+        let shape = g.ty(*v).dims.iter().map(|&d| dim_expr(d)).collect();
+        layout.push(StateSpec { role, shape });
+    }
+    Ok(layout)
+}
+
+/// Parameters read as matrices (linear weights, per-head projections, the embedding)
+/// take the engine dtype; all others stay f32.
+fn weight_elems(m: &Module, dtype: Elem) -> Result<Vec<Elem>, KernelizeError> {
+    let mut elems = vec![Elem::F32; m.params.len()];
+    for g in &m.graphs {
+        for n in g.nodes() {
+            let ops = g.operands(n);
+            let kind = g.kind(n);
+            let mismatch = || KernelizeError {
+                graph: g.name.clone(),
+                msg: format!(
+                    "`{}` has {} operands, which its attributes do not allow",
+                    kind.name(),
+                    ops.len()
+                ),
+            };
+            let matrix_operands: Vec<ValueRef> = match kind {
+                OpKind::Embedding | OpKind::HeadLinear { .. } => vec![ops[1]],
+                OpKind::Linear(a) => {
+                    let args = a.operands().pick(&ops).ok_or_else(mismatch)?;
+                    let mut v = vec![*args.w];
+                    v.extend(args.lora.into_iter().flat_map(|(down, up)| [*down, *up]));
+                    v
+                }
+                OpKind::Mamba1Mix(a) | OpKind::Mamba1Step(a) => {
+                    let step = matches!(kind, OpKind::Mamba1Step(_));
+                    let args = a.operands(step).pick(&ops).ok_or_else(mismatch)?;
+                    vec![*args.x_proj, *args.dt_proj_weight]
+                }
+                _ => vec![],
+            };
+            for v in matrix_operands {
+                if let OpKind::Param(p) = g.kind(v.node) {
+                    elems[p.index()] = dtype;
+                }
+            }
+        }
+    }
+    Ok(elems)
+}
+
+/// Kernels by kind, each generated once.
+#[derive(Default)]
+pub(crate) struct KernelTable {
+    kernels: Vec<Kernel>,
+    by_kind: BTreeMap<String, String>,
+}
+
+impl KernelTable {
+    /// The symbol of `kind`, adding it on first use.
+    pub(crate) fn symbol(&mut self, family: &str, kind: KernelKind) -> String {
+        let key = format!("{kind:?}");
+        if let Some(s) = self.by_kind.get(&key) {
+            return s.clone();
+        }
+        let symbol = format!("{family}_{}", self.kernels.len());
+        self.by_kind.insert(key, symbol.clone());
+        self.kernels.push(Kernel {
+            symbol: symbol.clone(),
+            kind,
+        });
+        symbol
+    }
+}
+/// A strided matrix at `view + offset`.
+pub(crate) fn matrix(view: View, offset: i64, row_stride: i64, col_stride: i64) -> Matrix {
+    Matrix {
+        view: view.shifted(Expr::k(offset)),
+        row_stride: Expr::k(row_stride),
+        col_stride: Expr::k(col_stride),
+    }
+}
+
+/// Element count of a value as an expression.
+pub(crate) fn numel(g: &Graph, v: ValueRef) -> Expr {
+    let mut e = Expr::k(1);
+    let mut syms = Vec::new();
+    for d in &g.ty(v).dims {
+        match d {
+            Dim::Const(c) => e = e.times(*c as i64),
+            Dim::Sym(s) => syms.push(*s),
+        }
+    }
+    match syms.as_slice() {
+        [] => e,
+        [Sym::T] => Expr::T.times(e.k),
+        [Sym::C] => Expr::C.times(e.k),
+        [Sym::T, Sym::T] => Expr::T2.times(e.k),
+        // The builder never makes a value mentioning both T and C, or C twice.
+        other => {
+            debug_assert!(false, "unexpected symbolic shape {other:?}");
+            Expr::T.times(e.k)
+        }
+    }
+}
+/// The contract's name for an IR activation.
+pub(crate) fn act_kind(a: Act) -> ActKind {
+    match a {
+        Act::Silu => ActKind::Silu,
+        Act::Gelu => ActKind::Gelu,
+        Act::GeluTanh => ActKind::GeluTanh,
+        Act::Softplus => ActKind::Softplus,
+    }
+}
+
+/// A dimension as a program size.
+pub(crate) fn dim_expr(d: Dim) -> Expr {
+    match d {
+        Dim::Const(n) => Expr::k(n as i64),
+        Dim::Sym(Sym::T) => Expr::T,
+        Dim::Sym(Sym::C) => Expr::C,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use zambac_ir::Bindings;
+
+    use super::*;
+
+    fn optimised(path: &str) -> Module {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let spec = zambac_frontend::load(&root.join(path)).unwrap().spec;
+        let mut m = zambac_ir::build(&spec).unwrap();
+        let mut pm = zambac_passes::PassManager::new(Default::default()).unwrap();
+        let mut cx = zambac_passes::PassCx::new(Bindings { t: 16, c: 16 });
+        pm.run(&mut m, &mut cx, &mut std::io::sink()).unwrap();
+        m
+    }
+
+    /// Flips one attribute of the first op `flip` accepts in the decode graph, so its
+    /// operand list no longer matches its attributes.
+    fn corrupt(m: &mut Module, flip: impl Fn(&mut OpKind) -> bool) {
+        let g = m.graph_mut("decode").unwrap();
+        let nodes: Vec<_> = g.nodes().collect();
+        let hit = nodes.into_iter().any(|n| flip(&mut g.node_mut(n).kind));
+        assert!(hit, "no op to corrupt");
+    }
+
+    #[test]
+    fn a_linear_whose_operands_do_not_match_its_attributes_is_an_error() {
+        let mut m = optimised("examples/tiny.toml");
+        corrupt(&mut m, |k| match k {
+            OpKind::Linear(a) => {
+                a.lora = !a.lora;
+                true
+            }
+            _ => false,
+        });
+        let e = kernelize(&m, Elem::F32).unwrap_err();
+        assert!(e.msg.contains("`linear`"), "{e}");
+    }
+
+    #[test]
+    fn a_mamba1_mixer_whose_operands_do_not_match_its_attributes_is_an_error() {
+        let mut m = optimised("../shared/fixtures/zamba1-tiny");
+        corrupt(&mut m, |k| match k {
+            OpKind::Mamba1Step(a) => {
+                a.conv_bias = !a.conv_bias;
+                true
+            }
+            _ => false,
+        });
+        let e = kernelize(&m, Elem::F32).unwrap_err();
+        assert!(e.msg.contains("`mamba1_step`"), "{e}");
+    }
+}

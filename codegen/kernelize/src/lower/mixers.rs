@@ -1,0 +1,252 @@
+//! The mixers: attention over the KV cache (GEMMs and a causal softmax in prefill, the
+//! generated decode kernel in decode) and the fused Mamba2 / Mamba1 mixers.
+
+use zambac_engine::{Expr, KernelKind, Matrix, Step, View};
+use zambac_ir::op::{AttnAttrs, Mamba1Attrs, Mamba2Attrs};
+use zambac_ir::operands::Mamba1Args;
+use zambac_ir::{NodeId, ValueRef};
+
+use super::GraphLowering;
+use crate::{KernelizeError, matrix};
+
+impl GraphLowering<'_> {
+    pub(super) fn attention(
+        &mut self,
+        n: NodeId,
+        a: &AttnAttrs,
+        ops: &[ValueRef],
+    ) -> Result<(), KernelizeError> {
+        let (q, kc, vc) = (ops[0], ops[1], ops[2]);
+        let out = n.out();
+        let (heads, kvh, hd) = (a.heads, a.kv_heads, a.head_dim);
+        if ops.len() == 4 {
+            if self.rows(q) != Expr::k(1) {
+                return self.err("attention from a position is only generated for one token");
+            }
+            let kind = KernelKind::AttentionDecode {
+                heads,
+                kv_heads: kvh,
+                head_dim: hd,
+                scale: a.scale,
+            };
+            let views = vec![self.view(q), self.view(kc), self.view(vc), self.view(out)];
+            self.launch(
+                "attention_decode",
+                kind,
+                Expr::k(heads as i64),
+                views,
+                vec![Expr::POS, Expr::C],
+            );
+            return Ok(());
+        }
+        // Prefill from position 0: per head, S = Q·Kᵀ (GEMM), causal softmax, O = S·V.
+        let t = self.rows(q);
+        let scores = self.new_scratch(Expr::T2);
+        let rep = heads / kvh;
+        let qw = (heads * hd) as i64;
+        for h in 0..heads {
+            let kv_off = Expr::C.times(((h / rep) * hd) as i64);
+            let qm = matrix(self.view(q), (h * hd) as i64, qw, 1);
+            let km = Matrix {
+                view: View::at(self.view(kc).buf, kv_off),
+                row_stride: Expr::k(1),
+                col_stride: Expr::k(hd as i64),
+            };
+            let sm = Matrix {
+                view: scores.clone(),
+                row_stride: Expr::T,
+                col_stride: Expr::k(1),
+            };
+            self.steps.push(Step::Gemm {
+                m: t,
+                n: Expr::T,
+                k: Expr::k(hd as i64),
+                a: qm,
+                b: km,
+                c: sm.clone(),
+                accumulate: false,
+            });
+            let kind = KernelKind::Softmax { scale: a.scale };
+            self.launch(
+                "softmax",
+                kind,
+                t,
+                vec![scores.clone()],
+                vec![Expr::k(0), Expr::T],
+            );
+            let vm = Matrix {
+                view: View::at(self.view(vc).buf, kv_off),
+                row_stride: Expr::k(hd as i64),
+                col_stride: Expr::k(1),
+            };
+            let om = matrix(self.view(out), (h * hd) as i64, qw, 1);
+            self.steps.push(Step::Gemm {
+                m: t,
+                n: Expr::k(hd as i64),
+                k: Expr::T,
+                a: sm,
+                b: vm,
+                c: om,
+                accumulate: false,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn mamba2(
+        &mut self,
+        n: NodeId,
+        m: &Mamba2Attrs,
+        ops: &[ValueRef],
+        step: bool,
+    ) -> Result<(), KernelizeError> {
+        let s = m.ssd;
+        let (di, gn) = (s.heads * s.head_dim, s.groups * s.state);
+        let cd = di + 2 * gn;
+        let zx = ops[0];
+        let width = self.last(zx);
+        let rows = self.rows(zx);
+        let (y, conv_state, ssm_state) = (n.res(0), n.res(1), n.res(2));
+        if step
+            && (self.view(ops[7]) != self.view(conv_state)
+                || self.view(ops[8]) != self.view(ssm_state))
+        {
+            return self.err("a Mamba step must update its states in place");
+        }
+        let xbc = self.new_scratch(rows.times(cd as i64));
+        let kind = KernelKind::Mamba2Conv {
+            width,
+            di,
+            cd,
+            k: m.conv,
+            step,
+        };
+        let views = vec![
+            self.view(zx),
+            self.view(ops[1]),
+            self.view(ops[2]),
+            self.view(conv_state),
+            xbc.clone(),
+        ];
+        self.launch("mamba2_conv", kind, Expr::k(cd as i64), views, vec![rows]);
+        let yscan = self.new_scratch(rows.times(di as i64));
+        let kind = KernelKind::Mamba2Scan {
+            width,
+            heads: s.heads,
+            head_dim: s.head_dim,
+            groups: s.groups,
+            state: s.state,
+            dt_min: m.dt_min,
+            step,
+        };
+        let views = vec![
+            self.view(zx),
+            xbc,
+            self.view(ops[3]),
+            self.view(ops[4]),
+            self.view(ops[5]),
+            yscan.clone(),
+            self.view(ssm_state),
+        ];
+        self.launch(
+            "mamba2_scan",
+            kind,
+            Expr::k(s.heads as i64),
+            views,
+            vec![rows],
+        );
+        let kind = KernelKind::Mamba2GateNorm {
+            width,
+            di,
+            groups: s.groups,
+            eps: m.norm_eps,
+        };
+        let views = vec![yscan, self.view(zx), self.view(ops[6]), self.view(y)];
+        self.launch("mamba2_gate_norm", kind, rows, views, vec![]);
+        Ok(())
+    }
+
+    pub(super) fn mamba1(
+        &mut self,
+        n: NodeId,
+        m: &Mamba1Attrs,
+        ops: &[ValueRef],
+        step: bool,
+    ) -> Result<(), KernelizeError> {
+        let s = m.scan;
+        let (nh, p, st, r) = (s.heads, s.head_dim, s.state, m.dt_rank);
+        let di = nh * p;
+        let w = r + 2 * st;
+        let Some(args) = m.operands(step).pick(ops) else {
+            return self.err(format!(
+                "a Mamba1 mixer with {} operands does not match its attributes",
+                ops.len()
+            ));
+        };
+        let Mamba1Args {
+            xz,
+            conv_weight,
+            conv_bias,
+            x_proj,
+            dt_proj_weight: dt_w,
+            dt_proj_bias: dt_b,
+            a_log,
+            d,
+            states,
+        } = args.copied();
+        let rows = self.rows(xz);
+        let (y, conv_state, ssm_state) = (n.res(0), n.res(1), n.res(2));
+        if let Some((conv_in, ssm_in)) = states
+            && (self.view(conv_in) != self.view(conv_state)
+                || self.view(ssm_in) != self.view(ssm_state))
+        {
+            return self.err("a Mamba step must update its states in place");
+        }
+        let xs = self.new_scratch(rows.times(di as i64));
+        let kind = KernelKind::Mamba1Conv {
+            di,
+            k: m.conv,
+            bias: m.conv_bias,
+            step,
+        };
+        let mut views = vec![self.view(xz), self.view(conv_weight)];
+        views.extend(conv_bias.map(|b| self.view(b)));
+        views.extend([self.view(conv_state), xs.clone()]);
+        self.launch("mamba1_conv", kind, Expr::k(di as i64), views, vec![rows]);
+        let bc = self.new_scratch(rows.times((nh * w) as i64));
+        let dt = self.new_scratch(rows.times(di as i64));
+        for h in 0..nh {
+            let a = matrix(xs.clone(), (h * p) as i64, di as i64, 1);
+            let b = matrix(self.view(x_proj), (h * w * p) as i64, 1, p as i64);
+            let c = matrix(bc.clone(), (h * w) as i64, (nh * w) as i64, 1);
+            self.gemm(rows, w, p, a, b, c, false);
+        }
+        for h in 0..nh {
+            let a = matrix(bc.clone(), (h * w) as i64, (nh * w) as i64, 1);
+            let b = matrix(self.view(dt_w), (h * p * r) as i64, 1, r as i64);
+            let c = matrix(dt.clone(), (h * p) as i64, di as i64, 1);
+            self.gemm(rows, p, r, a, b, c, false);
+        }
+        let kind = KernelKind::Mamba1Scan {
+            heads: nh,
+            head_dim: p,
+            state: st,
+            dt_rank: r,
+            dt_min: m.dt_min,
+            step,
+        };
+        let views = vec![
+            xs,
+            dt,
+            self.view(dt_b),
+            self.view(a_log),
+            bc,
+            self.view(d),
+            self.view(xz),
+            self.view(ssm_state),
+            self.view(y),
+        ];
+        self.launch("mamba1_scan", kind, Expr::k(di as i64), views, vec![rows]);
+        Ok(())
+    }
+}

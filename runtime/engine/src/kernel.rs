@@ -1,0 +1,201 @@
+//! The kernels an engine carries: what each computes ([`KernelKind`], specialised to the
+//! model's constant sizes) and its exported symbol. The order, roles and element types of
+//! each kind's views are data, in [`crate::signature`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::elem::Elem;
+
+/// What a generated kernel computes. Every kind is specialised to its constant sizes; the
+/// integer arguments listed are the only run-time values. "Rows" means `T` for prefill
+/// programs and 1 for decode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum KernelKind {
+    /// views `[tokens i64, table [V,H] elem, out [rows,H]]`; grid rows:
+    /// `out[r] = table[tokens[r]]`.
+    Embedding { hidden: usize, elem: Elem },
+    /// views `[x [rows,d], w [d] elem, out [rows,d]]`; grid rows: each of `groups` equal
+    /// slices of a row is scaled by `1/sqrt(mean(x²)+eps)`, then multiplied by `w`.
+    RmsNorm { d: usize, groups: usize, eps: f64 },
+    /// views `[a, b, w, sum, out]`; grid rows: `sum = a + b`, `out = RmsNorm(sum; w)`.
+    AddRmsNorm { d: usize, eps: f64 },
+    /// views `[a [rows,da], b [rows,db], w [da+db], out [rows,da+db]]`; grid rows:
+    /// `out = RmsNorm(concat(a, b); w)`.
+    ConcatRmsNorm { da: usize, db: usize, eps: f64 },
+    /// views `[a [rows,da], b [rows,db], r [rows]]`; grid rows: `r = 1/sqrt(mean(concat(a,
+    /// b)²) + eps)`, the factor RMSNorm of the concatenation scales the row by.
+    ConcatRmsScale { da: usize, db: usize, eps: f64 },
+    /// views `[y [rows,n], r [rows], out [rows,n]]`; grid rows: `out[t] = r[t]·y[t]`.
+    RowScale { n: usize },
+    /// Elementwise `out = a + b` or `a ⊙ b` over `[rows, n]`: views `[a, b, out]`, `b`
+    /// broadcast over rows when `b_rows` is false; grid rows.
+    Binary { op: BinOp, n: usize, b_rows: bool },
+    /// Matrix-vector products for one-row inputs, several weights sharing one pass over
+    /// `x`: views `[x [k], W_0 [rows_0,k], …, W_p, y_0 [rows_0], …, y_p]`; grid
+    /// `Σ rows_i`, index `i` is row `i - Σ_{j<q} rows_j` of part `q`:
+    /// `y_q[r] (+)= Σ_k x[k]·W_q[r,k]`.
+    Gemv {
+        k: usize,
+        rows: Vec<usize>,
+        elem: Elem,
+        accumulate: bool,
+        /// Elements between consecutive weight rows when it is not `k` (the product reads
+        /// a window of a wider weight).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        row_stride: Option<usize>,
+    },
+    /// Row-wise epilogue of a linear on `y [rows, n]`: views `[y, (bias [n]),
+    /// (m [rows, n]), out]`; ints `[pos0]`; grid rows. In order: `+ bias`; then one of
+    /// `act(y)`, `act(y[:n/2]) ⊙ y[n/2:]` (out has n/2 columns), `y ⊙ m`, or RoPE at
+    /// position `pos0 + r` (rotate-half over each head of `head_dim`; inverse frequencies
+    /// `1/θ^(2i/hd)` and angles `pos·inv_freq` formed in f32 as transformers does). `out`
+    /// may be the same view as `y` except for `Gate`. Also used alone (no linear) for a
+    /// pointwise activation or RoPE left unfused.
+    Epilogue {
+        n: usize,
+        bias: bool,
+        op: EpilogueOp,
+    },
+    /// Writes rows `k [rows, heads·hd]` into a cache `[heads, C, hd]` at positions
+    /// `pos0 + r`: views `[k, cache]`; ints `[pos0, C]`; grid rows.
+    KvWrite { heads: usize, head_dim: usize },
+    /// Causal softmax of attention scores `s [rows, ld]` in place: query `r` keeps columns
+    /// `0 ..= pos0 + r` (scaled by `scale`, normalised), the rest of its `ld` columns
+    /// become 0. views `[s]`; ints `[pos0, ld]` (`ld` = row width = row stride of `s`);
+    /// grid rows.
+    Softmax { scale: f64 },
+    /// One-token attention over a cache: views `[q [heads·hd], K [kvh,C,hd],
+    /// V [kvh,C,hd], out [heads·hd]]`; ints `[pos, C]`; grid heads: head `h` attends keys
+    /// `0 ..= pos` of KV head `h / (heads/kvh)` with `scale`.
+    AttentionDecode {
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f64,
+    },
+    /// Mamba2 conv over the xBC columns `[di, di+cd)` of `zx [rows, width]`: views
+    /// `[zx, w [cd,1,K], b [cd], state [cd,K-1], out [rows, cd]]`; ints `[rows]`;
+    /// grid channels `cd`. `out[t,c] = silu(b[c] + Σ_j w[c,j]·x[t-(K-1)+j, c])` with
+    /// `x[t', c] = zx[t', di + c]` and, for `t' < 0`, the history in `state` when `step`
+    /// (column `K-1+t'` of the channel's row) or zero; afterwards `state` holds the last
+    /// K-1 inputs (zero-padded on the left when fewer exist).
+    Mamba2Conv {
+        width: usize,
+        di: usize,
+        cd: usize,
+        k: usize,
+        step: bool,
+    },
+    /// Mamba2 SSD scan: views `[zx [rows,width], xbc [rows,cd], dt_bias [H], A_log [H],
+    /// D [H], y [rows, di], state [H,P,N]]`; ints `[rows]`; grid heads. For head `h`, from
+    /// `state` when `step` (else zero) and for each row `t`:
+    /// `Δ = max(softplus(zx[t, di+cd+h] + dt_bias[h]), dt_min)` (no max when `dt_min` is
+    /// None); `S ← exp(Δ·(−exp(A_log[h])))·S + Δ·x⊗B`;
+    /// `y[t, hP+p] = S[p]·C + D[h]·x[p]` where x, B (group `h/(H/G)`), C are the column
+    /// ranges `[hP, hP+P)`, `[di + gN, …)`, `[di + GN + gN, …)` of `xbc[t]`. `state` ends
+    /// holding the final S.
+    Mamba2Scan {
+        width: usize,
+        heads: usize,
+        head_dim: usize,
+        groups: usize,
+        state: usize,
+        dt_min: Option<f64>,
+        step: bool,
+    },
+    /// Mamba2 gate and gated group norm: views `[y [rows,di], zx [rows,width],
+    /// w [di], out [rows,di]]`; grid rows:
+    /// `out = w ⊙ GroupRmsNorm(y ⊙ silu(zx[:, 0..di]))` with `groups` groups.
+    Mamba2GateNorm {
+        width: usize,
+        di: usize,
+        groups: usize,
+        eps: f64,
+    },
+    /// Mamba1 conv over the interleaved x columns (`xz[t, 2c]`) of `xz [rows, 2·di]`:
+    /// views `[xz, w [di,1,K], (b [di]), state [di,K-1], out [rows,di]]`; ints `[rows]`;
+    /// grid channels `di`; as [`KernelKind::Mamba2Conv`] otherwise.
+    Mamba1Conv {
+        di: usize,
+        k: usize,
+        bias: bool,
+        step: bool,
+    },
+    /// Mamba1 selective scan with gate: views `[x [rows,di], dt [rows,di] (dt_proj
+    /// output), dt_bias [di], A_log [di,N], Bc [rows, nh, R+2N] (x_proj output), D [di],
+    /// xz [rows, 2·di], state [di, N], y [rows, di]]`; ints `[rows]`; grid channels `di`.
+    /// Channel `c` of head `h = c / P`: `Δ = softplus(dt[t,c] + dt_bias[c])` (max with
+    /// `dt_min`), `S ← exp(Δ·(−exp(A_log[c])))⊙S + Δ·x[t,c]·B`, `y = (S·C + D[c]·x[t,c]) ·
+    /// silu(xz[t, 2c+1])`, with B, C the columns `[R, R+N)`, `[R+N, R+2N)` of
+    /// `Bc[t, h]`.
+    Mamba1Scan {
+        heads: usize,
+        head_dim: usize,
+        state: usize,
+        dt_rank: usize,
+        dt_min: Option<f64>,
+        step: bool,
+    },
+}
+
+impl KernelKind {
+    /// The kind's name, without its sizes (for messages and profiles).
+    pub fn name(&self) -> &'static str {
+        match self {
+            KernelKind::Embedding { .. } => "Embedding",
+            KernelKind::RmsNorm { .. } => "RmsNorm",
+            KernelKind::AddRmsNorm { .. } => "AddRmsNorm",
+            KernelKind::ConcatRmsNorm { .. } => "ConcatRmsNorm",
+            KernelKind::ConcatRmsScale { .. } => "ConcatRmsScale",
+            KernelKind::RowScale { .. } => "RowScale",
+            KernelKind::Binary { .. } => "Binary",
+            KernelKind::Gemv { .. } => "Gemv",
+            KernelKind::Epilogue { .. } => "Epilogue",
+            KernelKind::KvWrite { .. } => "KvWrite",
+            KernelKind::Softmax { .. } => "Softmax",
+            KernelKind::AttentionDecode { .. } => "AttentionDecode",
+            KernelKind::Mamba2Conv { .. } => "Mamba2Conv",
+            KernelKind::Mamba2Scan { .. } => "Mamba2Scan",
+            KernelKind::Mamba2GateNorm { .. } => "Mamba2GateNorm",
+            KernelKind::Mamba1Conv { .. } => "Mamba1Conv",
+            KernelKind::Mamba1Scan { .. } => "Mamba1Scan",
+        }
+    }
+}
+
+/// Elementwise binary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BinOp {
+    Add,
+    Mul,
+}
+
+/// The part of a linear's epilogue after the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EpilogueOp {
+    None,
+    Act(ActKind),
+    Gate(ActKind),
+    Mul,
+    Rope {
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    },
+}
+
+/// Serialisable twin of [`Act`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActKind {
+    Silu,
+    Gelu,
+    GeluTanh,
+    Softplus,
+}
+
+/// A kernel to generate: its exported symbol and what it computes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kernel {
+    pub symbol: String,
+    pub kind: KernelKind,
+}

@@ -1,0 +1,61 @@
+//! The engine contract: everything codegen writes and every backend reads, in one crate
+//! that links no compiler.
+//!
+//! - [`Elem`] — the one element type of IR values, kernel views, weights and buffers;
+//! - [`program`] — execution programs: steps over buffers, sizes as [`Expr`]essions;
+//! - [`kernel`] — the kernel kinds an engine carries, and [`signature`] — each kind's views
+//!   (roles, element types, access, extents), integer arguments and grid, as data;
+//! - [`model`] — the model's dimensions and the typed layout of a sequence's state;
+//! - [`manifest`] — `manifest.json`;
+//! - [`Engine::open`] and [`EngineWriter`] — the engine directory: written atomically and
+//!   reproducibly, opened only after every file and checksum checks out;
+//! - [`validate`] — the one validator that the writer runs before it commits an engine
+//!   and the loader runs before anything executes.
+//!
+//! An engine is a directory:
+//!
+//! - `manifest.json` — [`Manifest`]: format version, model, weight table, kernel table,
+//!   execution programs, the names and checksums of the other files, build notes;
+//! - `weights.bin` — every parameter once, f32 or bf16, each at a 64-byte aligned offset so
+//!   the file is used in place through a memory map;
+//! - `host.so` — the generated CPU kernels (`zk_<symbol>`, see [`program`]);
+//! - `kernels.ptx` — the generated GPU kernels, when built for a GPU;
+//! - `tokenizer.json` — the model's tokenizer, when it came with one.
+
+mod elem;
+mod error;
+pub mod expr;
+pub mod kernel;
+pub mod manifest;
+pub mod model;
+mod open;
+pub mod program;
+pub mod signature;
+mod sizes;
+pub mod validate;
+mod writer;
+
+pub use elem::{Elem, bf16_bits, widen_bf16};
+pub use error::EngineError;
+pub use expr::{Domain, Expr, Point};
+pub use kernel::{ActKind, BinOp, EpilogueOp, Kernel, KernelKind};
+pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, WeightEntry};
+pub use model::{ModelInfo, StateRole, StateSpec};
+pub use open::{Engine, WeightView};
+pub use program::{Buffer, Matrix, Program, ProgramName, Step, View};
+pub use signature::{Access, Role, Signature};
+pub use sizes::check_symbol;
+pub use writer::{Companions, EngineWriter, WriteProgress};
+
+/// The only manifest layout this crate reads and writes. Version 2: the model section
+/// (dimensions, typed state layout, tokenizer) replaced the compiler's model description,
+/// weights and kernels share one element type, programs are named by kind.
+pub const FORMAT_VERSION: u32 = 2;
+/// Alignment of every tensor in `weights.bin`: a cache line, and enough for any SIMD load.
+pub const WEIGHT_ALIGN: u64 = 64;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const WEIGHTS_FILE: &str = "weights.bin";
+pub const HOST_FILE: &str = "host.so";
+pub const PTX_FILE: &str = "kernels.ptx";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";

@@ -1,0 +1,160 @@
+//! What a backend needs to know about the model an engine runs, in the contract's own
+//! types: its dimensions, the layout of a sequence's state (conv and SSM states of every
+//! Mamba layer, K/V caches of every attention invocation) and where its tokenizer is.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::elem::Elem;
+use crate::expr::Expr;
+use crate::manifest::FileRef;
+
+/// The model of an engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub name: String,
+    /// `zamba2` or `zamba` (informational: the programs say what is computed).
+    pub family: String,
+    /// Columns of the logits; token ids must be below it.
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    /// Layers of the backbone (each with its Mamba mixer).
+    pub layers: usize,
+    /// Storage type of the matrix weights (the others are f32).
+    pub weight_elem: Elem,
+    /// Every tensor of a sequence's state, in the order the programs list them.
+    pub state: Vec<StateSpec>,
+    /// The `tokenizer.json` copied into the engine, when the model came with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<FileRef>,
+}
+
+/// One tensor of a sequence's state: what it is and its shape, in which the KV caches'
+/// capacity appears as `C`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    pub role: StateRole,
+    pub shape: Vec<Expr>,
+}
+
+impl StateSpec {
+    /// The shape for a KV-cache capacity of `capacity` tokens.
+    pub fn dims(&self, capacity: usize) -> Option<Vec<usize>> {
+        self.shape
+            .iter()
+            .map(|e| usize::try_from(e.eval(1, capacity, 0)?).ok())
+            .collect()
+    }
+}
+
+/// What a state tensor holds. Programs name it by [`StateRole::name`] (`conv.3`, `k.5`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StateRole {
+    /// The causal conv's last inputs of Mamba layer `layer`.
+    Conv { layer: usize },
+    /// The SSM state of Mamba layer `layer`.
+    Ssm { layer: usize },
+    /// The key cache of the attention invocation at layer `layer`: `[kv_heads, C, head_dim]`.
+    Key { layer: usize },
+    /// The value cache beside [`StateRole::Key`].
+    Value { layer: usize },
+}
+
+impl StateRole {
+    /// The name programs use for this tensor.
+    pub fn name(&self) -> String {
+        self.to_string()
+    }
+
+    /// Whether the tensor grows with the context (a KV cache).
+    pub fn is_cache(&self) -> bool {
+        matches!(self, StateRole::Key { .. } | StateRole::Value { .. })
+    }
+
+    pub fn layer(&self) -> usize {
+        match *self {
+            StateRole::Conv { layer }
+            | StateRole::Ssm { layer }
+            | StateRole::Key { layer }
+            | StateRole::Value { layer } => layer,
+        }
+    }
+}
+
+impl fmt::Display for StateRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = match self {
+            StateRole::Conv { .. } => "conv",
+            StateRole::Ssm { .. } => "ssm",
+            StateRole::Key { .. } => "k",
+            StateRole::Value { .. } => "v",
+        };
+        write!(f, "{prefix}.{}", self.layer())
+    }
+}
+
+impl FromStr for StateRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StateRole, String> {
+        let bad = || format!("`{s}` is not a state name (conv.L, ssm.L, k.L or v.L)");
+        let (prefix, layer) = s.split_once('.').ok_or_else(bad)?;
+        let digits = !layer.is_empty() && layer.bytes().all(|b| b.is_ascii_digit());
+        let layer: usize = layer.parse().ok().filter(|_| digits).ok_or_else(bad)?;
+        match prefix {
+            "conv" => Ok(StateRole::Conv { layer }),
+            "ssm" => Ok(StateRole::Ssm { layer }),
+            "k" => Ok(StateRole::Key { layer }),
+            "v" => Ok(StateRole::Value { layer }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Serialize for StateRole {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StateRole {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StateRole, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for r in [
+            StateRole::Conv { layer: 0 },
+            StateRole::Ssm { layer: 12 },
+            StateRole::Key { layer: 5 },
+            StateRole::Value { layer: 53 },
+        ] {
+            assert_eq!(r.name().parse::<StateRole>(), Ok(r));
+        }
+        for bad in ["conv", "k.", "q.1", "ssm.+1", "v.1.2", "conv.-1"] {
+            assert!(bad.parse::<StateRole>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cache_dims_follow_the_capacity() {
+        let k = StateSpec {
+            role: StateRole::Key { layer: 2 },
+            shape: vec![Expr::k(2), Expr::C, Expr::k(8)],
+        };
+        assert_eq!(k.dims(100), Some(vec![2, 100, 8]));
+        assert!(k.role.is_cache());
+    }
+}

@@ -1,0 +1,156 @@
+//! The sizes a kernel kind may have: positive where a size is counted, dividing where the
+//! kind splits one size by another, wide enough where it reads columns of a row. Codegen
+//! builds no kernel, and the validator accepts no engine, whose kinds fail these checks.
+
+use crate::elem::Elem;
+use crate::kernel::{EpilogueOp, KernelKind};
+
+/// Whether `symbol` can be exported as `zk_<symbol>`: a C identifier.
+pub fn check_symbol(symbol: &str) -> Result<(), String> {
+    let identifier = !symbol.is_empty()
+        && !symbol.starts_with(|c: char| c.is_ascii_digit())
+        && symbol
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if identifier {
+        Ok(())
+    } else {
+        Err(format!(
+            "kernel symbol `{symbol}` is not a C identifier ([A-Za-z_][A-Za-z0-9_]*)"
+        ))
+    }
+}
+
+/// Rejects sizes that no program can mean (zero sizes, groups that do not divide, a
+/// grouped-query ratio that is not whole, …).
+pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
+    use KernelKind as K;
+    let positive = |what: &str, n: usize| {
+        if n == 0 {
+            Err(format!("{what} must be positive"))
+        } else {
+            Ok(())
+        }
+    };
+    let divides = |what: &str, part: usize, whole: usize| {
+        if part == 0 || !whole.is_multiple_of(part) {
+            Err(format!("{what} ({part}) must divide {whole}"))
+        } else {
+            Ok(())
+        }
+    };
+    let weight = |elem: Elem| {
+        if elem == Elem::I64 {
+            Err("weights must be f32, bf16 or f16, not i64".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    match kind {
+        K::Embedding { hidden, elem } => positive("hidden", *hidden).and(weight(*elem)),
+        K::RmsNorm { d, groups, .. } => positive("d", *d).and(divides("groups", *groups, *d)),
+        K::AddRmsNorm { d, .. } => positive("d", *d),
+        K::ConcatRmsNorm { da, db, .. } | K::ConcatRmsScale { da, db, .. } => {
+            positive("da + db", da.saturating_add(*db))
+        }
+        K::RowScale { n } => positive("n", *n),
+        K::Binary { n, .. } => positive("n", *n),
+        K::Gemv {
+            k,
+            rows,
+            elem,
+            row_stride,
+            ..
+        } => {
+            positive("k", *k)?;
+            if row_stride.is_some_and(|ld| ld < *k) {
+                return Err(format!("row stride {row_stride:?} is shorter than k = {k}"));
+            }
+            positive("the number of parts", rows.len())?;
+            weight(*elem)
+        }
+        K::Epilogue { n, op, .. } => {
+            positive("n", *n)?;
+            match op {
+                EpilogueOp::Gate(_) => divides("2", 2, *n),
+                EpilogueOp::Rope {
+                    heads, head_dim, ..
+                } => {
+                    divides("2", 2, *head_dim)?;
+                    let width = heads.saturating_mul(*head_dim);
+                    if width != *n {
+                        return Err(format!("RoPE heads·head_dim = {width} ≠ n = {n}"));
+                    }
+                    positive("head_dim", *head_dim)
+                }
+                _ => Ok(()),
+            }
+        }
+        K::KvWrite { heads, head_dim } => positive("heads", *heads).and(positive("hd", *head_dim)),
+        K::Softmax { .. } => Ok(()),
+        K::AttentionDecode {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } => {
+            positive("head_dim", *head_dim)?;
+            positive("heads", *heads)?;
+            divides("kv_heads", *kv_heads, *heads)
+        }
+        K::Mamba2Conv {
+            width, di, cd, k, ..
+        } => {
+            positive("cd", *cd)?;
+            positive("k", *k)?;
+            wide_enough(*width, di.saturating_add(*cd))
+        }
+        K::Mamba2Scan {
+            width,
+            heads,
+            head_dim,
+            groups,
+            state,
+            ..
+        } => {
+            positive("head_dim", *head_dim)?;
+            positive("state", *state)?;
+            positive("heads", *heads)?;
+            divides("groups", *groups, *heads)?;
+            let di = heads.saturating_mul(*head_dim);
+            let bc = groups.saturating_mul(*state).saturating_mul(2);
+            wide_enough(
+                *width,
+                di.saturating_mul(2)
+                    .saturating_add(bc)
+                    .saturating_add(*heads),
+            )
+        }
+        K::Mamba2GateNorm {
+            width, di, groups, ..
+        } => {
+            positive("di", *di)?;
+            divides("groups", *groups, *di)?;
+            wide_enough(*width, *di)
+        }
+        K::Mamba1Conv { di, k, .. } => positive("di", *di).and(positive("k", *k)),
+        K::Mamba1Scan {
+            heads,
+            head_dim,
+            state,
+            ..
+        } => positive("heads", *heads)
+            .and(positive("head_dim", *head_dim))
+            .and(positive("state", *state)),
+    }
+}
+
+fn wide_enough(width: usize, needed: usize) -> Result<(), String> {
+    if width < needed {
+        Err(format!(
+            "width {width} is smaller than the {needed} columns the kernel reads"
+        ))
+    } else {
+        Ok(())
+    }
+}

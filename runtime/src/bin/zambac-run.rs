@@ -1,0 +1,34 @@
+//! `zambac-run`: the small runtime a user deploys beside an engine. It runs and benchmarks
+//! engines built by `zambac build`, and links no compiler: no MLIR, no LLVM, no frontend.
+
+use clap::{Parser, Subcommand};
+use zambac_runtime::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "zambac-run",
+    version,
+    about = "Runs zambac engines (built by `zambac build`) without the compiler"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate from an engine: prefill the prompt, then decode token by token.
+    Run(cli::RunArgs),
+    /// Measure an engine: prefill, time to first token, decode tokens/s, peak RSS.
+    Bench(cli::BenchArgs),
+}
+
+fn main() {
+    let result = match &Cli::parse().command {
+        Command::Run(a) => cli::run(a),
+        Command::Bench(a) => cli::bench(a),
+    };
+    if let Err(e) = result {
+        std::process::exit(cli::report(&e));
+    }
+}

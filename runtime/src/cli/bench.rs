@@ -1,0 +1,173 @@
+//! `bench`: prefill time, time to first token, decode tokens/s and peak RSS of an engine
+//! on the cpu backend, with a per-kernel profile on request.
+
+use std::path::PathBuf;
+
+use zambac_engine::Engine;
+
+use crate::bench::{self, BenchReport, human_bytes as bytes};
+use crate::cpu::{CpuBackend, ProfileRow};
+use crate::error::RuntimeError;
+use crate::session::Backend;
+
+/// Options of `bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// An engine directory (from `zambac build`).
+    pub engine: PathBuf,
+    /// Prompt length: prefill computes the last position's logits, as a generating user
+    /// pays it.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_len: usize,
+    /// Tokens decoded after the prompt.
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Seed of the random prompt.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also time every kernel: one more prefill and `--new-tokens` more decode steps run
+    /// with a clock around each step, and a table per phase shows where the time goes.
+    #[arg(long)]
+    pub profile: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Per-kernel times of one profiled prefill and of the profiled decode steps.
+#[derive(serde::Serialize)]
+struct Profile {
+    prefill: Vec<ProfileRow>,
+    decode: Vec<ProfileRow>,
+    /// Wall time of the profiled prefill (to its first token) and of all profiled decode
+    /// steps: what the kernel times leave out is launch bookkeeping and buffer setup.
+    prefill_wall_s: f64,
+    decode_wall_s: f64,
+}
+
+/// The JSON object: the report, and the profile when asked for.
+#[derive(serde::Serialize)]
+struct Output<'a> {
+    #[serde(flatten)]
+    report: &'a BenchReport,
+    threads: usize,
+    gemm_library: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Profile>,
+}
+
+/// Benchmarks the engine `args.engine` and prints the report.
+pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
+    if !args.engine.join(zambac_engine::MANIFEST_FILE).is_file() {
+        return Err(RuntimeError::Input(format!(
+            "`{}` is not an engine directory (no manifest.json); build one with `zambac build`",
+            args.engine.display()
+        )));
+    }
+    if args.prompt_len == 0 {
+        return Err(RuntimeError::Input(
+            "--prompt-len must be at least 1".into(),
+        ));
+    }
+    let mut backend = CpuBackend::new(Engine::open(&args.engine)?, args.threads)?;
+    let r = bench::run(&mut backend, args.prompt_len, args.new_tokens, args.seed)?;
+    let profile = if args.profile {
+        Some(profile(&mut backend, args)?)
+    } else {
+        None
+    };
+    if args.json {
+        let out = Output {
+            report: &r,
+            threads: backend.threads(),
+            gemm_library: backend.gemm_library(),
+            profile,
+        };
+        let text = serde_json::to_string_pretty(&out)
+            .map_err(|e| RuntimeError::Internal(format!("cannot print the report: {e}")))?;
+        println!("{text}");
+    } else {
+        println!("engine        {}", args.engine.display());
+        println!(
+            "cpu backend   {} threads; matrix products by {}",
+            backend.threads(),
+            backend.gemm_library()
+        );
+        println!(
+            "prefill       {:.4} s for {} tokens ({:.1} tok/s)",
+            r.prefill_s, r.prompt_len, r.prefill_tok_per_s
+        );
+        println!("first token   {:.4} s", r.ttft_s);
+        println!(
+            "decode        {:.2} tok/s ({:.2} ms/token over {} tokens)",
+            r.decode_tok_per_s,
+            1e3 / r.decode_tok_per_s,
+            r.new_tokens
+        );
+        println!("peak RSS      {}", bytes(r.peak_rss_bytes));
+        if let Some(p) = profile {
+            print_table(
+                &format!("prefill of {} tokens", r.prompt_len),
+                &p.prefill,
+                (1, p.prefill_wall_s),
+            );
+            if r.new_tokens > 0 {
+                print_table(
+                    &format!("decode, per token (mean of {})", r.new_tokens),
+                    &p.decode,
+                    (r.new_tokens, p.decode_wall_s),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the benchmark's prompt once more and decodes `--new-tokens` greedily, with every
+/// step timed.
+fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> Result<Profile, RuntimeError> {
+    let prompt = bench::random_prompt(backend.vocab_size(), args.prompt_len, args.seed);
+    backend.set_profiling(true);
+    let mut prefill = Vec::new();
+    let wall = bench::prefill_then_decode(backend, &prompt, args.new_tokens, |b| {
+        prefill = b.take_profile();
+    })?;
+    let decode = backend.take_profile();
+    backend.set_profiling(false);
+    Ok(Profile {
+        prefill,
+        decode,
+        prefill_wall_s: wall.ttft_s,
+        decode_wall_s: wall.decode_s,
+    })
+}
+
+/// One phase's rows: kind, symbol, launches and time per `per` runs, share of the phase;
+/// `wall` is the phase's wall time over all `per` runs.
+fn print_table(title: &str, rows: &[ProfileRow], (per, wall): (usize, f64)) {
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    println!(
+        "\n{title}: {:.3} ms in kernels of {:.3} ms",
+        total * 1e3 / per as f64,
+        wall * 1e3 / per as f64
+    );
+    println!(
+        "  {:<16} {:<22} {:>8} {:>10} {:>6} {:>9}",
+        "kind", "kernel", "calls", "ms", "share", "GFLOP/s"
+    );
+    for r in rows {
+        let rate = r.gflop_per_s.map_or(String::new(), |g| format!("{g:.1}"));
+        println!(
+            "  {:<16} {:<22} {:>8} {:>10.3} {:>5.1}% {:>9}",
+            r.kind,
+            r.name,
+            r.calls / per as u64,
+            r.seconds * 1e3 / per as f64,
+            100.0 * r.seconds / total.max(f64::MIN_POSITIVE),
+            rate
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! `run` and `bench` as command lines, shared by the runtime binary `zambac-run` and the
+//! compiler binary `zambac`: the same flags, the same output, the same `--dump-logits`
+//! file. The compiler adds what only it can do (compile a model first, or interpret it).
+
+mod bench;
+mod run;
+
+pub use bench::{BenchArgs, bench};
+pub use run::{
+    GenerateArgs, RunArgs, engine_tokenizer, generate_and_report, parse_tokens, prompt, run,
+};
+
+use crate::error::RuntimeError;
+
+/// Prints `e` the way both binaries do and returns the exit code: 2 for what the user can
+/// fix (bad input, a damaged engine), 1 for internal errors.
+pub fn report(e: &RuntimeError) -> i32 {
+    if e.is_user_error() {
+        eprintln!("error: {}", e.to_string().trim_end());
+        2
+    } else {
+        eprintln!("{e}");
+        1
+    }
+}
