@@ -29,6 +29,7 @@ enum Command {
 }
 
 fn main() {
+    zambac_runtime::cli::quiet_on_closed_pipe();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Build(a) => build_cmd::run(a),

@@ -197,3 +197,38 @@ fn bad_input_exits_2() {
         stderr(&out)
     );
 }
+
+/// A reader that goes away (`zambac-run run … | head -c 1`) ends the process the way it
+/// ends any Unix filter — by SIGPIPE — not with a panic on the next write.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let f = fixture();
+    let prompt = prompt_arg();
+    let mut args = run_args(&f.dir, &prompt, "64");
+    args.push("--json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zambac-run"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigpipe()),
+        "{:?}: {err}",
+        out.status
+    );
+}
+
+/// SIGPIPE's number on Linux and the BSDs.
+#[cfg(unix)]
+fn libc_sigpipe() -> i32 {
+    13
+}

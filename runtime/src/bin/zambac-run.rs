@@ -24,6 +24,7 @@ enum Command {
 }
 
 fn main() {
+    cli::quiet_on_closed_pipe();
     let result = match &Cli::parse().command {
         Command::Run(a) => cli::run(a),
         Command::Bench(a) => cli::bench(a),

@@ -12,6 +12,18 @@ pub use run::{
 
 use crate::error::RuntimeError;
 
+/// Lets a closed standard output (`zambac-run run … | head`) end the process quietly, as it
+/// ends any Unix filter, instead of failing the next write; Rust ignores SIGPIPE by
+/// default, which turns every `println!` after the reader left into a panic.
+pub fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up, before any thread
+    // exists, has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Prints `e` the way both binaries do and returns the exit code: 2 for what the user can
 /// fix (bad input, a damaged engine), 1 for internal errors.
 pub fn report(e: &RuntimeError) -> i32 {
