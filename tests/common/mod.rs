@@ -66,17 +66,29 @@ pub fn zambac(args: &[&str]) -> Output {
         .expect("zambac runs")
 }
 
-/// The runtime binary `zambac-run`, built beside `zambac` by `cargo test --workspace`
-/// (and `cargo build`).
+/// The runtime binary `zambac-run`, beside `zambac`. It belongs to another package, which
+/// `cargo test -p zambac` alone does not build, so the first call builds it (a no-op when
+/// it is up to date) with the profile these tests were built with.
 pub fn zambac_run_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let zambac = PathBuf::from(env!("CARGO_BIN_EXE_zambac"));
-    let bin = zambac.with_file_name(format!("zambac-run{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build -p zambac-runtime` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
+    BUILT.call_once(|| {
+        let release = zambac.components().any(|c| c.as_os_str() == "release");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "-q", "-p", "zambac-runtime", "--bin", "zambac-run"])
+            .current_dir(root());
+        if release {
+            cargo.arg("--release");
+        }
+        let out = cargo.output().expect("running cargo build");
+        assert!(
+            out.status.success(),
+            "building zambac-run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    zambac.with_file_name(format!("zambac-run{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Runs the `zambac-run` binary.
