@@ -40,11 +40,15 @@ pub struct BuildArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// LLVM CPU to generate host code for (default: this machine's, e.g. `znver3`).
+    /// LLVM CPU to generate host code for (default: this machine's, e.g. `znver3`). The
+    /// portable levels `x86-64`, `x86-64-v2`, `x86-64-v3` (AVX2) and `x86-64-v4` (AVX-512)
+    /// imply their features; any other CPU needs `--cpu-features` too, so the engine can
+    /// record what its code needs.
     #[arg(long)]
     pub cpu: Option<String>,
-    /// LLVM feature string for the host CPU (default: this machine's). With `+avx2`, vector
-    /// `exp`/`erf`/`tanh`/`log1p` call glibc's libmvec; without it, scalar libm per lane.
+    /// LLVM feature string for the host CPU (default: this machine's, or the `--cpu`
+    /// level's). With `+avx2`, vector `exp`/`erf`/`tanh`/`log1p` call glibc's libmvec;
+    /// without it, scalar libm per lane.
     #[arg(long)]
     pub cpu_features: Option<String>,
     #[command(flatten)]
@@ -85,7 +89,7 @@ pub fn generate_code(c: &Compiled, args: &BuildArgs) -> CliResult<GeneratedCode>
         CliError::Internal(anyhow::anyhow!("code generation failed: {e}"))
     };
     let host = if args.target != "sm_90" {
-        let target = host_target(args);
+        let target = host_target(args)?;
         Some(
             zambac_codegen::compile_host(&c.lowered.kernels, &target, dumps.as_deref())
                 .map_err(codegen_err)?,
@@ -111,12 +115,42 @@ pub struct GeneratedCode {
     pub gpu: Option<zambac_codegen::GpuModule>,
 }
 
-pub fn host_target(args: &BuildArgs) -> zambac_codegen::HostTarget {
+/// The CPU to generate host code for, with every extension its code may use spelled out
+/// (the engine records them and a runtime checks them against its CPU).
+pub fn host_target(args: &BuildArgs) -> CliResult<zambac_codegen::HostTarget> {
     let native = zambac_codegen::HostTarget::native();
-    zambac_codegen::HostTarget {
+    let features = match (&args.cpu, &args.cpu_features) {
+        (_, Some(f)) => f.clone(),
+        (None, None) => native.features,
+        (Some(cpu), None) if *cpu == native.cpu => native.features,
+        (Some(cpu), None) => psabi_features(cpu).ok_or_else(|| {
+            CliError::input(format!(
+                "error: --cpu {cpu}: give its extensions with --cpu-features (e.g. \
+                 `+avx2,+fma`), or use a portable level: x86-64, x86-64-v2, x86-64-v3, \
+                 x86-64-v4"
+            ))
+        })?,
+    };
+    Ok(zambac_codegen::HostTarget {
         cpu: args.cpu.clone().unwrap_or(native.cpu),
-        features: args.cpu_features.clone().unwrap_or(native.features),
-    }
+        features,
+    })
+}
+
+/// The extensions the x86-64 psABI levels guarantee, as an LLVM feature string.
+fn psabi_features(cpu: &str) -> Option<String> {
+    const V1: &str = "+sse,+sse2,+cx8,+cmov,+fxsr,+mmx";
+    const V2: &str = ",+cx16,+popcnt,+sse3,+sse4.1,+sse4.2,+ssse3,+sahf";
+    const V3: &str = ",+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave";
+    const V4: &str = ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl";
+    let levels = match cpu {
+        "x86-64" => [V1, "", "", ""],
+        "x86-64-v2" => [V1, V2, "", ""],
+        "x86-64-v3" => [V1, V2, V3, ""],
+        "x86-64-v4" => [V1, V2, V3, V4],
+        _ => return None,
+    };
+    Some(levels.concat())
 }
 
 /// Frontend, IR, passes and kernelize.

@@ -52,7 +52,10 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<()> {
         } else {
             Elem::F32
         };
-        let idx = w.add_weight(&p.name, &p.shape, &data, stored)?;
+        let idx = match &c.lowered.weight_blocks[i] {
+            Some(blocks) => w.add_blocked_weight(&p.name, &p.shape, &data, stored, blocks)?,
+            None => w.add_weight(&p.name, &p.shape, &data, stored)?,
+        };
         if idx as usize != i {
             return Err(CliError::Internal(anyhow::anyhow!(
                 "weight {} written at index {idx}",
@@ -60,10 +63,8 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<()> {
             )));
         }
     }
-    let target = host_target(args);
+    let target = host_target(args)?;
     let mut build = serde_json::json!({
-        "target_cpu": target.cpu,
-        "target_features": target.features,
         "targets": args.target,
         "weights": match &c.input.weights {
             WeightSource::Random(seed) => format!("random:{seed}"),
@@ -107,6 +108,10 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<()> {
         })?,
         kernels: c.lowered.kernels.clone(),
         programs: c.lowered.programs.clone(),
+        host_target: code.host.as_ref().map(|_| zambac_engine::TargetCpu {
+            cpu: target.cpu.clone(),
+            features: target.features.clone(),
+        }),
         build,
     };
     let empty = Vec::new();

@@ -276,3 +276,59 @@ fn bench_profile_accounts_for_every_kernel_of_a_step() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v.get("profile").is_none());
 }
+
+/// `--cpu x86-64-v3` builds portable AVX2 host code: the engine records exactly the
+/// extensions the level implies, runs here, and the runtime names what of this CPU the
+/// code leaves unused. A CPU name whose extensions zambac cannot spell out needs
+/// `--cpu-features`.
+#[test]
+fn portable_host_code_records_its_extensions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("v3.engine");
+    let o = build(
+        &root().join("examples/tiny.toml"),
+        &out,
+        &["--cpu", "x86-64-v3"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["host_target"]["cpu"], "x86-64-v3");
+    let features = m["host_target"]["features"].as_str().unwrap();
+    assert!(
+        features.contains("+avx2") && features.contains("+fma"),
+        "{features}"
+    );
+    assert!(!features.contains("avx512"), "{features}");
+    let b = zambac_run(&[
+        "bench",
+        out.to_str().unwrap(),
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&b)).unwrap();
+    let host = r["host_code"].as_str().unwrap();
+    assert!(host.contains("x86-64-v3"), "{host}");
+    let has_avx512 = r["cpu"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "avx512f");
+    assert_eq!(host.contains("avx512f"), has_avx512, "{host}");
+
+    let named = build(
+        &root().join("examples/tiny.toml"),
+        &tmp.path().join("named.engine"),
+        &["--cpu", "some-future-cpu"],
+    );
+    assert_eq!(named.status.code(), Some(2), "{}", stderr(&named));
+    assert!(
+        stderr(&named).contains("--cpu-features"),
+        "{}",
+        stderr(&named)
+    );
+}

@@ -96,6 +96,10 @@ fn engine(
         source: serde_json::Value::Null,
         kernels,
         programs: vec![prefill, decode],
+        host_target: Some(zambac_engine::TargetCpu {
+            cpu: "x86-64".into(),
+            features: "+sse,+sse2".into(),
+        }),
         build: serde_json::Value::Null,
     };
     w.finish(parts, companions(host)).unwrap();
@@ -135,6 +139,10 @@ fn engine_io(dir: &Path, host: &[u8]) {
                 program(ProgramName::Prefill, vec![], vec![]),
                 program(ProgramName::Decode, vec![], vec![]),
             ],
+            host_target: Some(zambac_engine::TargetCpu {
+                cpu: "x86-64".into(),
+                features: "+sse,+sse2".into(),
+            }),
             build: serde_json::Value::Null,
         };
         w.finish(parts, companions(host)).unwrap();

@@ -125,6 +125,11 @@ pub trait Backend {
     /// updated in place and its position moves on by one. After an error the state may be
     /// partly updated and must not be used again.
     fn decode(&mut self, token: i64, state: &mut State) -> Result<Tensor, RuntimeError>;
+
+    /// What executes the model, as `label: text` lines for `--verbose` and reports.
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// Checks that a state can take one more token: its caches have room.

@@ -185,6 +185,10 @@ fn split_products_match_plain_rust_on_any_thread_count() {
         source: serde_json::Value::Null,
         kernels: vec![],
         programs: vec![program(ProgramName::Prefill), program(ProgramName::Decode)],
+        host_target: Some(zambac_engine::TargetCpu {
+            cpu: "x86-64".into(),
+            features: "+sse,+sse2".into(),
+        }),
         build: serde_json::Value::Null,
     };
     let files = Companions {

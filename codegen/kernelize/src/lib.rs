@@ -42,6 +42,10 @@ pub struct Lowered {
     pub programs: Vec<Program>,
     /// Storage type of each parameter: `dtype` for matrix weights, f32 for the rest.
     pub weight_elems: Vec<Elem>,
+    /// Parameters to store as consecutive column blocks of these widths (see
+    /// [`zambac_engine::layout`]): matrices that every product reads one block of columns
+    /// of, so each product streams contiguous rows.
+    pub weight_blocks: Vec<Option<Vec<usize>>>,
     /// The sequence state the programs read and write, in the decode graph's order.
     pub state: Vec<StateSpec>,
 }
@@ -49,6 +53,7 @@ pub struct Lowered {
 /// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16).
 pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
     let weight_elems = weight_elems(m, dtype)?;
+    let weight_blocks = column_blocks(m);
     let mut kernels = KernelTable::default();
     let mut programs = Vec::new();
     for (graph, name, last_only) in [
@@ -60,7 +65,11 @@ pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
             graph: graph.into(),
             msg: "the module has no such graph".into(),
         })?;
-        let mut lw = GraphLowering::new(g, &weight_elems, &mut kernels, last_only)?;
+        let storage = lower::Storage {
+            elems: &weight_elems,
+            blocks: &weight_blocks,
+        };
+        let mut lw = GraphLowering::new(g, storage, &mut kernels, last_only)?;
         lw.lower_all()?;
         programs.push(lw.finish(name));
     }
@@ -68,6 +77,7 @@ pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
         kernels: kernels.kernels,
         programs,
         weight_elems,
+        weight_blocks,
         state: state_layout(m)?,
     })
 }
@@ -91,6 +101,54 @@ fn state_layout(m: &Module) -> Result<Vec<StateSpec>, KernelizeError> {
         layout.push(StateSpec { role, shape });
     }
     Ok(layout)
+}
+
+/// The column blocks of each parameter that only windowed linears read, through windows
+/// that tile its columns (after `hoist-shared-input`, a shared block's q/k/v weights: the
+/// hidden-state half and the embedding half); `None` for every other parameter.
+fn column_blocks(m: &Module) -> Vec<Option<Vec<usize>>> {
+    // Per parameter: the windows read so far, or `None` once some use needs whole rows.
+    let mut windows: Vec<Option<Vec<(usize, usize)>>> = vec![Some(Vec::new()); m.params.len()];
+    for g in &m.graphs {
+        for n in g.nodes() {
+            let ops = g.operands(n);
+            let window_of = |v: ValueRef| match g.kind(n) {
+                OpKind::Linear(a) => a
+                    .operands()
+                    .pick(&ops)
+                    .filter(|args| *args.w == v)
+                    .and(a.window),
+                _ => None,
+            };
+            for v in &ops {
+                let OpKind::Param(p) = g.kind(v.node) else {
+                    continue;
+                };
+                let slot = &mut windows[p.index()];
+                match (window_of(*v), slot.as_mut()) {
+                    (Some(w), Some(list)) => {
+                        if !list.contains(&(w.start, w.len)) {
+                            list.push((w.start, w.len));
+                        }
+                    }
+                    _ => *slot = None,
+                }
+            }
+        }
+    }
+    windows
+        .into_iter()
+        .zip(&m.params)
+        .map(|(w, p)| {
+            let mut w = w.filter(|w| w.len() > 1)?;
+            w.sort_unstable();
+            let tiles = w.windows(2).all(|pair| pair[0].0 + pair[0].1 == pair[1].0);
+            let cols = p.shape.get(1).copied();
+            let end = w.last().map(|(s, l)| s + l);
+            (p.shape.len() == 2 && w[0].0 == 0 && tiles && end == cols)
+                .then(|| w.into_iter().map(|(_, len)| len).collect())
+        })
+        .collect()
 }
 
 /// Parameters read as matrices (linear weights, per-head projections, the embedding)

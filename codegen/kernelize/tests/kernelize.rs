@@ -56,7 +56,8 @@ fn manifest(m: &Module, l: &Lowered, vocab: usize) -> Manifest {
         .params
         .iter()
         .zip(&l.weight_elems)
-        .map(|(p, e)| {
+        .zip(&l.weight_blocks)
+        .map(|((p, e), blocks)| {
             offset = offset.next_multiple_of(zambac_engine::WEIGHT_ALIGN);
             let bytes = (p.numel() * e.size()) as u64;
             let entry = WeightEntry {
@@ -66,6 +67,7 @@ fn manifest(m: &Module, l: &Lowered, vocab: usize) -> Manifest {
                 offset,
                 bytes,
                 xxh3: Checksum(0),
+                column_blocks: blocks.clone(),
             };
             offset += bytes;
             entry
@@ -92,6 +94,7 @@ fn manifest(m: &Module, l: &Lowered, vocab: usize) -> Manifest {
             file: "host.so".into(),
             xxh3: Checksum(0),
         },
+        host_target: None,
         ptx: None,
         build: serde_json::Value::Null,
     }
@@ -215,34 +218,113 @@ fn hoisted_products_read_a_window_of_the_shared_weight() {
             .filter(|k| matches!(k, K::ConcatRmsScale { .. }))
             .count();
         assert_eq!(scales, 6, "{}", p.name);
-        if p.name == zambac_engine::ProgramName::Decode {
-            let windowed = launched
-                .iter()
-                .filter(|k| {
+        // Each invocation's q, k, v over the hidden half, and the three hoisted products
+        // over the embedding half: every one a product over 2048 columns of a weight
+        // stored in two 2048-column blocks.
+        let blocked = |buf: &Buffer| matches!(buf, Buffer::Weight(i) if l.weight_blocks[*i as usize] == Some(vec![2048, 2048]));
+        let windowed = p
+            .steps
+            .iter()
+            .filter(|s| match s {
+                Step::Launch { kernel, views, .. } => {
                     matches!(
-                        k,
+                        kind(kernel),
                         K::Gemv {
                             k: 2048,
-                            row_stride: Some(4096),
+                            row_stride: None,
                             ..
                         }
-                    )
-                })
-                .count();
-            // Each invocation's q, k, v over the hidden half, and the three hoisted
-            // products over the embedding half.
-            assert_eq!(windowed, 18 + 3, "{}", p.name);
-        } else {
-            let windowed = p
-                .steps
-                .iter()
-                .filter(|s| {
-                    matches!(s, Step::Gemm { k, b, .. }
-                    if *k == zambac_engine::Expr::k(2048)
-                        && b.col_stride == zambac_engine::Expr::k(4096))
-                })
-                .count();
-            assert_eq!(windowed, 18 + 3, "{}", p.name);
+                    ) && views.iter().any(|v| blocked(&v.buf))
+                }
+                Step::Gemm { k, b, .. } => {
+                    *k == zambac_engine::Expr::k(2048)
+                        && b.col_stride == zambac_engine::Expr::k(2048)
+                        && blocked(&b.view.buf)
+                }
+            })
+            .count();
+        assert_eq!(windowed, 18 + 3, "{}", p.name);
+    }
+}
+
+/// After `hoist-shared-input`, a shared block's q/k/v weights are read only through their
+/// hidden-half and embedding-half windows: they are stored in those two column blocks, and
+/// every product over them reads a contiguous block (no row stride), in decode's Gemvs and
+/// prefill's GEMMs alike. Without the pass nothing is blocked.
+#[test]
+fn hoisted_windows_read_contiguous_column_blocks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let p = root.join("examples/zamba2-100m.toml");
+    let spec = zambac_frontend::load(&p).unwrap().spec;
+    let m = optimised(&p);
+    let l = kernelize(&m, Elem::Bf16).unwrap();
+    let h = spec.hidden_size;
+    let blocked: Vec<&str> = m
+        .params
+        .iter()
+        .zip(&l.weight_blocks)
+        .filter_map(|(p, b)| {
+            b.as_ref().map(|b| {
+                assert_eq!(b, &vec![h, h], "{}", p.name);
+                p.name.as_str()
+            })
+        })
+        .collect();
+    assert_eq!(blocked.len(), 3 * spec.shared.num_blocks, "{blocked:?}");
+    assert!(
+        blocked
+            .iter()
+            .all(|n| n.contains("q_proj") || n.contains("k_proj") || n.contains("v_proj")),
+        "{blocked:?}"
+    );
+    let blocked_ids: Vec<u32> = m
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| l.weight_blocks[*i].is_some())
+        .map(|(i, _)| i as u32)
+        .collect();
+    let kinds: std::collections::BTreeMap<&str, &zambac_engine::KernelKind> = l
+        .kernels
+        .iter()
+        .map(|k| (k.symbol.as_str(), &k.kind))
+        .collect();
+    let mut reads = 0;
+    for prog in &l.programs {
+        for s in &prog.steps {
+            match s {
+                Step::Launch { kernel, views, .. } => {
+                    let on_blocked = views
+                        .iter()
+                        .any(|v| matches!(v.buf, Buffer::Weight(i) if blocked_ids.contains(&i)));
+                    if on_blocked {
+                        reads += 1;
+                        let zambac_engine::KernelKind::Gemv { row_stride, .. } =
+                            kinds[kernel.as_str()]
+                        else {
+                            panic!("{kernel} reads a blocked weight");
+                        };
+                        assert_eq!(*row_stride, None, "{kernel} reads a strided window");
+                    }
+                }
+                Step::Gemm { b, .. } => {
+                    if matches!(b.view.buf, Buffer::Weight(i) if blocked_ids.contains(&i)) {
+                        reads += 1;
+                        assert_eq!(b.col_stride, zambac_engine::Expr::k(h as i64));
+                    }
+                }
+            }
         }
     }
+    assert!(reads > 0);
+    let mut plain = zambac_ir::build(&spec).unwrap();
+    let opts = zambac_passes::Options {
+        disabled: vec!["hoist-shared-input".into()],
+        ..Default::default()
+    };
+    let mut pm = zambac_passes::PassManager::new(opts).unwrap();
+    let mut cx = zambac_passes::PassCx::new(Bindings { t: 512, c: 4096 });
+    pm.run(&mut plain, &mut cx, &mut std::io::sink()).unwrap();
+    let l = kernelize(&plain, Elem::Bf16).unwrap();
+    assert!(l.weight_blocks.iter().all(Option::is_none));
 }

@@ -37,6 +37,10 @@ pub struct Manifest {
     pub programs: Vec<Program>,
     /// The shared library with the CPU kernels.
     pub host: FileRef,
+    /// The CPU `host` was generated for; a runtime refuses to run it on a CPU that lacks an
+    /// extension it enables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_target: Option<TargetCpu>,
     /// The PTX module with the GPU kernels, when built for a GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ptx: Option<FileRef>,
@@ -58,6 +62,11 @@ pub struct WeightEntry {
     /// Byte length: elements × element size.
     pub bytes: u64,
     pub xxh3: Checksum,
+    /// When set, a matrix `[rows, Σ widths]` stored as consecutive column blocks of these
+    /// widths, each row-major `[rows, width]`: products that read only a block of columns
+    /// then stream whole contiguous rows (see [`crate::layout`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column_blocks: Option<Vec<usize>>,
 }
 
 impl WeightEntry {
@@ -66,6 +75,17 @@ impl WeightEntry {
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
+}
+
+/// A CPU that host code is generated for, in LLVM's terms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetCpu {
+    /// The CPU name, e.g. `znver4`, `x86-64-v3`.
+    pub cpu: String,
+    /// Every extension the code may use, as `+name` entries (`-name` ones say what it
+    /// must not use), e.g. `+avx2,+fma,-avx512f`.
+    pub features: String,
 }
 
 /// A companion file of the engine and its checksum.
@@ -123,6 +143,8 @@ pub struct ManifestParts {
     pub source: serde_json::Value,
     pub kernels: Vec<Kernel>,
     pub programs: Vec<Program>,
+    /// The CPU the host code was generated for (none for a GPU-only engine).
+    pub host_target: Option<TargetCpu>,
     pub build: serde_json::Value,
 }
 

@@ -96,9 +96,10 @@ impl<'a> WeightView<'a> {
         (self.entry.elem == Elem::Bf16).then(|| cast(self.bytes))
     }
 
-    /// The values widened to f32 (a copy).
+    /// The values widened to f32 (a copy), in the logical row-major order of the shape
+    /// whatever the storage layout.
     pub fn to_f32(&self) -> Vec<f32> {
-        match (self.as_f32(), self.as_bf16_bits()) {
+        let stored = match (self.as_f32(), self.as_bf16_bits()) {
             (Some(v), _) => v.to_vec(),
             (_, Some(b)) => {
                 let mut out = vec![0.0; b.len()];
@@ -106,6 +107,10 @@ impl<'a> WeightView<'a> {
                 out
             }
             _ => Vec::new(),
+        };
+        match (&self.entry.column_blocks, self.entry.shape.first()) {
+            (Some(blocks), Some(&rows)) => crate::layout::from_blocks(&stored, rows, blocks),
+            _ => stored,
         }
     }
 }

@@ -104,6 +104,39 @@ impl EngineWriter {
         data: &[f32],
         elem: Elem,
     ) -> Result<u32, EngineError> {
+        self.add(name, shape, data, elem, None)
+    }
+
+    /// As [`EngineWriter::add_weight`], for a matrix `data [rows, cols]` (row-major) stored
+    /// as consecutive column blocks of widths `blocks` ([`crate::layout`]).
+    pub fn add_blocked_weight(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        data: &[f32],
+        elem: Elem,
+        blocks: &[usize],
+    ) -> Result<u32, EngineError> {
+        crate::layout::check(shape, blocks)
+            .map_err(|e| EngineError::Internal(format!("weight `{name}`: {e}")))?;
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(EngineError::Internal(format!(
+                "weight `{name}`: shape {shape:?} does not hold the {} values given",
+                data.len()
+            )));
+        }
+        let blocked = crate::layout::to_blocks(data, shape[0], blocks);
+        self.add(name, shape, &blocked, elem, Some(blocks.to_vec()))
+    }
+
+    fn add(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        data: &[f32],
+        elem: Elem,
+        column_blocks: Option<Vec<usize>>,
+    ) -> Result<u32, EngineError> {
         if !elem.is_storable() {
             return Err(EngineError::Internal(format!(
                 "weight `{name}`: an engine stores f32 or bf16, not {elem}"
@@ -142,6 +175,7 @@ impl EngineWriter {
             offset,
             bytes: self.offset - offset,
             xxh3: Checksum(hasher.digest()),
+            column_blocks,
         });
         Ok(index)
     }
@@ -170,6 +204,7 @@ impl EngineWriter {
             kernels: parts.kernels,
             programs: parts.programs,
             host: file_ref(HOST_FILE, files.host),
+            host_target: parts.host_target,
             ptx: files.ptx.map(|p| file_ref(PTX_FILE, p)),
             build: parts.build,
         };

@@ -49,6 +49,7 @@ fn parts_of(manifest: Manifest) -> ManifestParts {
         source: manifest.source,
         kernels: manifest.kernels,
         programs: manifest.programs,
+        host_target: manifest.host_target,
         build: manifest.build,
     }
 }

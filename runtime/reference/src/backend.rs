@@ -72,6 +72,13 @@ impl Backend for ReferenceBackend {
         self.vocab
     }
 
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "backend",
+            "the reference interpreter of the IR (f32, single pass per op)".into(),
+        )]
+    }
+
     fn prefill(
         &mut self,
         tokens: &[i64],

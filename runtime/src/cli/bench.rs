@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use zambac_engine::Engine;
 
 use crate::bench::{self, BenchReport, human_bytes as bytes};
+use crate::cpu::machine::Machine;
 use crate::cpu::{CpuBackend, ProfileRow};
 use crate::error::RuntimeError;
 use crate::session::Backend;
@@ -55,6 +56,9 @@ struct Output<'a> {
     report: &'a BenchReport,
     threads: usize,
     gemm_library: String,
+    /// The CPU: its model and the extensions that decide which kernels run.
+    cpu: &'a Machine,
+    host_code: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Profile>,
 }
@@ -84,6 +88,8 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
             report: &r,
             threads: backend.threads(),
             gemm_library: backend.gemm_library(),
+            cpu: Machine::this(),
+            host_code: backend.host_code(),
             profile,
         };
         let text = serde_json::to_string_pretty(&out)
@@ -91,11 +97,9 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
         println!("{text}");
     } else {
         println!("engine        {}", args.engine.display());
-        println!(
-            "cpu backend   {} threads; matrix products by {}",
-            backend.threads(),
-            backend.gemm_library()
-        );
+        for (label, text) in backend.describe() {
+            println!("{label:<13} {text}");
+        }
         println!(
             "prefill       {:.4} s for {} tokens ({:.1} tok/s)",
             r.prefill_s, r.prompt_len, r.prefill_tok_per_s

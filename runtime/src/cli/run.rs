@@ -42,6 +42,10 @@ pub struct GenerateArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Say on stderr what runs the model: the CPU and its extensions, what the engine's
+    /// host code was generated for, the matrix library and its kernels.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// Options of `zambac-run run`.
@@ -112,6 +116,11 @@ pub fn generate_and_report(
         top_p: g.top_p,
         seed: g.seed,
     };
+    if g.verbose {
+        for (label, text) in backend.describe() {
+            eprintln!("{label:<13} {text}");
+        }
+    }
     let mut stream = Stream::new(tokenizer, !g.json);
     let generation = generate(backend, prompt, g.max_new_tokens, sampling, |t| {
         stream.push(t)

@@ -1,34 +1,200 @@
 //! f32 matrix products through OpenBLAS's `cblas_sgemm`, which ran every prefill product
-//! shape measured on this project's machine faster than the `gemm` crate (by 1–55%; 1.2B
+//! shape measured on this project's machines faster than the `gemm` crate (by 1–55%; 1.2B
 //! prefill 14–15 s instead of 16–18 s; docs/performance.md).
+//!
+//! OpenBLAS is loaded when the first product runs, not linked: its `DYNAMIC_ARCH` builds
+//! pick their kernels from a table of CPU models in their constructor, and a model newer
+//! than the table silently gets the oldest kernels (Debian's 0.3.21 runs SSE3 "Prescott"
+//! code on Emerald Rapids, 4–5× slower). So the runtime reads the CPU's instruction sets
+//! first and, unless `OPENBLAS_CORETYPE` is set, tells OpenBLAS which kernels to use
+//! ([`core_for`]) before loading it. Where OpenBLAS is not installed, every product runs
+//! on the `gemm` crate, which dispatches on the CPU's features itself.
 //!
 //! The cpu backend splits a product across its own pool and calls OpenBLAS from each pool
 //! thread on a block of C, so OpenBLAS is kept single-threaded: its own threads would spin
 //! between calls and compete with the pool's for the same cores.
 
-use std::sync::Once;
+use std::ffi::{CStr, c_char, c_int};
+use std::sync::OnceLock;
 
-use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, cblas_sgemm};
+use super::machine::Machine;
 
-unsafe extern "C" {
-    fn openblas_set_num_threads(n: std::ffi::c_int);
-    fn openblas_get_config() -> *const std::ffi::c_char;
+/// `cblas_sgemm`'s arguments: layout, transposes, sizes, scalars, operands and their
+/// leading dimensions (the CBLAS enums are C `int`s).
+type Sgemm = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const f32,
+    c_int,
+    *const f32,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+
+/// The shared-library names OpenBLAS is found under.
+const LIBRARIES: [&str; 2] = ["libopenblas.so.0", "libopenblas.so"];
+
+/// OpenBLAS as loaded for this process.
+pub struct OpenBlas {
+    sgemm: Sgemm,
+    /// OpenBLAS's description of its build.
+    pub config: String,
+    /// The kernel family it runs (`Haswell`, `SkylakeX`, `Cooperlake`, …).
+    pub core: String,
+    /// Who chose the kernels: `zambac`, `OPENBLAS_CORETYPE` or `OpenBLAS`.
+    pub chosen_by: &'static str,
+    // Kept loaded for the life of the process: `sgemm` points into it.
+    _lib: libloading::Library,
 }
 
-static SINGLE_THREADED: Once = Once::new();
-
-/// Makes OpenBLAS run every call on its caller's thread; idempotent.
-pub fn init() {
-    // SAFETY: a plain setter of OpenBLAS's global thread count.
-    SINGLE_THREADED.call_once(|| unsafe { openblas_set_num_threads(1) });
+/// The OpenBLAS kernel family for a CPU with these extensions, most capable first; `None`
+/// leaves the choice to OpenBLAS (CPUs without AVX2, where its table is complete).
+pub fn core_for(m: &Machine) -> Option<&'static str> {
+    let avx512 = ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"]
+        .iter()
+        .all(|f| m.has(f));
+    if avx512 && m.has("avx512bf16") {
+        Some("Cooperlake")
+    } else if avx512 {
+        Some("SkylakeX")
+    } else if m.has("avx2") && m.has("fma") {
+        // OpenBLAS's Zen kernels are its Haswell ones with AMD's cache sizes.
+        Some(if m.vendor == "AuthenticAMD" {
+            "Zen"
+        } else {
+            "Haswell"
+        })
+    } else {
+        None
+    }
 }
 
-/// OpenBLAS's build description (version, kernel family), for reports.
-pub fn config() -> String {
-    // SAFETY: OpenBLAS returns a static NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(openblas_get_config()) }
+/// Whether an OpenBLAS kernel family predates AVX (SSE-only code).
+pub fn is_pre_avx(core: &str) -> bool {
+    const PRE_AVX: [&str; 17] = [
+        "unknown",
+        "katmai",
+        "coppermine",
+        "northwood",
+        "prescott",
+        "banias",
+        "atom",
+        "core2",
+        "penryn",
+        "dunnington",
+        "nehalem",
+        "athlon",
+        "opteron",
+        "opteron_sse3",
+        "barcelona",
+        "nano",
+        "bobcat",
+    ];
+    PRE_AVX.contains(&core.trim().to_ascii_lowercase().as_str())
+}
+
+/// OpenBLAS, loaded on first use for this CPU; `Err` says why it is not available.
+pub fn openblas() -> Result<&'static OpenBlas, &'static str> {
+    static LOADED: OnceLock<Result<OpenBlas, String>> = OnceLock::new();
+    LOADED.get_or_init(load).as_ref().map_err(String::as_str)
+}
+
+fn load() -> Result<OpenBlas, String> {
+    let user_core = std::env::var_os("OPENBLAS_CORETYPE").is_some();
+    let ours = if user_core {
+        None
+    } else {
+        core_for(Machine::this())
+    };
+    // OpenBLAS reads both in its constructor, which runs inside `dlopen`. SAFETY: the
+    // environment is written once, under the `OnceLock`, before the library that reads it
+    // exists; no other code of this process reads these two variables.
+    unsafe {
+        if let Some(core) = ours {
+            std::env::set_var("OPENBLAS_CORETYPE", core);
+        }
+        if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
+            std::env::set_var("OPENBLAS_NUM_THREADS", "1");
+        }
+    }
+    let mut errors = Vec::new();
+    for name in LIBRARIES {
+        // SAFETY: loading OpenBLAS runs its constructor, which only sets up its tables.
+        match unsafe { libloading::Library::new(name) } {
+            Ok(lib) => return bind(lib, ours.is_some(), user_core),
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    Err(format!("OpenBLAS is not installed ({})", errors.join("; ")))
+}
+
+/// Resolves the functions the runtime calls and reads what OpenBLAS chose.
+fn bind(lib: libloading::Library, ours: bool, user: bool) -> Result<OpenBlas, String> {
+    type Text = unsafe extern "C" fn() -> *const c_char;
+    type SetThreads = unsafe extern "C" fn(c_int);
+    let missing = |e: libloading::Error| format!("OpenBLAS lacks a function: {e}");
+    // SAFETY: the symbols are OpenBLAS's exported C functions with these signatures.
+    let (sgemm, config, core, set_threads) = unsafe {
+        (
+            *lib.get::<Sgemm>(b"cblas_sgemm\0").map_err(missing)?,
+            *lib.get::<Text>(b"openblas_get_config\0").map_err(missing)?,
+            *lib.get::<Text>(b"openblas_get_corename\0")
+                .map_err(missing)?,
+            *lib.get::<SetThreads>(b"openblas_set_num_threads\0")
+                .map_err(missing)?,
+        )
+    };
+    // SAFETY: both return static NUL-terminated strings; the setter only stores a count.
+    let (config, core) = unsafe {
+        set_threads(1);
+        (text(config()), text(core()))
+    };
+    Ok(OpenBlas {
+        sgemm,
+        config,
+        core,
+        chosen_by: if ours {
+            "zambac"
+        } else if user {
+            "OPENBLAS_CORETYPE"
+        } else {
+            "OpenBLAS"
+        },
+        _lib: lib,
+    })
+}
+
+/// The library behind the products, as reports name it.
+pub fn describe() -> String {
+    match openblas() {
+        Ok(b) => format!(
+            "{}; {} kernels, chosen by {}",
+            b.config, b.core, b.chosen_by
+        ),
+        Err(e) => format!("the gemm crate ({e})"),
+    }
+}
+
+fn text(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: a non-null pointer from OpenBLAS to a NUL-terminated string.
+    unsafe { CStr::from_ptr(p) }
         .to_string_lossy()
-        .into_owned()
+        .trim()
+        .to_string()
 }
 
 /// A strided f32 matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
@@ -71,11 +237,13 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: Mat, beta: 
     let (Ok(m), Ok(n), Ok(k)) = (i32::try_from(m), i32::try_from(n), i32::try_from(k)) else {
         return false;
     };
-    init();
+    let Ok(blas) = openblas() else {
+        return false;
+    };
     // SAFETY: the layout was checked above; the rest is the caller's contract.
     unsafe {
-        cblas_sgemm(
-            CBLAS_LAYOUT::CblasRowMajor,
+        (blas.sgemm)(
+            ROW_MAJOR,
             ta,
             tb,
             m,
@@ -110,11 +278,11 @@ fn leading(x: Mat, rows: usize, cols: usize) -> Option<i32> {
 
 /// How BLAS reads a `rows × cols` operand: as stored row-major, or as the transpose of a
 /// row-major `cols × rows` matrix.
-fn transpose(x: Mat, rows: usize, cols: usize) -> Option<(CBLAS_TRANSPOSE, i32)> {
+fn transpose(x: Mat, rows: usize, cols: usize) -> Option<(c_int, i32)> {
     if let Some(ld) = leading(x, rows, cols) {
-        return Some((CBLAS_TRANSPOSE::CblasNoTrans, ld));
+        return Some((NO_TRANS, ld));
     }
-    leading(x.t(), cols, rows).map(|ld| (CBLAS_TRANSPOSE::CblasTrans, ld))
+    leading(x.t(), cols, rows).map(|ld| (TRANS, ld))
 }
 
 #[cfg(test)]

@@ -8,16 +8,17 @@
 //! drives the compiler's reference interpreter.
 
 mod arena;
-mod blas;
+pub mod blas;
 mod exec;
 mod gemm;
 mod library;
+pub mod machine;
 mod plan;
 mod pool;
 
 use std::collections::HashMap;
 
-use zambac_engine::{Elem, Engine, MANIFEST_FILE, ProgramName, StateSpec};
+use zambac_engine::{Elem, Engine, MANIFEST_FILE, ProgramName, StateSpec, TargetCpu};
 
 use crate::error::RuntimeError;
 use crate::session::{Backend, State, check_room, check_tokens};
@@ -71,6 +72,7 @@ impl CpuBackend {
         };
         let manifest_path = engine.dir().join(MANIFEST_FILE).display().to_string();
         let m = engine.manifest();
+        check_host_target(m.host_target.as_ref(), &manifest_path)?;
         let lib = HostLibrary::open(&engine.host_path(), &m.kernels)?;
         let kernels: HashMap<&str, usize> = m
             .kernels
@@ -124,9 +126,34 @@ impl CpuBackend {
         self.exec.threads()
     }
 
-    /// The library behind the backend's matrix products, as it describes its build.
+    /// The library behind the backend's matrix products, as it describes its build and
+    /// the kernels it runs.
     pub fn gemm_library(&self) -> String {
-        blas::config().trim().to_string()
+        blas::describe()
+    }
+
+    /// The CPU the engine's host code was generated for, and what of this CPU it leaves
+    /// unused.
+    pub fn host_code(&self) -> String {
+        match &self.engine.manifest().host_target {
+            None => "none (a GPU-only engine)".into(),
+            Some(t) => {
+                let unused = machine::Machine::this().unused(&t.features);
+                if unused.is_empty() {
+                    format!(
+                        "generated for `{}`, using every extension of this CPU",
+                        t.cpu
+                    )
+                } else {
+                    format!(
+                        "generated for `{}`, leaving {} of this CPU unused (rebuild the \
+                         engine here for them)",
+                        t.cpu,
+                        unused.join(" ")
+                    )
+                }
+            }
+        }
     }
 
     /// Starts or stops timing every step of every call; starting clears the counters.
@@ -275,6 +302,37 @@ impl CpuBackend {
     }
 }
 
+/// Refuses host code generated for extensions this CPU lacks: it would stop on the first
+/// instruction the CPU does not have. (An engine built without a recorded target predates
+/// the check and is refused by its format version.)
+fn check_host_target(target: Option<&TargetCpu>, manifest: &str) -> Result<(), RuntimeError> {
+    let Some(t) = target else {
+        return Err(RuntimeError::load(
+            manifest,
+            None,
+            "the engine has no host code for this CPU (it was built for a GPU only); \
+             rebuild it with `zambac build --target cpu` or `--target all`",
+        ));
+    };
+    let this = machine::Machine::this();
+    let missing = this.missing(&t.features);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(RuntimeError::load(
+        manifest,
+        None,
+        format!(
+            "host.so was generated for `{}` and uses {}, which this CPU ({}) lacks; rebuild \
+             the engine on this machine, or for a portable level (`zambac build --cpu \
+             x86-64-v3`)",
+            t.cpu,
+            missing.join(", "),
+            this.model
+        ),
+    ))
+}
+
 /// Which program to run.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Which {
@@ -286,6 +344,21 @@ enum Which {
 impl Backend for CpuBackend {
     fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("cpu", machine::Machine::this().to_string()),
+            ("host code", self.host_code()),
+            (
+                "cpu backend",
+                format!(
+                    "{} threads; matrix products by {}",
+                    self.threads(),
+                    self.gemm_library()
+                ),
+            ),
+        ]
     }
 
     fn prefill(

@@ -32,11 +32,20 @@ impl GraphLowering<'_> {
             epilogue: epilogue_operand,
         } = args.copied();
         let (nout, kw) = (self.dim(w, 0), self.dim(w, 1));
-        // The input's full width (the adapter reads all of it) and the product's window.
+        // The input's full width (the adapter reads all of it), the product's window, where
+        // the window starts in the weight and the weight's row stride there: a window of a
+        // column-blocked weight is its own contiguous `[nout, len]` block.
         let kx = self.last(x);
-        let (k, w_off, x_off) = match a.window {
-            None => (kw, 0, 0),
-            Some(win) => (win.len, win.start, if kx == kw { win.start } else { 0 }),
+        let (k, w_off, x_off, ld) = match a.window {
+            None => (kw, 0, 0, kw),
+            Some(win) => {
+                let x_off = if kx == kw { win.start } else { 0 };
+                if self.column_blocked(w) {
+                    (win.len, nout * win.start, x_off, win.len)
+                } else {
+                    (win.len, win.start, x_off, kw)
+                }
+            }
         };
         // Only the last row matters for the head of `prefill_last`.
         let head_last = self.last_only && Some(out) == self.logits;
@@ -93,7 +102,7 @@ impl GraphLowering<'_> {
                 self.view(w).shifted(Expr::k(w_off as i64)),
                 y.clone(),
             ];
-            let (elem, ld) = (self.elem(w), (kw != k).then_some(kw));
+            let (elem, ld) = (self.elem(w), (ld != k).then_some(ld));
             self.gemv(views, (nout, k, ld), elem, hoisted.is_some());
             if let (Some((aw, _)), Some(down), Some(r)) = (lora, down.clone(), r) {
                 let views = [x_view.clone(), self.view(aw), down];
@@ -101,7 +110,7 @@ impl GraphLowering<'_> {
             }
         } else {
             let xa = matrix(x_view.clone(), x_off as i64, kx as i64, 1);
-            let wt = matrix(self.view(w), w_off as i64, 1, kw as i64);
+            let wt = matrix(self.view(w), w_off as i64, 1, ld as i64);
             let ym = matrix(y.clone(), 0, nout as i64, 1);
             self.gemm(rows, nout, k, xa, wt, ym, hoisted.is_some());
             if let (Some((aw, _)), Some(down), Some(r)) = (lora, down.clone(), r) {

@@ -14,9 +14,16 @@ use zambac_ir::{Dim, Elem, Graph, NodeId, OpKind, Placement, Sym, ValueRef};
 
 use crate::{KernelTable, KernelizeError, act_kind, dim_expr, matrix, numel};
 
+/// How the engine stores each parameter.
+#[derive(Clone, Copy)]
+pub(crate) struct Storage<'a> {
+    pub elems: &'a [Elem],
+    pub blocks: &'a [Option<Vec<usize>>],
+}
+
 pub(crate) struct GraphLowering<'a> {
     g: &'a Graph,
-    elems: &'a [Elem],
+    storage: Storage<'a>,
     kernels: &'a mut KernelTable,
     plan: &'a BTreeMap<ValueRef, Placement>,
     last_only: bool,
@@ -32,7 +39,7 @@ pub(crate) struct GraphLowering<'a> {
 impl<'a> GraphLowering<'a> {
     pub(crate) fn new(
         g: &'a Graph,
-        elems: &'a [Elem],
+        storage: Storage<'a>,
         kernels: &'a mut KernelTable,
         last_only: bool,
     ) -> Result<Self, KernelizeError> {
@@ -47,7 +54,7 @@ impl<'a> GraphLowering<'a> {
             .map(|(_, v)| *v);
         Ok(GraphLowering {
             g,
-            elems,
+            storage,
             kernels,
             plan,
             last_only,
@@ -155,9 +162,17 @@ impl<'a> GraphLowering<'a> {
         }
     }
 
+    /// Whether `v` is a parameter stored in column blocks.
+    fn column_blocked(&self, v: ValueRef) -> bool {
+        match self.g.kind(v.node) {
+            OpKind::Param(p) => self.storage.blocks[p.index()].is_some(),
+            _ => false,
+        }
+    }
+
     fn elem(&self, v: ValueRef) -> Elem {
         match self.g.kind(v.node) {
-            OpKind::Param(p) => self.elems[p.index()],
+            OpKind::Param(p) => self.storage.elems[p.index()],
             _ => Elem::F32,
         }
     }

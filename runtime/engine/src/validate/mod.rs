@@ -207,6 +207,10 @@ fn weight_table(ws: &[WeightEntry]) -> Result<(), String> {
                 w.bytes, w.shape, w.elem
             ));
         }
+        if let Some(blocks) = &w.column_blocks {
+            crate::layout::check(&w.shape, blocks)
+                .map_err(|e| format!("tensor `{tensor}`: {e}"))?;
+        }
         if w.offset % WEIGHT_ALIGN != 0 {
             return Err(format!(
                 "tensor `{tensor}`: offset {} is not a multiple of {WEIGHT_ALIGN}",

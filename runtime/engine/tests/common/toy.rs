@@ -26,7 +26,7 @@
 
 use zambac_engine::{
     BinOp, Buffer, Elem, EpilogueOp, Expr, Kernel, KernelKind, ManifestParts, Matrix, ModelInfo,
-    Program, ProgramName, StateRole, StateSpec, Step, View,
+    Program, ProgramName, StateRole, StateSpec, Step, TargetCpu, View,
 };
 
 /// Vocabulary size.
@@ -313,6 +313,11 @@ pub fn parts(kernels: Vec<Kernel>) -> ManifestParts {
         source: serde_json::json!({ "toy": { "vocab": V, "hidden": H } }),
         kernels,
         programs: programs(),
-        build: serde_json::json!({ "target_cpu": "test", "features": "" }),
+        // The toy's C kernels are compiled for the baseline every x86-64 CPU runs.
+        host_target: Some(TargetCpu {
+            cpu: "x86-64".into(),
+            features: "+sse,+sse2".into(),
+        }),
+        build: serde_json::json!({}),
     }
 }
