@@ -21,9 +21,16 @@ pub fn is_engine(path: &Path) -> bool {
         .any(|f| path.join(f).is_file())
 }
 
-/// The cpu backend on an opened engine (0 threads: one per core).
-pub fn cpu_backend(engine: Engine, threads: usize) -> CliResult<Box<dyn Backend>> {
-    Ok(Box::new(CpuBackend::new(engine, threads)?))
+/// The cpu backend on an opened engine (0 threads: one per core), its bf16 products as
+/// `--bf16-products` says (`auto`, `on`, `off`).
+pub fn cpu_backend(
+    engine: Engine,
+    threads: usize,
+    bf16_products: &str,
+) -> CliResult<Box<dyn Backend>> {
+    let mut b = CpuBackend::new(engine, threads)?;
+    zambac_runtime::cli::set_bf16_products(&mut b, bf16_products)?;
+    Ok(Box::new(b))
 }
 
 /// The reference interpreter on the unoptimised graph of an engine's model, with the
@@ -92,6 +99,7 @@ pub fn compile_temporary(
     weights: Option<&str>,
     dt_clamp: Option<&str>,
     threads: usize,
+    bf16_products: &str,
 ) -> CliResult<(tempfile::TempDir, Box<dyn Backend>)> {
     let tmp = tempfile::tempdir().map_err(|e| CliError::Internal(e.into()))?;
     let out = tmp.path().join("model.engine");
@@ -111,6 +119,6 @@ pub fn compile_temporary(
     };
     let compiled = compile(&args)?;
     crate::engine_out::write(&compiled, &args, &out)?;
-    let backend = cpu_backend(Engine::open(&out)?, threads)?;
+    let backend = cpu_backend(Engine::open(&out)?, threads, bf16_products)?;
     Ok((tmp, backend))
 }

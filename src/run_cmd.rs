@@ -55,7 +55,11 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     // Keeps a temporary engine alive while it runs.
     let mut _temp = None;
     let mut backend: Box<dyn Backend> = match (engine, args.backend.as_str()) {
-        (Some(engine), "cpu") => crate::engines::cpu_backend(engine, args.generate.threads)?,
+        (Some(engine), "cpu") => crate::engines::cpu_backend(
+            engine,
+            args.generate.threads,
+            &args.generate.bf16_products,
+        )?,
         (Some(engine), _) => crate::engines::reference_backend(&engine)?,
         (None, "cpu") => {
             let (dir, backend) = crate::engines::compile_temporary(
@@ -63,6 +67,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
                 args.weights.as_deref(),
                 args.dt_clamp.as_deref(),
                 args.generate.threads,
+                &args.generate.bf16_products,
             )?;
             _temp = Some(dir);
             backend

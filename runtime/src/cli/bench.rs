@@ -36,6 +36,11 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Products with bf16 weights: `on` rounds the activations to bf16 for AVX-512 BF16
+    /// products (oneDNN), `off` keeps them f32, `auto` is `on` where the CPU and oneDNN
+    /// allow it.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub bf16_products: String,
 }
 
 /// Per-kernel times of one profiled prefill and of the profiled decode steps.
@@ -56,6 +61,8 @@ struct Output<'a> {
     report: &'a BenchReport,
     threads: usize,
     gemm_library: String,
+    /// Whether products with bf16 weights rounded activations to bf16.
+    bf16_products: bool,
     /// The CPU: its model and the extensions that decide which kernels run.
     cpu: &'a Machine,
     host_code: String,
@@ -77,6 +84,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
         ));
     }
     let mut backend = CpuBackend::new(Engine::open(&args.engine)?, args.threads)?;
+    super::set_bf16_products(&mut backend, &args.bf16_products)?;
     let r = bench::run(&mut backend, args.prompt_len, args.new_tokens, args.seed)?;
     let profile = if args.profile {
         Some(profile(&mut backend, args)?)
@@ -88,6 +96,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
             report: &r,
             threads: backend.threads(),
             gemm_library: backend.gemm_library(),
+            bf16_products: backend.bf16_products(),
             cpu: Machine::this(),
             host_code: backend.host_code(),
             profile,

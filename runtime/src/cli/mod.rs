@@ -8,6 +8,7 @@ mod run;
 pub use bench::{BenchArgs, bench};
 pub use run::{
     GenerateArgs, RunArgs, engine_tokenizer, generate_and_report, parse_tokens, prompt, run,
+    set_bf16_products,
 };
 
 use crate::error::RuntimeError;

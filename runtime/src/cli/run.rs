@@ -42,6 +42,11 @@ pub struct GenerateArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Products with bf16 weights: `on` rounds the activations to bf16 for AVX-512 BF16
+    /// products (oneDNN), `off` keeps them f32 (exact, the same on every CPU), `auto` is
+    /// `on` where the CPU and oneDNN allow it.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub bf16_products: String,
     /// Say on stderr what runs the model: the CPU and its extensions, what the engine's
     /// host code was generated for, the matrix library and its kernels.
     #[arg(long)]
@@ -69,6 +74,7 @@ pub fn run(args: &RunArgs) -> Result<(), RuntimeError> {
     };
     let prompt = prompt(&args.generate, tokenizer.as_ref())?;
     let mut backend = CpuBackend::new(engine, args.generate.threads)?;
+    set_bf16_products(&mut backend, &args.generate.bf16_products)?;
     generate_and_report(
         &mut backend,
         &prompt,
@@ -76,6 +82,15 @@ pub fn run(args: &RunArgs) -> Result<(), RuntimeError> {
         tokenizer.as_ref(),
         &args.backend,
     )
+}
+
+/// Applies `--bf16-products` (`auto` keeps the backend's choice).
+pub fn set_bf16_products(backend: &mut CpuBackend, mode: &str) -> Result<(), RuntimeError> {
+    match mode {
+        "on" => backend.set_bf16_products(true),
+        "off" => backend.set_bf16_products(false),
+        _ => Ok(()),
+    }
 }
 
 /// The tokenizer an engine carries.

@@ -8,6 +8,7 @@ use std::time::Instant;
 use zambac_engine::{Elem, Expr};
 
 use super::arena::{AlignedBuf, Arena};
+use super::dnnl::Dnnl;
 use super::gemm::{self, Gemm};
 use super::library::KernelFn;
 use super::plan::{Buf, PGemm, PMatrix, PStep, PView, Plan};
@@ -70,6 +71,8 @@ pub struct Executor {
     scratch: Arena,
     /// Holds bf16 GEMM operands widened to f32.
     widen: AlignedBuf,
+    /// oneDNN's bf16 products, when products with bf16 weights round activations to bf16.
+    bf16: Option<&'static Dnnl>,
     /// Time spent per step kind, while profiling.
     profile: Option<StepTimes>,
 }
@@ -121,11 +124,18 @@ impl Executor {
             slots: Arena::default(),
             scratch: Arena::default(),
             widen: AlignedBuf::default(),
+            bf16: None,
             profile: None,
         })
     }
 
     /// Starts (or stops) timing every step; starting clears what was collected.
+    /// Routes products with a bf16 weight through `dnnl` (activations rounded to bf16), or
+    /// through f32 products on widened weights with `None`.
+    pub fn set_bf16_products(&mut self, dnnl: Option<&'static Dnnl>) {
+        self.bf16 = dnnl;
+    }
+
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(|| StepTimes {
             kernels: vec![(0, 0.0); self.launcher.fns.len()],
@@ -216,7 +226,7 @@ impl Executor {
                         c: op(c, m, n)?,
                         accumulate: *accumulate,
                     };
-                    gemm::run(&g, &self.launcher.pool, &mut self.widen)?;
+                    gemm::run(&g, &self.launcher.pool, &mut self.widen, self.bf16)?;
                     if let (Some(p), Some(t0)) = (profile.as_mut(), t0) {
                         p.gemm.0 += 1;
                         p.gemm.1 += t0.elapsed().as_secs_f64();

@@ -12,6 +12,7 @@ use gemm::Parallelism;
 
 use super::arena::AlignedBuf;
 use super::blas;
+use super::dnnl::{self, Dnnl};
 use super::exec::{Dims, Region, split};
 use super::plan::PMatrix;
 use super::pool::Pool;
@@ -100,8 +101,14 @@ pub fn operand(
     })
 }
 
-/// Runs `g` on the pool. The operands were bounds-checked by [`operand`].
-pub fn run(g: &Gemm, pool: &Pool, widen: &mut AlignedBuf) -> Result<(), String> {
+/// Runs `g` on the pool; a bf16 weight B goes through `bf16` (oneDNN's bf16 products) when
+/// given. The operands were bounds-checked by [`operand`].
+pub fn run(
+    g: &Gemm,
+    pool: &Pool,
+    widen: &mut AlignedBuf,
+    bf16: Option<&'static Dnnl>,
+) -> Result<(), String> {
     if g.a.kind != Elem::F32 || g.c.kind != Elem::F32 {
         return Err("GEMM operands A and C must be f32".into());
     }
@@ -113,6 +120,13 @@ pub fn run(g: &Gemm, pool: &Pool, widen: &mut AlignedBuf) -> Result<(), String> 
             zero(&g.c, g.m, g.n);
         }
         return Ok(());
+    }
+    if let Some(dnnl) = bf16
+        && g.b.kind == Elem::Bf16
+        && g.a.cs == 1
+        && g.c.cs == 1
+    {
+        return run_bf16(g, pool, dnnl);
     }
     let ok = match g.b.kind {
         Elem::F32 => {
@@ -174,6 +188,59 @@ pub fn run(g: &Gemm, pool: &Pool, widen: &mut AlignedBuf) -> Result<(), String> 
         Ok(())
     } else {
         Err("a GEMM thread panicked".into())
+    }
+}
+
+/// `C (+)= A·B` for a bf16 weight B through oneDNN: each pool thread rounds its block of
+/// A's rows to bf16 and multiplies it by B with `vdpbf16ps` (f32 accumulation).
+fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
+    thread_local! {
+        /// This thread's rows of A in bf16, reused across products.
+        static ROWS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let chunks = pool.threads().min(g.m);
+    let failure = std::sync::Mutex::new(None);
+    let ok = pool.run(chunks, &|t| {
+        let (lo, hi) = split(g.m as i64, chunks as i64, t as i64);
+        let (lo, hi) = (lo as usize, hi as usize);
+        if lo == hi {
+            return;
+        }
+        let rows = hi - lo;
+        let result = ROWS.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(rows * g.k, 0);
+            for r in 0..rows {
+                let a = g.a.at(lo + r, 0).ptr.cast::<f32>().cast_const();
+                // SAFETY: row `lo + r` of the bounds-checked A holds k unit-stride values.
+                let row = unsafe { std::slice::from_raw_parts(a, g.k) };
+                dnnl::to_bf16(row, &mut buf[r * g.k..(r + 1) * g.k]);
+            }
+            let shape = dnnl::Shape {
+                m: rows,
+                n: g.n,
+                k: g.k,
+                b_strides: (g.b.rs, g.b.cs),
+                ldc: g.c.rs.unsigned_abs(),
+                accumulate: g.accumulate,
+            };
+            let c = g.c.at(lo, 0).ptr.cast::<f32>();
+            // SAFETY: A's rows are in `buf`; B and this thread's rows of C are blocks of
+            // the bounds-checked operands, and no other thread writes these rows.
+            unsafe { dnnl.gemm(shape, buf.as_ptr(), g.b.ptr.cast::<u16>().cast_const(), c) }
+        });
+        if let Err(e) = result
+            && let Ok(mut f) = failure.lock()
+        {
+            *f = Some(e);
+        }
+    });
+    if !ok {
+        return Err("a GEMM thread panicked".into());
+    }
+    match failure.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -287,6 +354,115 @@ fn zero(c: &Operand, m: usize, n: usize) {
         for j in 0..n {
             // SAFETY: inside C, bounds-checked by `operand`.
             unsafe { *p.offset(i as isize * c.rs + j as isize * c.cs) = 0.0 }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `C (+)= A·B` in f64 from the values the bf16 product multiplies: A and B rounded to
+    /// bf16.
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        b: &[u16],
+        c0: &[f32],
+        ldc: usize,
+    ) -> Vec<f64> {
+        let bf = |x: f32| f64::from(f32::from_bits(u32::from(zambac_engine::bf16_bits(x)) << 16));
+        let wb = |i: usize| f64::from(f32::from_bits(u32::from(b[i]) << 16));
+        let mut c: Vec<f64> = c0.iter().map(|&x| f64::from(x)).collect();
+        for i in 0..m {
+            for j in 0..n {
+                // B [k, n] is Wᵀ of a row-major W [n, k]: element (p, j) at j·k + p.
+                c[i * ldc + j] += (0..k)
+                    .map(|p| bf(a[i * k + p]) * wb(j * k + p))
+                    .sum::<f64>();
+            }
+        }
+        c
+    }
+
+    /// Products with a bf16 weight through oneDNN equal the f64 product of the bf16-rounded
+    /// operands (f32 accumulation only), split across threads by rows, overwriting and
+    /// accumulating, into a C with padded rows. Runs only where the CPU has AVX-512 BF16.
+    #[test]
+    fn bf16_products_multiply_the_rounded_operands() {
+        let Ok(dnnl) = dnnl::dnnl() else {
+            eprintln!("no bf16 products on this CPU");
+            return;
+        };
+        for (m, n, k, ldc) in [
+            (37, 50, 70, 53),
+            (19, 64, 32, 64),
+            (1, 256, 64, 256),
+            (18, 8, 96, 8),
+            (19, 160, 64, 160),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+                .collect();
+            let w: Vec<u16> = (0..n * k)
+                .map(|i| zambac_engine::bf16_bits(((i * 104_729 % 997) as f32 - 498.0) * 2e-3))
+                .collect();
+            let pool = Pool::new(2).unwrap();
+            let mut widen = AlignedBuf::default();
+            for accumulate in [false, true] {
+                let mut c: Vec<f32> = (0..m * ldc).map(|i| (i % 13) as f32 * 0.25).collect();
+                let before = c.clone();
+                let c0 = if accumulate {
+                    before.clone()
+                } else {
+                    vec![0.0; m * ldc]
+                };
+                let g = Gemm {
+                    m,
+                    n,
+                    k,
+                    a: Operand {
+                        ptr: a.as_ptr().cast_mut().cast(),
+                        kind: Elem::F32,
+                        rs: k as isize,
+                        cs: 1,
+                    },
+                    b: Operand {
+                        ptr: w.as_ptr().cast_mut().cast(),
+                        kind: Elem::Bf16,
+                        rs: 1,
+                        cs: k as isize,
+                    },
+                    c: Operand {
+                        ptr: c.as_mut_ptr().cast(),
+                        kind: Elem::F32,
+                        rs: ldc as isize,
+                        cs: 1,
+                    },
+                    accumulate,
+                };
+                run(&g, &pool, &mut widen, Some(dnnl)).unwrap();
+                let want = reference(m, n, k, &a, &w, &c0, ldc);
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let (got, want) = (f64::from(c[i * ldc + j]), want[i * ldc + j]);
+                        if j < n {
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "C[{i},{j}] {got} vs {want}"
+                            );
+                        } else {
+                            assert_eq!(
+                                got,
+                                f64::from(before[i * ldc + j]),
+                                "padding C[{i},{j}] was written"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 
 mod arena;
 pub mod blas;
+pub mod dnnl;
 mod exec;
 mod gemm;
 mod library;
@@ -53,6 +54,8 @@ pub struct CpuBackend {
     vocab: usize,
     /// The engine's state layout, in the order a [`State`] of this engine holds it.
     layout: Vec<StateSpec>,
+    /// Whether products with bf16 weights round activations to bf16 (oneDNN).
+    bf16: bool,
     _lib: HostLibrary,
     engine: Engine,
 }
@@ -104,8 +107,12 @@ impl CpuBackend {
                 kind: w.entry.elem,
             })
             .collect();
-        let exec =
+        let mut exec =
             Executor::new(threads, lib.fns.clone(), weights).map_err(RuntimeError::Internal)?;
+        let bf16 = (m.model.weight_elem == Elem::Bf16)
+            .then(dnnl::dnnl)
+            .and_then(Result::ok);
+        exec.set_bf16_products(bf16);
         Ok(CpuBackend {
             exec,
             prefill,
@@ -113,6 +120,7 @@ impl CpuBackend {
             decode,
             vocab: m.model.vocab_size,
             layout: m.model.state.clone(),
+            bf16: bf16.is_some(),
             _lib: lib,
             engine,
         })
@@ -129,7 +137,14 @@ impl CpuBackend {
     /// The library behind the backend's matrix products, as it describes its build and
     /// the kernels it runs.
     pub fn gemm_library(&self) -> String {
-        blas::describe()
+        let f32 = blas::describe();
+        match dnnl::dnnl() {
+            Ok(d) if self.bf16 => format!(
+                "{f32}; bf16 weights: oneDNN {} (activations rounded to bf16)",
+                d.implementation
+            ),
+            _ => f32,
+        }
     }
 
     /// The CPU the engine's host code was generated for, and what of this CPU it leaves
@@ -154,6 +169,33 @@ impl CpuBackend {
                 }
             }
         }
+    }
+
+    /// Chooses how products with a bf16 weight run: `true` through AVX-512 BF16 dot products
+    /// with the activations rounded to bf16 (the default for bf16 engines where the CPU
+    /// and oneDNN allow it), `false` through f32 products on widened weights, exact in the
+    /// activations and the same on every CPU.
+    pub fn set_bf16_products(&mut self, on: bool) -> Result<(), RuntimeError> {
+        let dnnl = if on {
+            if self.engine.manifest().model.weight_elem != Elem::Bf16 {
+                return Err(RuntimeError::Input(
+                    "bf16 products need a bf16 engine (`zambac build --dtype bf16`)".into(),
+                ));
+            }
+            Some(dnnl::dnnl().map_err(|e| {
+                RuntimeError::Input(format!("bf16 products are not available here: {e}"))
+            })?)
+        } else {
+            None
+        };
+        self.bf16 = dnnl.is_some();
+        self.exec.set_bf16_products(dnnl);
+        Ok(())
+    }
+
+    /// Whether products with bf16 weights run as bf16 × bf16 products.
+    pub fn bf16_products(&self) -> bool {
+        self.bf16
     }
 
     /// Starts or stops timing every step of every call; starting clears the counters.
