@@ -51,6 +51,10 @@ pub struct BuildArgs {
     /// without it, scalar libm per lane.
     #[arg(long)]
     pub cpu_features: Option<String>,
+    /// Compile every kernel, without reading or filling the compile cache
+    /// (`$XDG_CACHE_HOME/zambac`, else `~/.cache/zambac`).
+    #[arg(long)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub passes: PassArgs,
 }
@@ -69,16 +73,17 @@ pub struct Compiled {
 pub fn run(args: &BuildArgs) -> CliResult<()> {
     let compiled = compile(args)?;
     if args.check {
-        generate_code(&compiled, args)?;
-        print_summary(&compiled, args, None);
+        let code = generate_code(&compiled, args)?;
+        let cached = code.host.as_ref().map_or(0, |h| h.cached);
+        print_summary(&compiled, args, None, cached);
         return Ok(());
     }
     let out = args
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.engine", compiled.input.spec.name)));
-    crate::engine_out::write(&compiled, args, &out)?;
-    print_summary(&compiled, args, Some(&out));
+    let cached = crate::engine_out::write(&compiled, args, &out)?;
+    print_summary(&compiled, args, Some(&out), cached);
     Ok(())
 }
 
@@ -91,8 +96,13 @@ pub fn generate_code(c: &Compiled, args: &BuildArgs) -> CliResult<GeneratedCode>
     let host = if args.target != "sm_90" {
         let target = host_target(args)?;
         Some(
-            zambac_codegen::compile_host(&c.lowered.kernels, &target, dumps.as_deref())
-                .map_err(codegen_err)?,
+            zambac_codegen::compile_host(
+                &c.lowered.kernels,
+                &target,
+                dumps.as_deref(),
+                kernel_cache(args).as_ref(),
+            )
+            .map_err(codegen_err)?,
         )
     } else {
         None
@@ -107,6 +117,18 @@ pub fn generate_code(c: &Compiled, args: &BuildArgs) -> CliResult<GeneratedCode>
         None
     };
     Ok(GeneratedCode { host, gpu })
+}
+
+/// The compile cache the build uses: the user's, unless `--no-cache`.
+fn kernel_cache(args: &BuildArgs) -> Option<zambac_codegen::KernelCache> {
+    if args.no_cache {
+        return None;
+    }
+    let dir = zambac_codegen::KernelCache::default_dir()?;
+    Some(zambac_codegen::KernelCache::new(
+        dir,
+        zambac_codegen::cache::compiler_id(),
+    ))
 }
 
 /// What code generation produced.
@@ -244,6 +266,8 @@ struct Summary {
     ops_before: [usize; 2],
     ops_after: [usize; 2],
     kernels: usize,
+    /// Kernels whose host code came from the compile cache.
+    kernels_cached: usize,
     gemm_calls: usize,
     context: usize,
     peak_prefill_activation_bytes: u64,
@@ -254,8 +278,8 @@ struct Summary {
     decode_weight_elems_read: u64,
 }
 
-fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
-    let s = summary(c, args, engine);
+fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>, cached: usize) {
+    let s = summary(c, args, engine, cached);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return;
@@ -289,8 +313,9 @@ fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
         (
             "kernels",
             format!(
-                "{} generated, {} GEMM library calls over all programs",
-                s.kernels, s.gemm_calls
+                "{} generated ({} from the compile cache), {} GEMM library calls over all \
+                 programs",
+                s.kernels, s.kernels_cached, s.gemm_calls
             ),
         ),
         (
@@ -318,7 +343,7 @@ fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) {
     }
 }
 
-fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) -> Summary {
+fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>, cached: usize) -> Summary {
     let spec = &c.input.spec;
     let after = ops(&c.module);
     let weights = match &c.input.weights {
@@ -362,6 +387,7 @@ fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>) -> Summary {
         ops_before: [c.ops_before.0, c.ops_before.1],
         ops_after: [after.0, after.1],
         kernels: c.lowered.kernels.len(),
+        kernels_cached: cached,
         gemm_calls,
         context: args.context,
         peak_prefill_activation_bytes: peak("prefill", &bind),

@@ -13,7 +13,8 @@ use crate::build_cmd::{BuildArgs, Compiled, generate_code, host_target, weight_b
 use crate::error::{CliError, CliResult};
 use crate::model::WeightSource;
 
-pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<()> {
+/// Writes the engine; returns how many kernels' host code came from the compile cache.
+pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
     let tokenizer = read_tokenizer(c, args)?;
     let code = generate_code(c, args)?;
     let mut w = EngineWriter::create(out)?;
@@ -122,7 +123,7 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<()> {
     };
     w.finish(parts, files)?;
     bar.finish_and_clear();
-    Ok(())
+    Ok(code.host.as_ref().map_or(0, |h| h.cached))
 }
 
 /// The model's `tokenizer.json`, checked to load, for the engine to carry: the one in the

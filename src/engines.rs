@@ -115,6 +115,7 @@ pub fn compile_temporary(
         json: false,
         cpu: None,
         cpu_features: None,
+        no_cache: false,
         passes: PassArgs::default(),
     };
     let compiled = compile(&args)?;

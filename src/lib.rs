@@ -2,6 +2,7 @@
 
 pub mod bench_cmd;
 pub mod build_cmd;
+pub mod cache_cmd;
 pub mod engine_out;
 pub mod engines;
 pub mod error;

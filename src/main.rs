@@ -1,7 +1,7 @@
 //! `zambac`: a compiler for Zamba-family hybrid language models.
 
 use clap::{Parser, Subcommand};
-use zambac::{bench_cmd, build_cmd, explore, ir_cmd, run_cmd};
+use zambac::{bench_cmd, build_cmd, cache_cmd, explore, ir_cmd, run_cmd};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,8 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Generate from a model: prefill the prompt, then decode token by token.
     Run(run_cmd::RunArgs),
+    /// The compile cache of kernel objects: `info`, `clear`.
+    Cache(cache_cmd::CacheArgs),
 }
 
 fn main() {
@@ -37,6 +39,7 @@ fn main() {
         Command::Ir(a) => ir_cmd::run(a),
         Command::Run(a) => run_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
+        Command::Cache(a) => cache_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("{e}");

@@ -332,3 +332,66 @@ fn portable_host_code_records_its_extensions() {
         stderr(&named)
     );
 }
+
+/// The second build of an unchanged model takes every kernel from the compile cache and
+/// writes a byte-identical engine; `--no-cache` compiles everything; `zambac cache clear`
+/// empties the cache.
+#[test]
+fn a_rebuild_takes_every_kernel_from_the_compile_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zambac"))
+            .args(args)
+            .env("XDG_CACHE_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let summary = |out: &std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", stderr(out));
+        serde_json::from_str(&stdout(out)).unwrap()
+    };
+    let tiny = root().join("examples/tiny.toml");
+    let (a, b) = (tmp.path().join("a.engine"), tmp.path().join("b.engine"));
+    let build = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            tiny.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        summary(&run(&args))
+    };
+    let cold = build(&a, &[]);
+    assert_eq!(cold["kernels_cached"], 0);
+    let warm = build(&b, &[]);
+    assert_eq!(warm["kernels_cached"], warm["kernels"]);
+    assert!(
+        files(&a) == files(&b),
+        "the cached build wrote another engine"
+    );
+    let uncached = build(&tmp.path().join("c.engine"), &["--no-cache"]);
+    assert_eq!(uncached["kernels_cached"], 0);
+    assert!(
+        home.path()
+            .join("zambac/kernels")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_some()
+    );
+    let cleared = run(&["cache", "clear"]);
+    assert!(cleared.status.success(), "{}", stderr(&cleared));
+    assert!(
+        home.path()
+            .join("zambac/kernels")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    let again = build(&tmp.path().join("d.engine"), &[]);
+    assert_eq!(again["kernels_cached"], 0);
+}

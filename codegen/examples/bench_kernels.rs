@@ -72,7 +72,8 @@ struct Lib {
 
 impl Lib {
     fn build(kernels: &[Kernel]) -> Lib {
-        let compiled = compile_host(kernels, &HostTarget::native(), None).expect("compile_host");
+        let compiled =
+            compile_host(kernels, &HostTarget::native(), None, None).expect("compile_host");
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("host.so");
         std::fs::write(&path, compiled.bytes).expect("write host.so");
@@ -408,7 +409,7 @@ fn main() {
     );
     let kernels = decode_kernels();
     let started = Instant::now();
-    compile_host(&kernels, &HostTarget::native(), None).expect("compile_host");
+    compile_host(&kernels, &HostTarget::native(), None, None).expect("compile_host");
     let host = started.elapsed();
     let started = Instant::now();
     let gpu = compile_gpu(&kernels, &GpuTarget::sm_90(toolchain::libdevice()), None);

@@ -6,6 +6,7 @@
 //! kernels and the target: objects are produced and linked in the kernels' order, and the
 //! link is deterministic (see [`crate::link`]).
 
+use crate::cache::KernelCache;
 use crate::dump::Dumps;
 use crate::error::CodegenError;
 use crate::kernels::{Target, build_module};
@@ -23,23 +24,40 @@ pub struct HostLibrary {
     pub bytes: Vec<u8>,
     /// The exported kernel entry points, `zk_<symbol>`, in the kernels' order.
     pub symbols: Vec<String>,
+    /// How many kernels' objects came from the compile cache.
+    pub cached: usize,
 }
 
-/// Compiles `kernels` for `target` into one shared library. With `dumps`, writes
-/// `<symbol>.mlir` (as built), `<symbol>.lowered.mlir` (LLVM dialect) and `<symbol>.ll`
-/// (after O3) for each kernel.
+/// Compiles `kernels` for `target` into one shared library, taking what `cache` holds
+/// from it and adding what it lacks. With `dumps`, writes `<symbol>.mlir` (as built),
+/// `<symbol>.lowered.mlir` (LLVM dialect) and `<symbol>.ll` (after O3) for each kernel —
+/// compiling every kernel, since a cached object has no intermediate forms to dump.
 pub fn compile_host(
     kernels: &[Kernel],
     target: &HostTarget,
     dumps: Option<&Path>,
+    cache: Option<&KernelCache>,
 ) -> Result<HostLibrary, CodegenError> {
     check_unique(kernels)?;
+    let cache = cache.filter(|_| dumps.is_none());
     let dumps = Dumps::new(dumps)?;
     let mlir = MlirContext::new();
     let mut objects = Vec::with_capacity(kernels.len());
+    let mut cached = 0;
     for kernel in kernels {
         let symbol = &kernel.symbol;
         let mut module = build_module(mlir.context(), kernel, Target::Host, target.vector_math())?;
+        let key = cache.map(|c| {
+            let math = format!("{:?}", target.vector_math());
+            c.key(&module.as_operation().to_string(), target, &math)
+        });
+        if let (Some(c), Some(key)) = (cache, &key)
+            && let Some(object) = c.get(key)
+        {
+            objects.push(object);
+            cached += 1;
+            continue;
+        }
         dumps.write(&format!("{symbol}.mlir"), || {
             module.as_operation().to_string()
         })?;
@@ -49,6 +67,9 @@ pub fn compile_host(
         })?;
         let object = compile_host_object(&mlir, &module, target)?;
         dumps.write(&format!("{symbol}.ll"), || object.llvm_ir.clone())?;
+        if let (Some(c), Some(key)) = (cache, &key) {
+            c.put(key, &object.object)?;
+        }
         objects.push(object.object);
     }
     if objects.is_empty() {
@@ -65,6 +86,7 @@ pub fn compile_host(
     let bytes = std::fs::read(&library).map_err(|error| CodegenError::io(&library, error))?;
     Ok(HostLibrary {
         bytes,
+        cached,
         symbols: kernels
             .iter()
             .map(|kernel| format!("zk_{}", kernel.symbol))

@@ -19,6 +19,7 @@
 //! [`CodegenError`] carrying MLIR diagnostics, LLVM messages or tool output. The pass
 //! pipelines are public constants ([`pipelines`]) so dumps can record them.
 
+pub mod cache;
 mod device;
 mod dump;
 mod error;
@@ -29,6 +30,7 @@ pub mod llvm;
 pub mod mlir;
 pub mod toolchain;
 
+pub use cache::KernelCache;
 pub use device::{GpuKernel, GpuModule, compile_gpu};
 pub use error::CodegenError;
 pub use host::{HostLibrary, compile_host};

@@ -58,10 +58,17 @@ pub fn i64s(ck: &Checkpoint, name: &str) -> Vec<i64> {
         .collect()
 }
 
-/// Runs the `zambac` binary.
+/// The compile cache the tests' builds share: under the target directory, never the
+/// user's.
+pub fn test_cache_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cache-home")
+}
+
+/// Runs the `zambac` binary (with the tests' compile cache).
 pub fn zambac(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zambac"))
         .args(args)
+        .env("XDG_CACHE_HOME", test_cache_home())
         .output()
         .expect("zambac runs")
 }

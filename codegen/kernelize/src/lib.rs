@@ -200,13 +200,16 @@ pub(crate) struct KernelTable {
 }
 
 impl KernelTable {
-    /// The symbol of `kind`, adding it on first use.
+    /// The symbol of `kind`, adding it on first use. Symbols are named after what the
+    /// kernel computes (`gemv_<fingerprint>`), not after the order kernels were met in, so
+    /// the same kernel has the same name — and the same code, which the compile cache can
+    /// reuse — in every model that needs it.
     pub(crate) fn symbol(&mut self, family: &str, kind: KernelKind) -> String {
         let key = format!("{kind:?}");
         if let Some(s) = self.by_kind.get(&key) {
             return s.clone();
         }
-        let symbol = format!("{family}_{}", self.kernels.len());
+        let symbol = format!("{family}_{:016x}", kind.fingerprint());
         self.by_kind.insert(key, symbol.clone());
         self.kernels.push(Kernel {
             symbol: symbol.clone(),
@@ -215,6 +218,7 @@ impl KernelTable {
         symbol
     }
 }
+
 /// A strided matrix at `view + offset`.
 pub(crate) fn matrix(view: View, offset: i64, row_stride: i64, col_stride: i64) -> Matrix {
     Matrix {

@@ -64,7 +64,7 @@ impl Lib {
         target: &HostTarget,
         dumps: Option<&std::path::Path>,
     ) -> Lib {
-        let compiled = compile_host(kernels, target, dumps)
+        let compiled = compile_host(kernels, target, dumps, None)
             .unwrap_or_else(|error| panic!("compile_host failed: {error}"));
         Lib::load(&compiled.bytes)
     }

@@ -139,6 +139,14 @@ pub enum KernelKind {
 }
 
 impl KernelKind {
+    /// A 64-bit digest of everything the kind says (its variant and every size), the same
+    /// on every machine and in every build that reads this format.
+    pub fn fingerprint(&self) -> u64 {
+        // Serialising a kind cannot fail: it holds only numbers, booleans and enums.
+        let text = serde_json::to_vec(self).unwrap_or_default();
+        xxhash_rust::xxh3::xxh3_64(&text)
+    }
+
     /// The kind's name, without its sizes (for messages and profiles).
     pub fn name(&self) -> &'static str {
         match self {
