@@ -183,6 +183,12 @@ pub fn compile(args: &BuildArgs) -> CliResult<Compiled> {
         .map(model::parse_dt_clamp)
         .transpose()?;
     let input = model::open(&args.input, args.weights.as_deref(), dt_clamp)?;
+    compile_input(input, args)
+}
+
+/// IR, passes and kernelize for a model already opened (a description `args.input` names,
+/// or a variant of one).
+pub fn compile_input(input: Input, args: &BuildArgs) -> CliResult<Compiled> {
     let dtype = engine_dtype(args.dtype.as_deref(), &input);
     let mut module = zambac_ir::build(&input.spec)?;
     let sources = match (&input.weights, args.check) {

@@ -28,6 +28,17 @@ pub fn si(x: f64) -> String {
     format!("{v:.2} {}", PREFIXES[p]).trim_end().to_string()
 }
 
+/// A duration with a unit that keeps three significant digits: `0.0000406` → `40.6 µs`.
+pub fn duration(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else if s >= 1e-3 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{:.2} µs", s * 1e6)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -277,3 +277,133 @@ fn bad_explore_options_exit_2() {
         assert!(!stderr(&out).contains("panicked"));
     }
 }
+
+/// `--measure` builds and runs every variant of a spacing sweep that spans attention in
+/// every layer to every sixth, then the pure Mamba end (`shared.blocks=0`): each variant is
+/// measured; the KV cache + state the engine allocates is what the estimate says; sparser
+/// attention needs less of it; later variants take their kernels from the compile cache;
+/// an invalid corner of the grid is a row with its reason; CSV and the plot carry the
+/// measurements.
+#[test]
+fn measured_sweep_from_every_layer_to_no_attention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (csv, svg) = (tmp.path().join("m.csv"), tmp.path().join("m.svg"));
+    let tiny = root().join("examples/tiny.toml");
+    let out = zambac(&[
+        "explore",
+        tiny.to_str().unwrap(),
+        "--sweep",
+        "shared.every=1,3,6,0",
+        "--measure",
+        "--prompt-len",
+        "8",
+        "--new-tokens",
+        "4",
+        "--context",
+        "512",
+        "--json",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let sweep = v["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 4);
+    assert!(
+        sweep[3]["error"].as_str().unwrap().contains("shared.every"),
+        "{}",
+        sweep[3]
+    );
+    let mut kv = Vec::new();
+    for (i, s) in sweep[..3].iter().enumerate() {
+        let m = &s["measured"];
+        assert!(m["decode_tok_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(m["prefill_s"].as_f64().unwrap() > 0.0);
+        assert!(m["peak_rss_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(
+            m["kv_and_state_bytes"], m["estimate"]["kv_and_state_bytes"],
+            "{s}"
+        );
+        // Variants after the first share its kernels (the first may find a cold cache).
+        if i > 0 {
+            assert!(m["kernels_from_cache"].as_u64().unwrap() > 0, "{s}");
+        }
+        kv.push(m["kv_and_state_bytes"].as_u64().unwrap());
+    }
+    assert!(
+        kv[0] > kv[1] && kv[1] > kv[2],
+        "KV + state falls with sparser attention: {kv:?}"
+    );
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        rows.lines()
+            .next()
+            .unwrap()
+            .contains("measured_decode_tok_per_s")
+    );
+    assert_eq!(rows.lines().count(), 1 + 5, "{rows}");
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.contains("measured") && plot.contains("estimate"),
+        "{plot}"
+    );
+
+    let ssm = zambac(&[
+        "explore",
+        tiny.to_str().unwrap(),
+        "--sweep",
+        "shared.blocks=0",
+        "--measure",
+        "--prompt-len",
+        "8",
+        "--new-tokens",
+        "4",
+        "--context",
+        "512",
+        "--json",
+    ]);
+    assert!(ssm.status.success(), "{}", stderr(&ssm));
+    let v: Value = serde_json::from_str(&stdout(&ssm)).unwrap();
+    let pure = &v["sweep"][0];
+    assert_eq!(pure["kv_cache_elems_per_token"], 0, "{pure}");
+    assert_eq!(pure["hybrid_layers"], serde_json::json!([]));
+    let m = &pure["measured"];
+    assert_eq!(
+        m["kv_and_state_bytes"].as_u64().unwrap(),
+        pure["recurrent_state_bytes"].as_u64().unwrap()
+    );
+    assert!(m["decode_tok_per_s"].as_f64().unwrap() > 0.0);
+}
+
+/// Measuring takes one sequence at a time: `--batch` above 1 is for estimates only.
+#[test]
+fn batched_estimates_scale_the_cache_but_not_the_weights() {
+    let tiny = root().join("examples/tiny.toml");
+    let one = explore_json(&[tiny.to_str().unwrap(), "--context", "1024"]);
+    let four = explore_json(&[tiny.to_str().unwrap(), "--context", "1024", "--batch", "4"]);
+    let (c1, c4) = (&one["contexts"][0], &four["contexts"][0]);
+    assert_eq!(four["sequences"], 4);
+    assert_eq!(
+        c4["kv_cache_bytes"].as_u64().unwrap(),
+        4 * c1["kv_cache_bytes"].as_u64().unwrap()
+    );
+    assert_eq!(
+        four["recurrent_state_bytes"].as_u64().unwrap(),
+        4 * one["recurrent_state_bytes"].as_u64().unwrap()
+    );
+    let per_seq = c1["kv_cache_bytes"].as_f64().unwrap()
+        + 2.0 * one["recurrent_state_bytes"].as_f64().unwrap();
+    let weights = c1["decode_bytes_per_token"].as_f64().unwrap() - per_seq;
+    let want = weights + 4.0 * per_seq;
+    assert!((c4["decode_bytes_per_token"].as_f64().unwrap() - want).abs() < 1.0);
+    let out = zambac(&[
+        "explore",
+        tiny.to_str().unwrap(),
+        "--measure",
+        "--batch",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

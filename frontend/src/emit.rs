@@ -75,6 +75,8 @@ fn shared(out: &mut String, s: &ModelSpec) {
     let _ = writeln!(out, "\n[shared]");
     let _ = writeln!(out, "blocks = {}", sh.num_blocks);
     match every_offset(&hybrids, s.num_layers()) {
+        // No shared block: a pure Mamba stack, no schedule.
+        _ if sh.num_blocks == 0 => {}
         Some((every, offset)) => {
             let _ = writeln!(out, "every = {every}");
             let _ = writeln!(out, "offset = {offset}  # hybrid layers {}", list(&hybrids));

@@ -236,6 +236,14 @@ fn fix_up(
         shared.remove("every");
         shared.remove("offset");
     }
+    // No shared block leaves nothing to schedule: the base model's schedule goes.
+    if t("shared.blocks") && shared.get("blocks").and_then(toml::Value::as_integer) == Some(0) {
+        for key in ["every", "offset", "layers", "assignment"] {
+            if !t(&format!("shared.{key}")) {
+                shared.remove(key);
+            }
+        }
+    }
     let reschedules = [
         "shared.every",
         "shared.offset",

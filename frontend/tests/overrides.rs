@@ -201,3 +201,17 @@ fn override_keys_are_the_description_keys() {
         assert!(keys.iter().any(|x| x == k), "{k}");
     }
 }
+
+/// `shared.blocks=0` drops the base model's schedule (and its assignment): the variant is
+/// the same backbone without any shared block.
+#[test]
+fn zero_blocks_drops_the_schedule() {
+    let base = spec("zamba2-1.2b.toml");
+    let s = ok(&base, &[("shared.blocks", "0")]);
+    assert_eq!(s.shared.num_blocks, 0);
+    assert!(s.hybrid_layer_ids().is_empty());
+    assert_eq!(s.num_layers(), base.num_layers());
+    assert_eq!(s.mamba, base.mamba);
+    let err = apply(&base, &[("shared.blocks", "0"), ("shared.every", "3")]).unwrap_err();
+    assert!(err.render().contains("shared.every"), "{}", err.render());
+}

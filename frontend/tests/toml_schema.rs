@@ -450,3 +450,21 @@ fn name_defaults_to_the_file_stem() {
     );
     assert_eq!(ok(&edit("[model]", "[model]\nname = \"x\"")).name, "x");
 }
+
+/// `blocks = 0`: no shared block, no hybrid layer, a pure Mamba stack; a schedule next to
+/// it is an error naming the schedule key; the canonical description round-trips.
+#[test]
+fn zero_blocks_is_a_pure_mamba_stack() {
+    let src = edit("every = 3\noffset = 1\nheads = 4", "blocks = 0");
+    let s = ok(&src);
+    assert_eq!(s.shared.num_blocks, 0);
+    assert!(s.hybrid_layer_ids().is_empty());
+    assert!(s.layers.iter().all(|l| *l == LayerKind::Mamba));
+    let canonical = to_toml(&s);
+    assert_eq!(ok(&canonical), s, "{canonical}");
+    assert_eq!(errors(&edit("offset = 1", "blocks = 0")), ["shared.every"]);
+    assert_eq!(
+        errors(&edit("every = 3\noffset = 1", "blocks = 0\nlayers = [2]")),
+        ["shared.layers"]
+    );
+}

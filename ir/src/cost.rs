@@ -296,6 +296,9 @@ pub struct Report {
     pub recurrent_state_bytes: u64,
     /// Weight elements one decode step reads: each shared block once per invocation.
     pub decode_weight_elems_read: u64,
+    /// Sequences decoded at once: the KV cache and state below are theirs together, and a
+    /// decode step reads the weights once for all of them.
+    pub sequences: usize,
     pub contexts: Vec<ContextCost>,
     pub transformer: TransformerBaseline,
 }
@@ -377,8 +380,27 @@ impl Report {
             ssm_state_elems: states.ssm_elems,
             recurrent_state_bytes,
             decode_weight_elems_read,
+            sequences: 1,
             contexts,
             transformer,
         }
+    }
+
+    /// The same costs for `n` sequences decoded at once (batched decode): KV caches and
+    /// states scale with `n`; the weights a decode step reads do not, so one step moves
+    /// `weights + n·(states read and written + KV read)` bytes for `n` tokens.
+    pub fn scale_sequences(&mut self, n: usize) {
+        let (n, old) = (n.max(1) as u64, self.sequences.max(1) as u64);
+        let state_one = self.recurrent_state_bytes / old;
+        for c in &mut self.contexts {
+            let kv_one = c.kv_cache_bytes / old;
+            let weights = c.decode_bytes_per_token - (old * (2 * state_one + kv_one)) as f64;
+            c.kv_cache_bytes = n * kv_one;
+            c.transformer_kv_cache_bytes = c.transformer_kv_cache_bytes / old * n;
+            c.decode_bytes_per_token = weights + (n * (2 * state_one + kv_one)) as f64;
+            c.h100_decode_s = c.decode_bytes_per_token / H100_BANDWIDTH;
+        }
+        self.recurrent_state_bytes = n * state_one;
+        self.sequences = n as usize;
     }
 }

@@ -382,16 +382,38 @@ fn read_mamba_heads(cx: &mut Cx, f: &Fields<'_>, d_inner: Option<usize>) -> Opti
     }
 }
 
+/// With no shared block there is nothing to schedule: every schedule key is an error.
+fn no_schedule(cx: &mut Cx, f: &Fields<'_>) -> Option<Vec<usize>> {
+    let mut ok = true;
+    for key in ["every", "offset", "layers", "assignment"] {
+        if let Some(node) = f.node(key) {
+            cx.error(
+                node.span.clone(),
+                f.key(key),
+                "no hybrid-layer schedule with `blocks = 0` (a model without shared blocks)",
+                format!("`{key}`"),
+            );
+            ok = false;
+        }
+    }
+    ok.then(Vec::new)
+}
+
 /// The schedule and the shared block(s). `model` is `(num_layers, hidden_size)`.
 fn read_shared(
     cx: &mut Cx,
     f: &Fields<'_>,
     model: Option<(usize, usize)>,
 ) -> Option<(Vec<LayerKind>, SharedDraft)> {
-    let hybrids = read_schedule(cx, f, model.map(|m| m.0));
     let num_blocks = f
-        .pos_int(cx, "blocks")
+        .nonneg_int(cx, "blocks")
         .unwrap_or_else(|| f.default_at("blocks", 1));
+    // `blocks = 0`: no shared block, so no hybrid layer — a pure Mamba stack.
+    let hybrids = if num_blocks.value == 0 {
+        no_schedule(cx, f)
+    } else {
+        read_schedule(cx, f, model.map(|m| m.0))
+    };
     let assignment = hybrids
         .as_ref()
         .and_then(|h| read_assignment(cx, f, h.len(), num_blocks.value));
