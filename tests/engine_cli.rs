@@ -395,3 +395,48 @@ fn a_rebuild_takes_every_kernel_from_the_compile_cache() {
     let again = build(&tmp.path().join("d.engine"), &[]);
     assert_eq!(again["kernels_cached"], 0);
 }
+
+/// Builds running at the same time share the compile cache: both write whole objects
+/// (temporary file, then rename), both engines come out identical, and a later build takes
+/// every kernel from what they left.
+#[test]
+fn concurrent_builds_share_the_compile_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = root().join("examples/tiny.toml");
+    let spawn = |out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zambac"))
+            .args([
+                "build",
+                tiny.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--json",
+            ])
+            .env("XDG_CACHE_HOME", home.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let outs: Vec<_> = (0..3)
+        .map(|i| tmp.path().join(format!("e{i}.engine")))
+        .collect();
+    let children: Vec<_> = outs.iter().map(|o| spawn(o)).collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(files(&outs[0]) == files(&outs[1]) && files(&outs[1]) == files(&outs[2]));
+    let after = spawn(&tmp.path().join("later.engine"))
+        .wait_with_output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(s["kernels_cached"], s["kernels"]);
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("zambac/kernels"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".o"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
