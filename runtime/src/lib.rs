@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod error;
 pub mod sampling;
 pub mod session;
+pub mod snapshot;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -54,6 +54,33 @@ impl State {
         self.position
     }
 
+    /// Gives the KV caches room for `capacity` positions (keeping what they hold); a
+    /// smaller capacity than the current one leaves them as they are.
+    pub fn grow(&mut self, capacity: usize) -> Result<(), RuntimeError> {
+        if capacity <= self.capacity {
+            return Ok(());
+        }
+        for (role, t) in &mut self.tensors {
+            if !role.is_cache() {
+                continue;
+            }
+            let &[heads, old, hd] = t.shape.as_slice() else {
+                return Err(RuntimeError::Internal(format!(
+                    "cache `{role}` has shape {:?}",
+                    t.shape
+                )));
+            };
+            let mut grown = Tensor::try_zeros(vec![heads, capacity, hd])?;
+            for h in 0..heads {
+                grown.data[h * capacity * hd..(h * capacity + old) * hd]
+                    .copy_from_slice(&t.data[h * old * hd..(h + 1) * old * hd]);
+            }
+            *t = grown;
+        }
+        self.capacity = capacity;
+        Ok(())
+    }
+
     /// Moves the position on by `tokens` consumed.
     pub fn advance(&mut self, tokens: usize) {
         self.position += tokens;
@@ -100,25 +127,51 @@ impl State {
     }
 }
 
-/// Something that executes a model's `prefill` and `decode`.
+/// Something that executes a model: prefills (from the empty state or continuing a
+/// sequence) and one-token decode steps.
 pub trait Backend {
     /// Vocabulary size (columns of the logits).
     fn vocab_size(&self) -> usize;
-    /// Runs the prompt from an empty state; returns logits `[T, V]` and the state, whose
+
+    /// The empty state of a sequence whose KV caches hold `capacity` positions.
+    fn new_state(&self, capacity: usize) -> Result<State, RuntimeError>;
+
+    /// Runs `tokens` from `state`, at its position, updating it in place and moving its
+    /// position on; returns the logits of every token, `[T, V]`. A new prompt starts from
+    /// [`Backend::new_state`]; a continued one from the state an earlier call left — the
+    /// result is the same as running all the tokens at once.
+    fn extend(&mut self, tokens: &[i64], state: &mut State) -> Result<Tensor, RuntimeError>;
+
+    /// As [`Backend::extend`], but returns only the last token's logits, `[1, V]`: what
+    /// generation needs, and what a compiled backend computes without the full `[T, V]`
+    /// head product (benchmarks time this).
+    fn extend_last(&mut self, tokens: &[i64], state: &mut State) -> Result<Tensor, RuntimeError> {
+        let logits = self.extend(tokens, state)?;
+        let last = logits.row(logits.rows().saturating_sub(1)).to_vec();
+        Ok(Tensor::new(vec![1, last.len()], last))
+    }
+
+    /// Runs the prompt from the empty state; returns logits `[T, V]` and the state, whose
     /// KV caches hold `capacity` positions and whose position is the prompt's length.
-    fn prefill(&mut self, tokens: &[i64], capacity: usize)
-    -> Result<(Tensor, State), RuntimeError>;
-    /// As [`Backend::prefill`], but returns only the last position's logits, `[1, V]`:
-    /// what generation needs, and what a compiled backend can compute without the full
-    /// `[T, V]` head product (benchmarks time this).
+    fn prefill(
+        &mut self,
+        tokens: &[i64],
+        capacity: usize,
+    ) -> Result<(Tensor, State), RuntimeError> {
+        let mut state = self.new_state(capacity)?;
+        let logits = self.extend(tokens, &mut state)?;
+        Ok((logits, state))
+    }
+
+    /// As [`Backend::prefill`], with only the last position's logits, `[1, V]`.
     fn prefill_last(
         &mut self,
         tokens: &[i64],
         capacity: usize,
     ) -> Result<(Tensor, State), RuntimeError> {
-        let (logits, state) = self.prefill(tokens, capacity)?;
-        let last = logits.row(logits.rows().saturating_sub(1)).to_vec();
-        Ok((Tensor::new(vec![1, last.len()], last), state))
+        let mut state = self.new_state(capacity)?;
+        let logits = self.extend_last(tokens, &mut state)?;
+        Ok((logits, state))
     }
 
     /// Advances one token at the state's position; returns logits `[1, V]`. The state is
@@ -130,13 +183,35 @@ pub trait Backend {
     fn describe(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+
+    /// Saves a sequence's state to a snapshot file ([`crate::snapshot`]).
+    fn save_state(&self, path: &std::path::Path, _state: &State) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Input(format!(
+            "--save-state {}: this backend cannot save states; use an engine on the cpu backend",
+            path.display()
+        )))
+    }
+
+    /// Restores a snapshot, with KV caches of at least `capacity` positions.
+    fn load_state(&self, path: &std::path::Path, _capacity: usize) -> Result<State, RuntimeError> {
+        Err(RuntimeError::Input(format!(
+            "--load-state {}: this backend cannot restore states; use an engine on the cpu backend",
+            path.display()
+        )))
+    }
 }
 
 /// Checks that a state can take one more token: its caches have room.
 pub fn check_room(state: &State) -> Result<(), RuntimeError> {
-    if state.has_caches() && state.position() >= state.capacity() {
+    check_room_for(state, 1)
+}
+
+/// Checks that a state's caches have room for `tokens` more tokens.
+pub fn check_room_for(state: &State, tokens: usize) -> Result<(), RuntimeError> {
+    let end = state.position().saturating_add(tokens);
+    if state.has_caches() && end > state.capacity() {
         return Err(RuntimeError::Input(format!(
-            "position {} is past the KV-cache capacity {}",
+            "{tokens} more token(s) at position {} go past the KV-cache capacity {}",
             state.position(),
             state.capacity()
         )));
@@ -171,19 +246,57 @@ pub fn check_tokens(tokens: &[i64], vocab: usize) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// How [`generate`] runs a request.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub sampling: Sampling,
+    /// Prefill the prompt in chunks of this many tokens (all at once when `None`): a long
+    /// prompt then never holds a batch for its whole length, and needs workspace for one
+    /// chunk only.
+    pub prefill_chunk: Option<usize>,
+}
+
 /// Prefills `prompt`, then generates `max_new` tokens, calling `on_token` for each.
 pub fn generate(
     backend: &mut dyn Backend,
     prompt: &[i64],
     max_new: usize,
     sampling: Sampling,
-    mut on_token: impl FnMut(i64),
+    on_token: impl FnMut(i64),
 ) -> Result<Generation, RuntimeError> {
+    let opts = Options {
+        sampling,
+        prefill_chunk: None,
+    };
+    generate_from(backend, None, prompt, max_new, opts, on_token).map(|(g, _)| g)
+}
+
+/// [`generate`] continuing from `state` (a sequence so far: its tokens are not run again)
+/// or from the empty state; returns the generation and the state after everything it
+/// consumed (the prompt and every generated token but the last, which was never fed back).
+pub fn generate_from(
+    backend: &mut dyn Backend,
+    state: Option<State>,
+    prompt: &[i64],
+    max_new: usize,
+    opts: Options,
+    mut on_token: impl FnMut(i64),
+) -> Result<(Generation, State), RuntimeError> {
     let vocab = backend.vocab_size();
     check_tokens(prompt, vocab)?;
-    let capacity = prompt.len() + max_new.max(1);
-    let (prefill_logits, mut state) = backend.prefill(prompt, capacity)?;
-    let mut sampler = Sampler::new(sampling);
+    let mut state = match state {
+        Some(s) => s,
+        None => backend.new_state(prompt.len() + max_new.max(1))?,
+    };
+    check_room_for(&state, prompt.len() + max_new.saturating_sub(1))?;
+    let chunk = opts.prefill_chunk.unwrap_or(prompt.len()).max(1);
+    let mut prefill_rows: Vec<f32> = Vec::with_capacity(prompt.len() * vocab);
+    for part in prompt.chunks(chunk) {
+        let logits = backend.extend(part, &mut state)?;
+        prefill_rows.extend_from_slice(&logits.data);
+    }
+    let prefill_logits = Tensor::new(vec![prompt.len(), vocab], prefill_rows);
+    let mut sampler = Sampler::new(opts.sampling);
     let mut tokens = Vec::with_capacity(max_new);
     let mut rows: Vec<f32> = Vec::with_capacity(max_new * vocab);
     let mut row = prefill_logits.row(prompt.len() - 1).to_vec();
@@ -198,9 +311,10 @@ pub fn generate(
         let logits = backend.decode(tok, &mut state)?;
         row = logits.row(0).to_vec();
     }
-    Ok(Generation {
+    let generation = Generation {
         prefill_logits,
         tokens,
         decode_logits: Tensor::new(vec![max_new, vocab], rows),
-    })
+    };
+    Ok((generation, state))
 }

@@ -5,12 +5,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// An integer known when a program runs: `t2·T² + t·T + c·C + p·pos + k`.
+/// An integer known when a program runs: `t2·T² + tp·T·pos + t·T + c·C + p·pos + k`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct Expr {
     /// Coefficient of `T²` (attention-score workspaces).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub t2: i64,
+    /// Coefficient of `T·pos` (the scores of a prefill that continues from `pos`: `T` rows
+    /// of `pos + T` keys).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tp: i64,
     /// Coefficient of `T` (tokens in the call).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub t: i64,
@@ -31,6 +35,7 @@ fn is_zero(x: &i64) -> bool {
 impl Expr {
     const ZERO: Expr = Expr {
         t2: 0,
+        tp: 0,
         t: 0,
         c: 0,
         p: 0,
@@ -52,6 +57,7 @@ impl Expr {
     pub fn times(self, m: i64) -> Expr {
         Expr {
             t2: self.t2 * m,
+            tp: self.tp * m,
             t: self.t * m,
             c: self.c * m,
             p: self.p * m,
@@ -63,6 +69,7 @@ impl Expr {
     pub fn plus(self, o: Expr) -> Expr {
         Expr {
             t2: self.t2 + o.t2,
+            tp: self.tp + o.tp,
             t: self.t + o.t,
             c: self.c + o.c,
             p: self.p + o.p,
@@ -82,6 +89,7 @@ impl Expr {
         let (t, c, pos) = (v(t)?, v(c)?, v(pos)?);
         let terms = [
             self.t2.checked_mul(t.checked_mul(t)?)?,
+            self.tp.checked_mul(t.checked_mul(pos)?)?,
             self.t.checked_mul(t)?,
             self.c.checked_mul(c)?,
             self.p.checked_mul(pos)?,
@@ -94,6 +102,7 @@ impl Expr {
     pub fn checked_plus(self, o: Expr) -> Option<Expr> {
         Some(Expr {
             t2: self.t2.checked_add(o.t2)?,
+            tp: self.tp.checked_add(o.tp)?,
             t: self.t.checked_add(o.t)?,
             c: self.c.checked_add(o.c)?,
             p: self.p.checked_add(o.p)?,
@@ -105,6 +114,7 @@ impl Expr {
     pub fn checked_times(self, m: i64) -> Option<Expr> {
         Some(Expr {
             t2: self.t2.checked_mul(m)?,
+            tp: self.tp.checked_mul(m)?,
             t: self.t.checked_mul(m)?,
             c: self.c.checked_mul(m)?,
             p: self.p.checked_mul(m)?,
@@ -113,7 +123,8 @@ impl Expr {
     }
 
     /// `self · o` when the product is again an [`Expr`]: one factor constant, or both
-    /// affine in `T` alone (`T·T = T²`). None otherwise or on overflow.
+    /// affine in `T` and `pos` with no `pos²` (`T·T = T²`, `T·pos`). None otherwise or on
+    /// overflow.
     pub fn checked_mul(self, o: Expr) -> Option<Expr> {
         if let Some(k) = o.as_const() {
             return self.checked_times(k);
@@ -121,18 +132,18 @@ impl Expr {
         if let Some(k) = self.as_const() {
             return o.checked_times(k);
         }
-        let affine_in_t = |e: &Expr| e.t2 == 0 && e.c == 0 && e.p == 0;
-        if !(affine_in_t(&self) && affine_in_t(&o)) {
+        let affine = |e: &Expr| e.t2 == 0 && e.tp == 0 && e.c == 0;
+        if !(affine(&self) && affine(&o)) || (self.p != 0 && o.p != 0) {
             return None;
         }
-        // (a·T + b)(c·T + d) = ac·T² + (ad + bc)·T + bd
+        // (a·T + b·pos + k)(a'·T + b'·pos + k'), with b·b' = 0.
+        let m = |x: i64, y: i64| x.checked_mul(y);
         Some(Expr {
-            t2: self.t.checked_mul(o.t)?,
-            t: self
-                .t
-                .checked_mul(o.k)?
-                .checked_add(self.k.checked_mul(o.t)?)?,
-            k: self.k.checked_mul(o.k)?,
+            t2: m(self.t, o.t)?,
+            tp: m(self.t, o.p)?.checked_add(m(self.p, o.t)?)?,
+            t: m(self.t, o.k)?.checked_add(m(self.k, o.t)?)?,
+            p: m(self.p, o.k)?.checked_add(m(self.k, o.p)?)?,
+            k: m(self.k, o.k)?,
             ..Expr::ZERO
         })
     }
@@ -145,36 +156,38 @@ impl Expr {
     /// A call of `domain` at which the value is negative, if there is one.
     ///
     /// Exact for this class of polynomials: with `C = pos + T + s`, `s ≥ 0`, the value is
-    /// `t2·T² + (t + c)·T + (c + p)·pos + c·s + k`, which is ≥ 0 on the whole domain iff the
-    /// coefficients of the unbounded `pos` (unless the domain fixes it at 0) and `s` are
-    /// ≥ 0 and the quadratic in `T` is ≥ 0 for every allowed `T`; each way of failing has a
-    /// witness built from the coefficients.
+    /// `A(T) + pos·B(T) + s·c` with `A(T) = t2·T² + (t + c)·T + k` and
+    /// `B(T) = tp·T + c + p`. It is ≥ 0 on the whole domain iff `c ≥ 0` (`s` is unbounded),
+    /// `B(T) ≥ 0` for every allowed `T` unless the domain fixes `pos = 0` (it is affine: at
+    /// `T = 1` and its slope), and the quadratic `A` is ≥ 0 for every allowed `T`; each way
+    /// of failing has a witness built from the coefficients.
     pub fn counterexample(&self, domain: Domain) -> Option<Point> {
-        let (mut a, mut b, mut k) = (
-            i128::from(self.t2),
-            i128::from(self.t) + i128::from(self.c),
-            i128::from(self.k),
-        );
+        let w = |x: i64| i128::from(x);
+        let (mut a, mut b, mut k) = (w(self.t2), w(self.t) + w(self.c), w(self.k));
         if domain.one_token {
             (a, b, k) = (0, 0, a + b + k);
         }
-        let c = i128::from(self.c);
-        let cp = if domain.from_start {
-            0
-        } else {
-            c + i128::from(self.p)
-        };
-        let at_one = a + b + k;
+        let c = w(self.c);
+        let (tp, cp) = (w(self.tp), w(self.c) + w(self.p));
+        let at = |t: i128| a * t * t + b * t + k;
         let point = |t: i128, pos: i128, slack: i128| Point {
             t,
             pos,
             c: t + pos + slack,
         };
         if c < 0 {
-            return Some(point(1, 0, at_one.abs() + 1));
+            return Some(point(1, 0, at(1).abs() + 1));
         }
-        if cp < 0 {
-            return Some(point(1, at_one.abs() + 1, 0));
+        if !domain.from_start {
+            let b_at = |t: i128| tp * t + cp;
+            if b_at(1) < 0 {
+                return Some(point(1, at(1).abs() + 1, 0));
+            }
+            if tp < 0 && !domain.one_token {
+                // B falls below zero past T = cp/|tp|; a long position then wins.
+                let t = cp / -tp + 2;
+                return Some(point(t, at(t).abs() + 1, 0));
+            }
         }
         if a < 0 {
             return Some(point(b.abs() + k.abs() + 1, 0, 0));
@@ -182,20 +195,20 @@ impl Expr {
         if a == 0 && b < 0 {
             return Some(point(k.abs() + 2, 0, 0));
         }
-        let g = |t: i128| a * t * t + b * t + k;
         // Convex (or affine and non-decreasing): the minimum over integers T ≥ 1 is at 1
         // or at an integer next to the vertex.
         let vertex = if a > 0 { -b / (2 * a) } else { 1 };
         [1, vertex, vertex + 1]
             .into_iter()
             .filter(|&t| t >= 1)
-            .find(|&t| g(t) < 0)
+            .find(|&t| at(t) < 0)
             .map(|t| point(t, 0, 0))
     }
 
     /// The exact value at `x` (no overflow for points with coordinates below 2^40).
     pub fn value_at(&self, x: Point) -> i128 {
         i128::from(self.t2) * x.t * x.t
+            + i128::from(self.tp) * x.t * x.pos
             + i128::from(self.t) * x.t
             + i128::from(self.c) * x.c
             + i128::from(self.p) * x.pos
@@ -238,6 +251,7 @@ impl std::fmt::Display for Expr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let terms = [
             (self.t2, "T²"),
+            (self.tp, "T·pos"),
             (self.t, "T"),
             (self.c, "C"),
             (self.p, "pos"),
@@ -275,7 +289,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn e(t2: i64, t: i64, c: i64, p: i64, k: i64) -> Expr {
-        Expr { t2, t, c, p, k }
+        Expr {
+            t2,
+            tp: 0,
+            t,
+            c,
+            p,
+            k,
+        }
     }
 
     #[test]
@@ -290,6 +311,7 @@ mod tests {
             Some(e(3, 6, 0, 0, 0))
         );
         assert_eq!(Expr::T.checked_mul(Expr::C), None);
+        assert_eq!(Expr::POS.checked_mul(Expr::POS), None);
         assert_eq!(Expr::k(i64::MAX).checked_mul(Expr::k(2)), None);
     }
 
@@ -337,10 +359,10 @@ mod tests {
         /// where there is none the value is ≥ 0 everywhere sampled.
         #[test]
         fn counterexamples_are_exact(
-            t2 in -2i64..3, t in -20i64..20, c in -3i64..4, p in -3i64..4, k in -40i64..40,
-            one_token: bool, from_start: bool,
+            t2 in -2i64..3, tp in -2i64..3, t in -20i64..20, c in -3i64..4, p in -3i64..4,
+            k in -40i64..40, one_token: bool, from_start: bool,
         ) {
-            let x = e(t2, t, c, p, k);
+            let x = Expr { tp, ..e(t2, t, c, p, k) };
             let d = Domain { one_token, from_start };
             let ts = if one_token { 1..2i128 } else { 1..60 };
             let ps = if from_start { 0..1i128 } else { 0..8 };

@@ -18,6 +18,8 @@ use crate::{MANIFEST_FILE, WEIGHTS_FILE, validate};
 pub struct Engine {
     dir: PathBuf,
     manifest: Manifest,
+    /// The digest of `manifest.json`, which names everything the engine computes with.
+    identity: Checksum,
     /// `None` when `weights.bin` is empty (a zero-length file cannot be mapped).
     weights: Option<Mmap>,
 }
@@ -36,7 +38,7 @@ impl Engine {
         if !dir.is_dir() {
             return Err(load(&dir, None, "no such engine directory"));
         }
-        let manifest = read_manifest(&dir.join(MANIFEST_FILE))?;
+        let (manifest, identity) = read_manifest(&dir.join(MANIFEST_FILE))?;
         let weights = map_weights(&dir.join(WEIGHTS_FILE), &manifest.weights)?;
         check_file(&dir, &manifest.host)?;
         for f in [&manifest.ptx, &manifest.model.tokenizer]
@@ -48,6 +50,7 @@ impl Engine {
         Ok(Engine {
             dir,
             manifest,
+            identity,
             weights,
         })
     }
@@ -58,6 +61,12 @@ impl Engine {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// A digest of the engine's manifest (which holds the checksum of every weight and
+    /// file): what a state snapshot records to be refused on any other engine.
+    pub fn identity(&self) -> Checksum {
+        self.identity
     }
 
     pub fn program(&self, name: ProgramName) -> Option<&Program> {
@@ -144,14 +153,14 @@ fn load(path: &Path, tensor: Option<&str>, msg: impl Into<String>) -> EngineErro
     EngineError::load(path.display().to_string(), tensor, msg)
 }
 
-fn read_manifest(path: &Path) -> Result<Manifest, EngineError> {
+fn read_manifest(path: &Path) -> Result<(Manifest, Checksum), EngineError> {
     let bytes = fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => load(path, None, "missing: this is not a zambac engine"),
         _ => load(path, None, format!("cannot read: {e}")),
     })?;
     let manifest = Manifest::parse(&bytes).map_err(|e| load(path, None, e))?;
     validate::manifest(&manifest).map_err(|e| load(path, None, e))?;
-    Ok(manifest)
+    Ok((manifest, Checksum::of(&bytes)))
 }
 
 /// Maps `weights.bin` after checking its size against the table and every tensor's

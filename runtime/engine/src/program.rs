@@ -113,7 +113,8 @@ pub enum Step {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProgramName {
-    /// The prompt from the empty state: logits of every position, and the state.
+    /// Tokens from a state at any position (the empty state at 0 for a new prompt): logits
+    /// of every position, and the state, updated in place.
     Prefill,
     /// As `Prefill`, but the logits of the last position only (what generation needs).
     PrefillLast,
@@ -136,12 +137,12 @@ impl ProgramName {
         }
     }
 
-    /// The calls this program serves: decode takes one token at any position; a prefill
-    /// starts from the empty state at position 0.
+    /// The calls this program serves: decode takes one token; a prefill takes any number,
+    /// from the empty state or continuing a sequence from its position.
     pub fn domain(self) -> Domain {
         Domain {
             one_token: self == ProgramName::Decode,
-            from_start: self != ProgramName::Decode,
+            from_start: false,
         }
     }
 }

@@ -79,14 +79,23 @@ impl Backend for ReferenceBackend {
         )]
     }
 
-    fn prefill(
-        &mut self,
-        tokens: &[i64],
-        capacity: usize,
-    ) -> Result<(Tensor, State), RuntimeError> {
+    fn new_state(&self, capacity: usize) -> Result<State, RuntimeError> {
+        Ok(State::new(Vec::new(), capacity, 0))
+    }
+
+    /// The IR's prefill graph starts from the empty state: a prompt, not a continuation.
+    fn extend(&mut self, tokens: &[i64], state: &mut State) -> Result<Tensor, RuntimeError> {
+        if state.position() != 0 {
+            return Err(RuntimeError::Input(
+                "the reference interpreter prefills from position 0 only; continue a \
+                 sequence on the cpu backend"
+                    .into(),
+            ));
+        }
         let inputs = HashMap::from([("tokens".to_string(), Value::tokens(tokens))]);
-        let (logits, states) = self.run("prefill", &inputs, capacity)?;
-        Ok((logits, State::new(states, capacity, tokens.len())))
+        let (logits, states) = self.run("prefill", &inputs, state.capacity())?;
+        *state = State::new(states, state.capacity(), tokens.len());
+        Ok(logits)
     }
 
     fn decode(&mut self, token: i64, state: &mut State) -> Result<Tensor, RuntimeError> {

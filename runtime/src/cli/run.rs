@@ -9,7 +9,7 @@ use zambac_engine::Engine;
 use crate::cpu::CpuBackend;
 use crate::error::RuntimeError;
 use crate::sampling::Sampling;
-use crate::session::{Backend, Generation, generate};
+use crate::session::{Backend, Generation, Options, generate_from};
 use crate::tokenizer::Tokenizer;
 
 /// How to generate and what to print: the options every `run` shares.
@@ -47,6 +47,17 @@ pub struct GenerateArgs {
     /// `on` where the CPU and oneDNN allow it.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub bf16_products: String,
+    /// Prefill the prompt in chunks of this many tokens (a long prompt then needs workspace
+    /// for one chunk only); the logits are those of one whole prefill.
+    #[arg(long, value_name = "N")]
+    pub prefill_chunk: Option<usize>,
+    /// Continue the sequence saved in this snapshot: the prompt is appended to it.
+    #[arg(long, value_name = "FILE")]
+    pub load_state: Option<PathBuf>,
+    /// Save the sequence's state after the run (everything consumed: the prompt and every
+    /// generated token but the last) to this snapshot; `--max-new-tokens 0` prefills only.
+    #[arg(long, value_name = "FILE")]
+    pub save_state: Option<PathBuf>,
     /// Say on stderr what runs the model: the CPU and its extensions, what the engine's
     /// host code was generated for, the matrix library and its kernels.
     #[arg(long)]
@@ -136,11 +147,32 @@ pub fn generate_and_report(
             eprintln!("{label:<13} {text}");
         }
     }
+    if g.prefill_chunk == Some(0) {
+        return Err(RuntimeError::Input(
+            "--prefill-chunk must be at least 1".into(),
+        ));
+    }
+    let state = match &g.load_state {
+        Some(path) => {
+            let mut s = backend.load_state(path, 0)?;
+            let more = prompt.len().saturating_add(g.max_new_tokens.max(1));
+            s.grow(s.position().saturating_add(more))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let opts = Options {
+        sampling,
+        prefill_chunk: g.prefill_chunk,
+    };
     let mut stream = Stream::new(tokenizer, !g.json);
-    let generation = generate(backend, prompt, g.max_new_tokens, sampling, |t| {
+    let (generation, state) = generate_from(backend, state, prompt, g.max_new_tokens, opts, |t| {
         stream.push(t)
     })?;
     stream.finish();
+    if let Some(path) = &g.save_state {
+        backend.save_state(path, &state)?;
+    }
     if let Some(path) = &g.dump_logits {
         dump_logits(path, &generation)?;
     }

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use zambac_engine::{Elem, Engine, MANIFEST_FILE, ProgramName, StateSpec, TargetCpu};
 
 use crate::error::RuntimeError;
-use crate::session::{Backend, State, check_room, check_tokens};
+use crate::session::{Backend, State, check_room, check_room_for, check_tokens};
 use crate::tensor::Tensor;
 use exec::{CallBuffers, Dims, Executor, Region};
 use library::HostLibrary;
@@ -242,24 +242,18 @@ impl CpuBackend {
         RuntimeError::load(file, None, msg)
     }
 
-    /// Runs `which` (a prefill program) on `tokens` from an empty state.
-    fn run_prefill(
+    /// Runs `which` (a prefill program) on `tokens` from the state's position.
+    fn run_extend(
         &mut self,
         which: Which,
         tokens: &[i64],
-        capacity: usize,
-    ) -> Result<(Tensor, State), RuntimeError> {
+        state: &mut State,
+    ) -> Result<Tensor, RuntimeError> {
         check_tokens(tokens, self.vocab)?;
-        if capacity < tokens.len() {
-            return Err(RuntimeError::Input(format!(
-                "the KV-cache capacity {capacity} is smaller than the prompt ({} tokens)",
-                tokens.len()
-            )));
-        }
-        let mut state = State::zeros(&self.layout, capacity)?;
-        let logits = self.run(which, tokens, &mut state)?;
+        check_room_for(state, tokens.len())?;
+        let logits = self.run(which, tokens, state)?;
         state.advance(tokens.len());
-        Ok((logits, state))
+        Ok(logits)
     }
 
     /// Runs a program on `tokens` at the state's position; the state's tensors are bound
@@ -403,20 +397,24 @@ impl Backend for CpuBackend {
         ]
     }
 
-    fn prefill(
-        &mut self,
-        tokens: &[i64],
-        capacity: usize,
-    ) -> Result<(Tensor, State), RuntimeError> {
-        self.run_prefill(Which::Prefill, tokens, capacity)
+    fn new_state(&self, capacity: usize) -> Result<State, RuntimeError> {
+        State::zeros(&self.layout, capacity)
     }
 
-    fn prefill_last(
-        &mut self,
-        tokens: &[i64],
-        capacity: usize,
-    ) -> Result<(Tensor, State), RuntimeError> {
-        self.run_prefill(Which::PrefillLast, tokens, capacity)
+    fn save_state(&self, path: &std::path::Path, state: &State) -> Result<(), RuntimeError> {
+        crate::snapshot::save(path, state, self.engine.identity())
+    }
+
+    fn load_state(&self, path: &std::path::Path, capacity: usize) -> Result<State, RuntimeError> {
+        crate::snapshot::load(path, &self.layout, self.engine.identity(), capacity)
+    }
+
+    fn extend(&mut self, tokens: &[i64], state: &mut State) -> Result<Tensor, RuntimeError> {
+        self.run_extend(Which::Prefill, tokens, state)
+    }
+
+    fn extend_last(&mut self, tokens: &[i64], state: &mut State) -> Result<Tensor, RuntimeError> {
+        self.run_extend(Which::PrefillLast, tokens, state)
     }
 
     fn decode(&mut self, token: i64, state: &mut State) -> Result<Tensor, RuntimeError> {

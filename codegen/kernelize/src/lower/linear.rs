@@ -144,11 +144,11 @@ impl GraphLowering<'_> {
         if bias.is_some() || op != EpilogueOp::None {
             let mut views = vec![y];
             views.extend(bias.map(|b| self.view(b)));
-            let mut pos0 = Expr::k(0);
-            match a.epilogue {
-                Epilogue::Mul => views.extend(epilogue_operand.map(|m| self.view(m))),
-                Epilogue::Rope(_) if epilogue_operand.is_some() => pos0 = Expr::POS,
-                _ => {}
+            // RoPE angles start at the call's position: 0 for a new prompt, further on
+            // for a continued prefill or a decode step.
+            let pos0 = Expr::POS;
+            if let Epilogue::Mul = a.epilogue {
+                views.extend(epilogue_operand.map(|m| self.view(m)));
             }
             views.push(self.view(out));
             let kind = KernelKind::Epilogue {

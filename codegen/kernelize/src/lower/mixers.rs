@@ -39,9 +39,12 @@ impl GraphLowering<'_> {
             );
             return Ok(());
         }
-        // Prefill from position 0: per head, S = Q·Kᵀ (GEMM), causal softmax, O = S·V.
+        // Prefill of T tokens from position `pos` (0 for a new prompt; the rows were
+        // written to the caches at pos..pos+T): per head, S = Q·K[0, pos+T)ᵀ (GEMM), the
+        // causal softmax (query r sees keys 0..=pos+r), O = S·V[0, pos+T).
         let t = self.rows(q);
-        let scores = self.new_scratch(Expr::T2);
+        let keys = Expr::T.plus(Expr::POS);
+        let scores = self.new_scratch(Expr { tp: 1, ..Expr::T2 });
         let rep = heads / kvh;
         let qw = (heads * hd) as i64;
         for h in 0..heads {
@@ -54,12 +57,12 @@ impl GraphLowering<'_> {
             };
             let sm = Matrix {
                 view: scores.clone(),
-                row_stride: Expr::T,
+                row_stride: keys,
                 col_stride: Expr::k(1),
             };
             self.steps.push(Step::Gemm {
                 m: t,
-                n: Expr::T,
+                n: keys,
                 k: Expr::k(hd as i64),
                 a: qm,
                 b: km,
@@ -72,7 +75,7 @@ impl GraphLowering<'_> {
                 kind,
                 t,
                 vec![scores.clone()],
-                vec![Expr::k(0), Expr::T],
+                vec![Expr::POS, keys],
             );
             let vm = Matrix {
                 view: View::at(self.view(vc).buf, kv_off),
@@ -83,7 +86,7 @@ impl GraphLowering<'_> {
             self.steps.push(Step::Gemm {
                 m: t,
                 n: Expr::k(hd as i64),
-                k: Expr::T,
+                k: keys,
                 a: sm,
                 b: vm,
                 c: om,
@@ -114,12 +117,14 @@ impl GraphLowering<'_> {
             return self.err("a Mamba step must update its states in place");
         }
         let xbc = self.new_scratch(rows.times(cd as i64));
+        // Every program reads the incoming conv and SSM states: a new prompt's are zero, a
+        // continued prefill's and a decode step's hold the sequence so far.
         let kind = KernelKind::Mamba2Conv {
             width,
             di,
             cd,
             k: m.conv,
-            step,
+            step: true,
         };
         let views = vec![
             self.view(zx),
@@ -137,7 +142,7 @@ impl GraphLowering<'_> {
             groups: s.groups,
             state: s.state,
             dt_min: m.dt_min,
-            step,
+            step: true,
         };
         let views = vec![
             self.view(zx),
@@ -203,11 +208,12 @@ impl GraphLowering<'_> {
             return self.err("a Mamba step must update its states in place");
         }
         let xs = self.new_scratch(rows.times(di as i64));
+        // As for Mamba2: every program reads the incoming states.
         let kind = KernelKind::Mamba1Conv {
             di,
             k: m.conv,
             bias: m.conv_bias,
-            step,
+            step: true,
         };
         let mut views = vec![self.view(xz), self.view(conv_weight)];
         views.extend(conv_bias.map(|b| self.view(b)));
@@ -233,7 +239,7 @@ impl GraphLowering<'_> {
             state: st,
             dt_rank: r,
             dt_min: m.dt_min,
-            step,
+            step: true,
         };
         let views = vec![
             xs,

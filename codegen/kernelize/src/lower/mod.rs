@@ -341,7 +341,7 @@ impl<'a> GraphLowering<'a> {
                         theta: r.theta,
                     },
                 };
-                let pos0 = self.pos_operand(&ops, 1);
+                let pos0 = Expr::POS;
                 let views = vec![self.view(ops[0]), self.view(out(0))];
                 self.launch("epilogue", kind, self.rows(ops[0]), views, vec![pos0]);
             }
@@ -363,11 +363,10 @@ impl<'a> GraphLowering<'a> {
             }
             OpKind::KvStore { heads, head_dim } | OpKind::KvAppend { heads, head_dim } => {
                 let append = matches!(g.kind(n), OpKind::KvAppend { .. });
-                let (k, pos0) = if append {
-                    (ops[1], self.pos_operand(&ops, 2))
-                } else {
-                    (ops[0], Expr::k(0))
-                };
+                // Rows land at the call's positions: a prefill continues from `pos` (0 for
+                // a new prompt), a decode step writes its one row at `pos`.
+                let k = if append { ops[1] } else { ops[0] };
+                let pos0 = Expr::POS;
                 if append && self.view(ops[0]) != self.view(out(0)) {
                     return self.err("a KV append must update its cache in place");
                 }
@@ -408,11 +407,6 @@ impl<'a> GraphLowering<'a> {
             };
         }
         e
-    }
-
-    /// The position operand at `i` if present, else 0 (prefill starts at position 0).
-    fn pos_operand(&self, ops: &[ValueRef], i: usize) -> Expr {
-        if ops.len() > i { Expr::POS } else { Expr::k(0) }
     }
 
     #[allow(clippy::too_many_arguments)]
