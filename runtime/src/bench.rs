@@ -19,6 +19,8 @@ const PREFILL_RUNS: usize = 3;
 pub struct BenchReport {
     pub prompt_len: usize,
     pub new_tokens: usize,
+    /// Sequences decoded together in each step (each after a prompt of its own).
+    pub batch: usize,
     /// Median time of `prefill_last` over the prompt (after a warm-up run).
     pub prefill_s: f64,
     /// Prompt tokens per second of that median.
@@ -27,23 +29,31 @@ pub struct BenchReport {
     pub prefill_runs_s: Vec<f64>,
     /// From the start of a prefill to the first generated token.
     pub ttft_s: f64,
-    /// Decode steps per second after the prompt (0 when no token is decoded).
+    /// Tokens decoded per second after the prompts, those of all `batch` sequences counted
+    /// (0 when no token is decoded).
     pub decode_tok_per_s: f64,
     /// The process's peak resident memory (`VmHWM`), 0 where the OS does not report it.
     pub peak_rss_bytes: u64,
 }
 
 /// Runs `prompt_len` random tokens (drawn from `seed`) through prefill, then decodes
-/// `new_tokens` greedily.
+/// `new_tokens` greedily — for `batch` sequences at once when `batch > 1`, each after its
+/// own random prompt (seeds `seed`, `seed + 1`, …), all advanced by one batched step.
 pub fn run(
     backend: &mut dyn Backend,
     prompt_len: usize,
     new_tokens: usize,
+    batch: usize,
     seed: u64,
 ) -> Result<BenchReport, RuntimeError> {
     if prompt_len == 0 {
         return Err(RuntimeError::Input(
             "the benchmark prompt needs at least one token".into(),
+        ));
+    }
+    if batch == 0 {
+        return Err(RuntimeError::Input(
+            "the batch needs at least one sequence".into(),
         ));
     }
     let prompt = random_prompt(backend.vocab_size(), prompt_len, seed);
@@ -59,10 +69,18 @@ pub fn run(
     times.sort_by(f64::total_cmp);
     let prefill_s = times[times.len() / 2];
 
-    let Generated { ttft_s, decode_s } = prefill_then_decode(backend, &prompt, new_tokens, |_| {})?;
+    let Generated { ttft_s, decode_s } = if batch == 1 {
+        prefill_then_decode(backend, &prompt, new_tokens, |_| {})?
+    } else {
+        let prompts: Vec<Vec<i64>> = (0..batch as u64)
+            .map(|i| random_prompt(backend.vocab_size(), prompt_len, seed.wrapping_add(i)))
+            .collect();
+        prefill_then_decode_batch(backend, &prompts, new_tokens, |_| {})?
+    };
     Ok(BenchReport {
         prompt_len,
         new_tokens,
+        batch,
         prefill_s,
         prefill_tok_per_s: prompt_len as f64 / prefill_s,
         prefill_runs_s,
@@ -70,7 +88,7 @@ pub fn run(
         decode_tok_per_s: if new_tokens == 0 {
             0.0
         } else {
-            new_tokens as f64 / decode_s
+            (batch * new_tokens) as f64 / decode_s
         },
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
     })
@@ -105,6 +123,43 @@ pub fn prefill_then_decode<B: Backend + ?Sized>(
     for _ in 0..new_tokens {
         let logits = backend.decode(token, &mut state)?;
         token = argmax(logits.row(0)) as i64;
+    }
+    Ok(Generated {
+        ttft_s,
+        decode_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// A server's run of several users: each prompt prefilled (`prefill_last`) and its greedy
+/// first token taken, then `new_tokens` batched decode steps advancing every sequence at
+/// once. `ttft_s` is the first sequence's; `after_prefill` runs between the two phases,
+/// outside both clocks.
+pub fn prefill_then_decode_batch<B: Backend + ?Sized>(
+    backend: &mut B,
+    prompts: &[Vec<i64>],
+    new_tokens: usize,
+    after_prefill: impl FnOnce(&mut B),
+) -> Result<Generated, RuntimeError> {
+    let mut ttft_s = 0.0;
+    let mut tokens = Vec::with_capacity(prompts.len());
+    let mut states = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let t0 = Instant::now();
+        let (logits, state) = backend.prefill_last(prompt, prompt.len() + new_tokens.max(1))?;
+        tokens.push(argmax(logits.row(0)) as i64);
+        if i == 0 {
+            ttft_s = t0.elapsed().as_secs_f64();
+        }
+        states.push(state);
+    }
+    after_prefill(backend);
+    let t0 = Instant::now();
+    for _ in 0..new_tokens {
+        let mut refs: Vec<&mut crate::session::State> = states.iter_mut().collect();
+        let logits = backend.decode_batch(&tokens, &mut refs)?;
+        for (i, t) in tokens.iter_mut().enumerate() {
+            *t = argmax(logits.row(i)) as i64;
+        }
     }
     Ok(Generated {
         ttft_s,

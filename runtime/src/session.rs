@@ -179,6 +179,22 @@ pub trait Backend {
     /// partly updated and must not be used again.
     fn decode(&mut self, token: i64, state: &mut State) -> Result<Tensor, RuntimeError>;
 
+    /// Advances every sequence by one token (`tokens[i]` to `states[i]`, each at its own
+    /// position); returns their logits `[B, V]`. Each sequence gets the logits decoding it
+    /// alone would give. A backend that cannot batch decodes them one after the other.
+    fn decode_batch(
+        &mut self,
+        tokens: &[i64],
+        states: &mut [&mut State],
+    ) -> Result<Tensor, RuntimeError> {
+        check_batch(tokens, states.len())?;
+        let mut rows = Vec::with_capacity(tokens.len() * self.vocab_size());
+        for (t, s) in tokens.iter().zip(states.iter_mut()) {
+            rows.extend_from_slice(&self.decode(*t, s)?.data);
+        }
+        Ok(Tensor::new(vec![tokens.len(), self.vocab_size()], rows))
+    }
+
     /// What executes the model, as `label: text` lines for `--verbose` and reports.
     fn describe(&self) -> Vec<(&'static str, String)> {
         Vec::new()
@@ -204,6 +220,18 @@ pub trait Backend {
 /// Checks that a state can take one more token: its caches have room.
 pub fn check_room(state: &State) -> Result<(), RuntimeError> {
     check_room_for(state, 1)
+}
+
+/// Checks that a batched step has one token per sequence.
+pub fn check_batch(tokens: &[i64], sequences: usize) -> Result<(), RuntimeError> {
+    if tokens.len() == sequences {
+        Ok(())
+    } else {
+        Err(RuntimeError::Internal(format!(
+            "{} tokens for {sequences} sequences",
+            tokens.len()
+        )))
+    }
 }
 
 /// Checks that a state's caches have room for `tokens` more tokens.

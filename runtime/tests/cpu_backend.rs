@@ -252,7 +252,7 @@ fn bad_run_inputs_are_input_errors() {
 fn bench_reports_times_and_memory() {
     let f = fixture();
     let mut b = backend(&f.dir, 2);
-    let r = zambac_runtime::bench::run(&mut b, 6, 4, 7).unwrap();
+    let r = zambac_runtime::bench::run(&mut b, 6, 4, 1, 7).unwrap();
     assert!(r.prefill_s > 0.0 && r.ttft_s > 0.0 && r.decode_tok_per_s > 0.0);
     assert_eq!(
         (r.prompt_len, r.new_tokens, r.prefill_runs_s.len()),

@@ -23,6 +23,11 @@ pub struct BenchArgs {
     /// Tokens decoded after the prompt.
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
+    /// Sequences decoded together: each gets a random prompt of `--prompt-len` tokens, then
+    /// every decode step advances all of them at once (the weights read once per step);
+    /// `decode_tok_per_s` counts the tokens of all of them.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Threads (default: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -83,9 +88,34 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
             "--prompt-len must be at least 1".into(),
         ));
     }
+    if args.batch == 0 {
+        return Err(RuntimeError::Input("--batch must be at least 1".into()));
+    }
     let mut backend = CpuBackend::new(Engine::open(&args.engine)?, args.threads)?;
     super::set_bf16_products(&mut backend, &args.bf16_products)?;
-    let r = bench::run(&mut backend, args.prompt_len, args.new_tokens, args.seed)?;
+    let capacity = args.prompt_len.saturating_add(args.new_tokens.max(1));
+    let fits = backend.max_batch(capacity);
+    if args.batch > fits {
+        return Err(RuntimeError::Input(format!(
+            "--batch {}: {} sequences of {capacity} tokens each need {} of state and KV cache \
+             ({} each); at most {fits} fit in the memory available now",
+            args.batch,
+            args.batch,
+            bytes(
+                backend
+                    .sequence_bytes(capacity)
+                    .saturating_mul(args.batch as u64)
+            ),
+            bytes(backend.sequence_bytes(capacity)),
+        )));
+    }
+    let r = bench::run(
+        &mut backend,
+        args.prompt_len,
+        args.new_tokens,
+        args.batch,
+        args.seed,
+    )?;
     let profile = if args.profile {
         Some(profile(&mut backend, args)?)
     } else {
@@ -114,12 +144,22 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
             r.prefill_s, r.prompt_len, r.prefill_tok_per_s
         );
         println!("first token   {:.4} s", r.ttft_s);
-        println!(
-            "decode        {:.2} tok/s ({:.2} ms/token over {} tokens)",
-            r.decode_tok_per_s,
-            1e3 / r.decode_tok_per_s,
-            r.new_tokens
-        );
+        if r.batch == 1 {
+            println!(
+                "decode        {:.2} tok/s ({:.2} ms/token over {} tokens)",
+                r.decode_tok_per_s,
+                1e3 / r.decode_tok_per_s,
+                r.new_tokens
+            );
+        } else {
+            println!(
+                "decode        {:.2} tok/s for {} sequences ({:.2} ms/step over {} steps)",
+                r.decode_tok_per_s,
+                r.batch,
+                1e3 * r.batch as f64 / r.decode_tok_per_s,
+                r.new_tokens
+            );
+        }
         println!("peak RSS      {}", bytes(r.peak_rss_bytes));
         if let Some(p) = profile {
             print_table(
@@ -129,7 +169,14 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
             );
             if r.new_tokens > 0 {
                 print_table(
-                    &format!("decode, per token (mean of {})", r.new_tokens),
+                    &if r.batch == 1 {
+                        format!("decode, per token (mean of {})", r.new_tokens)
+                    } else {
+                        format!(
+                            "decode, per step of {} sequences (mean of {})",
+                            r.batch, r.new_tokens
+                        )
+                    },
                     &p.decode,
                     (r.new_tokens, p.decode_wall_s),
                 );
@@ -139,15 +186,28 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Runs the benchmark's prompt once more and decodes `--new-tokens` greedily, with every
-/// step timed.
+/// Runs the benchmark's prompt once more and decodes `--new-tokens` greedily (for every
+/// sequence of `--batch`), with every step timed; with a batch, the prefill profile covers
+/// all the prompts and a decode step's kernels all the sequences.
 fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> Result<Profile, RuntimeError> {
     let prompt = bench::random_prompt(backend.vocab_size(), args.prompt_len, args.seed);
     backend.set_profiling(true);
     let mut prefill = Vec::new();
-    let wall = bench::prefill_then_decode(backend, &prompt, args.new_tokens, |b| {
-        prefill = b.take_profile();
-    })?;
+    let wall = if args.batch == 1 {
+        bench::prefill_then_decode(backend, &prompt, args.new_tokens, |b| {
+            prefill = b.take_profile();
+        })?
+    } else {
+        let prompts: Vec<Vec<i64>> = (0..args.batch as u64)
+            .map(|i| {
+                let seed = args.seed.wrapping_add(i);
+                bench::random_prompt(backend.vocab_size(), args.prompt_len, seed)
+            })
+            .collect();
+        bench::prefill_then_decode_batch(backend, &prompts, args.new_tokens, |b| {
+            prefill = b.take_profile();
+        })?
+    };
     let decode = backend.take_profile();
     backend.set_profiling(false);
     Ok(Profile {

@@ -28,6 +28,8 @@ const WIDEN_BLOCK_MAX: usize = 1 << 24;
 /// Blocks of C handed to threads are multiples of this many columns or rows, the width of
 /// the crate's f32 micro-kernels, so no thread gets a ragged edge it need not have.
 const ALIGN: usize = 16;
+/// bf16 products with fewer rows of A than this split B's columns among the threads.
+const BF16_ROWS_SPLIT: usize = 64;
 
 /// A matrix operand bound to memory: element `(i, j)` at `ptr + (i·rs + j·cs)·size`.
 #[derive(Clone, Copy, Debug)]
@@ -198,36 +200,54 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
         /// This thread's rows of A in bf16, reused across products.
         static ROWS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let chunks = pool.threads().min(g.m);
+    // Few rows (a batched decode step): every thread rounds all of A and multiplies it by
+    // its own block of B's columns, so B — the weights — is read once in all. Many rows (a
+    // prefill): each thread takes a block of A's rows and the whole of B.
+    let by_cols = g.m < BF16_ROWS_SPLIT;
+    let len = if by_cols { g.n } else { g.m };
+    let chunks = if by_cols {
+        pool.threads().min(len.div_ceil(ALIGN))
+    } else {
+        pool.threads().min(len)
+    };
     let failure = std::sync::Mutex::new(None);
     let ok = pool.run(chunks, &|t| {
-        let (lo, hi) = split(g.m as i64, chunks as i64, t as i64);
-        let (lo, hi) = (lo as usize, hi as usize);
+        let (lo, hi) = if by_cols {
+            aligned_split(len, chunks, t)
+        } else {
+            let (lo, hi) = split(len as i64, chunks as i64, t as i64);
+            (lo as usize, hi as usize)
+        };
         if lo == hi {
             return;
         }
-        let rows = hi - lo;
+        let (row0, rows, col0, cols) = if by_cols {
+            (0, g.m, lo, hi - lo)
+        } else {
+            (lo, hi - lo, 0, g.n)
+        };
         let result = ROWS.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.resize(rows * g.k, 0);
             for r in 0..rows {
-                let a = g.a.at(lo + r, 0).ptr.cast::<f32>().cast_const();
-                // SAFETY: row `lo + r` of the bounds-checked A holds k unit-stride values.
+                let a = g.a.at(row0 + r, 0).ptr.cast::<f32>().cast_const();
+                // SAFETY: row `row0 + r` of the bounds-checked A holds k unit-stride values.
                 let row = unsafe { std::slice::from_raw_parts(a, g.k) };
                 dnnl::to_bf16(row, &mut buf[r * g.k..(r + 1) * g.k]);
             }
             let shape = dnnl::Shape {
                 m: rows,
-                n: g.n,
+                n: cols,
                 k: g.k,
                 b_strides: (g.b.rs, g.b.cs),
                 ldc: g.c.rs.unsigned_abs(),
                 accumulate: g.accumulate,
             };
-            let c = g.c.at(lo, 0).ptr.cast::<f32>();
-            // SAFETY: A's rows are in `buf`; B and this thread's rows of C are blocks of
-            // the bounds-checked operands, and no other thread writes these rows.
-            unsafe { dnnl.gemm(shape, buf.as_ptr(), g.b.ptr.cast::<u16>().cast_const(), c) }
+            let b = g.b.at(0, col0).ptr.cast::<u16>().cast_const();
+            let c = g.c.at(row0, col0).ptr.cast::<f32>();
+            // SAFETY: A's rows are in `buf`; this thread's block of B and of C are blocks of
+            // the bounds-checked operands, and no other thread writes this block of C.
+            unsafe { dnnl.gemm(shape, buf.as_ptr(), b, c) }
         });
         if let Err(e) = result
             && let Ok(mut f) = failure.lock()
@@ -402,6 +422,8 @@ mod tests {
             (1, 256, 64, 256),
             (18, 8, 96, 8),
             (19, 160, 64, 160),
+            // At least BF16_ROWS_SPLIT rows: split by rows rather than columns.
+            (70, 48, 40, 50),
         ] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)

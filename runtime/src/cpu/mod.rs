@@ -8,6 +8,7 @@
 //! drives the compiler's reference interpreter.
 
 mod arena;
+pub mod batch;
 pub mod blas;
 pub mod dnnl;
 mod exec;
@@ -109,6 +110,8 @@ impl CpuBackend {
             .collect();
         let mut exec =
             Executor::new(threads, lib.fns.clone(), weights).map_err(RuntimeError::Internal)?;
+        let kinds: Vec<_> = m.kernels.iter().map(|k| k.kind.clone()).collect();
+        exec.set_kernel_kinds(&kinds);
         let bf16 = (m.model.weight_elem == Elem::Bf16)
             .then(dnnl::dnnl)
             .and_then(Result::ok);
@@ -242,41 +245,15 @@ impl CpuBackend {
         RuntimeError::load(file, None, msg)
     }
 
-    /// Runs `which` (a prefill program) on `tokens` from the state's position.
-    fn run_extend(
-        &mut self,
-        which: Which,
-        tokens: &[i64],
+    /// The logits of a call of `plan` at `d` on `state`, and the regions of every output (the
+    /// logits' and the state's tensors, bound in place), after checking the state's shapes.
+    /// The regions point into the returned tensor's and the state's heap data.
+    fn outputs(
+        &self,
+        plan: &Plan,
+        d: Dims,
         state: &mut State,
-    ) -> Result<Tensor, RuntimeError> {
-        check_tokens(tokens, self.vocab)?;
-        check_room_for(state, tokens.len())?;
-        let logits = self.run(which, tokens, state)?;
-        state.advance(tokens.len());
-        Ok(logits)
-    }
-
-    /// Runs a program on `tokens` at the state's position; the state's tensors are bound
-    /// in place. Returns the logits.
-    fn run(
-        &mut self,
-        which: Which,
-        tokens: &[i64],
-        state: &mut State,
-    ) -> Result<Tensor, RuntimeError> {
-        let d = Dims {
-            t: tokens.len(),
-            c: state.capacity(),
-            pos: state.position(),
-        };
-        let plan = match which {
-            Which::Prefill => &self.prefill,
-            Which::PrefillLast => self
-                .prefill_last
-                .as_ref()
-                .ok_or_else(|| self.manifest_error("has no `prefill_last` program".into()))?,
-            Which::Decode => &self.decode,
-        };
+    ) -> Result<(Tensor, Vec<Region>), RuntimeError> {
         let mut logits = None;
         for (what, dims) in &plan.outputs {
             let shape = dims
@@ -314,6 +291,45 @@ impl CpuBackend {
             };
             outputs.push(region);
         }
+        Ok((logits, outputs))
+    }
+
+    /// Runs `which` (a prefill program) on `tokens` from the state's position.
+    fn run_extend(
+        &mut self,
+        which: Which,
+        tokens: &[i64],
+        state: &mut State,
+    ) -> Result<Tensor, RuntimeError> {
+        check_tokens(tokens, self.vocab)?;
+        check_room_for(state, tokens.len())?;
+        let logits = self.run(which, tokens, state)?;
+        state.advance(tokens.len());
+        Ok(logits)
+    }
+
+    /// Runs a program on `tokens` at the state's position; the state's tensors are bound
+    /// in place. Returns the logits.
+    fn run(
+        &mut self,
+        which: Which,
+        tokens: &[i64],
+        state: &mut State,
+    ) -> Result<Tensor, RuntimeError> {
+        let d = Dims {
+            t: tokens.len(),
+            c: state.capacity(),
+            pos: state.position(),
+        };
+        let plan = match which {
+            Which::Prefill => &self.prefill,
+            Which::PrefillLast => self
+                .prefill_last
+                .as_ref()
+                .ok_or_else(|| self.manifest_error("has no `prefill_last` program".into()))?,
+            Which::Decode => &self.decode,
+        };
+        let (logits, outputs) = self.outputs(plan, d, state)?;
         let mut token_buf = tokens.to_vec();
         let mut pos_buf = [i64::try_from(d.pos)
             .map_err(|_| RuntimeError::Input(format!("position {} is too large", d.pos)))?];
@@ -415,6 +431,14 @@ impl Backend for CpuBackend {
 
     fn extend_last(&mut self, tokens: &[i64], state: &mut State) -> Result<Tensor, RuntimeError> {
         self.run_extend(Which::PrefillLast, tokens, state)
+    }
+
+    fn decode_batch(
+        &mut self,
+        tokens: &[i64],
+        states: &mut [&mut State],
+    ) -> Result<Tensor, RuntimeError> {
+        self.step_batch(tokens, states)
     }
 
     fn decode(&mut self, token: i64, state: &mut State) -> Result<Tensor, RuntimeError> {

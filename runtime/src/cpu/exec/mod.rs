@@ -7,6 +7,10 @@ use std::time::Instant;
 
 use zambac_engine::{Elem, Expr};
 
+mod batch;
+
+pub use batch::SeqCall;
+
 use super::arena::{AlignedBuf, Arena};
 use super::dnnl::Dnnl;
 use super::gemm::{self, Gemm};
@@ -75,6 +79,11 @@ pub struct Executor {
     bf16: Option<&'static Dnnl>,
     /// Time spent per step kind, while profiling.
     profile: Option<StepTimes>,
+    /// The shape of each kernel that is a Gemv (indexed like the kernel table): batched
+    /// steps run those as one product over every sequence's row.
+    gemv: Vec<Option<batch::GemvShape>>,
+    /// Buffers of batched steps.
+    batch: batch::BatchBuffers,
 }
 
 /// Wall time per kernel and in the GEMM library, summed over the steps run while profiling.
@@ -126,16 +135,18 @@ impl Executor {
             widen: AlignedBuf::default(),
             bf16: None,
             profile: None,
+            gemv: Vec::new(),
+            batch: batch::BatchBuffers::default(),
         })
     }
 
-    /// Starts (or stops) timing every step; starting clears what was collected.
     /// Routes products with a bf16 weight through `dnnl` (activations rounded to bf16), or
     /// through f32 products on widened weights with `None`.
     pub fn set_bf16_products(&mut self, dnnl: Option<&'static Dnnl>) {
         self.bf16 = dnnl;
     }
 
+    /// Starts (or stops) timing every step; starting clears what was collected.
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(|| StepTimes {
             kernels: vec![(0, 0.0); self.launcher.fns.len()],
@@ -159,20 +170,7 @@ impl Executor {
     /// Runs every step of `plan`. Output regions must stay valid and unaliased by Rust
     /// references for the duration of the call.
     pub fn run(&mut self, plan: &Plan, d: Dims, call: &CallBuffers<'_>) -> Result<(), String> {
-        let slot_sizes = plan
-            .slots
-            .iter()
-            .map(|cands| {
-                cands
-                    .iter()
-                    .try_fold(0usize, |m, e| Ok::<_, String>(m.max(d.size(e)?)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let scratch_sizes = plan
-            .scratch
-            .iter()
-            .map(|e| d.size(e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (slot_sizes, scratch_sizes) = buffer_sizes(plan, d)?;
         self.slots.prepare(&slot_sizes);
         self.scratch.prepare(&scratch_sizes);
         let slots = regions(&mut self.slots, &slot_sizes);
@@ -203,34 +201,13 @@ impl Executor {
                     }
                     Ok(())
                 }
-                PStep::Gemm(g) => {
-                    let PGemm {
-                        m,
-                        n,
-                        k,
-                        a,
-                        b,
-                        c,
-                        accumulate,
-                    } = &**g;
-                    let (m, n, k) = (d.size(m)?, d.size(n)?, d.size(k)?);
-                    let op = |mx: &PMatrix, rows, cols| {
-                        gemm::operand(bound.view(&mx.view, d)?, mx, rows, cols, d)
-                    };
-                    let g = Gemm {
-                        m,
-                        n,
-                        k,
-                        a: op(a, m, k)?,
-                        b: op(b, k, n)?,
-                        c: op(c, m, n)?,
-                        accumulate: *accumulate,
-                    };
+                PStep::Gemm(pg) => {
+                    let g = bind_gemm(pg, &bound, d)?;
                     gemm::run(&g, &self.launcher.pool, &mut self.widen, self.bf16)?;
                     if let (Some(p), Some(t0)) = (profile.as_mut(), t0) {
                         p.gemm.0 += 1;
                         p.gemm.1 += t0.elapsed().as_secs_f64();
-                        p.gemm.2 += 2.0 * (m as f64) * (n as f64) * (k as f64);
+                        p.gemm.2 += 2.0 * (g.m as f64) * (g.n as f64) * (g.k as f64);
                     }
                     Ok(())
                 }
@@ -287,6 +264,50 @@ impl Launcher {
             Err("a kernel thread panicked".into())
         }
     }
+}
+
+/// The elements of each slot (the largest value it holds) and workspace of `plan` at `d`.
+fn buffer_sizes(plan: &Plan, d: Dims) -> Result<(Vec<usize>, Vec<usize>), String> {
+    let slots = plan
+        .slots
+        .iter()
+        .map(|cands| {
+            cands
+                .iter()
+                .try_fold(0usize, |m, e| Ok::<_, String>(m.max(d.size(e)?)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let scratch = plan
+        .scratch
+        .iter()
+        .map(|e| d.size(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((slots, scratch))
+}
+
+/// A library product of a program bound to one call's buffers, every operand checked to lie
+/// inside its buffer.
+fn bind_gemm(pg: &PGemm, bound: &Bound<'_>, d: Dims) -> Result<Gemm, String> {
+    let PGemm {
+        m,
+        n,
+        k,
+        a,
+        b,
+        c,
+        accumulate,
+    } = pg;
+    let (m, n, k) = (d.size(m)?, d.size(n)?, d.size(k)?);
+    let op = |mx: &PMatrix, rows, cols| gemm::operand(bound.view(&mx.view, d)?, mx, rows, cols, d);
+    Ok(Gemm {
+        m,
+        n,
+        k,
+        a: op(a, m, k)?,
+        b: op(b, k, n)?,
+        c: op(c, m, n)?,
+        accumulate: *accumulate,
+    })
 }
 
 /// Bounds of chunk `i` of `[0, grid)` cut into `chunks` contiguous, near-equal ranges.

@@ -1,0 +1,115 @@
+//! Batched decode on the cpu backend: B sequences, each at its own position with its own
+//! state and KV capacity, advanced by one token in one step of the decode program
+//! ([`super::exec::Executor::run_batch`]: the weights are read once for all of them).
+
+use zambac_engine::Elem;
+
+use super::CpuBackend;
+use super::exec::{CallBuffers, Dims, Region, SeqCall};
+use crate::error::RuntimeError;
+use crate::session::{State, check_batch, check_room, check_tokens};
+use crate::tensor::Tensor;
+
+/// Sequences one batched step takes at most, whatever the memory allows.
+pub const MAX_BATCH: usize = 256;
+
+impl CpuBackend {
+    /// One decode step for every sequence: `tokens[i]` advances `states[i]`.
+    pub(super) fn step_batch(
+        &mut self,
+        tokens: &[i64],
+        states: &mut [&mut State],
+    ) -> Result<Tensor, RuntimeError> {
+        check_batch(tokens, states.len())?;
+        if tokens.len() > MAX_BATCH {
+            return Err(RuntimeError::Input(format!(
+                "a batch of {} sequences is more than the {MAX_BATCH} one step takes",
+                tokens.len()
+            )));
+        }
+        check_tokens(tokens, self.vocab)?;
+        let mut logits = Vec::with_capacity(tokens.len());
+        let mut outputs = Vec::with_capacity(tokens.len());
+        let mut dims = Vec::with_capacity(tokens.len());
+        for s in states.iter_mut() {
+            check_room(s)?;
+            let d = Dims {
+                t: 1,
+                c: s.capacity(),
+                pos: s.position(),
+            };
+            let (l, o) = self.outputs(&self.decode, d, s)?;
+            logits.push(l);
+            outputs.push(o);
+            dims.push(d);
+        }
+        let mut token_bufs: Vec<[i64; 1]> = tokens.iter().map(|&t| [t]).collect();
+        let mut pos_bufs = dims
+            .iter()
+            .map(|d| {
+                i64::try_from(d.pos)
+                    .map(|p| [p])
+                    .map_err(|_| RuntimeError::Input(format!("position {} is too large", d.pos)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let i64_region = |b: &mut [i64; 1]| Region {
+            ptr: b.as_mut_ptr().cast(),
+            len: 1,
+            kind: Elem::I64,
+        };
+        let seqs: Vec<SeqCall<'_>> = token_bufs
+            .iter_mut()
+            .zip(pos_bufs.iter_mut())
+            .zip(&outputs)
+            .zip(&dims)
+            .map(|(((t, p), o), d)| SeqCall {
+                d: *d,
+                call: CallBuffers {
+                    tokens: i64_region(t),
+                    pos: i64_region(p),
+                    outputs: o,
+                },
+            })
+            .collect();
+        let name = self.decode.name;
+        self.exec
+            .run_batch(&self.decode, &seqs)
+            .map_err(|e| self.manifest_error(format!("program `{name}` (batched), {e}")))?;
+        for s in states.iter_mut() {
+            s.advance(1);
+        }
+        let vocab = self.vocab;
+        let mut rows = Vec::with_capacity(tokens.len() * vocab);
+        for l in &logits {
+            rows.extend_from_slice(&l.data);
+        }
+        Ok(Tensor::new(vec![tokens.len(), vocab], rows))
+    }
+
+    /// Bytes of one sequence's state and KV caches at `capacity` tokens.
+    pub fn sequence_bytes(&self, capacity: usize) -> u64 {
+        self.layout
+            .iter()
+            .filter_map(|s| s.dims(capacity))
+            .map(|d| d.iter().fold(4u64, |n, &x| n.saturating_mul(x as u64)))
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// How many sequences at `capacity` tokens of context fit in the memory available now
+    /// (each needs its state and KV caches), capped at [`MAX_BATCH`].
+    pub fn max_batch(&self, capacity: usize) -> usize {
+        let per_sequence = self.sequence_bytes(capacity).max(1);
+        let available = available_memory().unwrap_or(u64::MAX);
+        usize::try_from(available / per_sequence)
+            .unwrap_or(usize::MAX)
+            .clamp(1, MAX_BATCH)
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
