@@ -3,7 +3,7 @@
 //! The runtime's writer builds it in a temporary directory and renames it into place, so
 //! a failed build leaves an existing engine untouched.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use zambac_engine::{Companions, Elem, EngineWriter, ManifestParts, ModelInfo};
@@ -15,7 +15,19 @@ use crate::model::WeightSource;
 
 /// Writes the engine; returns how many kernels' host code came from the compile cache.
 pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
-    let tokenizer = read_tokenizer(c, args)?;
+    let (tokenizer, tokenizer_dir) = match read_tokenizer(c, args)? {
+        Some((bytes, dir)) => (Some(bytes), Some(dir)),
+        None => (None, None),
+    };
+    let config_dir = if args.input.is_dir() {
+        Some(args.input.clone())
+    } else {
+        match &c.input.weights {
+            WeightSource::Checkpoint(dir) => Some(dir.clone()),
+            WeightSource::Random(_) => None,
+        }
+    };
+    let generation = crate::generation_info::read(config_dir.as_deref(), tokenizer_dir.as_deref())?;
     let code = generate_code(c, args)?;
     let mut w = EngineWriter::create(out)?;
     let bar = progress_bar(weight_bytes(c));
@@ -103,6 +115,7 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
             weight_elem: c.dtype,
             state: c.lowered.state.clone(),
             tokenizer: None,
+            generation,
         },
         source: serde_json::to_value(spec).map_err(|e| {
             CliError::Internal(anyhow::anyhow!("cannot record the model description: {e}"))
@@ -127,8 +140,9 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
 }
 
 /// The model's `tokenizer.json`, checked to load, for the engine to carry: the one in the
-/// checkpoint directory the weights come from, else the one beside the description.
-fn read_tokenizer(c: &Compiled, args: &BuildArgs) -> CliResult<Option<Vec<u8>>> {
+/// checkpoint directory the weights come from, else the one beside the description; and
+/// the directory it is in.
+fn read_tokenizer(c: &Compiled, args: &BuildArgs) -> CliResult<Option<(Vec<u8>, PathBuf)>> {
     let beside = if args.input.is_dir() {
         Some(args.input.clone())
     } else {
@@ -149,7 +163,8 @@ fn read_tokenizer(c: &Compiled, args: &BuildArgs) -> CliResult<Option<Vec<u8>>> 
     zambac_runtime::tokenizer::Tokenizer::open(&path, "")?;
     let bytes = std::fs::read(&path)
         .map_err(|e| CliError::input(format!("error: {}: cannot read: {e}", path.display())))?;
-    Ok(Some(bytes))
+    let dir = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+    Ok(Some((bytes, dir)))
 }
 
 fn progress_bar(total: u64) -> ProgressBar {

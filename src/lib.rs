@@ -8,6 +8,7 @@ pub mod engines;
 pub mod error;
 pub mod explore;
 pub mod fmt;
+pub mod generation_info;
 pub mod ir_cmd;
 pub mod model;
 pub mod pass_args;

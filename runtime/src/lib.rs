@@ -6,6 +6,8 @@
 //! - [`session`] — the [`session::Backend`] trait, a sequence's typed [`session::State`],
 //!   and generation (prefill, then decode token by token);
 //! - [`sampling`], [`bench`] — token choice and measurement;
+//! - [`serve`] — `zambac-run serve`: an OpenAI-compatible HTTP server with continuous
+//!   batching;
 //! - [`cli`] — `run` and `bench` as the `zambac-run` binary and the compiler's `zambac`
 //!   share them: the same flags, output and `--dump-logits` format.
 
@@ -14,6 +16,7 @@ pub mod cli;
 pub mod cpu;
 pub mod error;
 pub mod sampling;
+pub mod serve;
 pub mod session;
 pub mod snapshot;
 pub mod tensor;

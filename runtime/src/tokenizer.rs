@@ -43,9 +43,15 @@ impl Tokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, RuntimeError> {
+        self.encode_with(text, true)
+    }
+
+    /// [`Tokenizer::encode`], adding the tokenizer's special tokens (a leading `<s>`) only
+    /// when `special` — a rendered chat template already holds them.
+    pub fn encode_with(&self, text: &str, special: bool) -> Result<Vec<i64>, RuntimeError> {
         let enc = self
             .inner
-            .encode(text, true)
+            .encode(text, special)
             .map_err(|e| RuntimeError::Input(format!("cannot tokenize the prompt: {e}")))?;
         Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
     }

@@ -85,6 +85,7 @@ fn manifest(m: &Module, l: &Lowered, vocab: usize) -> Manifest {
             weight_elem: Elem::F32,
             state: l.state.clone(),
             tokenizer: None,
+            generation: Default::default(),
         },
         source: serde_json::Value::Null,
         weights,

@@ -41,7 +41,7 @@ pub use error::EngineError;
 pub use expr::{Domain, Expr, Point};
 pub use kernel::{ActKind, BinOp, EpilogueOp, Kernel, KernelKind};
 pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, TargetCpu, WeightEntry};
-pub use model::{ModelInfo, StateRole, StateSpec};
+pub use model::{GenerationInfo, ModelInfo, StateRole, StateSpec};
 pub use open::{Engine, WeightView};
 pub use program::{Buffer, Matrix, Program, ProgramName, Step, View};
 pub use signature::{Access, Role, Signature};

@@ -30,6 +30,37 @@ pub struct ModelInfo {
     /// The `tokenizer.json` copied into the engine, when the model came with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<FileRef>,
+    /// What a server needs to generate the way the checkpoint expects: the tokens that end
+    /// a generation, the trained context, the chat template.
+    #[serde(default, skip_serializing_if = "GenerationInfo::is_empty")]
+    pub generation: GenerationInfo,
+}
+
+/// The checkpoint's generation settings (`config.json`, `generation_config.json`,
+/// `tokenizer_config.json`), where it has them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationInfo {
+    /// Token ids that end a generation (`eos_token_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eos_token_ids: Vec<i64>,
+    /// The context the model was trained for (`max_position_embeddings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_embeddings: Option<usize>,
+    /// The chat template (a Jinja template over `messages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// The special tokens' text, as the chat template sees them (`bos_token`, `eos_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token: Option<String>,
+}
+
+impl GenerationInfo {
+    pub fn is_empty(&self) -> bool {
+        *self == GenerationInfo::default()
+    }
 }
 
 /// One tensor of a sequence's state: what it is and its shape, in which the KV caches'

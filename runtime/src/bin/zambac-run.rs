@@ -21,6 +21,8 @@ enum Command {
     Run(cli::RunArgs),
     /// Measure an engine: prefill, time to first token, decode tokens/s, peak RSS.
     Bench(cli::BenchArgs),
+    /// Serve an engine over HTTP (OpenAI-compatible), decoding concurrent requests together.
+    Serve(zambac_runtime::serve::ServeArgs),
 }
 
 fn main() {
@@ -28,6 +30,7 @@ fn main() {
     let result = match &Cli::parse().command {
         Command::Run(a) => cli::run(a),
         Command::Bench(a) => cli::bench(a),
+        Command::Serve(a) => zambac_runtime::serve::serve(a),
     };
     if let Err(e) = result {
         std::process::exit(cli::report(&e));

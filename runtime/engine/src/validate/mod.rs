@@ -85,6 +85,14 @@ fn state_layout(model: &ModelInfo) -> Result<BTreeMap<String, &[Expr]>, String> 
     if model.vocab_size == 0 {
         return Err("the model's vocabulary is empty".into());
     }
+    let vocab = model.vocab_size;
+    if let Some(bad) = (model.generation.eos_token_ids.iter())
+        .find(|&&t| usize::try_from(t).map_or(true, |t| t >= vocab))
+    {
+        return Err(format!(
+            "end-of-sequence token {bad} is outside the vocabulary (0..{vocab})"
+        ));
+    }
     let mut states = BTreeMap::new();
     for s in &model.state {
         let name = s.role.name();

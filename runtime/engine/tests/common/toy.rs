@@ -71,6 +71,7 @@ pub fn model() -> ModelInfo {
         weight_elem: Elem::F32,
         state: state_layout(),
         tokenizer: None,
+        generation: Default::default(),
     }
 }
 
