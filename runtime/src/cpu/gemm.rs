@@ -11,6 +11,8 @@
 use gemm::Parallelism;
 
 use super::arena::AlignedBuf;
+#[cfg(target_arch = "x86_64")]
+use super::bf16_rows;
 use super::blas;
 use super::dnnl::{self, Dnnl};
 use super::exec::{Dims, Region, split};
@@ -245,6 +247,23 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
             };
             let b = g.b.at(0, col0).ptr.cast::<u16>().cast_const();
             let c = g.c.at(row0, col0).ptr.cast::<f32>();
+            #[cfg(target_arch = "x86_64")]
+            if by_cols && g.b.rs == 1 && g.b.cs > 0 {
+                // SAFETY: as below; `bf16_cpu` (oneDNN's bf16 products are only offered on
+                // such CPUs) guarantees the extensions; W's rows are `cs` apart along k.
+                unsafe {
+                    bf16_rows::product(
+                        (rows, cols, g.k),
+                        buf.as_ptr(),
+                        b,
+                        g.b.cs.unsigned_abs(),
+                        c,
+                        g.c.rs.unsigned_abs(),
+                        g.accumulate,
+                    )
+                };
+                return Ok(());
+            }
             // SAFETY: A's rows are in `buf`; this thread's block of B and of C are blocks of
             // the bounds-checked operands, and no other thread writes this block of C.
             unsafe { dnnl.gemm(shape, buf.as_ptr(), b, c) }

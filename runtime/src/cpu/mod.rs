@@ -9,6 +9,7 @@
 
 mod arena;
 pub mod batch;
+mod bf16_rows;
 pub mod blas;
 pub mod dnnl;
 mod exec;
