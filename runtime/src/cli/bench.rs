@@ -227,14 +227,15 @@ fn print_table(title: &str, rows: &[ProfileRow], (per, wall): (usize, f64)) {
         total * 1e3 / per as f64,
         wall * 1e3 / per as f64
     );
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(6);
     println!(
-        "  {:<16} {:<22} {:>8} {:>10} {:>6} {:>9}",
+        "  {:<16} {:<width$} {:>8} {:>10} {:>6} {:>9}",
         "kind", "kernel", "calls", "ms", "share", "GFLOP/s"
     );
     for r in rows {
         let rate = r.gflop_per_s.map_or(String::new(), |g| format!("{g:.1}"));
         println!(
-            "  {:<16} {:<22} {:>8} {:>10.3} {:>5.1}% {:>9}",
+            "  {:<16} {:<width$} {:>8} {:>10.3} {:>5.1}% {:>9}",
             r.kind,
             r.name,
             r.calls / per as u64,

@@ -7,7 +7,7 @@ use zambac_engine::Elem;
 use super::CpuBackend;
 use super::exec::{CallBuffers, Dims, Region, SeqCall};
 use crate::error::RuntimeError;
-use crate::session::{State, check_batch, check_room, check_tokens};
+use crate::session::{Backend, State, check_batch, check_room, check_tokens};
 use crate::tensor::Tensor;
 
 /// Sequences one batched step takes at most, whatever the memory allows.
@@ -28,6 +28,11 @@ impl CpuBackend {
             )));
         }
         check_tokens(tokens, self.vocab)?;
+        // One sequence: the single-sequence decode (its Gemv kernels stream the weights at
+        // full speed; a one-row product would not).
+        if let ([token], [state]) = (tokens, &mut *states) {
+            return self.decode(*token, state);
+        }
         let mut logits = Vec::with_capacity(tokens.len());
         let mut outputs = Vec::with_capacity(tokens.len());
         let mut dims = Vec::with_capacity(tokens.len());

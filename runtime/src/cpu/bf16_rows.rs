@@ -13,8 +13,8 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{
-    __m512, __m512bh, __m512i, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_maskz_loadu_epi16,
-    _mm512_reduce_add_ps, _mm512_setzero_ps,
+    __m512, __m512bh, __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_dpbf16_ps, _mm512_loadu_si512,
+    _mm512_maskz_loadu_epi16, _mm512_reduce_add_ps, _mm512_setzero_ps,
 };
 
 /// Weight rows per tile.
@@ -96,6 +96,10 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
             let mut wv = [_mm512_setzero_ps(); NR_];
             for (r, v) in wv.iter_mut().enumerate() {
                 *v = load(w.add(r * ldw + kk), mask);
+                // The next tile's rows, which the hardware prefetcher would find too late
+                // (a row of a small model is a few dozen cache lines). A prefetch past the
+                // operand is harmless: it never faults.
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((r + NR_) * ldw + kk).cast());
             }
             for s in 0..MR_ {
                 let av = bh(load(a.add(s * k + kk), mask));
@@ -118,7 +122,7 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
     }
 }
 
-/// Fewer than `MR` activation rows: one row at a time.
+/// Fewer than `MR` activation rows: a tile of exactly that many.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -132,9 +136,19 @@ unsafe fn edge<const NR_: usize>(
     ldc: usize,
     accumulate: bool,
 ) {
-    for s in 0..mr {
-        // SAFETY: row `s` of the block of A and of C (the caller's contract).
-        unsafe { tile::<NR_, 1>(k, a.add(s * k), w, ldw, c.add(s * ldc), ldc, accumulate) }
+    // SAFETY: the caller's block (mr rows of A and C, NR_ rows of W).
+    unsafe {
+        match mr {
+            5 => tile::<NR_, 5>(k, a, w, ldw, c, ldc, accumulate),
+            4 => tile::<NR_, 4>(k, a, w, ldw, c, ldc, accumulate),
+            3 => tile::<NR_, 3>(k, a, w, ldw, c, ldc, accumulate),
+            2 => tile::<NR_, 2>(k, a, w, ldw, c, ldc, accumulate),
+            _ => {
+                for s in 0..mr {
+                    tile::<NR_, 1>(k, a.add(s * k), w, ldw, c.add(s * ldc), ldc, accumulate)
+                }
+            }
+        }
     }
 }
 
@@ -181,6 +195,9 @@ mod tests {
             (1, 9, 5, 8, 9),
             (13, 8, 96, 100, 8),
             (7, 3, 33, 33, 5),
+            (11, 6, 40, 40, 6),
+            (8, 5, 64, 64, 5),
+            (9, 4, 31, 31, 4),
         ] {
             let a: Vec<u16> = (0..m * k)
                 .map(|i| bits(((i * 7919 % 1000) as f32 - 500.0) * 1e-3))
