@@ -377,7 +377,8 @@ fn measured_sweep_from_every_layer_to_no_attention() {
     assert!(m["decode_tok_per_s"].as_f64().unwrap() > 0.0);
 }
 
-/// Measuring takes one sequence at a time: `--batch` above 1 is for estimates only.
+/// `--batch` scales the estimated cache and state, not the weights; measured, the batch's
+/// sequences decode together.
 #[test]
 fn batched_estimates_scale_the_cache_but_not_the_weights() {
     let tiny = root().join("examples/tiny.toml");
@@ -398,12 +399,29 @@ fn batched_estimates_scale_the_cache_but_not_the_weights() {
     let weights = c1["decode_bytes_per_token"].as_f64().unwrap() - per_seq;
     let want = weights + 4.0 * per_seq;
     assert!((c4["decode_bytes_per_token"].as_f64().unwrap() - want).abs() < 1.0);
-    let out = zambac(&[
-        "explore",
-        tiny.to_str().unwrap(),
-        "--measure",
-        "--batch",
-        "2",
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // Measured with two sequences decoded together: their memory is twice one's.
+    let measured = |batch: &str| {
+        let v = explore_json(&[
+            tiny.to_str().unwrap(),
+            "--context",
+            "1024",
+            "--measure",
+            "--prompt-len",
+            "8",
+            "--new-tokens",
+            "4",
+            "--batch",
+            batch,
+        ]);
+        v["measured"].clone()
+    };
+    let (m1, m2) = (measured("1"), measured("2"));
+    let bytes = |m: &Value| m["kv_and_state_bytes"].as_u64().unwrap();
+    assert_eq!(bytes(&m2), 2 * bytes(&m1));
+    assert_eq!(bytes(&m2["estimate"]), 2 * bytes(&m1["estimate"]));
+    assert_eq!(
+        m2["kv_and_state_bytes"],
+        m2["estimate"]["kv_and_state_bytes"]
+    );
+    assert!(m2["decode_tok_per_s"].as_f64().unwrap() > 0.0);
 }

@@ -28,6 +28,8 @@ pub struct Options {
     pub new_tokens: usize,
     /// The context the KV cache and state are sized for.
     pub context: usize,
+    /// Sequences decoded together.
+    pub batch: usize,
     pub seed: u64,
     pub no_cache: bool,
 }
@@ -41,10 +43,12 @@ pub struct Measured {
     pub kernels_from_cache: usize,
     /// Prefill of `prompt_len` tokens (the runtime's median of 3).
     pub prefill_s: f64,
+    /// Tokens decoded per second, all `--batch` sequences' counted.
     pub decode_tok_per_s: f64,
     /// The benchmark process's peak resident memory.
     pub peak_rss_bytes: u64,
-    /// KV cache and recurrent state the engine allocates for one sequence at the context.
+    /// KV cache and recurrent state the engine allocates for the batch's sequences at the
+    /// context.
     pub kv_and_state_bytes: u64,
     /// The estimates' inputs and results, from the graphs the engine was built from.
     pub estimate: Estimate,
@@ -53,9 +57,10 @@ pub struct Measured {
 /// Roofline estimates from the compiled graphs.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Estimate {
-    /// KV cache + state of one sequence at the context.
+    /// KV cache + state of the batch's sequences at the context.
     pub kv_and_state_bytes: u64,
-    /// Bytes one decode step moves (weights read, states read and written, KV read).
+    /// Bytes one decode step of the batch moves (weights read once, states read and
+    /// written, KV read).
     pub decode_bytes_per_token: f64,
     /// FLOPs of the measured prefill.
     pub prefill_flops: f64,
@@ -132,14 +137,15 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
         prefill_s: field("prefill_s")?,
         decode_tok_per_s: field("decode_tok_per_s")?,
         peak_rss_bytes: field("peak_rss_bytes")? as u64,
-        kv_and_state_bytes: allocated_state(dir, opts.context)?,
+        kv_and_state_bytes: allocated_state(dir, opts.context)? * opts.batch as u64,
         estimate,
     })
 }
 
 /// Estimates from the optimised module the engine was built from.
 fn estimate(spec: &ModelSpec, module: &zambac_ir::Module, opts: &Options) -> Estimate {
-    let report = Report::new(spec, module, &[opts.context]);
+    let mut report = Report::new(spec, module, &[opts.context]);
+    report.scale_sequences(opts.batch);
     let c = &report.contexts[0];
     let prefill_flops = module.graph("prefill").map_or(0.0, |g| {
         graph_flops(
@@ -154,7 +160,8 @@ fn estimate(spec: &ModelSpec, module: &zambac_ir::Module, opts: &Options) -> Est
         kv_and_state_bytes: c.kv_cache_bytes + report.recurrent_state_bytes,
         decode_bytes_per_token: c.decode_bytes_per_token,
         prefill_flops,
-        h100_decode_tok_per_s: H100_BANDWIDTH / c.decode_bytes_per_token.max(1.0),
+        h100_decode_tok_per_s: opts.batch as f64 * H100_BANDWIDTH
+            / c.decode_bytes_per_token.max(1.0),
         h100_prefill_s: prefill_flops / H100_BF16_FLOPS,
     }
 }
@@ -173,6 +180,8 @@ fn bench(dir: &Path, opts: &Options) -> CliResult<serde_json::Value> {
             &opts.prompt_len.to_string(),
             "--new-tokens",
             &opts.new_tokens.to_string(),
+            "--batch",
+            &opts.batch.to_string(),
             "--json",
         ])
         .output()

@@ -154,9 +154,9 @@ pub fn print_tables(variants: &[Variant], contexts: &[usize], args: &ExploreArgs
     if args.measure {
         let _ = writeln!(
             out,
-            "\nmeasured on this CPU (prefill of {} tokens, {} decoded; memory at context {}), \
-             beside H100 roofline estimates from the same compiled graphs:",
-            args.prompt_len, args.new_tokens, contexts[0]
+            "\nmeasured on this CPU (prefill of {} tokens, {} decoded by {} sequence(s) at once; \
+             memory at context {}), beside H100 roofline estimates from the same compiled graphs:",
+            args.prompt_len, args.new_tokens, args.batch, contexts[0]
         );
         let _ = writeln!(out, "{}", measured_table(variants, false));
     }
