@@ -394,8 +394,9 @@ fn a_full_queue_answers_429_and_the_server_goes_on() {
 fn bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let e = engine(tmp.path());
-    let server = Server::start(&e, &["--context", "64"]);
+    let server = Server::start(&e, &["--context", "64", "--max-tokens", "8"]);
     let long: Vec<i64> = (0..70).map(|i| i % 200).collect();
+    let sixty: Vec<i64> = (0..60).map(|i| i % 200).collect();
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("/v1/completions", "{\"prompt\": [1, 2".into(), 400, "JSON"),
         ("/v1/completions", "[1, 2]".into(), 400, "invalid type"),
@@ -443,9 +444,15 @@ fn bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving() {
         ),
         (
             "/v1/completions",
-            json!({"prompt": [1, 2], "max_tokens": 63}).to_string(),
+            json!({"prompt": sixty, "max_tokens": 8}).to_string(),
             400,
             "context",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [1], "max_tokens": 9}).to_string(),
+            400,
+            "limit",
         ),
         (
             "/v1/completions",
@@ -548,6 +555,13 @@ fn bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving() {
         &body(&[5, 6], 3, &Sampling::default(), true),
     );
     assert_eq!(status, 200, "{v}");
+    // Without `max_tokens`: 16, but never past the server's limit.
+    let (status, v) = server.post(
+        "/v1/completions",
+        &json!({"prompt": [5, 6], "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 8, "{v}");
     let (status, health) = server.get("/health", None);
     assert_eq!((status, health.contains("ok")), (200, true));
 }

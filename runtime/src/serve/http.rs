@@ -202,7 +202,9 @@ async fn respond(
         return Err(ApiError::bad("the prompt is empty"));
     }
     check_ids(&prompt, app.limits.vocab, "`prompt`")?;
-    let max_tokens = checked.max_tokens.unwrap_or(default_max);
+    let max_tokens = checked
+        .max_tokens
+        .unwrap_or(default_max.min(app.limits.max_tokens));
     let context = app.limits.context;
     if prompt.len() + max_tokens > context {
         return Err(ApiError::bad(format!(

@@ -132,6 +132,8 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
         std::thread::Builder::new()
             .name("zambac-engine".into())
             .spawn(move || {
+                // `/health` turns 503 when this thread ends, however it ends.
+                let _alive = Alive(alive);
                 let started = CpuBackend::new(engine, threads).and_then(|mut b| {
                     set_bf16_products(&mut b, &bf16)?;
                     let fits = b.max_batch(context);
@@ -152,7 +154,6 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
                         let _ = ready_tx.send(Err(e));
                     }
                 }
-                alive.store(false, Ordering::Relaxed);
             })
             .map_err(|e| RuntimeError::Internal(format!("cannot start the engine thread: {e}")))?
     };
@@ -205,6 +206,15 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
     // The router (and with it the job queue's sender) is gone: the engine thread ends.
     let _ = thread.join();
     Ok(())
+}
+
+/// Clears the engine's liveness flag when dropped (also when its thread unwinds).
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
