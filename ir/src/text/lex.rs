@@ -88,14 +88,11 @@ pub fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
                         break;
                     }
                     Some('\\') => {
-                        let e = chars.get(i + 1).copied();
-                        match e {
-                            Some('"') | Some('\\') => s.push(e.unwrap()),
-                            Some('n') => s.push('\n'),
-                            _ => return Err(err(line, col, "unknown escape in string".into())),
-                        }
-                        i += 2;
-                        col += 2;
+                        let (c, len) = escape(&chars[i + 1..])
+                            .ok_or_else(|| err(line, col, "unknown escape in string".into()))?;
+                        s.push(c);
+                        i += 1 + len;
+                        col += 1 + len;
                     }
                     Some(&ch) => {
                         s.push(ch);
@@ -176,5 +173,29 @@ fn number(chars: &[char], i: &mut usize, col: &mut usize) -> Result<Tok, String>
         text.parse::<u64>()
             .map(Tok::Int)
             .map_err(|_| format!("bad number `{text}`"))
+    }
+}
+
+/// The character an escape after a backslash stands for (`\"`, `\\`, `\n`, `\t`, `\r`,
+/// `\u{hex}`), and how many characters after the backslash it takes.
+fn escape(rest: &[char]) -> Option<(char, usize)> {
+    match rest.first()? {
+        '"' => Some(('"', 1)),
+        '\\' => Some(('\\', 1)),
+        'n' => Some(('\n', 1)),
+        't' => Some(('\t', 1)),
+        'r' => Some(('\r', 1)),
+        'u' => {
+            if rest.get(1) != Some(&'{') {
+                return None;
+            }
+            let close = rest.iter().take(10).position(|&c| c == '}')?;
+            let hex: String = rest.get(2..close)?.iter().collect();
+            let c = u32::from_str_radix(&hex, 16)
+                .ok()
+                .and_then(char::from_u32)?;
+            Some((c, close + 1))
+        }
+        _ => None,
     }
 }

@@ -18,9 +18,9 @@ pub fn print_module(m: &Module) -> String {
         s.push('\n');
     }
     for (i, p) in m.params.iter().enumerate() {
-        write!(s, "param @{i} {:?} : {}", p.name, p.ty()).unwrap();
+        write!(s, "param @{i} {} : {}", quote(&p.name), p.ty()).unwrap();
         if let Some(t) = &p.tie {
-            write!(s, " tie={t:?}").unwrap();
+            write!(s, " tie={}", quote(t)).unwrap();
         }
         if let Some(h) = p.hash {
             write!(s, " hash=0x{h:016x}").unwrap();
@@ -126,7 +126,7 @@ fn print_attrs(s: &mut String, kind: &OpKind) {
             Attr::Int(n) => write!(s, "={n}").unwrap(),
             Attr::Float(x) => write!(s, "={x:?}").unwrap(),
             Attr::Ident(x) => write!(s, "={x}").unwrap(),
-            Attr::Str(x) => write!(s, "={x:?}").unwrap(),
+            Attr::Str(x) => write!(s, "={}", quote(x)).unwrap(),
             Attr::Dims(d) => {
                 s.push_str("=[");
                 for (j, dim) in d.iter().enumerate() {
@@ -149,9 +149,27 @@ fn ident_or_quoted(name: &str) -> String {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
         && !name.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        name.to_string()
-    } else {
-        format!("{name:?}")
+    if ok { name.to_string() } else { quote(name) }
+}
+
+/// A string literal as the lexer reads it: `"` and `\\` escaped, control characters as
+/// `\n`, `\t`, `\r` or `\u{…}` (Rust's `{:?}` escapes more than the lexer reads).
+pub(crate) fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
     }
+    out.push('"');
+    out
 }
