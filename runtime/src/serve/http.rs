@@ -227,12 +227,14 @@ async fn respond(
         events: tx,
         received: Instant::now(),
     };
+    // Counted as waiting before the engine thread can take it (and count it out).
+    app.metrics.waiting.inc();
     match app.jobs.try_send(job) {
         Ok(()) => {
             app.metrics.requests.inc();
-            app.metrics.waiting.inc();
         }
         Err(TrySendError::Full(_)) => {
+            app.metrics.waiting.dec();
             app.metrics.rejected.inc();
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -243,6 +245,7 @@ async fn respond(
             ));
         }
         Err(TrySendError::Disconnected(_)) => {
+            app.metrics.waiting.dec();
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the engine has stopped",
