@@ -120,8 +120,10 @@ fn shared(out: &mut String, s: &ModelSpec) {
 /// with at least two of them (a single layer reads better as a list).
 pub(crate) fn every_offset(hybrids: &[usize], num_layers: usize) -> Option<(usize, usize)> {
     let (&first, &second, &last) = (hybrids.first()?, hybrids.get(1)?, hybrids.last()?);
-    let every = second - first;
-    let regular = hybrids.windows(2).all(|w| w[1] - w[0] == every);
+    let every = second.checked_sub(first)?;
+    let regular = hybrids
+        .windows(2)
+        .all(|w| matches!(w, [a, b] if b.checked_sub(*a) == Some(every)));
     (regular && last + every >= num_layers).then_some((every, first))
 }
 

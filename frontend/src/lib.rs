@@ -10,6 +10,12 @@
 //! (`resolve`) → [`ModelSpec`]. [`to_toml`] goes back to text; [`apply_overrides`] edits a
 //! spec through that text, for `zambac explore --sweep`.
 
+// Input reaches this crate from files: no panicking shortcuts outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod emit;
 mod error;
 mod hf;

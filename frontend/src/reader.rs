@@ -72,8 +72,9 @@ impl Cx {
         found: impl Into<String>,
     ) -> &mut Diagnostic {
         let d = Diagnostic::at(self.file.clone(), &self.src, span, key, expected, found);
+        let last = self.errors.len();
         self.errors.push(d);
-        let last = self.errors.len() - 1;
+        #[allow(clippy::indexing_slicing, reason = "the element just pushed")]
         &mut self.errors[last]
     }
 

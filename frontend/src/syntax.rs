@@ -221,14 +221,14 @@ fn nearest_json_key(src: &str, at: usize) -> Option<String> {
     let mut last = None;
     let mut i = 0;
     while i < end {
-        if bytes[i] != b'"' {
+        if bytes.get(i) != Some(&b'"') {
             i += 1;
             continue;
         }
         let start = i + 1;
         let mut j = start;
-        while j < bytes.len() && bytes[j] != b'"' {
-            j += if bytes[j] == b'\\' { 2 } else { 1 };
+        while let Some(&b) = bytes.get(j).filter(|&&b| b != b'"') {
+            j += if b == b'\\' { 2 } else { 1 };
         }
         let after = src.get(j.min(src.len()) + 1..).unwrap_or("");
         if after.trim_start().starts_with(':') {

@@ -280,9 +280,9 @@ fn cross_check_hybrid_ids(cx: &mut Cx, f: &Fields<'_>, layers: &[LayerKind]) {
     let Some(node) = f.node("hybrid_layer_ids") else {
         return;
     };
-    let derived: Vec<i64> = (0..layers.len())
-        .filter(|&i| layers[i] == LayerKind::Hybrid)
-        .map(|i| i as i64)
+    let derived: Vec<i64> = (layers.iter().enumerate())
+        .filter(|(_, k)| **k == LayerKind::Hybrid)
+        .map(|(i, _)| i as i64)
         .collect();
     let given: Option<Vec<i64>> = match &node.val {
         Val::Null => return,

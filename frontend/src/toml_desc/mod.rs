@@ -457,7 +457,9 @@ fn read_shared(
     let hybrids = hybrids?;
     let mut layers = vec![LayerKind::Mamba; num_layers];
     for &l in &hybrids {
-        layers[l] = LayerKind::Hybrid;
+        if let Some(k) = layers.get_mut(l) {
+            *k = LayerKind::Hybrid;
+        }
     }
     let heads = if hybrids.is_empty() {
         heads

@@ -21,33 +21,41 @@ pub fn check(shape: &[usize], blocks: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
-/// The elements of row-major `data [rows, Σ blocks]` in column-blocked order.
-pub fn to_blocks<T: Copy>(data: &[T], rows: usize, blocks: &[usize]) -> Vec<T> {
+/// The elements of row-major `data [rows, Σ blocks]` in column-blocked order; `None` when
+/// `data` does not hold `rows` rows of `Σ blocks` columns.
+pub fn to_blocks<T: Copy>(data: &[T], rows: usize, blocks: &[usize]) -> Option<Vec<T>> {
     let cols: usize = blocks.iter().sum();
+    if cols.checked_mul(rows)? != data.len() {
+        return None;
+    }
     let mut out = Vec::with_capacity(data.len());
     let mut first = 0;
     for &w in blocks {
-        for r in 0..rows {
-            out.extend_from_slice(&data[r * cols + first..r * cols + first + w]);
+        for row in data.chunks_exact(cols.max(1)) {
+            out.extend_from_slice(row.get(first..first + w)?);
         }
         first += w;
     }
-    out
+    Some(out)
 }
 
-/// The inverse of [`to_blocks`]: row-major order again.
-pub fn from_blocks<T: Copy + Default>(data: &[T], rows: usize, blocks: &[usize]) -> Vec<T> {
+/// The inverse of [`to_blocks`]: row-major order again (`None` on the same mismatch).
+pub fn from_blocks<T: Copy + Default>(data: &[T], rows: usize, blocks: &[usize]) -> Option<Vec<T>> {
     let cols: usize = blocks.iter().sum();
+    if cols.checked_mul(rows)? != data.len() {
+        return None;
+    }
     let mut out = vec![T::default(); data.len()];
     let (mut first, mut at) = (0, 0);
     for &w in blocks {
-        for r in 0..rows {
-            out[r * cols + first..r * cols + first + w].copy_from_slice(&data[at..at + w]);
+        for row in out.chunks_exact_mut(cols.max(1)) {
+            row.get_mut(first..first + w)?
+                .copy_from_slice(data.get(at..at + w)?);
             at += w;
         }
         first += w;
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -58,9 +66,11 @@ mod tests {
     fn blocks_round_trip_and_hold_contiguous_windows() {
         // [[0 1 2 3 4], [5 6 7 8 9]] in blocks of 2 and 3 columns.
         let data: Vec<u32> = (0..10).collect();
-        let blocked = to_blocks(&data, 2, &[2, 3]);
+        let blocked = to_blocks(&data, 2, &[2, 3]).unwrap();
         assert_eq!(blocked, [0, 1, 5, 6, 2, 3, 4, 7, 8, 9]);
-        assert_eq!(from_blocks(&blocked, 2, &[2, 3]), data);
+        assert_eq!(from_blocks(&blocked, 2, &[2, 3]), Some(data));
+        assert_eq!(from_blocks(&blocked[1..], 2, &[2, 3]), None);
+        assert_eq!(to_blocks(&blocked, 3, &[2, 3]), None);
     }
 
     #[test]

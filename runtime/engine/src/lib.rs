@@ -22,6 +22,12 @@
 //! - `kernels.ptx` — the generated GPU kernels, when built for a GPU;
 //! - `tokenizer.json` — the model's tokenizer, when it came with one.
 
+// Input reaches this crate from files: no panicking shortcuts outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod elem;
 mod error;
 pub mod expr;

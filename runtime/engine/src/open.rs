@@ -118,7 +118,10 @@ impl<'a> WeightView<'a> {
             _ => Vec::new(),
         };
         match (&self.entry.column_blocks, self.entry.shape.first()) {
-            (Some(blocks), Some(&rows)) => crate::layout::from_blocks(&stored, rows, blocks),
+            // The loader checked that the blocks tile the shape.
+            (Some(blocks), Some(&rows)) => {
+                crate::layout::from_blocks(&stored, rows, blocks).unwrap_or(stored)
+            }
             _ => stored,
         }
     }

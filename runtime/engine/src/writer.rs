@@ -125,7 +125,12 @@ impl EngineWriter {
                 data.len()
             )));
         }
-        let blocked = crate::layout::to_blocks(data, shape[0], blocks);
+        let rows = shape.first().copied().unwrap_or(0);
+        let blocked = crate::layout::to_blocks(data, rows, blocks).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "weight `{name}`: {blocks:?} do not tile shape {shape:?}"
+            ))
+        })?;
         self.add(name, shape, &blocked, elem, Some(blocks.to_vec()))
     }
 
@@ -152,7 +157,7 @@ impl EngineWriter {
         let index = u32::try_from(self.table.len())
             .map_err(|_| EngineError::Internal("more than 2^32 weights".into()))?;
         let pad = self.offset.next_multiple_of(WEIGHT_ALIGN) - self.offset;
-        self.put(&[0u8; WEIGHT_ALIGN as usize][..pad as usize])?;
+        self.put(&vec![0u8; pad as usize])?;
         let offset = self.offset;
         let mut hasher = Xxh3::new();
         for chunk in data.chunks(CHUNK) {
