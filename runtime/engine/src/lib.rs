@@ -56,8 +56,10 @@ pub use writer::{Companions, EngineWriter, WriteProgress};
 
 /// The only manifest layout this crate reads and writes. Version 2: the model section
 /// (dimensions, typed state layout, tokenizer) replaced the compiler's model description,
-/// weights and kernels share one element type, programs are named by kind.
-pub const FORMAT_VERSION: u32 = 2;
+/// weights and kernels share one element type, programs are named by kind. Version 3: the
+/// model's generation settings (`model.generation`: end-of-sequence ids, trained context,
+/// chat template), which a version-2 reader would refuse as an unknown field.
+pub const FORMAT_VERSION: u32 = 3;
 /// Alignment of every tensor in `weights.bin`: a cache line, and enough for any SIMD load.
 pub const WEIGHT_ALIGN: u64 = 64;
 
