@@ -205,8 +205,12 @@ fn restore(
 ) -> Result<(), String> {
     let values: Vec<f32> = data
         .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .filter_map(|b| b.try_into().ok().map(f32::from_le_bytes))
         .collect();
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if numel != Some(values.len()) {
+        return Err(format!("has shape {shape:?} but {} values", values.len()));
+    }
     if !role.is_cache() {
         if shape != target.shape.as_slice() {
             return Err(format!(
@@ -225,9 +229,22 @@ fn restore(
             "has shape {shape:?}, but a cache of this engine at position {position} is [{heads}, {position}, {hd}]"
         ));
     }
-    for h in 0..heads {
-        target.data[h * capacity * hd..(h * capacity + position) * hd]
-            .copy_from_slice(&values[h * position * hd..(h + 1) * position * hd]);
+    let cells = heads.checked_mul(capacity).and_then(|n| n.checked_mul(hd));
+    if position > capacity || cells != Some(target.data.len()) {
+        return Err(format!(
+            "holds {position} positions, more than the {capacity} this cache has room for"
+        ));
+    }
+    // Each head's first `position` rows of the cache, from the saved `[heads, position, hd]`.
+    let saved = values.chunks_exact((position * hd).max(1));
+    for (dst, src) in target
+        .data
+        .chunks_exact_mut((capacity * hd).max(1))
+        .zip(saved)
+    {
+        if let Some(rows) = dst.get_mut(..src.len()) {
+            rows.copy_from_slice(src);
+        }
     }
     Ok(())
 }
