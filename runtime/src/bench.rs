@@ -72,9 +72,7 @@ pub fn run(
     let Generated { ttft_s, decode_s } = if batch == 1 {
         prefill_then_decode(backend, &prompt, new_tokens, |_| {})?
     } else {
-        let prompts: Vec<Vec<i64>> = (0..batch as u64)
-            .map(|i| random_prompt(backend.vocab_size(), prompt_len, seed.wrapping_add(i)))
-            .collect();
+        let prompts = random_prompts(backend.vocab_size(), prompt_len, batch, seed);
         prefill_then_decode_batch(backend, &prompts, new_tokens, |_| {})?
     };
     Ok(BenchReport {
@@ -172,6 +170,13 @@ pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<i64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..len)
         .map(|_| rng.random_range(0..vocab as i64))
+        .collect()
+}
+
+/// The prompts of a batch: `count` random prompts, seeded `seed`, `seed + 1`, …
+pub fn random_prompts(vocab: usize, len: usize, count: usize, seed: u64) -> Vec<Vec<i64>> {
+    (0..count as u64)
+        .map(|i| random_prompt(vocab, len, seed.wrapping_add(i)))
         .collect()
 }
 

@@ -94,21 +94,9 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
     let mut backend = CpuBackend::new(Engine::open(&args.engine)?, args.threads)?;
     super::set_bf16_products(&mut backend, &args.bf16_products)?;
     let capacity = args.prompt_len.saturating_add(args.new_tokens.max(1));
-    let fits = backend.max_batch(capacity);
-    if args.batch > fits {
-        return Err(RuntimeError::Input(format!(
-            "--batch {}: {} sequences of {capacity} tokens each need {} of state and KV cache \
-             ({} each); at most {fits} fit in the memory available now",
-            args.batch,
-            args.batch,
-            bytes(
-                backend
-                    .sequence_bytes(capacity)
-                    .saturating_mul(args.batch as u64)
-            ),
-            bytes(backend.sequence_bytes(capacity)),
-        )));
-    }
+    backend
+        .check_batch_fits(args.batch, capacity)
+        .map_err(|e| RuntimeError::Input(format!("--batch {}: {e}", args.batch)))?;
     let r = bench::run(
         &mut backend,
         args.prompt_len,
@@ -198,12 +186,8 @@ fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> Result<Profile, Runtim
             prefill = b.take_profile();
         })?
     } else {
-        let prompts: Vec<Vec<i64>> = (0..args.batch as u64)
-            .map(|i| {
-                let seed = args.seed.wrapping_add(i);
-                bench::random_prompt(backend.vocab_size(), args.prompt_len, seed)
-            })
-            .collect();
+        let prompts =
+            bench::random_prompts(backend.vocab_size(), args.prompt_len, args.batch, args.seed);
         bench::prefill_then_decode_batch(backend, &prompts, args.new_tokens, |b| {
             prefill = b.take_profile();
         })?

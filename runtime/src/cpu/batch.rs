@@ -6,6 +6,7 @@ use zambac_engine::Elem;
 
 use super::CpuBackend;
 use super::exec::{CallBuffers, Dims, Region, SeqCall};
+use crate::bench::human_bytes;
 use crate::error::RuntimeError;
 use crate::session::{Backend, State, check_batch, check_room, check_tokens};
 use crate::tensor::Tensor;
@@ -98,6 +99,22 @@ impl CpuBackend {
             .filter_map(|s| s.dims(capacity))
             .map(|d| d.iter().fold(4u64, |n, &x| n.saturating_mul(x as u64)))
             .fold(0u64, u64::saturating_add)
+    }
+
+    /// Refuses `batch` sequences of `capacity` tokens when their states and KV caches do not
+    /// fit in the memory available now, saying how much they need and how many fit.
+    pub fn check_batch_fits(&self, batch: usize, capacity: usize) -> Result<(), RuntimeError> {
+        let fits = self.max_batch(capacity);
+        if batch <= fits {
+            return Ok(());
+        }
+        let one = self.sequence_bytes(capacity);
+        Err(RuntimeError::Input(format!(
+            "{batch} sequences of {capacity} tokens each need {} of state and KV cache ({} \
+             each); at most {fits} fit in the memory available now",
+            human_bytes(one.saturating_mul(batch as u64)),
+            human_bytes(one),
+        )))
     }
 
     /// How many sequences at `capacity` tokens of context fit in the memory available now

@@ -136,13 +136,11 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
                 let _alive = Alive(alive);
                 let started = CpuBackend::new(engine, threads).and_then(|mut b| {
                     set_bf16_products(&mut b, &bf16)?;
-                    let fits = b.max_batch(context);
-                    if max_batch > fits {
-                        return Err(RuntimeError::Input(format!(
-                            "--max-batch {max_batch}: {max_batch} sequences of {context} tokens need {} MiB of state and KV cache; {fits} fit in the memory available (lower --max-batch or --context)",
-                            b.sequence_bytes(context).saturating_mul(max_batch as u64) >> 20
-                        )));
-                    }
+                    b.check_batch_fits(max_batch, context).map_err(|e| {
+                        RuntimeError::Input(format!(
+                            "--max-batch {max_batch}: {e} (lower --max-batch or --context)"
+                        ))
+                    })?;
                     Ok(b)
                 });
                 match started {
