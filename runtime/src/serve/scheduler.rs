@@ -254,21 +254,20 @@ impl<B: Backend> Scheduler<B> {
     /// Finished sequences leave; the state of each (everything it consumed) goes into the
     /// prefix cache, for a follow-up prompt that extends the conversation.
     fn retire(&mut self) {
-        let mut i = 0;
-        while i < self.active.len() {
-            if self.active[i].done {
-                let s = self.active.swap_remove(i);
-                if !s.generated.is_empty() && s.fed == s.job.prompt.len() {
-                    let mut consumed = s.job.prompt.clone();
-                    consumed.extend_from_slice(&s.generated[..s.generated.len() - 1]);
-                    self.cache.insert(&consumed, &s.state);
-                }
-            } else {
-                i += 1;
+        // `partition` keeps the admission order: the oldest sequences prefill first.
+        let (done, running): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|s| s.done);
+        self.active = running;
+        for s in done {
+            if let Some((_, fed_back)) = s.generated.split_last()
+                && s.fed == s.job.prompt.len()
+            {
+                let mut consumed = s.job.prompt.clone();
+                consumed.extend_from_slice(fed_back);
+                self.cache.insert(&consumed, &s.state);
             }
         }
-        // Keep the admission order (the oldest sequences prefill first).
-        self.active.sort_by_key(|s| s.job.received);
         self.metrics.prefix_bytes.set(self.cache.bytes() as i64);
     }
 }
