@@ -291,7 +291,12 @@ fn decode_kernels() -> Vec<Kernel> {
             head_dim: 128,
             scale: 0.125,
         },
-        KernelKind::Softmax { scale: 0.125 },
+        KernelKind::AttentionPrefill {
+            heads: 32,
+            kv_heads: 32,
+            head_dim: 128,
+            scale: 0.125,
+        },
         KernelKind::Mamba2Conv {
             width,
             di,

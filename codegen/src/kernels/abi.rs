@@ -38,6 +38,11 @@ impl Target {
     fn is_host(self) -> bool {
         self != Target::Gpu
     }
+
+    /// One grid index per iteration, as on the GPU.
+    pub(crate) fn gpu_schedule(self) -> bool {
+        self != Target::Host
+    }
 }
 
 /// How host code computes transcendental functions (`exp`, `erf`, `tanh`, `log1p`, `expm1`)
@@ -105,8 +110,8 @@ pub fn build_module<'c>(
 
 /// Emits the grid function; returns a role the kind's emitter asked for but the signature
 /// does not have (a codegen bug).
-fn grid(
-    e: &Emitter<'_, '_>,
+fn grid<'c>(
+    e: &Emitter<'c, '_>,
     kernel: &Kernel,
     signature: &Signature,
     target: Target,
@@ -118,9 +123,20 @@ fn grid(
     arguments.extend(vec![e.index_t(); ints + 2]);
     let block = block_size(&kernel.kind, target);
     let name = grid_function(&kernel.symbol);
+    let stack = super::stack_size(&kernel.kind, target);
+    let alloca = |e: &Emitter<'c, '_>| (stack > 0).then(|| e.alloca_f32(stack));
     e.function(&name, &arguments, target.is_host(), |e, args| {
         let (begin, end) = (args[views + ints], args[views + ints + 1]);
+        // The host's buffer sits in the function's entry block, reused by every iteration;
+        // on the GPU the parallel body becomes the kernel, so each thread allocates its own
+        // there (the outlined kernel must not capture a host stack address).
+        let host_stack = if target == Target::Gpu {
+            None
+        } else {
+            alloca(e)
+        };
         e.parallel(begin, end, e.index(block as i64), |e, item| {
+            let stack = host_stack.or_else(|| alloca(e));
             let memrefs = signature
                 .views
                 .iter()
@@ -136,6 +152,8 @@ fn grid(
                 begin,
                 end,
                 block,
+                stack,
+                gpu_schedule: target.gpu_schedule(),
             };
             emit_kind(e, &frame, &kernel.kind);
             if let Some(role) = frame.missing.get() {

@@ -1,9 +1,8 @@
-//! The small row kernels: embedding lookup, elementwise add/multiply, KV-cache writes and the
-//! causal softmax of prefill attention scores.
+//! The small row kernels: embedding lookup, elementwise add/multiply and KV-cache writes.
 
 use super::Frame;
 use super::emit::{Emitter, V};
-use super::rows::{fold_chunks_dyn, for_chunks, for_chunks_dyn, load_f32};
+use super::rows::{for_chunks, load_f32};
 use zambac_engine::BinOp;
 use zambac_engine::Elem;
 use zambac_engine::Role;
@@ -76,39 +75,5 @@ pub(crate) fn kv_write<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, heads: usize,
         let target = (cache, e.mul_k(slot, head_dim));
         copy_row(e, (k, source, Elem::F32), target, head_dim);
         vec![]
-    });
-}
-
-/// [`zambac_engine::KernelKind::Softmax`]: max, exponentials (stored) with their sum,
-/// normalisation, then zeros for the masked columns. The kept length is clamped to the row
-/// stride so a position past the cache cannot write outside the row.
-pub(crate) fn softmax<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, scale: f64) {
-    let s = f.view(Role::Scores);
-    let [pos0, ld] = f.ints[..] else {
-        unreachable!("Softmax has two integer arguments")
-    };
-    let scale = scale as f32;
-    let row = e.muli(f.item, ld);
-    let kept = e.minsi(e.add_k(e.addi(pos0, f.item), 1), ld);
-    let scaled = |e: &Emitter<'c, '_>, offset: V<'c>, width: usize| {
-        let v = load_f32(e, s, e.addi(row, offset), width, Elem::F32);
-        e.mulf(v, e.f32_splat(scale, width))
-    };
-    let max = fold_chunks_dyn(e, kept, "maximumf", f32::NEG_INFINITY, scaled);
-    let sum = fold_chunks_dyn(e, kept, "add", 0.0, |e, offset, width| {
-        let shifted = e.subf(scaled(e, offset, width), e.splat(max, width));
-        let exp = e.math("exp", shifted);
-        e.vstore(exp, s, e.addi(row, offset));
-        exp
-    });
-    for_chunks_dyn(e, kept, |e, offset, width| {
-        let at = e.addi(row, offset);
-        let v = load_f32(e, s, at, width, Elem::F32);
-        e.vstore(e.divf(v, e.splat(sum, width)), s, at);
-    });
-    let masked = e.subi(ld, kept);
-    let tail = e.addi(row, kept);
-    for_chunks_dyn(e, masked, |e, offset, width| {
-        e.vstore(e.f32_splat(0.0, width), s, e.addi(tail, offset));
     });
 }

@@ -55,6 +55,12 @@ pub(crate) struct Frame<'c, 's> {
     /// Grid indices per iteration: 1 on the GPU; blocked kinds use more on the host, and the
     /// last iteration of a range may cover fewer (`end` says how many).
     pub block: usize,
+    /// A private f32 buffer of [`stack_size`] elements, reused by every iteration of one
+    /// call (one per thread).
+    pub stack: Option<V<'c>>,
+    /// One grid index per thread (the GPU, or its schedule run on the host): kinds that
+    /// block work in registers keep fewer values live.
+    pub gpu_schedule: bool,
 }
 
 impl<'c> Frame<'c, '_> {
@@ -123,6 +129,16 @@ pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
     }
 }
 
+/// f32 elements of private working memory one call of `kind` needs (0: none).
+pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
+    match kind {
+        KernelKind::AttentionPrefill { head_dim, .. } => {
+            attention::prefill_stack(*head_dim, attention::Blocking::new(target.gpu_schedule()))
+        }
+        _ => 0,
+    }
+}
+
 /// Emits the body of one grid iteration of `kind`.
 fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
     use KernelKind as K;
@@ -143,7 +159,12 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
         } => gemv::gemv(e, f, *k, rows, *elem, *accumulate, row_stride.unwrap_or(*k)),
         K::Epilogue { n, bias, op } => epilogue::epilogue(e, f, *n, *bias, *op),
         K::KvWrite { heads, head_dim } => misc::kv_write(e, f, *heads, *head_dim),
-        K::Softmax { scale } => misc::softmax(e, f, *scale),
+        K::AttentionPrefill {
+            heads,
+            kv_heads,
+            head_dim,
+            scale,
+        } => attention::prefill(e, f, *heads, *kv_heads, *head_dim, *scale),
         K::AttentionDecode {
             heads,
             kv_heads,

@@ -4,8 +4,7 @@
 //! Kernels are specialised to their sizes, so a run of constant length becomes a vector loop
 //! of `VW`-wide chunks (unrolled `unroll` times, with independent accumulators so that
 //! reductions are not one long dependency chain) plus a tail of constant chunks, the last one
-//! narrower than `VW` when the length is not a multiple of it. Runs whose length is only known
-//! at run time (attention rows) use the same vector loop with a one-element tail loop.
+//! narrower than `VW` when the length is not a multiple of it.
 
 use super::emit::{Emitter, V, VW};
 use melior::ir::Type;
@@ -118,52 +117,6 @@ pub(crate) fn sum_chunks<'c>(
         Some(part) => e.addf(sum, e.reduce("add", part)),
         None => sum,
     }
-}
-
-/// Calls `f(e, offset, width)` over `[0, len)` for a run-time `len`: `VW`-wide chunks, then
-/// one element at a time.
-pub(crate) fn for_chunks_dyn<'c>(
-    e: &Emitter<'c, '_>,
-    len: V<'c>,
-    f: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
-) {
-    let main = e.mul_k(e.divui(len, e.index(VW as i64)), VW);
-    e.for_(e.index(0), main, e.index(VW as i64), &[], |e, j, _| {
-        f(e, j, VW);
-        vec![]
-    });
-    e.for_(main, len, e.index(1), &[], |e, j, _| {
-        f(e, j, 1);
-        vec![]
-    });
-}
-
-/// Folds `f(e, offset, width)` (a `vector<width x f32>`) over `[0, len)` for a run-time
-/// `len` with the vector combining `kind` (`add` → `addf`, `maximumf` → `maxf`), starting
-/// from `init` in every lane; returns an f32 scalar.
-pub(crate) fn fold_chunks_dyn<'c>(
-    e: &Emitter<'c, '_>,
-    len: V<'c>,
-    kind: &str,
-    init: f32,
-    f: impl Fn(&Emitter<'c, '_>, V<'c>, usize) -> V<'c>,
-) -> V<'c> {
-    let combine = |e: &Emitter<'c, '_>, a, b| match kind {
-        "add" => e.addf(a, b),
-        _ => e.maxf(a, b),
-    };
-    let main = e.mul_k(e.divui(len, e.index(VW as i64)), VW);
-    let vector = e.for_(
-        e.index(0),
-        main,
-        e.index(VW as i64),
-        &[e.f32_splat(init, VW)],
-        |e, j, acc| vec![combine(e, acc[0], f(e, j, VW))],
-    )[0];
-    let head = e.reduce(kind, vector);
-    e.for_(main, len, e.index(1), &[head], |e, j, acc| {
-        vec![combine(e, acc[0], e.reduce(kind, f(e, j, 1)))]
-    })[0]
 }
 
 /// Dot products of one vector with several rows: `x[xbase ..][..len] · w[base_r ..][..len]`

@@ -1,7 +1,9 @@
-//! One-token attention over a KV cache, with and without grouped-query heads.
+//! Attention over a KV cache — one token, and prompts of any length from any position —
+//! with and without grouped-query heads.
 
-use super::harness::{Buf, check, random};
-use zambac_engine::KernelKind;
+use super::harness::{Buf, Lib, assert_within_scale, check, check_with, random};
+use zambac_codegen::HostTarget;
+use zambac_engine::{Kernel, KernelKind};
 use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
 
@@ -46,4 +48,149 @@ fn grouped_query_heads_share_their_kv_head() {
     decode(4, 2, 24, 32, 19);
     decode(8, 1, 40, 24, 5);
     decode(6, 3, 160, 64, 50);
+}
+
+/// One prompt of `rows` queries at positions `pos ..` over a cache of `capacity` rows whose
+/// first `pos + rows` keys are written.
+struct Prompt {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    pos: usize,
+    rows: usize,
+}
+
+impl Prompt {
+    fn kind(&self) -> KernelKind {
+        KernelKind::AttentionPrefill {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            scale: (self.head_dim as f64 / 2.0).powf(-0.5),
+        }
+    }
+
+    /// The buffers `[q, K, V, out]` and the reference output.
+    fn case(&self, seed: u64) -> ([Buf; 4], Vec<f32>) {
+        let (h, kvh, hd, c) = (self.heads, self.kv_heads, self.head_dim, self.capacity);
+        let q = random(self.rows * h * hd, seed, -1.5, 1.5);
+        let kc = random(kvh * c * hd, seed + 1, -1.5, 1.5);
+        let vc = random(kvh * c * hd, seed + 2, -1.0, 1.0);
+        let want = k::attention(
+            &Tensor::new(vec![self.rows, h * hd], q.clone()),
+            &Tensor::new(vec![kvh, c, hd], kc.clone()),
+            &Tensor::new(vec![kvh, c, hd], vc.clone()),
+            h,
+            (hd as f64 / 2.0).powf(-0.5),
+            self.pos,
+        );
+        // The output starts as garbage: every element must be written.
+        let out = vec![f32::NAN; self.rows * h * hd];
+        (
+            [Buf::F32(q), Buf::F32(kc), Buf::F32(vc), Buf::F32(out)],
+            want.data,
+        )
+    }
+
+    fn ints(&self) -> [i64; 3] {
+        [self.pos as i64, self.capacity as i64, self.rows as i64]
+    }
+
+    fn check(&self) {
+        let (bufs, want) = self.case(60);
+        let grid = self.heads * self.rows;
+        check_with(
+            self.kind(),
+            &bufs,
+            &self.ints(),
+            grid,
+            &[(3, want)],
+            |g, w, l| assert_within_scale(g, w, PROMPT_ATOL, l),
+        );
+    }
+}
+
+/// Outputs are weighted means of values whose weights are f32 exponentials of f32 scores,
+/// against the reference's f64: the error is set by the values' scale, not by each output
+/// (one that cancels to ~0 is as wrong as any other). Plain f32 attention (numpy, scores,
+/// `exp` and sums in f32) is off by up to 5e-7 of the scale on these shapes; this allows 4×.
+const PROMPT_ATOL: f32 = 2e-6;
+
+fn prompt(heads: usize, kv_heads: usize, head_dim: usize, pos: usize, rows: usize) -> Prompt {
+    Prompt {
+        heads,
+        kv_heads,
+        head_dim,
+        capacity: pos + rows + 3,
+        pos,
+        rows,
+    }
+}
+
+/// Query blocks are 16 rows, key groups 6 keys and key tiles 60 keys: lengths on both sides
+/// of each boundary, from position 0 and continuing a sequence.
+#[test]
+fn prompt_attention_equals_the_reference_across_block_and_tile_boundaries() {
+    for rows in [1, 2, 5, 6, 7, 15, 16, 17, 59, 60, 61, 64, 121, 130] {
+        for pos in [0, 5, 64] {
+            prompt(2, 2, 24, pos, rows).check();
+        }
+    }
+}
+
+/// Head dims that the four-column passes do not divide, and grouped-query heads.
+#[test]
+fn prompt_attention_takes_any_head_dim_and_grouped_query_heads() {
+    prompt(3, 3, 22, 7, 40).check();
+    prompt(4, 2, 64, 0, 33).check();
+    prompt(8, 1, 18, 3, 19).check();
+    prompt(6, 3, 160, 20, 50).check();
+}
+
+/// The cache may be exactly full: the last query's keys end at the last row of the cache.
+#[test]
+fn prompt_attention_reads_nothing_past_a_full_cache() {
+    let mut p = prompt(2, 1, 16, 9, 23);
+    p.capacity = p.pos + p.rows;
+    p.check();
+}
+
+/// 8-lane `exp` goes to libmvec's AVX2 `_ZGVdN8v_expf` where the target has AVX2, and stays
+/// a `math` op (scalar `expf` per lane) for a generic x86-64 target; both compute attention.
+#[test]
+fn transcendentals_call_libmvec_only_for_avx2_targets() {
+    let p = prompt(2, 2, 24, 4, 21);
+    let (bufs, want) = p.case(7);
+    let kernel = Kernel {
+        symbol: "k".into(),
+        kind: p.kind(),
+    };
+    let generic = HostTarget {
+        cpu: "x86-64".into(),
+        features: String::new(),
+    };
+    let avx2 = HostTarget {
+        cpu: "x86-64-v3".into(),
+        features: "+avx,+avx2,+fma".into(),
+    };
+    let runs_here = std::arch::is_x86_feature_detected!("avx2");
+    for (target, libmvec) in [(&generic, false), (&avx2, true)] {
+        let dumps = tempfile::tempdir().expect("tempdir");
+        let lib = Lib::build_for(std::slice::from_ref(&kernel), target, Some(dumps.path()));
+        let ll = std::fs::read_to_string(dumps.path().join("k.ll")).expect("k.ll");
+        assert_eq!(ll.contains("@_ZGVdN8v_expf("), libmvec, "{target:?}");
+        assert_eq!(target.has_avx2(), libmvec);
+        if libmvec && !runs_here {
+            continue;
+        }
+        let mut bufs = bufs.clone();
+        lib.call("k", &mut bufs, &p.ints(), 0, p.heads * p.rows);
+        assert_within_scale(
+            bufs[3].f32(),
+            &want,
+            PROMPT_ATOL,
+            &format!("attention for {target:?}"),
+        );
+    }
 }

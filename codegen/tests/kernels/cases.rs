@@ -186,7 +186,15 @@ pub fn all() -> Vec<Kernel> {
                 head_dim: 20,
             },
         ),
-        ("softmax", K::Softmax { scale: 0.3 }),
+        (
+            "attention_prefill",
+            K::AttentionPrefill {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 24,
+                scale: 0.25,
+            },
+        ),
         (
             "attention",
             K::AttentionDecode {
@@ -359,7 +367,10 @@ pub fn released_sizes() -> Vec<Kernel> {
                 head_dim: hd,
                 scale: (hd as f64 / 2.0).powf(-0.5),
             },
-            K::Softmax {
+            K::AttentionPrefill {
+                heads: ah,
+                kv_heads: ah,
+                head_dim: hd,
                 scale: (hd as f64 / 2.0).powf(-0.5),
             },
             K::Mamba2Conv {

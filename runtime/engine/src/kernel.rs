@@ -59,11 +59,17 @@ pub enum KernelKind {
     /// Writes rows `k [rows, heads·hd]` into a cache `[heads, C, hd]` at positions
     /// `pos0 + r`: views `[k, cache]`; ints `[pos0, C]`; grid rows.
     KvWrite { heads: usize, head_dim: usize },
-    /// Causal softmax of attention scores `s [rows, ld]` in place: query `r` keeps columns
-    /// `0 ..= pos0 + r` (scaled by `scale`, normalised), the rest of its `ld` columns
-    /// become 0. views `[s]`; ints `[pos0, ld]` (`ld` = row width = row stride of `s`);
-    /// grid rows.
-    Softmax { scale: f64 },
+    /// Causal attention of `rows` queries at positions `pos0 ..` over a cache holding keys
+    /// `0 .. pos0 + rows`: views `[q [rows, heads·hd], K [kvh,C,hd], V [kvh,C,hd],
+    /// out [rows, heads·hd]]`; ints `[pos0, C, rows]`; grid `heads · rows`. Query `r` of
+    /// head `h` attends keys `0 ..= pos0 + r` of KV head `h / (heads/kvh)` with `scale`,
+    /// with no workspace (online softmax over tiles of keys).
+    AttentionPrefill {
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f64,
+    },
     /// One-token attention over a cache: views `[q [heads·hd], K [kvh,C,hd],
     /// V [kvh,C,hd], out [heads·hd]]`; ints `[pos, C]`; grid heads: head `h` attends keys
     /// `0 ..= pos` of KV head `h / (heads/kvh)` with `scale`.
@@ -160,7 +166,7 @@ impl KernelKind {
             KernelKind::Gemv { .. } => "Gemv",
             KernelKind::Epilogue { .. } => "Epilogue",
             KernelKind::KvWrite { .. } => "KvWrite",
-            KernelKind::Softmax { .. } => "Softmax",
+            KernelKind::AttentionPrefill { .. } => "AttentionPrefill",
             KernelKind::AttentionDecode { .. } => "AttentionDecode",
             KernelKind::Mamba2Conv { .. } => "Mamba2Conv",
             KernelKind::Mamba2Scan { .. } => "Mamba2Scan",

@@ -58,8 +58,10 @@ pub use writer::{Companions, EngineWriter, WriteProgress};
 /// (dimensions, typed state layout, tokenizer) replaced the compiler's model description,
 /// weights and kernels share one element type, programs are named by kind. Version 3: the
 /// model's generation settings (`model.generation`: end-of-sequence ids, trained context,
-/// chat template), which a version-2 reader would refuse as an unknown field.
-pub const FORMAT_VERSION: u32 = 3;
+/// chat template), which a version-2 reader would refuse as an unknown field. Version 4:
+/// prefill attention is one kernel (`AttentionPrefill`, online softmax over key tiles)
+/// instead of per-head products around a `Softmax` kernel over a T×T workspace.
+pub const FORMAT_VERSION: u32 = 4;
 /// Alignment of every tensor in `weights.bin`: a cache line, and enough for any SIMD load.
 pub const WEIGHT_ALIGN: u64 = 64;
 

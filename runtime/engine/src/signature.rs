@@ -38,8 +38,6 @@ pub enum Role {
     V,
     /// A KV cache being written.
     Cache,
-    /// Attention scores, normalised in place.
-    Scores,
     /// Mamba2 in_proj output `[z, xBC, dt]`.
     Zx,
     /// Mamba2 conv output `[x, B, C]`.
@@ -93,7 +91,6 @@ impl std::fmt::Display for Role {
             Role::K => "k",
             Role::V => "v",
             Role::Cache => "cache",
-            Role::Scores => "scores",
             Role::Zx => "zx",
             Role::Xbc => "xbc",
             Role::Xz => "xz",
@@ -207,8 +204,6 @@ pub enum IntArg {
     Pos,
     /// KV-cache capacity `C` of the cache views.
     Capacity,
-    /// Row width (and stride) of a scores matrix.
-    RowWidth,
     /// Number of rows of a kernel whose grid runs over channels or heads.
     Rows,
 }
@@ -218,7 +213,6 @@ impl std::fmt::Display for IntArg {
         f.write_str(match self {
             IntArg::Pos => "position",
             IntArg::Capacity => "capacity",
-            IntArg::RowWidth => "row width",
             IntArg::Rows => "rows",
         })
     }
@@ -410,9 +404,19 @@ impl KernelKind {
                 .read(R::K, rows(m(*heads, *head_dim)))
                 .write(R::Cache, rows_of(1, m(*heads, *head_dim)))
                 .requires(Extent::per(Int(0), 1).and(rows(1)), rows_of(1, 1)),
-            K::Softmax { .. } => Sig::new(Rows, &[I::Pos, I::RowWidth])
-                .update(R::Scores, Extent::per2(Grid, Int(1), 1))
-                .requires(Extent::per(Int(0), 1).and(rows(1)), rows_of(1, 1)),
+            K::AttentionPrefill {
+                heads,
+                kv_heads,
+                head_dim,
+                ..
+            } => Sig::new(Rows, &[I::Pos, I::Capacity, I::Rows])
+                .read(R::Q, rows_of(2, m(*heads, *head_dim)))
+                .read(R::K, rows_of(1, m(*kv_heads, *head_dim)))
+                .read(R::V, rows_of(1, m(*kv_heads, *head_dim)))
+                .write(R::Out, rows_of(2, m(*heads, *head_dim)))
+                .requires(Extent::per(Int(0), 1).and(rows_of(2, 1)), rows_of(1, 1))
+                .requires(rows(1), rows_of(2, *heads))
+                .requires(rows_of(2, *heads), rows(1)),
             K::AttentionDecode {
                 heads,
                 kv_heads,
@@ -547,7 +551,12 @@ mod tests {
                 heads: 2,
                 head_dim: 4,
             },
-            K::Softmax { scale: 0.5 },
+            K::AttentionPrefill {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 4,
+                scale: 0.5,
+            },
             K::AttentionDecode {
                 heads: 4,
                 kv_heads: 2,

@@ -87,8 +87,13 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             }
         }
         K::KvWrite { heads, head_dim } => positive("heads", *heads).and(positive("hd", *head_dim)),
-        K::Softmax { .. } => Ok(()),
         K::AttentionDecode {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        }
+        | K::AttentionPrefill {
             heads,
             kv_heads,
             head_dim,

@@ -40,7 +40,7 @@ fn weights_round_trip_bit_exact_and_bf16_rounds_to_nearest_even() {
     let engine = Engine::open(&out).unwrap();
     let m = engine.manifest();
     assert_eq!(m.format_version, FORMAT_VERSION);
-    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(FORMAT_VERSION, 4);
     let parts = common::parts(common::kernels());
     let mut model = parts.model.clone();
     model.tokenizer = Some(zambac_engine::FileRef {
@@ -129,7 +129,7 @@ fn same_inputs_give_byte_identical_engines() {
     );
     let manifest = String::from_utf8(first[0].1.clone()).unwrap();
     assert!(
-        manifest.starts_with("{\n  \"format_version\": 3,\n  \"zambac_version\""),
+        manifest.starts_with("{\n  \"format_version\": 4,\n  \"zambac_version\""),
         "{manifest}"
     );
     assert!(manifest.ends_with("}\n"));
@@ -246,15 +246,15 @@ fn progress_reports_every_tensor_and_the_final_size() {
 
 #[test]
 fn another_format_version_is_rejected_by_name() {
-    for version in [1, 2, 4] {
+    for version in [1, 2, 3, 5] {
         let (_tmp, out) = fresh();
         let path = out.join(MANIFEST_FILE);
         let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"format_version\": 3"));
+        assert!(text.contains("\"format_version\": 4"));
         fs::write(
             &path,
             text.replace(
-                "\"format_version\": 3",
+                "\"format_version\": 4",
                 &format!("\"format_version\": {version}"),
             ),
         )
@@ -262,7 +262,10 @@ fn another_format_version_is_rejected_by_name() {
         let (file, _, msg) = load_error(&out);
         assert_eq!(file, MANIFEST_FILE);
         assert!(msg.contains(&format!("format version {version}")), "{msg}");
-        assert!(msg.contains("reads version 3"), "{msg}");
+        assert!(
+            msg.contains(&format!("reads version {FORMAT_VERSION}")),
+            "{msg}"
+        );
     }
 }
 

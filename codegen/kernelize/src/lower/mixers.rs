@@ -1,7 +1,7 @@
-//! The mixers: attention over the KV cache (GEMMs and a causal softmax in prefill, the
-//! generated decode kernel in decode) and the fused Mamba2 / Mamba1 mixers.
+//! The mixers: attention over the KV cache (generated flash-attention kernels for prefill
+//! and decode) and the fused Mamba2 / Mamba1 mixers.
 
-use zambac_engine::{Expr, KernelKind, Matrix, Step, View};
+use zambac_engine::{Expr, KernelKind};
 use zambac_ir::op::{AttnAttrs, Mamba1Attrs, Mamba2Attrs};
 use zambac_ir::operands::Mamba1Args;
 use zambac_ir::{NodeId, ValueRef};
@@ -19,8 +19,11 @@ impl GraphLowering<'_> {
         let (q, kc, vc) = (ops[0], ops[1], ops[2]);
         let out = n.out();
         let (heads, kvh, hd) = (a.heads, a.kv_heads, a.head_dim);
+        let views = vec![self.view(q), self.view(kc), self.view(vc), self.view(out)];
+        let t = self.rows(q);
         if ops.len() == 4 {
-            if self.rows(q) != Expr::k(1) {
+            // One token at `pos` (its row already written to the caches).
+            if t != Expr::k(1) {
                 return self.err("attention from a position is only generated for one token");
             }
             let kind = KernelKind::AttentionDecode {
@@ -29,69 +32,27 @@ impl GraphLowering<'_> {
                 head_dim: hd,
                 scale: a.scale,
             };
-            let views = vec![self.view(q), self.view(kc), self.view(vc), self.view(out)];
+            let grid = Expr::k(heads as i64);
             self.launch(
                 "attention_decode",
                 kind,
-                Expr::k(heads as i64),
+                grid,
                 views,
                 vec![Expr::POS, Expr::C],
             );
-            return Ok(());
-        }
-        // Prefill of T tokens from position `pos` (0 for a new prompt; the rows were
-        // written to the caches at pos..pos+T): per head, S = Q·K[0, pos+T)ᵀ (GEMM), the
-        // causal softmax (query r sees keys 0..=pos+r), O = S·V[0, pos+T).
-        let t = self.rows(q);
-        let keys = Expr::T.plus(Expr::POS);
-        let scores = self.new_scratch(Expr { tp: 1, ..Expr::T2 });
-        let rep = heads / kvh;
-        let qw = (heads * hd) as i64;
-        for h in 0..heads {
-            let kv_off = Expr::C.times(((h / rep) * hd) as i64);
-            let qm = matrix(self.view(q), (h * hd) as i64, qw, 1);
-            let km = Matrix {
-                view: View::at(self.view(kc).buf, kv_off),
-                row_stride: Expr::k(1),
-                col_stride: Expr::k(hd as i64),
+        } else {
+            // T tokens from `pos` (0 for a new prompt; the rows were written to the caches
+            // at pos..pos+T): query r attends keys 0..=pos+r, tiled over keys with an
+            // online softmax, so no T×T scores exist anywhere.
+            let kind = KernelKind::AttentionPrefill {
+                heads,
+                kv_heads: kvh,
+                head_dim: hd,
+                scale: a.scale,
             };
-            let sm = Matrix {
-                view: scores.clone(),
-                row_stride: keys,
-                col_stride: Expr::k(1),
-            };
-            self.steps.push(Step::Gemm {
-                m: t,
-                n: keys,
-                k: Expr::k(hd as i64),
-                a: qm,
-                b: km,
-                c: sm.clone(),
-                accumulate: false,
-            });
-            let kind = KernelKind::Softmax { scale: a.scale };
-            self.launch(
-                "softmax",
-                kind,
-                t,
-                vec![scores.clone()],
-                vec![Expr::POS, keys],
-            );
-            let vm = Matrix {
-                view: View::at(self.view(vc).buf, kv_off),
-                row_stride: Expr::k(hd as i64),
-                col_stride: Expr::k(1),
-            };
-            let om = matrix(self.view(out), (h * hd) as i64, qw, 1);
-            self.steps.push(Step::Gemm {
-                m: t,
-                n: Expr::k(hd as i64),
-                k: keys,
-                a: sm,
-                b: vm,
-                c: om,
-                accumulate: false,
-            });
+            let grid = t.times(heads as i64);
+            let ints = vec![Expr::POS, Expr::C, t];
+            self.launch("attention_prefill", kind, grid, views, ints);
         }
         Ok(())
     }

@@ -164,6 +164,22 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.append(scf::r#if(condition, &[], then, Region::new(), self.loc));
     }
 
+    /// A stack buffer of `len` f32 (`memref.alloca`, 64-byte aligned). Allocated in a
+    /// function's entry block it is static (LLVM reserves it once in the frame); inside a
+    /// loop it would grow the stack every iteration.
+    pub(crate) fn alloca_f32(&self, len: usize) -> V<'c> {
+        let ty = melior::ir::r#type::MemRefType::new(self.f32_t(), &[len as i64], None, None);
+        let align = melior::ir::attribute::IntegerAttribute::new(self.int_t(64), 64);
+        self.first(melior::dialect::memref::alloca(
+            self.cx,
+            ty,
+            &[],
+            &[],
+            Some(align),
+            self.loc,
+        ))
+    }
+
     // ---- functions ----
 
     /// Appends `func.func @name(arguments)` with no results; `body` fills its entry block

@@ -313,6 +313,10 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.same_type("arith.divui", &[a, b])
     }
 
+    pub(crate) fn remui(&self, a: V<'c>, b: V<'c>) -> V<'c> {
+        self.same_type("arith.remui", &[a, b])
+    }
+
     pub(crate) fn minsi(&self, a: V<'c>, b: V<'c>) -> V<'c> {
         self.same_type("arith.minsi", &[a, b])
     }
