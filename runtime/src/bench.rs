@@ -9,10 +9,52 @@ use serde::Serialize;
 
 use crate::error::RuntimeError;
 use crate::sampling::argmax;
-use crate::session::Backend;
+use crate::session::{Backend, State};
+use crate::tensor::Tensor;
 
-/// Timed prefill runs after the warm-up; the median is reported.
-const PREFILL_RUNS: usize = 3;
+/// How the benchmark prefills its prompts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefill {
+    /// Timed prefills after one warm-up; the median is reported. With 0 there is neither:
+    /// the prefill of the generating run is the only one, and its time is the one reported
+    /// (for prompts long enough that one prefill is all a user wants to wait for).
+    pub runs: usize,
+    /// Tokens per call when a prompt is prefilled in chunks (each continuing the state the
+    /// one before left), which bounds the activations by one chunk; `None`: one call.
+    pub chunk: Option<usize>,
+}
+
+impl Default for Prefill {
+    fn default() -> Self {
+        Prefill {
+            runs: 3,
+            chunk: None,
+        }
+    }
+}
+
+impl Prefill {
+    /// The prompt run from the empty state into a cache of `capacity` positions, chunk by
+    /// chunk; the last token's logits and the state.
+    fn run<B: Backend + ?Sized>(
+        &self,
+        backend: &mut B,
+        prompt: &[i64],
+        capacity: usize,
+    ) -> Result<(Tensor, State), RuntimeError> {
+        let Some(chunk) = self.chunk.filter(|c| *c < prompt.len()) else {
+            return backend.prefill_last(prompt, capacity);
+        };
+        let mut state = backend.new_state(capacity)?;
+        let mut logits = None;
+        for part in prompt.chunks(chunk.max(1)) {
+            logits = Some(backend.extend_last(part, &mut state)?);
+        }
+        let logits = logits
+            .ok_or_else(|| RuntimeError::Input("the prompt needs at least one token".into()))?;
+        Ok((logits, state))
+    }
+}
 
 /// What one benchmark measured. Times in seconds.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -21,7 +63,11 @@ pub struct BenchReport {
     pub new_tokens: usize,
     /// Sequences decoded together in each step (each after a prompt of its own).
     pub batch: usize,
-    /// Median time of `prefill_last` over the prompt (after a warm-up run).
+    /// Tokens per prefill call when the prompt was prefilled in chunks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_chunk: Option<usize>,
+    /// Median time of `prefill_last` over the prompt (after a warm-up run), or the time of
+    /// the generating run's prefill when no separate run was asked for.
     pub prefill_s: f64,
     /// Prompt tokens per second of that median.
     pub prefill_tok_per_s: f64,
@@ -45,6 +91,7 @@ pub fn run(
     new_tokens: usize,
     batch: usize,
     seed: u64,
+    prefill: Prefill,
 ) -> Result<BenchReport, RuntimeError> {
     if prompt_len == 0 {
         return Err(RuntimeError::Input(
@@ -58,27 +105,38 @@ pub fn run(
     }
     let prompt = random_prompt(backend.vocab_size(), prompt_len, seed);
     let capacity = prompt_len + new_tokens.max(1);
-    backend.prefill_last(&prompt, capacity)?;
-    let mut times = Vec::with_capacity(PREFILL_RUNS);
-    for _ in 0..PREFILL_RUNS {
+    let mut times = Vec::with_capacity(prefill.runs);
+    if prefill.runs > 0 {
+        prefill.run(backend, &prompt, capacity)?;
+    }
+    for _ in 0..prefill.runs {
         let t0 = Instant::now();
-        backend.prefill_last(&prompt, capacity)?;
+        prefill.run(backend, &prompt, capacity)?;
         times.push(t0.elapsed().as_secs_f64());
+    }
+
+    let generated = if batch == 1 {
+        prefill_then_decode(backend, &prompt, new_tokens, prefill, |_| {})?
+    } else {
+        let prompts = random_prompts(backend.vocab_size(), prompt_len, batch, seed);
+        prefill_then_decode_batch(backend, &prompts, new_tokens, prefill, |_| {})?
+    };
+    let Generated {
+        prefill_s: generating_prefill_s,
+        ttft_s,
+        decode_s,
+    } = generated;
+    if times.is_empty() {
+        times.push(generating_prefill_s);
     }
     let prefill_runs_s = times.clone();
     times.sort_by(f64::total_cmp);
     let prefill_s = times[times.len() / 2];
-
-    let Generated { ttft_s, decode_s } = if batch == 1 {
-        prefill_then_decode(backend, &prompt, new_tokens, |_| {})?
-    } else {
-        let prompts = random_prompts(backend.vocab_size(), prompt_len, batch, seed);
-        prefill_then_decode_batch(backend, &prompts, new_tokens, |_| {})?
-    };
     Ok(BenchReport {
         prompt_len,
         new_tokens,
         batch,
+        prefill_chunk: prefill.chunk,
         prefill_s,
         prefill_tok_per_s: prompt_len as f64 / prefill_s,
         prefill_runs_s,
@@ -95,6 +153,8 @@ pub fn run(
 /// Wall times of one [`prefill_then_decode`], in seconds.
 #[derive(Clone, Copy, Debug)]
 pub struct Generated {
+    /// The (first) prompt's prefill.
+    pub prefill_s: f64,
     /// From the start of the prefill to the first token.
     pub ttft_s: f64,
     /// All decode steps.
@@ -108,11 +168,13 @@ pub fn prefill_then_decode<B: Backend + ?Sized>(
     backend: &mut B,
     prompt: &[i64],
     new_tokens: usize,
+    prefill: Prefill,
     after_prefill: impl FnOnce(&mut B),
 ) -> Result<Generated, RuntimeError> {
     let capacity = prompt.len() + new_tokens.max(1);
     let t0 = Instant::now();
-    let (logits, mut state) = backend.prefill_last(prompt, capacity)?;
+    let (logits, mut state) = prefill.run(backend, prompt, capacity)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
     let mut token = argmax(logits.row(0)) as i64;
     let ttft_s = t0.elapsed().as_secs_f64();
     after_prefill(backend);
@@ -123,6 +185,7 @@ pub fn prefill_then_decode<B: Backend + ?Sized>(
         token = argmax(logits.row(0)) as i64;
     }
     Ok(Generated {
+        prefill_s,
         ttft_s,
         decode_s: t0.elapsed().as_secs_f64(),
     })
@@ -136,14 +199,19 @@ pub fn prefill_then_decode_batch<B: Backend + ?Sized>(
     backend: &mut B,
     prompts: &[Vec<i64>],
     new_tokens: usize,
+    prefill: Prefill,
     after_prefill: impl FnOnce(&mut B),
 ) -> Result<Generated, RuntimeError> {
     let mut ttft_s = 0.0;
+    let mut prefill_s = 0.0;
     let mut tokens = Vec::with_capacity(prompts.len());
     let mut states = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
         let t0 = Instant::now();
-        let (logits, state) = backend.prefill_last(prompt, prompt.len() + new_tokens.max(1))?;
+        let (logits, state) = prefill.run(backend, prompt, prompt.len() + new_tokens.max(1))?;
+        if i == 0 {
+            prefill_s = t0.elapsed().as_secs_f64();
+        }
         tokens.push(argmax(logits.row(0)) as i64);
         if i == 0 {
             ttft_s = t0.elapsed().as_secs_f64();
@@ -160,6 +228,7 @@ pub fn prefill_then_decode_batch<B: Backend + ?Sized>(
         }
     }
     Ok(Generated {
+        prefill_s,
         ttft_s,
         decode_s: t0.elapsed().as_secs_f64(),
     })

@@ -252,7 +252,7 @@ fn bad_run_inputs_are_input_errors() {
 fn bench_reports_times_and_memory() {
     let f = fixture();
     let mut b = backend(&f.dir, 2);
-    let r = zambac_runtime::bench::run(&mut b, 6, 4, 1, 7).unwrap();
+    let r = zambac_runtime::bench::run(&mut b, 6, 4, 1, 7, Default::default()).unwrap();
     assert!(r.prefill_s > 0.0 && r.ttft_s > 0.0 && r.decode_tok_per_s > 0.0);
     assert_eq!(
         (r.prompt_len, r.new_tokens, r.prefill_runs_s.len()),
@@ -263,4 +263,20 @@ fn bench_reports_times_and_memory() {
     for key in ["prefill_s", "decode_tok_per_s", "peak_rss_bytes"] {
         assert!(json.get(key).is_some(), "{key}");
     }
+    assert!(json.get("prefill_chunk").is_none());
+}
+
+/// A long prompt's benchmark: no warm-up or separate runs, the prompt in chunks.
+#[test]
+fn bench_can_time_one_chunked_prefill() {
+    let f = fixture();
+    let mut b = backend(&f.dir, 2);
+    let prefill = zambac_runtime::bench::Prefill {
+        runs: 0,
+        chunk: Some(4),
+    };
+    let r = zambac_runtime::bench::run(&mut b, 11, 2, 1, 7, prefill).unwrap();
+    assert_eq!(r.prefill_runs_s, vec![r.prefill_s]);
+    assert!(r.prefill_s > 0.0 && r.ttft_s >= r.prefill_s);
+    assert_eq!(r.prefill_chunk, Some(4));
 }

@@ -38,6 +38,14 @@ pub struct BenchArgs {
     /// with a clock around each step, and a table per phase shows where the time goes.
     #[arg(long)]
     pub profile: bool,
+    /// Timed prefills after a warm-up (the median is reported); 0 times only the
+    /// generating run's prefill, for prompts so long that one is enough.
+    #[arg(long, default_value_t = 3)]
+    pub prefill_runs: usize,
+    /// Prefill each prompt in chunks of this many tokens, each continuing the state the
+    /// one before left: the activations then need room for one chunk only.
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +99,11 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
     if args.batch == 0 {
         return Err(RuntimeError::Input("--batch must be at least 1".into()));
     }
+    if args.prefill_chunk == Some(0) {
+        return Err(RuntimeError::Input(
+            "--prefill-chunk must be at least 1".into(),
+        ));
+    }
     let mut backend = CpuBackend::new(Engine::open(&args.engine)?, args.threads)?;
     super::set_bf16_products(&mut backend, &args.bf16_products)?;
     let capacity = args.prompt_len.saturating_add(args.new_tokens.max(1));
@@ -103,6 +116,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
         args.new_tokens,
         args.batch,
         args.seed,
+        prefill_options(args),
     )?;
     let profile = if args.profile {
         Some(profile(&mut backend, args)?)
@@ -174,6 +188,13 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+fn prefill_options(args: &BenchArgs) -> bench::Prefill {
+    bench::Prefill {
+        runs: args.prefill_runs,
+        chunk: args.prefill_chunk,
+    }
+}
+
 /// Runs the benchmark's prompt once more and decodes `--new-tokens` greedily (for every
 /// sequence of `--batch`), with every step timed; with a batch, the prefill profile covers
 /// all the prompts and a decode step's kernels all the sequences.
@@ -182,15 +203,27 @@ fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> Result<Profile, Runtim
     backend.set_profiling(true);
     let mut prefill = Vec::new();
     let wall = if args.batch == 1 {
-        bench::prefill_then_decode(backend, &prompt, args.new_tokens, |b| {
-            prefill = b.take_profile();
-        })?
+        bench::prefill_then_decode(
+            backend,
+            &prompt,
+            args.new_tokens,
+            prefill_options(args),
+            |b| {
+                prefill = b.take_profile();
+            },
+        )?
     } else {
         let prompts =
             bench::random_prompts(backend.vocab_size(), args.prompt_len, args.batch, args.seed);
-        bench::prefill_then_decode_batch(backend, &prompts, args.new_tokens, |b| {
-            prefill = b.take_profile();
-        })?
+        bench::prefill_then_decode_batch(
+            backend,
+            &prompts,
+            args.new_tokens,
+            prefill_options(args),
+            |b| {
+                prefill = b.take_profile();
+            },
+        )?
     };
     let decode = backend.take_profile();
     backend.set_profiling(false);
