@@ -8,11 +8,6 @@
 # present), builds zambac in release, then runs bench/compare_hf.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=.venv-bench
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, transformers" 2>/dev/null; then
-  echo "bench: creating $VENV with torch 2.15.0 and transformers 5.23.0"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.15.0 transformers==5.23.0 safetensors numpy
-fi
+PY=$(scripts/hf_venv.sh)
 cargo build --release -q
-exec "$VENV/bin/python" bench/compare_hf.py --zambac target/release/zambac "$@"
+exec "$PY" bench/compare_hf.py --zambac target/release/zambac "$@"

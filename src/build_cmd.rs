@@ -34,6 +34,11 @@ pub struct BuildArgs {
     /// When Δ is clamped at time_step_min: `hf5` (prefill only; default), `always`, `none`.
     #[arg(long)]
     pub dt_clamp: Option<String>,
+    /// Multiply RoPE θ by 8^(hd/(hd−2)), as transformers 4.49–4.57 did for a config with
+    /// `use_long_context: true` (transformers 5, and zambac by default, do not): for a
+    /// checkpoint tuned with that rescale.
+    #[arg(long)]
+    pub hf4_long_context: bool,
     /// Compile and report, but write no engine (and read no weights).
     #[arg(long)]
     pub check: bool,
@@ -182,7 +187,13 @@ pub fn compile(args: &BuildArgs) -> CliResult<Compiled> {
         .as_deref()
         .map(model::parse_dt_clamp)
         .transpose()?;
-    let input = model::open(&args.input, args.weights.as_deref(), dt_clamp)?;
+    let mut input = model::open(&args.input, args.weights.as_deref(), dt_clamp)?;
+    if args.hf4_long_context {
+        input
+            .spec
+            .rescale_theta_as_hf4_long_context()
+            .map_err(|e| CliError::input(format!("error: --hf4-long-context: {e}")))?;
+    }
     compile_input(input, args)
 }
 

@@ -111,6 +111,7 @@ pub fn compile_temporary(
         dtype: None,
         context: 4096,
         dt_clamp: dt_clamp.map(str::to_string),
+        hf4_long_context: false,
         check: false,
         json: false,
         cpu: None,

@@ -21,14 +21,6 @@ fn engine(tmp: &std::path::Path, name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// The states of two runs agree tensor by tensor.
 fn state_diff(a: &State, b: &State) -> f32 {
     a.iter()

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::max_diff;
 use common::random_model::random_model;
 use proptest::prelude::*;
 use zambac_reference::ReferenceBackend;
@@ -36,11 +37,4 @@ proptest! {
             prop_assert!(d < 1e-4, "decode at position {} differs by {}\n{}", pos, d, model.toml());
         }
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }

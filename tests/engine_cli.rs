@@ -440,3 +440,35 @@ fn concurrent_builds_share_the_compile_cache() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// The RoPE θ every kernel of an engine's manifest uses.
+fn rope_thetas(dir: &Path) -> Vec<f64> {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut thetas: Vec<f64> = m["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["kind"]["Epilogue"]["op"]["Rope"]["theta"].as_f64())
+        .collect();
+    thetas.dedup();
+    thetas
+}
+
+/// `--hf4-long-context` builds with transformers 4.x's rescaled θ, 10000 · 8^(24/22) for the
+/// tiny fixture's head dim of 24.
+#[test]
+fn hf4_long_context_rescales_rope_theta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, long) = (tmp.path().join("plain"), tmp.path().join("long"));
+    let input = fixture("zamba2-tiny");
+    assert!(build(&input, &plain, &[]).status.success());
+    let out = build(&input, &long, &["--hf4-long-context"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rope_thetas(&plain), [10000.0]);
+    assert_eq!(rope_thetas(&long), [10000.0 * 8f64.powf(24.0 / 22.0)]);
+    let norope = fixture("zamba2-tiny-norope-1block");
+    let out = build(&norope, &tmp.path().join("x"), &["--hf4-long-context"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs RoPE"), "{}", stderr(&out));
+}

@@ -14,71 +14,9 @@ use zambac_weights::{Checkpoint, bind};
 const TOL: f32 = 2e-4;
 
 /// `zambac run --backend <backend> --dump-logits` on every prompt of a fixture (or of an
-/// engine built from it, for the cpu backend), compared with HF's logits, decode logits
-/// and greedy tokens.
+/// engine built from it, for the cpu backend), against HF within [`TOL`].
 fn check_fixture_cli(name: &str, backend: &str) {
-    let dir = fixture(name);
-    let engine_dir = tempfile::tempdir().unwrap();
-    let input = if backend == "cpu" {
-        let engine = engine_dir.path().join("e.engine");
-        let out = zambac(&[
-            "build",
-            dir.to_str().unwrap(),
-            "-o",
-            engine.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{name}: build: {}", stderr(&out));
-        engine
-    } else {
-        dir.clone()
-    };
-    let expected = Checkpoint::open_file(&dir.join("expected.safetensors")).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    for (i, prompt) in prompts(&dir).iter().enumerate() {
-        let dump = tmp.path().join(format!("{i}.safetensors"));
-        let tokens = prompt
-            .iter()
-            .map(|t| t.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let out = zambac(&[
-            "run",
-            input.to_str().unwrap(),
-            "--backend",
-            backend,
-            "--tokens",
-            &tokens,
-            "--max-new-tokens",
-            "16",
-            "--dump-logits",
-            dump.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{name} {backend} prompt {i}: {}",
-            stderr(&out)
-        );
-        let got = Checkpoint::open_file(&dump).unwrap();
-        let logits = tensor(&got, "logits");
-        let d = logits.max_abs_diff(&tensor(&expected, &format!("logits_{i}")));
-        eprintln!("{name} {backend} prompt {i}: prefill logits max |Δ| {d:.2e}");
-        assert!(
-            d <= TOL,
-            "{name} prompt {i}: prefill logits differ by {d:e}"
-        );
-        let dl = tensor(&got, "decode_logits");
-        let d = dl.max_abs_diff(&tensor(&expected, &format!("decode_logits_{i}")));
-        eprintln!("{name} {backend} prompt {i}: decode logits max |Δ| {d:.2e}");
-        assert!(
-            d <= TOL,
-            "{name} {backend} prompt {i}: decode logits differ by {d:e}"
-        );
-        assert_eq!(
-            i64s(&got, "tokens"),
-            i64s(&expected, &format!("greedy_{i}")),
-            "{name} {backend} prompt {i}: greedy tokens"
-        );
-    }
+    check_hf_dir(&fixture(name), name, backend, TOL);
 }
 
 #[test]

@@ -274,6 +274,7 @@ fn decode_kernels() -> Vec<Kernel> {
                 heads: 32,
                 head_dim: 128,
                 theta: 10000.0,
+                scaling: None,
             },
         },
         KernelKind::Epilogue {

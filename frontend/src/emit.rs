@@ -108,6 +108,12 @@ fn shared(out: &mut String, s: &ModelSpec) {
     if let Some(theta) = sh.rope_theta {
         let _ = writeln!(out, "rope_theta = {}", float(theta));
     }
+    if let Some(scaling) = &sh.rope_scaling
+        && let Ok(table) = toml::Value::try_from(scaling)
+    {
+        // An inline table with the keys `[shared.rope_scaling]` reads back.
+        let _ = writeln!(out, "rope_scaling = {table}");
+    }
     let _ = writeln!(out, "attention_adapter_rank = {}", sh.attn_adapter_rank);
     let _ = writeln!(out, "mlp_adapter_rank = {}", sh.mlp_adapter_rank);
     if sh.intermediate_size != 4 * s.hidden_size {

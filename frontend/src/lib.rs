@@ -24,6 +24,7 @@ mod node;
 mod overrides;
 mod reader;
 mod resolve;
+mod rope;
 pub mod spec;
 mod syntax;
 mod toml_desc;

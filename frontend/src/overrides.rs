@@ -7,7 +7,7 @@
 //!   `every`/`offset`.
 //! * Changing the schedule, `shared.blocks` or `model.num_layers` drops an explicit
 //!   `assignment` (back to round-robin) unless `shared.assignment` is overridden too.
-//! * `shared.rope = false` drops `rope_theta`; `mamba.heads` drops `mamba.head_dim` and
+//! * `shared.rope = false` drops `rope_theta` and `rope_scaling`; `mamba.heads` drops `mamba.head_dim` and
 //!   vice versa; a new `mamba.version` drops the version-specific mamba keys.
 //! * `adapter_rank` sets `shared.mlp_adapter_rank`, and `shared.attention_adapter_rank`
 //!   only where attention adapters already exist (rank > 0), as HF's single
@@ -259,6 +259,7 @@ fn fix_up(
         && shared.get("rope") == Some(&toml::Value::Boolean(false))
     {
         shared.remove("rope_theta");
+        shared.remove("rope_scaling");
     }
     let mamba = table_mut(doc, "mamba").ok_or_else(|| internal("mamba"))?;
     if t("mamba.heads") && !t("mamba.head_dim") {

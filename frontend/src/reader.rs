@@ -304,6 +304,43 @@ impl<'t> Fields<'t> {
         ok.then(|| At::new(out, self.key(name), node.span.clone()))
     }
 
+    /// An array of finite numbers > 0 (each element checked, every bad one reported).
+    pub fn pos_float_list(&self, cx: &mut Cx, name: &str) -> Option<At<Vec<f64>>> {
+        let node = self.node(name)?;
+        let Val::Array(items) = &node.val else {
+            self.type_error(cx, name, node, "an array of positive numbers");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let v = match item.val {
+                Val::Float(v) => v,
+                Val::Int(v) => v as f64,
+                _ => f64::NAN,
+            };
+            if v.is_finite() && v > 0.0 {
+                out.push(v);
+            } else {
+                let found = cx.describe(item);
+                cx.error(
+                    item.span.clone(),
+                    format!("{}[{i}]", self.key(name)),
+                    "a positive finite number",
+                    found,
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| At::new(out, self.key(name), node.span.clone()))
+    }
+
+    /// Whether `name` is present with a value other than JSON `null` (which transformers
+    /// reads as "not given").
+    pub fn given(&self, name: &str) -> bool {
+        self.node(name).is_some_and(|n| !matches!(n.val, Val::Null))
+    }
+
     /// Errors for every key not in `known`, each with a suggestion: a key of this table
     /// spelled alike, or the same key in another table (`elsewhere` lists dotted keys).
     pub fn reject_unknown(&self, cx: &mut Cx, what: &str, known: &[&str], elsewhere: &[&str]) {

@@ -56,6 +56,8 @@ pub(crate) struct SharedDraft {
     /// Defaults to `block input width / heads`.
     pub head_dim: Option<At<usize>>,
     pub rope_theta: Option<f64>,
+    /// Only with `rope_theta` (the readers check that).
+    pub rope_scaling: Option<At<zambac_engine::RopeScaling>>,
     pub attn_adapter_rank: At<usize>,
     pub mlp_adapter_rank: At<usize>,
     pub intermediate_size: usize,
@@ -214,6 +216,7 @@ fn resolve_shared(cx: &mut Cx, d: &Draft) -> Option<SharedSpec> {
             num_kv_heads: 0,
             head_dim: 0,
             rope_theta: s.rope_theta,
+            rope_scaling: s.rope_scaling.as_ref().map(|r| r.value.clone()),
             attention_scale: 0.0,
             attn_adapter_rank: s.attn_adapter_rank.value,
             mlp_adapter_rank: s.mlp_adapter_rank.value,
@@ -281,6 +284,20 @@ fn resolve_shared(cx: &mut Cx, d: &Draft) -> Option<SharedSpec> {
         );
         ok = false;
     }
+    if let Some(r) = &s.rope_scaling
+        && let Err(e) = r.value.check(head_dim)
+    {
+        cx.error(
+            r.span.clone(),
+            r.key.clone(),
+            format!(
+                "a `{}` scaling that fits head dim {head_dim}",
+                r.value.name()
+            ),
+            e,
+        );
+        ok = false;
+    }
     ok.then(|| SharedSpec {
         num_blocks: s.num_blocks.value,
         invocation_blocks: s.invocation_blocks.clone(),
@@ -289,6 +306,7 @@ fn resolve_shared(cx: &mut Cx, d: &Draft) -> Option<SharedSpec> {
         num_kv_heads: kv_heads.value,
         head_dim,
         rope_theta: s.rope_theta,
+        rope_scaling: s.rope_scaling.as_ref().map(|r| r.value.clone()),
         attention_scale: attention_scale(head_dim),
         attn_adapter_rank: s.attn_adapter_rank.value,
         mlp_adapter_rank: s.mlp_adapter_rank.value,
@@ -377,6 +395,7 @@ mod tests {
                 kv_heads: None,
                 head_dim: None,
                 rope_theta: Some(10000.0),
+                rope_scaling: None,
                 attn_adapter_rank: at(2, "shared.attention_adapter_rank"),
                 mlp_adapter_rank: at(2, "shared.mlp_adapter_rank"),
                 intermediate_size: 32,

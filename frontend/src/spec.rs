@@ -215,6 +215,10 @@ pub struct SharedSpec {
     pub head_dim: usize,
     /// RoPE base θ when rotary embeddings are on (Zamba2 `use_mem_rope`).
     pub rope_theta: Option<f64>,
+    /// Long-context scaling of RoPE's frequencies (`rope_parameters.rope_type` other than
+    /// `default`); only with `rope_theta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<zambac_engine::RopeScaling>,
     /// Softmax scale. Every Zamba model uses `(hd/2)^-1/2` (spec §2.2 step 6).
     pub attention_scale: f64,
     /// Rank of the per-invocation q/k/v adapters (0 = none).
@@ -247,6 +251,24 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// The RoPE θ rescale that transformers 4.49–4.57 applied when a Zamba2 config had
+    /// `use_long_context: true` (spec §1.1): θ ← θ · 8^(hd/(hd−2)). transformers 5 no longer
+    /// does it, and neither does zambac unless asked: a checkpoint tuned under 4.x with that
+    /// flag ran with the rescaled θ.
+    pub fn rescale_theta_as_hf4_long_context(&mut self) -> Result<(), String> {
+        let hd = self.shared.head_dim as f64;
+        match self.shared.rope_theta.as_mut() {
+            Some(theta) if hd > 2.0 => {
+                *theta *= 8f64.powf(hd / (hd - 2.0));
+                Ok(())
+            }
+            Some(_) => Err(format!(
+                "the long-context θ rescale needs an attention head dim above 2, found {hd}"
+            )),
+            None => Err("the long-context θ rescale needs RoPE (`shared.rope = true`)".into()),
+        }
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }

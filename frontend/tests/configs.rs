@@ -359,6 +359,45 @@ fn to_toml_round_trips_examples_configs_and_fixtures() {
 }
 
 #[test]
+fn to_toml_round_trips_every_rope_scaling() {
+    use zambac_engine::RopeScaling;
+    let base = load_config("zamba2-1.2b");
+    let pairs = base.shared.head_dim / 2;
+    let scalings = [
+        RopeScaling::Linear { factor: 2.5 },
+        RopeScaling::Dynamic {
+            factor: 2.0,
+            max_position_embeddings: 4096,
+        },
+        RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 4096,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            beta_fast: 16.0,
+            beta_slow: 2.0,
+            truncate: false,
+        },
+        RopeScaling::Longrope {
+            short_factor: (0..pairs).map(|i| 1.0 + i as f64 / 7.0).collect(),
+            long_factor: vec![3.0; pairs],
+            original_max_position_embeddings: 2048,
+            attention_factor: 1.09,
+        },
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        },
+    ];
+    for scaling in scalings {
+        let mut spec = base.clone();
+        spec.shared.rope_scaling = Some(scaling);
+        assert_round_trips(&spec);
+    }
+}
+
+#[test]
 fn config_json_file_and_directory_agree() {
     let dir = load(&config_dir("zamba2-7b")).unwrap();
     let file = load(&config_dir("zamba2-7b").join("config.json")).unwrap();
@@ -390,4 +429,20 @@ fn documented_example_is_the_tiny_example() {
     let block = &doc[start..start + doc[start..].find("```").unwrap()];
     let documented = parse_toml(block, "doc.toml").unwrap_or_else(|e| panic!("{}", e.render()));
     assert_eq!(documented, load(&example("tiny.toml")).unwrap().spec);
+}
+
+/// transformers 4.49–4.57's `use_long_context` θ: θ · 8^(hd/(hd−2)), only with RoPE.
+#[test]
+fn hf4_long_context_rescales_theta_on_request() {
+    let mut s = load_config("zamba2-1.2b");
+    let hd = s.shared.head_dim as f64;
+    let theta = s.shared.rope_theta.unwrap();
+    s.rescale_theta_as_hf4_long_context().unwrap();
+    assert_eq!(
+        s.shared.rope_theta,
+        Some(theta * 8f64.powf(hd / (hd - 2.0)))
+    );
+    s.shared.rope_theta = None;
+    let e = s.rescale_theta_as_hf4_long_context().unwrap_err();
+    assert!(e.contains("needs RoPE"), "{e}");
 }

@@ -394,6 +394,62 @@ fn rope() {
 }
 
 #[test]
+fn rope_scaling() {
+    let with = |table: &str| edit("offset = 1", &format!("offset = 1\nrope = true\n{table}"));
+    let s = ok(&with(
+        "rope_scaling = { type = \"yarn\", factor = 4.0, original_max_position_embeddings = 64 }",
+    ));
+    assert_eq!(
+        s.shared.rope_scaling,
+        Some(zambac_engine::RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 64,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            truncate: true,
+        })
+    );
+    // A description has no checkpoint context: `dynamic` names its own.
+    let s = ok(&with(
+        "rope_scaling = { type = \"dynamic\", factor = 2.0, max_position_embeddings = 128 }",
+    ));
+    assert_eq!(
+        s.shared.rope_scaling,
+        Some(zambac_engine::RopeScaling::Dynamic {
+            factor: 2.0,
+            max_position_embeddings: 128
+        })
+    );
+    assert_eq!(
+        errors(&with("rope_scaling = { type = \"dynamic\", factor = 2.0 }")),
+        ["shared.rope_scaling.max_position_embeddings"]
+    );
+    assert_eq!(
+        errors(&with("rope_scaling = { type = \"linear\", factr = 2.0 }")),
+        ["shared.rope_scaling.factor", "shared.rope_scaling.factr"]
+    );
+    assert_eq!(
+        errors(&with("rope_scaling = { factor = 2.0 }")),
+        ["shared.rope_scaling.type"]
+    );
+    assert_eq!(
+        errors(&edit(
+            "offset = 1",
+            "offset = 1\nrope_scaling = { type = \"linear\", factor = 2.0 }"
+        )),
+        ["shared.rope_scaling"]
+    );
+    // The head dim is 2 · 64 / 4 = 32: a longrope needs 16 factors per list.
+    assert_eq!(
+        errors(&with(
+            "rope_scaling = { type = \"longrope\", factor = 2.0, original_max_position_embeddings = 8, short_factor = [1.0], long_factor = [2.0] }"
+        )),
+        ["shared.rope_scaling"]
+    );
+}
+
+#[test]
 fn adapters() {
     let s = ok(&edit(
         "offset = 1",

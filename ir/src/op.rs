@@ -7,6 +7,7 @@
 
 use crate::graph::ParamId;
 use crate::types::Dim;
+use zambac_engine::rope::{Rope, RopeScaling};
 
 /// Pointwise nonlinearities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,15 +39,28 @@ impl Act {
 }
 
 /// Rotary embedding parameters (NeoX rotate-half over the whole head).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RopeAttrs {
     pub heads: usize,
     pub head_dim: usize,
     pub theta: f64,
+    /// Long-context scaling of the frequencies; `None` is plain RoPE.
+    pub scaling: Option<RopeScaling>,
+}
+
+impl RopeAttrs {
+    /// The frequencies' definition.
+    pub fn rope(&self) -> Rope<'_> {
+        Rope {
+            theta: self.theta,
+            head_dim: self.head_dim,
+            scaling: self.scaling.as_ref(),
+        }
+    }
 }
 
 /// What a fused linear does to its product before writing it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Epilogue {
     None,
     /// `act(y)`.
@@ -63,7 +77,7 @@ pub enum Epilogue {
 ///
 /// Operand order: `x, W, [b], [A, B], [Y, r], [epilogue operand]`; ask
 /// [`LinearAttrs::operands`] where each one sits.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LinearAttrs {
     pub bias: bool,
     /// A low-rank adapter fused in: the down-projection `A` shares the pass over `x` with
@@ -544,14 +558,14 @@ fn linear_attrs(a: &LinearAttrs) -> Attrs {
     if a.hoisted {
         v.push(("hoisted", Flag));
     }
-    match a.epilogue {
+    match &a.epilogue {
         Epilogue::None => {}
         Epilogue::Act(act) => v.push(("epi", Ident(act.name().to_string()))),
         Epilogue::ActGate(act) => v.push(("epi", Ident(format!("{}_gate", act.name())))),
         Epilogue::Mul => v.push(("epi", Ident("mul".into()))),
         Epilogue::Rope(r) => {
             v.push(("epi", Ident("rope".into())));
-            v.extend(rope_attrs(&r));
+            v.extend(rope_attrs(r));
         }
     }
     v
@@ -594,18 +608,39 @@ fn read_linear(a: &mut AttrReader) -> Result<LinearAttrs, AttrError> {
 }
 
 fn rope_attrs(r: &RopeAttrs) -> Attrs {
-    vec![
+    let mut v = vec![
         ("heads", Attr::Int(r.heads)),
         ("head_dim", Attr::Int(r.head_dim)),
         ("theta", Attr::Float(r.theta)),
-    ]
+    ];
+    if let Some(s) = &r.scaling {
+        // The scaling's parameters as the engine contract spells them (JSON): one string,
+        // however many per-frequency factors it carries.
+        let text = serde_json::to_string(s).unwrap_or_default();
+        v.push(("scaling", Attr::Str(text)));
+    }
+    v
 }
 
 fn read_rope(a: &mut AttrReader) -> Result<RopeAttrs, AttrError> {
+    let heads = a.int("heads")?;
+    let head_dim = a.int("head_dim")?;
+    let theta = a.float("theta")?;
+    let scaling = match a.opt_str("scaling")? {
+        None => None,
+        Some(text) => {
+            let s: RopeScaling = serde_json::from_str(&text)
+                .map_err(|e| AttrError(format!("`{}` attribute `scaling`: {e}", a.op)))?;
+            s.check(head_dim)
+                .map_err(|e| AttrError(format!("`{}` attribute `scaling`: {e}", a.op)))?;
+            Some(s)
+        }
+    };
     Ok(RopeAttrs {
-        heads: a.int("heads")?,
-        head_dim: a.int("head_dim")?,
-        theta: a.float("theta")?,
+        heads,
+        head_dim,
+        theta,
+        scaling,
     })
 }
 
@@ -739,6 +774,14 @@ impl AttrReader {
             None => Ok(None),
             Some(Attr::Ident(s)) => Ok(Some(s)),
             Some(other) => Err(self.err(key, "a name", &other)),
+        }
+    }
+
+    fn opt_str(&mut self, key: &str) -> Result<Option<String>, AttrError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Attr::Str(s)) => Ok(Some(s)),
+            Some(other) => Err(self.err(key, "a string", &other)),
         }
     }
 

@@ -303,6 +303,7 @@ mod tests {
         heads: 2,
         head_dim: 4,
         theta: 10000.0,
+        scaling: None,
     };
 
     /// Every combination of the attributes that change the operand list.
@@ -316,7 +317,7 @@ mod tests {
         ];
         let mut all = Vec::new();
         for bits in 0..8 {
-            for epilogue in epilogues {
+            for epilogue in epilogues.iter().cloned() {
                 all.push(LinearAttrs {
                     bias: bits & 1 != 0,
                     lora: bits & 2 != 0,

@@ -396,7 +396,7 @@ fn linear(cx: &Cx, a: &LinearAttrs) -> R {
         cx.shape_is(cx.float(y)?, &dims, "hoisted term")?;
         cx.shape_is(cx.float(r)?, &dims[..dims.len() - 1], "hoisted row scale")?;
     }
-    match (a.epilogue, slot.epilogue) {
+    match (&a.epilogue, slot.epilogue) {
         (Epilogue::ActGate(_), _) => {
             if n % 2 != 0 {
                 return cx.fail("a gated epilogue needs an even output width");

@@ -18,6 +18,22 @@ fn tiny_zamba2_roundtrips() {
     roundtrip(&common::tiny_zamba2());
 }
 
+/// A scaling with per-frequency lists travels as one string attribute and comes back equal
+/// (the fused linear epilogues carry it too, after the passes).
+#[test]
+fn rope_scaling_roundtrips() {
+    let mut spec = common::tiny_zamba2();
+    spec.shared.rope_scaling = Some(zambac_engine::RopeScaling::Longrope {
+        short_factor: (0..12).map(|i| 1.0 + i as f64 / 3.0).collect(),
+        long_factor: vec![2.5; 12],
+        original_max_position_embeddings: 16,
+        attention_factor: 1.25,
+    });
+    roundtrip(&spec);
+    let text = print_module(&build(&spec).unwrap());
+    assert!(text.contains("scaling="), "{text}");
+}
+
 #[test]
 fn tiny_zamba1_roundtrips() {
     roundtrip(&common::tiny_zamba1());

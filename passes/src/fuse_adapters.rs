@@ -52,7 +52,7 @@ impl Pass for FuseAdapters {
 
 fn plain(k: &OpKind) -> Option<LinearAttrs> {
     match k {
-        OpKind::Linear(a) if !a.lora && a.epilogue == Epilogue::None => Some(*a),
+        OpKind::Linear(a) if !a.lora && a.epilogue == Epilogue::None => Some(a.clone()),
         _ => None,
     }
 }

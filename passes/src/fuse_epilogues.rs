@@ -90,7 +90,7 @@ impl Pass for FuseEpilogues {
 /// nothing else reads.
 fn bare_linear(g: &Graph, v: ValueRef) -> Option<LinearAttrs> {
     match g.kind(v.node) {
-        OpKind::Linear(a) if a.epilogue == Epilogue::None && g.use_count(v) == 1 => Some(*a),
+        OpKind::Linear(a) if a.epilogue == Epilogue::None && g.use_count(v) == 1 => Some(a.clone()),
         _ => None,
     }
 }
@@ -121,7 +121,7 @@ fn rope(g: &Graph, n: NodeId) -> Option<Rewrite> {
     let ops = g.operands(n);
     let attrs = bare_linear(g, ops[0])?;
     let pos = ops.get(1).copied();
-    let (kind, operands) = with_epilogue(g, ops[0], attrs, Epilogue::Rope(*r), pos)?;
+    let (kind, operands) = with_epilogue(g, ops[0], attrs, Epilogue::Rope(r.clone()), pos)?;
     Some(Rewrite {
         kind,
         operands,
@@ -149,7 +149,7 @@ fn act_gate(g: &Graph, n: NodeId) -> Option<Rewrite> {
     if uo[0] != gu {
         return None;
     }
-    let OpKind::Linear(attrs) = *g.kind(gu.node) else {
+    let OpKind::Linear(attrs) = g.kind(gu.node).clone() else {
         return None;
     };
     if attrs.epilogue != Epilogue::None {

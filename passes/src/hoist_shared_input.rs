@@ -95,7 +95,7 @@ fn hoist(g: &mut Graph) -> Result<(usize, usize), String> {
         let mut by_weight: BTreeMap<ValueRef, Vec<Site>> = BTreeMap::new();
         for &norm in &norms {
             for (user, slot) in g.value_users(norm.out()) {
-                let OpKind::Linear(attrs) = *g.kind(user) else {
+                let OpKind::Linear(attrs) = g.kind(user).clone() else {
                     continue;
                 };
                 let weight = g.operands(user)[1];

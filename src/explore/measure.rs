@@ -106,6 +106,7 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
         dtype: None,
         context: opts.context,
         dt_clamp: None,
+        hf4_long_context: false,
         check: false,
         json: false,
         cpu: None,

@@ -34,6 +34,15 @@ pub fn fixture_names() -> Vec<String> {
     v
 }
 
+/// The largest elementwise |a − b| of two equally long rows.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// The prompts of a fixture (`tokens.json`).
 pub fn prompts(dir: &Path) -> Vec<Vec<i64>> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json")).unwrap()).unwrap()
@@ -157,5 +166,73 @@ pub fn move_last_bits(weights: &mut [Tensor], seed: u8) {
             let bits = v.to_bits();
             *v = f32::from_bits(if up { bits + 1 } else { bits - 1 });
         }
+    }
+}
+/// `zambac run --backend <backend> --dump-logits` on every prompt of the checkpoint `dir`
+/// (or of an engine built from it, for the cpu backend), compared with HF's logits, decode
+/// logits (`expected.safetensors`: `logits_i`, `decode_logits_i`, within `tol`) and greedy
+/// tokens (`greedy_i`, identical) for the prompts of its `tokens.json`.
+pub fn check_hf_dir(dir: &Path, name: &str, backend: &str, tol: f32) {
+    let dir = dir.to_path_buf();
+    let engine_dir = tempfile::tempdir().unwrap();
+    let input = if backend == "cpu" {
+        let engine = engine_dir.path().join("e.engine");
+        let out = zambac(&[
+            "build",
+            dir.to_str().unwrap(),
+            "-o",
+            engine.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{name}: build: {}", stderr(&out));
+        engine
+    } else {
+        dir.clone()
+    };
+    let expected = Checkpoint::open_file(&dir.join("expected.safetensors")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, prompt) in prompts(&dir).iter().enumerate() {
+        let dump = tmp.path().join(format!("{i}.safetensors"));
+        let tokens = prompt
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = zambac(&[
+            "run",
+            input.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--tokens",
+            &tokens,
+            "--max-new-tokens",
+            "16",
+            "--dump-logits",
+            dump.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name} {backend} prompt {i}: {}",
+            stderr(&out)
+        );
+        let got = Checkpoint::open_file(&dump).unwrap();
+        let logits = tensor(&got, "logits");
+        let d = logits.max_abs_diff(&tensor(&expected, &format!("logits_{i}")));
+        eprintln!("{name} {backend} prompt {i}: prefill logits max |Δ| {d:.2e}");
+        assert!(
+            d <= tol,
+            "{name} prompt {i}: prefill logits differ by {d:e}"
+        );
+        let dl = tensor(&got, "decode_logits");
+        let d = dl.max_abs_diff(&tensor(&expected, &format!("decode_logits_{i}")));
+        eprintln!("{name} {backend} prompt {i}: decode logits max |Δ| {d:.2e}");
+        assert!(
+            d <= tol,
+            "{name} {backend} prompt {i}: decode logits differ by {d:e}"
+        );
+        assert_eq!(
+            i64s(&got, "tokens"),
+            i64s(&expected, &format!("greedy_{i}")),
+            "{name} {backend} prompt {i}: greedy tokens"
+        );
     }
 }

@@ -2,16 +2,20 @@
 //! product with another tensor, or rotary position embedding.
 //!
 //! RoPE's inverse frequencies are computed here, at compile time, with exactly the f32
-//! operations the reference uses (`1 / θ^(2m/hd)` in f32), and embedded as constants; only the
-//! angle `pos · inv_freq` and its sine and cosine are computed at run time, also in f32.
+//! operations the reference uses (`1 / θ^(2m/hd)` in f32, scaled as `zambac_engine::rope`
+//! says), and embedded as constants; the angle `pos · inv_freq` and its sine and cosine are
+//! computed at run time, also in f32 — and for `dynamic` scaling past its threshold, the
+//! grown θ's frequencies too.
 
 use super::Frame;
 use super::act::apply;
 use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32};
+use melior::dialect::arith::CmpiPredicate;
 use zambac_engine::Elem;
 use zambac_engine::EpilogueOp;
 use zambac_engine::Role;
+use zambac_engine::rope::{Rope, RopeScaling, exponent};
 
 /// [`zambac_engine::KernelKind::Epilogue`].
 pub(crate) fn epilogue<'c>(
@@ -19,7 +23,7 @@ pub(crate) fn epilogue<'c>(
     f: &Frame<'c, '_>,
     n: usize,
     bias: bool,
-    op: EpilogueOp,
+    op: &EpilogueOp,
 ) {
     let y = f.view(Role::Y);
     let out = f.view(Role::Out);
@@ -39,7 +43,7 @@ pub(crate) fn epilogue<'c>(
             for_chunks(e, n, 2, |e, column, width| {
                 let v = input(e, column, width);
                 let v = match (op, m) {
-                    (EpilogueOp::Act(act), _) => apply(e, act, v),
+                    (EpilogueOp::Act(act), _) => apply(e, *act, v),
                     (_, Some(m)) => {
                         e.mulf(v, load_f32(e, m, e.addi(row, column), width, Elem::F32))
                     }
@@ -52,7 +56,7 @@ pub(crate) fn epilogue<'c>(
             let half = n / 2;
             let orow = e.mul_k(f.item, half);
             for_chunks(e, half, 2, |e, column, width| {
-                let gate = apply(e, act, input(e, column, width));
+                let gate = apply(e, *act, input(e, column, width));
                 let up = input(e, e.add_k(column, half), width);
                 e.vstore(e.mulf(gate, up), out, e.addi(orow, column));
             });
@@ -61,15 +65,27 @@ pub(crate) fn epilogue<'c>(
             heads,
             head_dim,
             theta,
+            scaling,
         } => {
+            let (theta, head_dim, heads) = (*theta, *head_dim, *heads);
+            let rope = Rope {
+                theta,
+                head_dim,
+                scaling: scaling.as_ref(),
+            };
             let position = e.index_to_f32(e.addi(f.ints[0], f.item));
             let half = head_dim / 2;
-            let inv_freq = inverse_frequencies(theta, head_dim);
+            let freqs = Frequencies::new(e, f, &rope);
+            let factor = rope.attention_factor();
             e.for_k(0, heads, 1, &[], |e, h, _| {
                 let head = e.mul_k(h, head_dim);
                 let rotate = |e: &Emitter<'c, '_>, start: V<'c>, width: usize, inv: V<'c>| {
                     let angle = e.mulf(e.splat(position, width), inv);
-                    let (cos, sin) = (e.math("cos", angle), e.math("sin", angle));
+                    let (mut cos, mut sin) = (e.math("cos", angle), e.math("sin", angle));
+                    if factor != 1.0 {
+                        cos = e.mulf(cos, e.f32_splat(factor, width));
+                        sin = e.mulf(sin, e.f32_splat(factor, width));
+                    }
                     let first = e.addi(head, start);
                     let second = e.add_k(first, half);
                     let a = input(e, first, width);
@@ -87,7 +103,7 @@ pub(crate) fn epilogue<'c>(
                     e.for_k(0, chunks, 1, &[], |e, c, _| {
                         let inv = e.switch(c, chunks, &[e.vf32(VW)], |e, case| {
                             let start = case.unwrap_or(0) * VW;
-                            vec![e.f32_lanes(&inv_freq[start..start + VW])]
+                            vec![freqs.lanes(e, start..start + VW)]
                         })[0];
                         rotate(e, e.mul_k(c, VW), VW, inv);
                         vec![]
@@ -95,7 +111,7 @@ pub(crate) fn epilogue<'c>(
                 }
                 let start = chunks * VW;
                 if start < half {
-                    let inv = e.f32_lanes(&inv_freq[start..half]);
+                    let inv = freqs.lanes(e, start..half);
                     rotate(e, e.index(start as i64), half - start, inv);
                 }
                 vec![]
@@ -104,9 +120,83 @@ pub(crate) fn epilogue<'c>(
     }
 }
 
-/// `inv_freq[m] = 1 / θ^(2m/hd)` for `m < hd/2`, in f32 as transformers computes it.
-fn inverse_frequencies(theta: f64, head_dim: usize) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|m| 1.0 / (theta as f32).powf((2 * m) as f32 / head_dim as f32))
-        .collect()
+/// RoPE's inverse frequencies in a kernel: constants computed here, at compile time, with
+/// exactly the f32 operations transformers uses ([`zambac_engine::rope`]); for a scaling
+/// that depends on the length a call reaches (`pos0 + rows`), the frequencies below its
+/// threshold and, past it, the long ones — constants for `longrope`, computed at run time
+/// from the grown θ for `dynamic`.
+struct Frequencies<'c> {
+    /// Below the threshold (or always).
+    short: Vec<f32>,
+    long: Option<(V<'c>, Long<'c>)>,
+    head_dim: usize,
+}
+
+/// Frequencies past a length-dependent scaling's threshold.
+enum Long<'c> {
+    Table(Vec<f32>),
+    /// `1 / base^(2m/hd)` with the base grown for this call.
+    Base(V<'c>),
+}
+
+impl<'c> Frequencies<'c> {
+    fn new(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, rope: &Rope<'_>) -> Frequencies<'c> {
+        let (Some(threshold), [pos0, rows, ..]) = (rope.threshold(), &f.ints[..]) else {
+            return Frequencies {
+                short: rope.inv_freq(1),
+                long: None,
+                head_dim: rope.head_dim,
+            };
+        };
+        let short = rope.inv_freq(threshold);
+        let reach = e.addi(*pos0, *rows);
+        let past = e.cmpi(
+            CmpiPredicate::Sgt,
+            reach,
+            e.index(i64::try_from(threshold).unwrap_or(i64::MAX)),
+        );
+        let long = match rope.scaling {
+            Some(RopeScaling::Dynamic {
+                factor,
+                max_position_embeddings,
+            }) => {
+                // dynamic_base in f32, with `reach` (past the threshold here) for the length.
+                let dim = rope.head_dim as f64;
+                let s = e.index_to_f32(reach);
+                let ratio = e.subf(
+                    e.divf(
+                        e.mulf(e.f32(*factor as f32), s),
+                        e.f32(*max_position_embeddings as f32),
+                    ),
+                    e.f32((factor - 1.0) as f32),
+                );
+                let grown = e.powf(ratio, e.f32((dim / (dim - 2.0)) as f32));
+                Long::Base(e.mulf(e.f32(rope.theta as f32), grown))
+            }
+            _ => Long::Table(rope.inv_freq(threshold + 1)),
+        };
+        Frequencies {
+            short,
+            long: Some((past, long)),
+            head_dim: rope.head_dim,
+        }
+    }
+
+    /// The frequencies of pairs `range` as one vector.
+    fn lanes(&self, e: &Emitter<'c, '_>, range: std::ops::Range<usize>) -> V<'c> {
+        let short = e.f32_lanes(&self.short[range.clone()]);
+        let Some((past, long)) = &self.long else {
+            return short;
+        };
+        let long = match long {
+            Long::Table(t) => e.f32_lanes(&t[range]),
+            Long::Base(base) => {
+                let width = range.len();
+                let exponents: Vec<f32> = range.map(|m| exponent(m, self.head_dim)).collect();
+                let power = e.powf(e.splat(*base, width), e.f32_lanes(&exponents));
+                e.divf(e.f32_splat(1.0, width), power)
+            }
+        };
+        e.select(*past, long, short)
+    }
 }

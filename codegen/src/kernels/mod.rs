@@ -157,7 +157,7 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             accumulate,
             row_stride,
         } => gemv::gemv(e, f, *k, rows, *elem, *accumulate, row_stride.unwrap_or(*k)),
-        K::Epilogue { n, bias, op } => epilogue::epilogue(e, f, *n, *bias, *op),
+        K::Epilogue { n, bias, op } => epilogue::epilogue(e, f, *n, *bias, op),
         K::KvWrite { heads, head_dim } => misc::kv_write(e, f, *heads, *head_dim),
         K::AttentionPrefill {
             heads,

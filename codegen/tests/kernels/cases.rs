@@ -176,6 +176,7 @@ pub fn all() -> Vec<Kernel> {
                     heads: 2,
                     head_dim: 24,
                     theta: 10000.0,
+                    scaling: None,
                 },
             },
         ),
@@ -350,6 +351,7 @@ pub fn released_sizes() -> Vec<Kernel> {
                     heads: ah,
                     head_dim: hd,
                     theta: 10000.0,
+                    scaling: None,
                 },
             },
             K::Epilogue {

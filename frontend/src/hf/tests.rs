@@ -3,6 +3,7 @@
 //! the errors of spec §1 / §6.4.
 
 use serde_json::{Value, json};
+use zambac_engine::RopeScaling;
 
 use crate::spec::*;
 use crate::{FrontendError, parse_hf_config};
@@ -363,13 +364,118 @@ fn independent_errors_are_all_reported() {
 }
 
 #[test]
-fn rope_scaling_and_other_rope_types_are_unsupported() {
-    let e = fail(&with(
-        zamba2(),
+fn rope_types_resolve_their_defaults_as_transformers_does() {
+    let scaling = |params: Value| parse(&with(zamba2(), "rope_parameters", params)).0;
+    let s = scaling(json!({"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}));
+    assert_eq!(s.shared.rope_theta, Some(500.0));
+    assert_eq!(
+        s.shared.rope_scaling,
+        Some(RopeScaling::Linear { factor: 2.0 })
+    );
+    // `dynamic` takes the trained context from `max_position_embeddings`.
+    let v = with(zamba2(), "max_position_embeddings", json!(64));
+    let v = with(
+        v,
         "rope_parameters",
-        json!({"rope_type": "linear", "rope_theta": 1.0}),
-    ));
-    assert_eq!(keys(&e), ["rope_parameters.rope_type"]);
-    let e = fail(&with(zamba2(), "rope_scaling", json!({"type": "dynamic"})));
-    assert_eq!(keys(&e), ["rope_scaling"]);
+        json!({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0}),
+    );
+    assert_eq!(
+        parse(&v).0.shared.rope_scaling,
+        Some(RopeScaling::Dynamic {
+            factor: 4.0,
+            max_position_embeddings: 64
+        })
+    );
+    // `yarn`: attention factor 0.1·ln(factor) + 1, β 32 and 1, truncation on.
+    let s = scaling(json!({"rope_type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 32, "attention_factor": null}));
+    assert_eq!(
+        s.shared.rope_scaling,
+        Some(RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 32,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            truncate: true,
+        })
+    );
+    // `longrope` without a factor: max_position_embeddings / original (4096 / 1024).
+    let s = scaling(
+        json!({"rope_type": "longrope", "original_max_position_embeddings": 1024,
+        "short_factor": vec![1.0; 12], "long_factor": vec![2.0; 12]}),
+    );
+    let Some(RopeScaling::Longrope {
+        attention_factor, ..
+    }) = s.shared.rope_scaling
+    else {
+        panic!("{:?}", s.shared.rope_scaling)
+    };
+    assert_eq!(attention_factor, (1.0 + 4f64.ln() / 1024f64.ln()).sqrt());
+    // The legacy form: top-level θ and `rope_scaling` with `type`.
+    let v = with(
+        zamba2(),
+        "rope_scaling",
+        json!({"type": "linear", "factor": 3.0}),
+    );
+    assert_eq!(
+        parse(&without(v, "rope_parameters")).0.shared.rope_scaling,
+        Some(RopeScaling::Linear { factor: 3.0 })
+    );
+    // `default` is plain RoPE.
+    let s = scaling(json!({"rope_type": "default", "rope_theta": 10000.0}));
+    assert_eq!(s.shared.rope_scaling, None);
+}
+
+#[test]
+fn rope_parameters_that_cannot_work_are_named() {
+    let fail_with = |params: Value| keys(&fail(&with(zamba2(), "rope_parameters", params)));
+    assert_eq!(
+        fail_with(json!({"rope_type": "linear", "rope_theta": 1.0})),
+        ["rope_parameters.factor"]
+    );
+    assert_eq!(
+        fail_with(json!({"rope_type": "ntk", "factor": 2.0})),
+        ["rope_parameters.rope_type"]
+    );
+    assert_eq!(
+        fail_with(json!({"rope_type": "linear", "factor": -2.0})),
+        ["rope_parameters.factor"]
+    );
+    assert_eq!(
+        fail_with(json!({"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5})),
+        ["rope_parameters.partial_rotary_factor"]
+    );
+    // One factor per rotated pair: the head dim is 24 here, so 12.
+    assert_eq!(
+        fail_with(
+            json!({"rope_type": "longrope", "original_max_position_embeddings": 1024,
+            "short_factor": [1.0, 1.0], "long_factor": [2.0, 2.0]})
+        ),
+        ["rope_parameters"]
+    );
+    assert_eq!(
+        fail_with(
+            json!({"rope_type": "longrope", "original_max_position_embeddings": 1024,
+            "short_factor": [1.0, "x"], "long_factor": [2.0, 2.0]})
+        ),
+        ["rope_parameters.short_factor[1]"]
+    );
+}
+
+#[test]
+fn long_context_sets_the_trained_context_of_dynamic_scaling() {
+    let v = with(zamba2(), "use_long_context", json!(true));
+    let v = with(
+        v,
+        "rope_parameters",
+        json!({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}),
+    );
+    assert_eq!(
+        parse(&v).0.shared.rope_scaling,
+        Some(RopeScaling::Dynamic {
+            factor: 2.0,
+            max_position_embeddings: 16384
+        })
+    );
 }

@@ -188,6 +188,7 @@ fn shared(
         kv_heads: kv_heads?,
         head_dim: head_dim?,
         rope_theta: None,
+        rope_scaling: None,
         attn_adapter_rank: f.default_at("adapter_rank", 0),
         mlp_adapter_rank: f.default_at("adapter_rank", 0),
         intermediate_size: intermediate?.map_or(4 * hidden, |v| v.value),

@@ -159,8 +159,8 @@ fn shared(
     };
     let attn_adapters = f.bool(cx, "use_shared_attention_adapter");
     let rope = flag(cx, f, "use_mem_rope", false);
-    // Outer `None`: no RoPE; `Some(None)`: RoPE with a bad base (already reported).
-    let theta = rope.then(|| rope_theta(cx, f));
+    // Outer `None`: no RoPE; `Some(None)`: RoPE with a bad base or scaling (reported).
+    let theta = rope.then(|| rope_parameters(cx, f));
     if let (Some(h), Some(ah)) = (hidden, &heads) {
         cross_check(cx, f, "attention_hidden_size", 2 * h, "2 · hidden_size");
         if (2 * h) % ah.value == 0 {
@@ -196,8 +196,12 @@ fn shared(
         kv_heads: kv_heads?,
         // HF derives the head dim as attention_hidden_size / num_attention_heads.
         head_dim: None,
-        rope_theta: match theta {
-            Some(t) => Some(t?),
+        rope_theta: match &theta {
+            Some(t) => Some(t.as_ref()?.0),
+            None => None,
+        },
+        rope_scaling: match theta {
+            Some(t) => t?.1,
             None => None,
         },
         attn_adapter_rank: attn_rank,
@@ -208,47 +212,57 @@ fn shared(
     })
 }
 
-/// RoPE base: `rope_parameters.rope_theta` (transformers 5), else the legacy top-level
-/// `rope_theta`, else 10000. Only the default (unscaled) RoPE exists in Zamba2.
-fn rope_theta(cx: &mut Cx, f: &Fields<'_>) -> Option<f64> {
-    if f.present("rope_scaling") {
-        let node = f.node("rope_scaling")?;
-        let found = cx.describe(node);
-        cx.error(
-            node.span.clone(),
-            "rope_scaling",
-            "null (Zamba2 uses plain RoPE)",
-            found,
-        );
-        return None;
-    }
-    let legacy = f.pos_float(cx, "rope_theta");
-    let Some(params) = nested(cx, f, "rope_parameters") else {
-        return Some(legacy.map_or(10000.0, |t| t.value));
+/// RoPE base and scaling: `rope_parameters` (transformers 5: `rope_type`, `rope_theta` and
+/// the type's keys), else the legacy top-level `rope_theta` and `rope_scaling` (`type` or
+/// `rope_type`), else plain RoPE with θ = 10000. The trained context that `dynamic` scaling
+/// (and `yarn` / `longrope` without a factor) takes is `max_position_embeddings`, which
+/// `use_long_context` sets to 16384 as transformers does.
+fn rope_parameters(
+    cx: &mut Cx,
+    f: &Fields<'_>,
+) -> Option<(f64, Option<At<zambac_engine::RopeScaling>>)> {
+    let mut known = vec!["rope_type", "type", "rope_theta"];
+    known.extend(crate::rope::KEYS);
+    let long_context = f
+        .node("use_long_context")
+        .is_some_and(|n| matches!(n.val, Val::Bool(true)));
+    let context = if long_context {
+        Some(f.default_at("use_long_context", 16384))
+    } else if f.given("max_position_embeddings") {
+        f.pos_int(cx, "max_position_embeddings")
+    } else {
+        Some(f.default_at("max_position_embeddings", 4096))
     };
-    if params.present("rope_type") {
-        let kind = params.str(cx, "rope_type")?;
-        if kind.value != "default" {
-            cx.error(
-                kind.span,
-                kind.key,
-                "\"default\" (Zamba2 uses plain RoPE)",
-                format!("\"{}\"", kind.value),
-            );
-            return None;
-        }
-    }
+    let legacy = f.pos_float(cx, "rope_theta");
+    let legacy_scaling = if f.given("rope_scaling") {
+        nested(cx, f, "rope_scaling")
+    } else {
+        None
+    };
+    let params = nested(cx, f, "rope_parameters");
+    let Some(params) = params.or(legacy_scaling) else {
+        return Some((legacy.map_or(10000.0, |t| t.value), None));
+    };
+    params.warn_unknown(cx, &known, &[]);
+    let kind = if params.present("rope_type") {
+        params.str(cx, "rope_type")?
+    } else if params.present("type") {
+        params.str(cx, "type")?
+    } else {
+        params.default_at("rope_type", "default".to_string())
+    };
+    let scaling = crate::rope::read(cx, &params, &kind, context)?;
     let theta = params.pos_float(cx, "rope_theta");
     if let (Some(t), Some(l)) = (&theta, &legacy)
         && t.value != l.value
     {
         let msg = format!(
-            "{} disagrees with rope_parameters.rope_theta = {}; zambac uses the latter",
-            l.value, t.value
+            "{} disagrees with {} = {}; zambac uses the latter",
+            l.value, t.key, t.value
         );
         cx.warn(l.span.clone(), "rope_theta", msg);
     }
-    Some(theta.or(legacy).map_or(10000.0, |t| t.value))
+    Some((theta.or(legacy).map_or(10000.0, |t| t.value), scaling))
 }
 
 /// Keys that HF stores but ignores, or honours only in old versions: said once, in a warning.

@@ -49,6 +49,7 @@ pub(crate) const SHARED_KEYS: &[&str] = &[
     "head_dim",
     "rope",
     "rope_theta",
+    "rope_scaling",
     "attention_adapter_rank",
     "mlp_adapter_rank",
     "intermediate_size",
@@ -442,6 +443,7 @@ fn read_shared(
         );
     }
     let rope_theta = rope.then(|| theta.map_or(10000.0, |t| t.value));
+    let rope_scaling = rope_scaling(cx, f, rope);
     let attn_adapter_rank = f
         .nonneg_int(cx, "attention_adapter_rank")
         .unwrap_or_else(|| f.default_at("attention_adapter_rank", 0));
@@ -476,10 +478,46 @@ fn read_shared(
             kv_heads,
             head_dim,
             rope_theta,
+            rope_scaling: rope_scaling?,
             attn_adapter_rank,
             mlp_adapter_rank,
             intermediate_size: intermediate_size.unwrap_or(4 * hidden),
             activation,
         },
     ))
+}
+
+/// `[shared.rope_scaling]`: a table with `type` (`linear`, `dynamic`, `yarn`, `longrope`,
+/// `llama3`; `default` is plain RoPE) and that type's keys, named as in transformers'
+/// `rope_parameters`. Outer `None`: errors recorded.
+fn rope_scaling(
+    cx: &mut Cx,
+    f: &Fields<'_>,
+    rope: bool,
+) -> Option<Option<At<zambac_engine::RopeScaling>>> {
+    let Some(node) = f.node("rope_scaling") else {
+        return Some(None);
+    };
+    if !rope {
+        let found = cx.describe(node);
+        cx.error(
+            node.span.clone(),
+            f.key("rope_scaling"),
+            "no `rope_scaling` unless `rope = true`",
+            found,
+        );
+        return None;
+    }
+    let (table, span) = f.table(cx, "rope_scaling")?;
+    let fields = Fields::new(table, format!("{}.", f.key("rope_scaling")), span);
+    let mut known = vec!["type"];
+    known.extend(crate::rope::KEYS);
+    fields.reject_unknown(cx, "[shared.rope_scaling]", &known, &[]);
+    let Some(kind) = fields.str(cx, "type") else {
+        if !fields.present("type") {
+            fields.missing(cx, "type", &crate::reader::one_of(crate::rope::TYPES));
+        }
+        return None;
+    };
+    crate::rope::read(cx, &fields, &kind, None)
 }

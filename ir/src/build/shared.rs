@@ -48,6 +48,7 @@ impl GraphBuilder<'_> {
                         heads,
                         head_dim: sh.head_dim,
                         theta,
+                        scaling: sh.rope_scaling.clone(),
                     })
                 };
                 let q = self.op(rope(sh.num_heads), &self.with_pos(&[q]))?;

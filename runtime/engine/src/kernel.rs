@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::elem::Elem;
+use crate::rope::{Rope, RopeScaling};
 
 /// What a generated kernel computes. Every kind is specialised to its constant sizes; the
 /// integer arguments listed are the only run-time values. "Rows" means `T` for prefill
@@ -45,10 +46,12 @@ pub enum KernelKind {
         row_stride: Option<usize>,
     },
     /// Row-wise epilogue of a linear on `y [rows, n]`: views `[y, (bias [n]),
-    /// (m [rows, n]), out]`; ints `[pos0]`; grid rows. In order: `+ bias`; then one of
+    /// (m [rows, n]), out]`; ints `[pos0]` (`[pos0, rows]` for RoPE whose scaling depends on
+    /// the length a call reaches, `pos0 + rows`); grid rows. In order: `+ bias`; then one of
     /// `act(y)`, `act(y[:n/2]) ⊙ y[n/2:]` (out has n/2 columns), `y ⊙ m`, or RoPE at
     /// position `pos0 + r` (rotate-half over each head of `head_dim`; inverse frequencies
-    /// `1/θ^(2i/hd)` and angles `pos·inv_freq` formed in f32 as transformers does). `out`
+    /// `1/θ^(2i/hd)`, scaled as [`crate::rope`] says, and angles `pos·inv_freq` formed in
+    /// f32 as transformers does). `out`
     /// may be the same view as `y` except for `Gate`. Also used alone (no linear) for a
     /// pointwise activation or RoPE left unfused.
     Epilogue {
@@ -185,7 +188,7 @@ pub enum BinOp {
 }
 
 /// The part of a linear's epilogue after the bias.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EpilogueOp {
     None,
     Act(ActKind),
@@ -195,7 +198,31 @@ pub enum EpilogueOp {
         heads: usize,
         head_dim: usize,
         theta: f64,
+        /// Long-context scaling of the frequencies ([`crate::rope`]); absent: plain RoPE.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scaling: Option<RopeScaling>,
     },
+}
+
+impl EpilogueOp {
+    /// RoPE whose frequencies depend on the length a call reaches: the kernel then takes
+    /// the number of rows too.
+    pub fn rope_depends_on_length(&self) -> bool {
+        match self {
+            EpilogueOp::Rope {
+                theta,
+                head_dim,
+                scaling,
+                ..
+            } => Rope {
+                theta: *theta,
+                head_dim: *head_dim,
+                scaling: scaling.as_ref(),
+            }
+            .depends_on_length(),
+            _ => false,
+        }
+    }
 }
 
 /// Serialisable twin of [`Act`].

@@ -6,6 +6,7 @@
 //! - [`kernel`] — the kernel kinds an engine carries, and [`signature`] — each kind's views
 //!   (roles, element types, access, extents), integer arguments and grid, as data;
 //! - [`model`] — the model's dimensions and the typed layout of a sequence's state;
+//! - [`rope`] — rotary embedding frequencies and their long-context scalings;
 //! - [`manifest`] — `manifest.json`;
 //! - [`Engine::open`] and [`EngineWriter`] — the engine directory: written atomically and
 //!   reproducibly, opened only after every file and checksum checks out;
@@ -37,6 +38,7 @@ pub mod manifest;
 pub mod model;
 mod open;
 pub mod program;
+pub mod rope;
 pub mod signature;
 mod sizes;
 pub mod validate;
@@ -50,6 +52,7 @@ pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, TargetCpu, Weight
 pub use model::{GenerationInfo, ModelInfo, StateRole, StateSpec};
 pub use open::{Engine, WeightView};
 pub use program::{Buffer, Matrix, Program, ProgramName, Step, View};
+pub use rope::{Rope, RopeScaling};
 pub use signature::{Access, Role, Signature};
 pub use sizes::check_symbol;
 pub use writer::{Companions, EngineWriter, WriteProgress};

@@ -394,11 +394,20 @@ impl KernelKind {
                 } else {
                     *n
                 };
-                Sig::new(Rows, &[I::Pos])
+                let ints: &[IntArg] = if op.rope_depends_on_length() {
+                    &[I::Pos, I::Rows]
+                } else {
+                    &[I::Pos]
+                };
+                Sig::new(Rows, ints)
                     .read(R::Y, rows(*n))
                     .when(*bias, |s| s.read(R::Bias, Extent::of(*n)))
                     .when(matches!(op, EpilogueOp::Mul), |s| s.read(R::M, rows(*n)))
                     .write(R::Out, rows(out_cols))
+                    .when(op.rope_depends_on_length(), |s| {
+                        s.requires(rows(1), rows_of(1, 1))
+                            .requires(rows_of(1, 1), rows(1))
+                    })
             }
             K::KvWrite { heads, head_dim } => Sig::new(Rows, &[I::Pos, I::Capacity])
                 .read(R::K, rows(m(*heads, *head_dim)))

@@ -74,9 +74,16 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             match op {
                 EpilogueOp::Gate(_) => divides("2", 2, *n),
                 EpilogueOp::Rope {
-                    heads, head_dim, ..
+                    heads,
+                    head_dim,
+                    scaling,
+                    ..
                 } => {
                     divides("2", 2, *head_dim)?;
+                    if let Some(s) = scaling {
+                        s.check(*head_dim)
+                            .map_err(|e| format!("RoPE scaling `{}`: {e}", s.name()))?;
+                    }
                     let width = heads.saturating_mul(*head_dim);
                     if width != *n {
                         return Err(format!("RoPE heads·head_dim = {width} ≠ n = {n}"));

@@ -10,6 +10,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use rayon::prelude::*;
+use zambac_engine::Rope;
 
 use zambac_runtime::Tensor;
 
@@ -362,13 +363,15 @@ pub fn selective_scan(
 }
 
 /// RoPE (NeoX rotate-half over the whole head) on `x [T, heads·hd]` at positions
-/// `pos0 .. pos0+T`. Angles are formed in f32 as transformers does (spec §6.1).
-pub fn rope(x: &Tensor, heads: usize, hd: usize, theta: f64, pos0: usize) -> Tensor {
+/// `pos0 .. pos0+T`, with the frequencies of a call reaching `pos0 + T` positions and cos
+/// and sin scaled by the attention factor. Angles, cos and sin are formed in f32 as
+/// transformers does (spec §6.1).
+pub fn rope(x: &Tensor, heads: usize, rope: &Rope<'_>, pos0: usize) -> Tensor {
     let t = x.shape[0];
+    let hd = rope.head_dim;
     let half = hd / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|m| 1.0 / (theta as f32).powf((2 * m) as f32 / hd as f32))
-        .collect();
+    let inv_freq = rope.inv_freq((pos0 + t) as u64);
+    let factor = rope.attention_factor();
     let mut out = x.data.clone();
     for tt in 0..t {
         let pos = (pos0 + tt) as f32;
@@ -376,7 +379,7 @@ pub fn rope(x: &Tensor, heads: usize, hd: usize, theta: f64, pos0: usize) -> Ten
             let base = tt * heads * hd + h * hd;
             for m in 0..half {
                 let ang = pos * inv_freq[m];
-                let (sin, cos) = (ang.sin() as f64, ang.cos() as f64);
+                let (sin, cos) = ((ang.sin() * factor) as f64, (ang.cos() * factor) as f64);
                 let (a, b) = (x.data[base + m] as f64, x.data[base + m + half] as f64);
                 out[base + m] = (a * cos - b * sin) as f32;
                 out[base + m + half] = (b * cos + a * sin) as f32;

@@ -249,7 +249,7 @@ fn eval(kind: &OpKind, a: &[Arg], capacity: usize) -> Result<Vec<Value>, String>
         }
         OpKind::Rope(r) => {
             let pos0 = if a.len() == 2 { a[1].pos()? } else { 0 };
-            f(k::rope(a[0].t()?, r.heads, r.head_dim, r.theta, pos0))
+            f(k::rope(a[0].t()?, r.heads, &r.rope(), pos0))
         }
         OpKind::KvStore { heads, head_dim } => {
             let x = a[0].t()?;
@@ -344,13 +344,13 @@ fn linear(attrs: &LinearAttrs, a: &[Arg]) -> Result<Tensor, String> {
             *v += r.data[j / n] * term.data[j];
         }
     }
-    Ok(match attrs.epilogue {
+    Ok(match &attrs.epilogue {
         Epilogue::None => y,
-        Epilogue::Act(f) => k::map(&y, act(f)),
+        Epilogue::Act(f) => k::map(&y, act(*f)),
         Epilogue::ActGate(f) => {
             let half = y.last() / 2;
             let last = y.shape.len() - 1;
-            let gate = k::map(&k::slice(&y, last, 0, half, 1), act(f));
+            let gate = k::map(&k::slice(&y, last, 0, half, 1), act(*f));
             let up = k::slice(&y, last, half, 2 * half, 1);
             k::broadcast(&gate, &up, |g, u| g * u)
         }
@@ -360,7 +360,7 @@ fn linear(attrs: &LinearAttrs, a: &[Arg]) -> Result<Tensor, String> {
         }
         Epilogue::Rope(r) => {
             let pos0 = args.epilogue.map(Arg::pos).transpose()?.unwrap_or(0);
-            k::rope(&y, r.heads, r.head_dim, r.theta, pos0)
+            k::rope(&y, r.heads, &r.rope(), pos0)
         }
     })
 }

@@ -2,7 +2,7 @@
 //! terms, windows and epilogues around the product.
 
 use zambac_engine::{EpilogueOp, Expr, KernelKind, View};
-use zambac_ir::op::{Epilogue, LinearAttrs};
+use zambac_ir::op::{Epilogue, LinearAttrs, RopeAttrs};
 use zambac_ir::operands::LinearArgs;
 use zambac_ir::{Elem, NodeId, ValueRef};
 
@@ -130,23 +130,17 @@ impl GraphLowering<'_> {
                 self.gemm(rows, nout, r, dm, bt, ym, true);
             }
         }
-        let op = match a.epilogue {
+        let op = match &a.epilogue {
             Epilogue::None => EpilogueOp::None,
-            Epilogue::Act(f) => EpilogueOp::Act(act_kind(f)),
-            Epilogue::ActGate(f) => EpilogueOp::Gate(act_kind(f)),
+            Epilogue::Act(f) => EpilogueOp::Act(act_kind(*f)),
+            Epilogue::ActGate(f) => EpilogueOp::Gate(act_kind(*f)),
             Epilogue::Mul => EpilogueOp::Mul,
-            Epilogue::Rope(r) => EpilogueOp::Rope {
-                heads: r.heads,
-                head_dim: r.head_dim,
-                theta: r.theta,
-            },
+            Epilogue::Rope(r) => rope_op(r),
         };
         if bias.is_some() || op != EpilogueOp::None {
             let mut views = vec![y];
             views.extend(bias.map(|b| self.view(b)));
-            // RoPE angles start at the call's position: 0 for a new prompt, further on
-            // for a continued prefill or a decode step.
-            let pos0 = Expr::POS;
+            let ints = rope_ints(&op, rows);
             if let Epilogue::Mul = a.epilogue {
                 views.extend(epilogue_operand.map(|m| self.view(m)));
             }
@@ -156,7 +150,7 @@ impl GraphLowering<'_> {
                 bias: bias.is_some(),
                 op,
             };
-            self.launch("epilogue", kind, rows, views, vec![pos0]);
+            self.launch("epilogue", kind, rows, views, ints);
         }
         Ok(())
     }
@@ -178,5 +172,26 @@ impl GraphLowering<'_> {
             row_stride,
         };
         self.launch("gemv", kind, Expr::k(rows as i64), views.into(), vec![]);
+    }
+}
+
+/// An epilogue's integer arguments: the call's position (RoPE angles start there: 0 for a
+/// new prompt, further on for a continued prefill or a decode step), and the rows when the
+/// RoPE's frequencies depend on the length the call reaches.
+pub(super) fn rope_ints(op: &EpilogueOp, rows: Expr) -> Vec<Expr> {
+    if op.rope_depends_on_length() {
+        vec![Expr::POS, rows]
+    } else {
+        vec![Expr::POS]
+    }
+}
+
+/// The kernel form of a RoPE: its frequencies' definition, scaling included.
+pub(super) fn rope_op(r: &RopeAttrs) -> EpilogueOp {
+    EpilogueOp::Rope {
+        heads: r.heads,
+        head_dim: r.head_dim,
+        theta: r.theta,
+        scaling: r.scaling.clone(),
     }
 }

@@ -332,18 +332,16 @@ impl<'a> GraphLowering<'a> {
                 );
             }
             OpKind::Rope(r) => {
+                let op = linear::rope_op(&r);
+                let rows = self.rows(ops[0]);
+                let ints = linear::rope_ints(&op, rows);
                 let kind = KernelKind::Epilogue {
                     n: self.last(ops[0]),
                     bias: false,
-                    op: EpilogueOp::Rope {
-                        heads: r.heads,
-                        head_dim: r.head_dim,
-                        theta: r.theta,
-                    },
+                    op,
                 };
-                let pos0 = Expr::POS;
                 let views = vec![self.view(ops[0]), self.view(out(0))];
-                self.launch("epilogue", kind, self.rows(ops[0]), views, vec![pos0]);
+                self.launch("epilogue", kind, rows, views, ints);
             }
             OpKind::Linear(a) => self.linear(n, &a, &ops)?,
             OpKind::HeadLinear { heads } => {

@@ -287,6 +287,11 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.same_type(&format!("math.{op}"), &[a])
     }
 
+    /// `a^b` (`math.powf`).
+    pub(crate) fn powf(&self, a: V<'c>, b: V<'c>) -> V<'c> {
+        self.same_type("math.powf", &[a, b])
+    }
+
     pub(crate) fn cmpf(&self, predicate: CmpfPredicate, a: V<'c>, b: V<'c>) -> V<'c> {
         self.first(arith::cmpf(self.cx, predicate, a, b, self.loc))
     }
