@@ -133,6 +133,9 @@ pub(crate) struct Blocking {
     /// Keys per tile of the online softmax: whole groups of `keys`, so that the rounded-up
     /// span of a tile's groups never passes the tile's room in the stack buffer.
     tile: usize,
+    /// Blocks of `QUERIES` queries one grid index computes, each tile of keys and values
+    /// read once for all of them (from cache after the first).
+    sub: usize,
 }
 
 impl Blocking {
@@ -140,22 +143,33 @@ impl Blocking {
     /// 16 vector registers, and measured 15% faster than four and as fast as eight on Zen 4
     /// (100M engine, f32, 4096-token prefill: 720, 610 and 626 ms in attention). A GPU
     /// thread holds every lane in registers of its own, so there four keep `ptxas` from
-    /// spilling (six spill).
+    /// spilling (six spill). Four blocks of queries per grid index on the host: one block
+    /// streamed each head's keys and values from memory once per 16 queries, which held
+    /// 16k-token prefills of the 100M engine to 134 GFLOP/s in attention against 165 at 4k.
+    /// A GPU thread keeps one (its private memory is small).
     pub(crate) fn new(gpu_schedule: bool) -> Blocking {
-        let (keys, columns) = if gpu_schedule { (4, 4) } else { (6, 6) };
+        let (keys, columns, sub) = if gpu_schedule { (4, 4, 1) } else { (6, 6, 4) };
         Blocking {
             keys,
             columns,
             tile: 10 * keys,
+            sub,
         }
+    }
+
+    /// Queries per grid index.
+    fn queries(self) -> usize {
+        self.sub * QUERIES
     }
 }
 
-/// [`zambac_engine::KernelKind::AttentionPrefill`]: grid index `h·rows + r` computes queries
-/// `r .. r + QUERIES` of head `h` when `r` starts a block (a multiple of `QUERIES`), and
-/// nothing otherwise, so every block is computed once whichever thread owns its first index.
+/// [`zambac_engine::KernelKind::AttentionPrefill`]: grid index `h·rows + r` computes the
+/// queries `r ..` of head `h` of [`Blocking::queries`] when `r` is a multiple of that, and
+/// nothing otherwise, so every query is computed once whichever thread owns the first index.
+/// Those queries are [`Blocking::sub`] blocks of `QUERIES`, which take each tile of keys in
+/// turn, so that a tile is read from memory once for all of them.
 ///
-/// The block is held transposed — lane `j` of every vector is query `r + j` — so both
+/// A block is held transposed — lane `j` of every vector is query `r + j` — so both
 /// products are broadcasts of one cached key or value element against a vector of queries:
 /// `S[·, k] += Qᵀ[d] · K[k, d]` and `Oᵀ[d] += P[·, k] · V[k, d]`, with a few keys or columns
 /// per pass held in registers ([`Blocking`]). Keys are taken in tiles up to the
@@ -173,11 +187,12 @@ pub(crate) fn prefill<'c>(
     let [pos, capacity, rows] = f.ints[..] else {
         unreachable!("AttentionPrefill has three integer arguments")
     };
+    let blocking = Blocking::new(f.gpu_schedule);
     let head = e.divui(f.item, rows);
     let first = e.subi(f.item, e.muli(head, rows));
     let starts_block = e.cmpi(
         CmpiPredicate::Eq,
-        e.remui(first, e.index(QUERIES as i64)),
+        e.remui(first, e.index(blocking.queries() as i64)),
         e.index(0),
     );
     let Some(stack) = f.stack else {
@@ -200,16 +215,22 @@ pub(crate) fn prefill<'c>(
             last_row: e.subi(rows, e.index(1)),
             pos,
             stack,
-            blocking: Blocking::new(f.gpu_schedule),
+            blocking,
         };
-        prefill_block(e, &block, scale as f32);
+        prefill_item(e, &block, scale as f32);
     });
 }
 
-/// Private f32 elements of a prefill call: `Qᵀ` and `Oᵀ` of one block, and one tile of
-/// scores.
+/// Private f32 elements of a prefill call: for each block, `Qᵀ`, `Oᵀ`, the running maximum
+/// and sum and the causal limit of each query; and one tile of scores.
 pub(crate) fn prefill_stack(head_dim: usize, blocking: Blocking) -> usize {
-    (2 * head_dim + blocking.tile) * QUERIES
+    blocking.sub * block_stack(head_dim) + blocking.tile * QUERIES
+}
+
+/// A block's part of the stack: `Qᵀ`, `Oᵀ` (`head_dim` rows each), then one row each of
+/// running maxima, running sums and causal limits.
+fn block_stack(head_dim: usize) -> usize {
+    (2 * head_dim + 3) * QUERIES
 }
 
 /// What the work on one block of queries reads.
@@ -225,7 +246,7 @@ struct Block<'c> {
     column: V<'c>,
     /// The KV head's first element in the caches.
     kv_base: V<'c>,
-    /// The block's first row.
+    /// The first row of the grid index's queries.
     first: V<'c>,
     last_row: V<'c>,
     pos: V<'c>,
@@ -234,118 +255,191 @@ struct Block<'c> {
     blocking: Blocking,
 }
 
-fn prefill_block<'c>(e: &Emitter<'c, '_>, b: &Block<'c>, scale: f32) {
-    let hd = b.head_dim;
-    let bk = b.blocking;
-    // Row of each lane (the last row for lanes past it) and its causal limit as f32.
-    let rows: Vec<V<'c>> = (0..QUERIES)
-        .map(|j| e.minsi(e.add_k(b.first, j), b.last_row))
-        .collect();
-    let limits: Vec<V<'c>> = (0..QV)
-        .map(|v| {
-            let lanes: Vec<V<'c>> = rows[v * VW..(v + 1) * VW]
-                .iter()
-                .map(|r| e.index_to_f32(e.addi(b.pos, *r)))
-                .collect();
-            e.vector_of(&lanes)
-        })
-        .collect();
-    let keys = e.add_k(e.addi(b.pos, rows[QUERIES - 1]), 1);
-    let last_key = e.subi(keys, e.index(1));
-    // Qᵀ and the output accumulator Oᵀ: element `d·QUERIES + j` is column `d` of query `j`.
-    let (qt, ot, p) = (Part(0), Part(hd * QUERIES), Part(2 * hd * QUERIES));
-    let row_bases: Vec<V<'c>> = rows
-        .iter()
-        .map(|r| e.addi(e.mul_k(*r, b.width), b.column))
-        .collect();
-    e.for_k(0, hd, 1, &[], |e, d, _| {
-        for v in 0..QV {
-            let lanes: Vec<V<'c>> = row_bases[v * VW..(v + 1) * VW]
-                .iter()
-                .map(|base| e.load(b.q, e.addi(*base, d)))
-                .collect();
-            e.vstore(e.vector_of(&lanes), b.stack, qt.lanes(e, d, v));
-            e.vstore(e.f32_splat(0.0, VW), b.stack, ot.lanes(e, d, v));
+/// One block of `QUERIES` queries: its first row, and its parts of the stack.
+struct Query<'c> {
+    first: V<'c>,
+    /// Keys the block attends: up to its last row's position.
+    keys: V<'c>,
+    qt: Part<'c>,
+    ot: Part<'c>,
+    /// Rows 0, 1, 2: running maxima, running sums, causal limits (as f32).
+    stats: Part<'c>,
+}
+
+impl<'c> Query<'c> {
+    fn new(e: &Emitter<'c, '_>, b: &Block<'c>, s: V<'c>) -> Query<'c> {
+        let hd = b.head_dim;
+        let first = e.addi(b.first, e.mul_k(s, QUERIES));
+        let last = e.minsi(e.add_k(first, QUERIES - 1), b.last_row);
+        let base = e.mul_k(s, block_stack(hd));
+        Query {
+            first,
+            keys: e.add_k(e.addi(b.pos, last), 1),
+            qt: Part(base),
+            ot: Part(e.add_k(base, hd * QUERIES)),
+            stats: Part(e.add_k(base, 2 * hd * QUERIES)),
         }
-        vec![]
-    });
-    let mut start = vec![e.f32_splat(f32::NEG_INFINITY, VW); QV];
-    start.extend(vec![e.f32_splat(0.0, VW); QV]);
-    let state = e.for_(
-        e.index(0),
-        keys,
-        e.index(bk.tile as i64),
-        &start,
-        |e, tile, state| {
-            let n = e.minsi(e.index(bk.tile as i64), e.subi(keys, tile));
-            // Groups cover the tile's keys rounded up to whole groups; keys past the last
-            // are read at the last key and masked out by every lane's limit.
-            let groups = e.divui(e.add_k(n, bk.keys - 1), e.index(bk.keys as i64));
-            let span = e.mul_k(groups, bk.keys);
-            let ctx = Tile {
-                tile,
-                last_key,
-                qt,
-                ot,
-                p,
-                limits: &limits,
-                blocking: bk,
-            };
-            let tile_max = scores(e, b, &ctx, groups, scale);
-            let (m, l) = (&state[..QV], &state[QV..]);
-            let new_m: Vec<V<'c>> = (0..QV).map(|v| e.maxf(m[v], tile_max[v])).collect();
-            let correction: Vec<V<'c>> = (0..QV)
-                .map(|v| e.math("exp", e.subf(m[v], new_m[v])))
-                .collect();
-            let zeros = vec![e.f32_splat(0.0, VW); QV];
-            let sums = e.for_(e.index(0), span, e.index(1), &zeros, |e, j, sums| {
-                (0..QV)
-                    .map(|v| {
-                        let at = p.lanes(e, j, v);
-                        let s = e.vload(b.stack, at, VW, e.f32_t());
-                        let w = e.math("exp", e.subf(s, new_m[v]));
-                        e.vstore(w, b.stack, at);
-                        e.addf(sums[v], w)
-                    })
-                    .collect()
-            });
-            weighted_values(e, b, &ctx, span, &correction);
-            let mut next = new_m;
-            next.extend((0..QV).map(|v| e.fma(l[v], correction[v], sums[v])));
-            next
-        },
-    );
-    let sums = &state[QV..];
-    e.for_k(0, hd, 1, &[], |e, d, _| {
-        for (v, sum) in sums.iter().enumerate() {
-            let o = e.divf(ot.load(e, b.stack, d, v), *sum);
-            for lane in 0..VW {
-                let j = v * VW + lane;
-                let row = e.add_k(b.first, j);
-                let inside = e.cmpi(CmpiPredicate::Sle, row, b.last_row);
-                let value = e.extract(o, lane);
-                e.when(inside, |e| {
-                    e.store(value, b.out, e.addi(row_bases[j], d));
-                });
-            }
-        }
+    }
+
+    /// The row of lane `j` (the last row for lanes past it).
+    fn row(&self, e: &Emitter<'c, '_>, b: &Block<'c>, j: usize) -> V<'c> {
+        e.minsi(e.add_k(self.first, j), b.last_row)
+    }
+
+    /// Where lane `j`'s row of this head starts in `q` and `out`.
+    fn row_base(&self, e: &Emitter<'c, '_>, b: &Block<'c>, j: usize) -> V<'c> {
+        e.addi(e.mul_k(self.row(e, b, j), b.width), b.column)
+    }
+
+    /// Statistic `which` (0 maxima, 1 sums, 2 limits) of query vector `v`.
+    fn stat(&self, e: &Emitter<'c, '_>, b: &Block<'c>, which: usize, v: usize) -> V<'c> {
+        self.stats.load(e, b.stack, e.index(which as i64), v)
+    }
+
+    fn set_stat(&self, e: &Emitter<'c, '_>, b: &Block<'c>, which: usize, v: usize, x: V<'c>) {
+        e.vstore(x, b.stack, self.stats.lanes(e, e.index(which as i64), v));
+    }
+}
+
+/// Calls `body` with each block of the grid index that has a row.
+fn for_blocks<'c>(e: &Emitter<'c, '_>, b: &Block<'c>, body: impl Fn(&Emitter<'c, '_>, &Query<'c>)) {
+    e.for_k(0, b.blocking.sub, 1, &[], |e, s, _| {
+        let q = Query::new(e, b, s);
+        let any = e.cmpi(CmpiPredicate::Sle, q.first, b.last_row);
+        e.when(any, |e| body(e, &q));
         vec![]
     });
 }
 
+fn prefill_item<'c>(e: &Emitter<'c, '_>, b: &Block<'c>, scale: f32) {
+    let hd = b.head_dim;
+    let bk = b.blocking;
+    // Qᵀ, a zero Oᵀ, maxima −∞, sums 0 and each lane's causal limit, per block.
+    for_blocks(e, b, |e, q| {
+        let bases: Vec<V<'c>> = (0..QUERIES).map(|j| q.row_base(e, b, j)).collect();
+        e.for_k(0, hd, 1, &[], |e, d, _| {
+            for v in 0..QV {
+                let lanes: Vec<V<'c>> = bases[v * VW..(v + 1) * VW]
+                    .iter()
+                    .map(|base| e.load(b.q, e.addi(*base, d)))
+                    .collect();
+                e.vstore(e.vector_of(&lanes), b.stack, q.qt.lanes(e, d, v));
+                e.vstore(e.f32_splat(0.0, VW), b.stack, q.ot.lanes(e, d, v));
+            }
+            vec![]
+        });
+        for v in 0..QV {
+            let limits: Vec<V<'c>> = (0..VW)
+                .map(|lane| e.index_to_f32(e.addi(b.pos, q.row(e, b, v * VW + lane))))
+                .collect();
+            q.set_stat(e, b, 0, v, e.f32_splat(f32::NEG_INFINITY, VW));
+            q.set_stat(e, b, 1, v, e.f32_splat(0.0, VW));
+            q.set_stat(e, b, 2, v, e.vector_of(&limits));
+        }
+    });
+    let last = e.minsi(e.add_k(b.first, bk.queries() - 1), b.last_row);
+    let keys = e.add_k(e.addi(b.pos, last), 1);
+    // Scores go to the one tile of scores after the blocks' parts.
+    let p = Part(e.index((bk.sub * block_stack(hd)) as i64));
+    e.for_(
+        e.index(0),
+        keys,
+        e.index(bk.tile as i64),
+        &[],
+        |e, tile, _| {
+            for_blocks(e, b, |e, q| {
+                let in_reach = e.cmpi(CmpiPredicate::Slt, tile, q.keys);
+                e.when(in_reach, |e| fold_tile(e, b, q, tile, p, scale));
+            });
+            vec![]
+        },
+    );
+    for_blocks(e, b, |e, q| {
+        let sums: Vec<V<'c>> = (0..QV).map(|v| q.stat(e, b, 1, v)).collect();
+        let bases: Vec<V<'c>> = (0..QUERIES).map(|j| q.row_base(e, b, j)).collect();
+        e.for_k(0, hd, 1, &[], |e, d, _| {
+            for (v, sum) in sums.iter().enumerate() {
+                let o = e.divf(q.ot.load(e, b.stack, d, v), *sum);
+                for lane in 0..VW {
+                    let j = v * VW + lane;
+                    let row = e.add_k(q.first, j);
+                    let inside = e.cmpi(CmpiPredicate::Sle, row, b.last_row);
+                    let value = e.extract(o, lane);
+                    e.when(inside, |e| {
+                        e.store(value, b.out, e.addi(bases[j], d));
+                    });
+                }
+            }
+            vec![]
+        });
+    });
+}
+
+/// Folds the keys `tile ..` (up to a tile, within the block's reach) into block `q`: its
+/// scores, the online softmax's rescaling, and the weighted values.
+fn fold_tile<'c>(
+    e: &Emitter<'c, '_>,
+    b: &Block<'c>,
+    q: &Query<'c>,
+    tile: V<'c>,
+    p: Part<'c>,
+    scale: f32,
+) {
+    let bk = b.blocking;
+    let n = e.minsi(e.index(bk.tile as i64), e.subi(q.keys, tile));
+    // Groups cover the tile's keys rounded up to whole groups; keys past the block's last
+    // are read at that key and masked out by every lane's limit.
+    let groups = e.divui(e.add_k(n, bk.keys - 1), e.index(bk.keys as i64));
+    let span = e.mul_k(groups, bk.keys);
+    let limits: Vec<V<'c>> = (0..QV).map(|v| q.stat(e, b, 2, v)).collect();
+    let ctx = Tile {
+        tile,
+        last_key: e.subi(q.keys, e.index(1)),
+        qt: q.qt,
+        ot: q.ot,
+        p,
+        limits: &limits,
+        blocking: bk,
+    };
+    let tile_max = scores(e, b, &ctx, groups, scale);
+    let m: Vec<V<'c>> = (0..QV).map(|v| q.stat(e, b, 0, v)).collect();
+    let new_m: Vec<V<'c>> = (0..QV).map(|v| e.maxf(m[v], tile_max[v])).collect();
+    let correction: Vec<V<'c>> = (0..QV)
+        .map(|v| e.math("exp", e.subf(m[v], new_m[v])))
+        .collect();
+    let zeros = vec![e.f32_splat(0.0, VW); QV];
+    let sums = e.for_(e.index(0), span, e.index(1), &zeros, |e, j, sums| {
+        (0..QV)
+            .map(|v| {
+                let at = p.lanes(e, j, v);
+                let s = e.vload(b.stack, at, VW, e.f32_t());
+                let w = e.math("exp", e.subf(s, new_m[v]));
+                e.vstore(w, b.stack, at);
+                e.addf(sums[v], w)
+            })
+            .collect()
+    });
+    weighted_values(e, b, &ctx, span, &correction);
+    for v in 0..QV {
+        let l = q.stat(e, b, 1, v);
+        q.set_stat(e, b, 0, v, new_m[v]);
+        q.set_stat(e, b, 1, v, e.fma(l, correction[v], sums[v]));
+    }
+}
+
 /// A part of the stack buffer: its first element.
 #[derive(Clone, Copy)]
-struct Part(usize);
+struct Part<'c>(V<'c>);
 
-impl Part {
+impl<'c> Part<'c> {
     /// The first element of query vector `v` of row `row` (a head-dim column or a key):
     /// rows hold `QUERIES` lanes.
-    fn lanes<'c>(self, e: &Emitter<'c, '_>, row: V<'c>, v: usize) -> V<'c> {
-        e.add_k(e.mul_k(row, QUERIES), self.0 + v * VW)
+    fn lanes(self, e: &Emitter<'c, '_>, row: V<'c>, v: usize) -> V<'c> {
+        e.addi(e.add_k(e.mul_k(row, QUERIES), v * VW), self.0)
     }
 
     /// Query vector `v` of row `row` of the part, in `stack`.
-    fn load<'c>(self, e: &Emitter<'c, '_>, stack: V<'c>, row: V<'c>, v: usize) -> V<'c> {
+    fn load(self, e: &Emitter<'c, '_>, stack: V<'c>, row: V<'c>, v: usize) -> V<'c> {
         e.vload(stack, self.lanes(e, row, v), VW, e.f32_t())
     }
 }
@@ -354,9 +448,9 @@ impl Part {
 struct Tile<'c, 'a> {
     tile: V<'c>,
     last_key: V<'c>,
-    qt: Part,
-    ot: Part,
-    p: Part,
+    qt: Part<'c>,
+    ot: Part<'c>,
+    p: Part<'c>,
     limits: &'a [V<'c>],
     blocking: Blocking,
 }

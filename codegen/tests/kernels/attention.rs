@@ -128,11 +128,14 @@ fn prompt(heads: usize, kv_heads: usize, head_dim: usize, pos: usize, rows: usiz
     }
 }
 
-/// Query blocks are 16 rows, key groups 6 keys and key tiles 60 keys: lengths on both sides
-/// of each boundary, from position 0 and continuing a sequence.
+/// Query blocks are 16 rows (four to a grid index on the host, one on the GPU), key groups
+/// 6 keys (4 on the GPU) and key tiles 60 keys (40): lengths on both sides of each boundary,
+/// from position 0 and continuing a sequence.
 #[test]
 fn prompt_attention_equals_the_reference_across_block_and_tile_boundaries() {
-    for rows in [1, 2, 5, 6, 7, 15, 16, 17, 59, 60, 61, 64, 121, 130] {
+    for rows in [
+        1, 2, 5, 6, 7, 15, 16, 17, 39, 41, 59, 60, 61, 63, 64, 65, 121, 128, 130, 200,
+    ] {
         for pos in [0, 5, 64] {
             prompt(2, 2, 24, pos, rows).check();
         }
