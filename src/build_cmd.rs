@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use zambac_ir::{Bindings, Elem, Module};
-use zambac_kernelize::{Lowered, kernelize};
+use zambac_kernelize::{Lowered, kernelize_with};
 
 use crate::error::{CliError, CliResult};
 use crate::fmt::{bytes, count};
@@ -28,6 +28,10 @@ pub struct BuildArgs {
     /// Storage type of the matrix weights: `f32` or `bf16` (default: the model's dtype).
     #[arg(long, value_parser = ["f32", "bf16"])]
     pub dtype: Option<String>,
+    /// Storage of the KV caches: `f32`, or `bf16` (half the memory and the bytes each decode
+    /// step reads; every key and value rounded to bf16 when written).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub kv_dtype: String,
     /// Context length the summary reports memory for (tokens).
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
@@ -214,7 +218,12 @@ pub fn compile_input(input: Input, args: &BuildArgs) -> CliResult<Compiled> {
         c: args.context,
     };
     run_pipeline(&mut module, &args.passes, bind)?;
-    let lowered = kernelize(&module, dtype).map_err(|e| CliError::input(format!("error: {e}")))?;
+    let kv = match args.kv_dtype.as_str() {
+        "bf16" => Elem::Bf16,
+        _ => Elem::F32,
+    };
+    let lowered =
+        kernelize_with(&module, dtype, kv).map_err(|e| CliError::input(format!("error: {e}")))?;
     Ok(Compiled {
         input,
         sources,
@@ -409,11 +418,14 @@ fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>, cached: usize)
         context: args.context,
         peak_prefill_activation_bytes: peak("prefill", &bind),
         peak_decode_activation_bytes: peak("decode", &decode_bind),
+        // As the engine stores them: f32 words, two bf16 values each in bf16 caches.
         state_bytes: c
-            .module
-            .graph("decode")
-            .map_or(0, |g| zambac_ir::plan::state_bytes(g, &decode_bind))
-            as u64,
+            .lowered
+            .state
+            .iter()
+            .filter_map(|s| s.dims(args.context))
+            .map(|d| d.iter().fold(4u64, |n, &x| n.saturating_mul(x as u64)))
+            .fold(0, u64::saturating_add),
         decode_weight_elems_read: c.module.graph("decode").map_or(0, |g| {
             zambac_ir::cost::weight_elems_read(g, &Bindings { t: 1, c: 1 })
         }),

@@ -285,18 +285,21 @@ fn decode_kernels() -> Vec<Kernel> {
         KernelKind::KvWrite {
             heads: 32,
             head_dim: 128,
+            cache: Elem::F32,
         },
         KernelKind::AttentionDecode {
             heads: 32,
             kv_heads: 32,
             head_dim: 128,
             scale: 0.125,
+            kv: Elem::F32,
         },
         KernelKind::AttentionPrefill {
             heads: 32,
             kv_heads: 32,
             head_dim: 128,
             scale: 0.125,
+            kv: Elem::F32,
         },
         KernelKind::Mamba2Conv {
             width,

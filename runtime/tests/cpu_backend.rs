@@ -135,6 +135,7 @@ fn launches_split_the_grid_into_contiguous_chunks() {
     parts.model.state.push(StateSpec {
         role: marks,
         shape: shape.clone(),
+        elem: zambac_engine::Elem::F32,
     });
     for p in &mut parts.programs {
         let marks = View::of(Buffer::Output(marks.name()));

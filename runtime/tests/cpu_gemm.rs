@@ -130,6 +130,7 @@ fn states() -> Vec<StateSpec> {
     let spec = |layer, shape| StateSpec {
         role: StateRole::Conv { layer },
         shape,
+        elem: zambac_engine::Elem::F32,
     };
     vec![
         spec(1, vec![e(P1.0), e(n1)]),

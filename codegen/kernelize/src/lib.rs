@@ -50,8 +50,21 @@ pub struct Lowered {
     pub state: Vec<StateSpec>,
 }
 
-/// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16).
+/// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16), with
+/// f32 KV caches.
 pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
+    kernelize_with(m, dtype, Elem::F32)
+}
+
+/// [`kernelize`] with the KV caches stored as `kv` (f32, or bf16: half the memory and the
+/// bytes decode reads, each key and value rounded to bf16 when written).
+pub fn kernelize_with(m: &Module, dtype: Elem, kv: Elem) -> Result<Lowered, KernelizeError> {
+    if !matches!(kv, Elem::F32 | Elem::Bf16) {
+        return Err(KernelizeError {
+            graph: "decode".into(),
+            msg: format!("KV caches are stored as f32 or bf16, not {kv:?}"),
+        });
+    }
     let weight_elems = weight_elems(m, dtype)?;
     let weight_blocks = column_blocks(m);
     let mut kernels = KernelTable::default();
@@ -68,6 +81,7 @@ pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
         let storage = lower::Storage {
             elems: &weight_elems,
             blocks: &weight_blocks,
+            kv,
         };
         let mut lw = GraphLowering::new(g, storage, &mut kernels, last_only)?;
         lw.lower_all()?;
@@ -78,13 +92,13 @@ pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
         programs,
         weight_elems,
         weight_blocks,
-        state: state_layout(m)?,
+        state: state_layout(m, kv)?,
     })
 }
 
 /// The decode graph's state outputs (every recurrent state and KV cache) as the contract's
 /// typed layout.
-fn state_layout(m: &Module) -> Result<Vec<StateSpec>, KernelizeError> {
+fn state_layout(m: &Module, kv: Elem) -> Result<Vec<StateSpec>, KernelizeError> {
     let err = |msg: String| KernelizeError {
         graph: "decode".into(),
         msg,
@@ -97,8 +111,15 @@ fn state_layout(m: &Module) -> Result<Vec<StateSpec>, KernelizeError> {
         let Ok(role) = name.parse::<StateRole>() else {
             continue;
         };
-        let shape = g.ty(*v).dims.iter().map(|&d| dim_expr(d)).collect();
-        layout.push(StateSpec { role, shape });
+        let shape: Vec<Expr> = g.ty(*v).dims.iter().map(|&d| dim_expr(d)).collect();
+        let elem = if role.is_cache() { kv } else { Elem::F32 };
+        let spec = StateSpec { role, shape, elem };
+        if spec.dims(1).is_none() {
+            return Err(err(format!(
+                "state `{role}` cannot be stored as {elem:?} (a bf16 cache needs an even head dim)"
+            )));
+        }
+        layout.push(spec);
     }
     Ok(layout)
 }

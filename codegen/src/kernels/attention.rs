@@ -11,13 +11,41 @@
 
 use super::Frame;
 use super::emit::{Emitter, V, VW};
-use super::rows::{dots, for_chunks, load_f32};
+use super::rows::{dots, for_chunks, load_f32, load_scalar_f32};
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
 use zambac_engine::Elem;
 use zambac_engine::Role;
 
 /// Keys per block of the online softmax: one vector of scores.
 const KEYS: usize = VW;
+
+/// The attention an invocation computes: its heads, their size, the softmax scale and how
+/// the caches are stored.
+pub(crate) struct Heads {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    kv: Elem,
+}
+
+impl Heads {
+    pub(crate) fn new(
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f64,
+        kv: Elem,
+    ) -> Heads {
+        Heads {
+            heads,
+            kv_heads,
+            head_dim,
+            scale,
+            kv,
+        }
+    }
+}
 
 /// What every key block reads.
 struct Head<'c> {
@@ -28,17 +56,12 @@ struct Head<'c> {
     kv_base: V<'c>,
     head_dim: usize,
     scale: f32,
+    kv: Elem,
 }
 
 /// [`zambac_engine::KernelKind::AttentionDecode`].
-pub(crate) fn decode<'c>(
-    e: &Emitter<'c, '_>,
-    f: &Frame<'c, '_>,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    scale: f64,
-) {
+pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
+    let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
     let (q, k, v, out) = (
         f.view(Role::Q),
         f.view(Role::K),
@@ -57,7 +80,8 @@ pub(crate) fn decode<'c>(
         out: (out, row),
         kv_base: e.mul_k(e.muli(kv_head, capacity), head_dim),
         head_dim,
-        scale: scale as f32,
+        scale: a.scale as f32,
+        kv: a.kv,
     };
     let keys = e.minsi(e.add_k(pos, 1), capacity);
     for_chunks(e, head_dim, 1, |e, offset, width| {
@@ -95,8 +119,12 @@ fn key_block<'c>(
     let bases: Vec<V<'c>> = (0..n)
         .map(|b| e.addi(head.kv_base, e.mul_k(e.add_k(first, b), hd)))
         .collect();
-    let scores = dots(e, head.q, (head.k, Elem::F32), &bases, hd, 1);
-    let scores = e.mulf(e.vector_of(&scores), e.f32_splat(head.scale, n));
+    let scores = if n == VW && hd >= VW {
+        block_scores(e, head, &bases)
+    } else {
+        e.vector_of(&dots(e, head.q, (head.k, head.kv), &bases, hd, 1))
+    };
+    let scores = e.mulf(scores, e.f32_splat(head.scale, n));
     let (max, sum) = (state[0], state[1]);
     let new_max = e.maxf(max, e.reduce("maximumf", scores));
     let correction = e.math("exp", e.subf(max, new_max));
@@ -111,12 +139,77 @@ fn key_block<'c>(
             e.splat(correction, width),
         );
         for (b, base) in bases.iter().enumerate() {
-            let value = load_f32(e, head.v, e.addi(*base, offset), width, Elem::F32);
+            let value = load_f32(e, head.v, e.addi(*base, offset), width, head.kv);
             o = e.fma(e.splat(lanes[b], width), value, o);
         }
         e.vstore(o, out, at);
     });
     vec![new_max, new_sum]
+}
+
+/// The scores `q · K[base_b]` of a full block of `VW` keys as one vector: one accumulator
+/// per key over the head dim, then the accumulators summed into the lanes of one vector by
+/// a tree of shuffles and adds (`VW − 1` adds) instead of a reduction per key.
+fn block_scores<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, bases: &[V<'c>]) -> V<'c> {
+    let hd = head.head_dim;
+    let (q, row) = head.q;
+    let main = hd / VW * VW;
+    let zeros = vec![e.f32_splat(0.0, VW); bases.len()];
+    let accs = e.for_k(0, main, VW, &zeros, |e, j, accs| {
+        let qv = load_f32(e, q, e.addi(row, j), VW, Elem::F32);
+        bases
+            .iter()
+            .zip(accs)
+            .map(|(base, acc)| {
+                let kv = load_f32(e, head.k, e.addi(*base, j), VW, head.kv);
+                e.fma(qv, kv, *acc)
+            })
+            .collect()
+    });
+    let mut sums = lane_sums(e, accs);
+    if main < hd {
+        // The last columns, narrower than a vector: one reduction per key.
+        let width = hd - main;
+        let at = e.index(main as i64);
+        let qv = load_f32(e, q, e.addi(row, at), width, Elem::F32);
+        let tail: Vec<V<'c>> = bases
+            .iter()
+            .map(|base| {
+                let kv = load_f32(e, head.k, e.addi(*base, at), width, head.kv);
+                e.reduce("add", e.mulf(qv, kv))
+            })
+            .collect();
+        sums = e.addf(sums, e.vector_of(&tail));
+    }
+    sums
+}
+
+/// `VW` vectors of `VW` lanes to one vector whose lane `i` is the sum of vector `i`'s lanes:
+/// at each level, pairs are interleaved in blocks of `s` lanes and the two halves added.
+fn lane_sums<'c>(e: &Emitter<'c, '_>, mut vs: Vec<V<'c>>) -> V<'c> {
+    let mut s = 1;
+    while vs.len() > 1 {
+        let mask = |offset: usize| -> Vec<i64> {
+            (0..VW)
+                .map(|i| {
+                    let (group, within) = (i / (2 * s) * 2 * s, i % (2 * s));
+                    let from_b = within >= s;
+                    let lane = group + within % s + offset;
+                    (lane + if from_b { VW } else { 0 }) as i64
+                })
+                .collect()
+        };
+        let (lo, hi) = (mask(0), mask(s));
+        vs = vs
+            .chunks(2)
+            .map(|pair| {
+                let (a, b) = (pair[0], pair[1]);
+                e.addf(e.shuffle(a, b, &lo), e.shuffle(a, b, &hi))
+            })
+            .collect();
+        s *= 2;
+    }
+    vs[0]
 }
 
 /// Queries per prefill block: two vectors of lanes, each lane one query.
@@ -176,14 +269,8 @@ impl Blocking {
 /// block's last query; tiles above the causal diagonal are never visited, and inside the
 /// diagonal tiles a key past a lane's own position scores −∞. Queries past the last row
 /// repeat the last row and are not stored.
-pub(crate) fn prefill<'c>(
-    e: &Emitter<'c, '_>,
-    f: &Frame<'c, '_>,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    scale: f64,
-) {
+pub(crate) fn prefill<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
+    let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
     let [pos, capacity, rows] = f.ints[..] else {
         unreachable!("AttentionPrefill has three integer arguments")
     };
@@ -216,8 +303,9 @@ pub(crate) fn prefill<'c>(
             pos,
             stack,
             blocking,
+            kv: a.kv,
         };
-        prefill_item(e, &block, scale as f32);
+        prefill_item(e, &block, a.scale as f32);
     });
 }
 
@@ -253,6 +341,8 @@ struct Block<'c> {
     /// [`prefill_stack`] elements: `Qᵀ`, `Oᵀ`, the tile's scores.
     stack: V<'c>,
     blocking: Blocking,
+    /// How the caches are stored.
+    kv: Elem,
 }
 
 /// One block of `QUERIES` queries: its first row, and its parts of the stack.
@@ -479,7 +569,7 @@ fn scores<'c>(
             let qs: Vec<V<'c>> = (0..QV).map(|v| t.qt.load(e, b.stack, d, v)).collect();
             let mut next = acc.to_vec();
             for (r, base) in bases.iter().enumerate() {
-                let kv = e.splat(e.load(b.k, e.addi(*base, d)), VW);
+                let kv = e.splat(load_scalar_f32(e, b.k, e.addi(*base, d), b.kv), VW);
                 for v in 0..QV {
                     next[r * QV + v] = e.fma(qs[v], kv, next[r * QV + v]);
                 }
@@ -525,7 +615,7 @@ fn weighted_values<'c>(
             let ps: Vec<V<'c>> = (0..QV).map(|v| t.p.load(e, b.stack, j, v)).collect();
             let mut next = acc.to_vec();
             for c in 0..columns {
-                let value = e.splat(e.load(b.v, e.add_k(base, c)), VW);
+                let value = e.splat(load_scalar_f32(e, b.v, e.add_k(base, c), b.kv), VW);
                 for v in 0..QV {
                     next[c * QV + v] = e.fma(ps[v], value, next[c * QV + v]);
                 }

@@ -2,7 +2,7 @@
 
 use super::Frame;
 use super::emit::{Emitter, V};
-use super::rows::{for_chunks, load_f32};
+use super::rows::{for_chunks, load_f32, store_f32_as};
 use zambac_engine::BinOp;
 use zambac_engine::Elem;
 use zambac_engine::Role;
@@ -62,7 +62,13 @@ pub(crate) fn row_scale<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, n: usize) {
 }
 
 /// [`zambac_engine::KernelKind::KvWrite`].
-pub(crate) fn kv_write<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, heads: usize, head_dim: usize) {
+pub(crate) fn kv_write<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    heads: usize,
+    head_dim: usize,
+    stored: Elem,
+) {
     let (k, cache) = (f.view(Role::K), f.view(Role::Cache));
     let [pos0, capacity] = f.ints[..] else {
         unreachable!("KvWrite has two integer arguments")
@@ -72,8 +78,11 @@ pub(crate) fn kv_write<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, heads: usize,
     e.for_k(0, heads, 1, &[], |e, h, _| {
         let source = e.addi(row, e.mul_k(h, head_dim));
         let slot = e.addi(e.muli(h, capacity), position);
-        let target = (cache, e.mul_k(slot, head_dim));
-        copy_row(e, (k, source, Elem::F32), target, head_dim);
+        let target = e.mul_k(slot, head_dim);
+        for_chunks(e, head_dim, 2, |e, offset, width| {
+            let v = load_f32(e, k, e.addi(source, offset), width, Elem::F32);
+            store_f32_as(e, v, cache, e.addi(target, offset), width, stored);
+        });
         vec![]
     });
 }

@@ -158,19 +158,33 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             row_stride,
         } => gemv::gemv(e, f, *k, rows, *elem, *accumulate, row_stride.unwrap_or(*k)),
         K::Epilogue { n, bias, op } => epilogue::epilogue(e, f, *n, *bias, op),
-        K::KvWrite { heads, head_dim } => misc::kv_write(e, f, *heads, *head_dim),
+        K::KvWrite {
+            heads,
+            head_dim,
+            cache,
+        } => misc::kv_write(e, f, *heads, *head_dim, *cache),
         K::AttentionPrefill {
             heads,
             kv_heads,
             head_dim,
             scale,
-        } => attention::prefill(e, f, *heads, *kv_heads, *head_dim, *scale),
+            kv,
+        } => attention::prefill(
+            e,
+            f,
+            &attention::Heads::new(*heads, *kv_heads, *head_dim, *scale, *kv),
+        ),
         K::AttentionDecode {
             heads,
             kv_heads,
             head_dim,
             scale,
-        } => attention::decode(e, f, *heads, *kv_heads, *head_dim, *scale),
+            kv,
+        } => attention::decode(
+            e,
+            f,
+            &attention::Heads::new(*heads, *kv_heads, *head_dim, *scale, *kv),
+        ),
         K::Mamba2Conv {
             width,
             di,

@@ -44,6 +44,48 @@ pub(crate) fn load_f32<'c>(
     }
 }
 
+/// Stores the f32 lanes `v` (`width` of them) at `mem[index]` as `elem`: f32 as they are,
+/// bf16 rounded to nearest even (`(bits + 0x7fff + lsb) >> 16`, as `to_bf16` in the tests and
+/// torch's `.to(bfloat16)` for finite values).
+pub(crate) fn store_f32_as<'c>(
+    e: &Emitter<'c, '_>,
+    v: V<'c>,
+    mem: V<'c>,
+    index: V<'c>,
+    width: usize,
+    elem: Elem,
+) {
+    if elem != Elem::Bf16 {
+        e.vstore(v, mem, index);
+        return;
+    }
+    let bits = e.cast("bitcast", v, e.vec_t(width, e.int_t(32)));
+    let sixteen = e.int_splat(16, 32, width);
+    let lsb = e.andi(e.shrui(bits, sixteen), e.int_splat(1, 32, width));
+    let rounded = e.addi(e.addi(bits, e.int_splat(0x7fff, 32, width)), lsb);
+    let high = e.shrui(rounded, sixteen);
+    let half = e.cast("trunci", high, e.vec_t(width, e.int_t(16)));
+    e.vstore(half, mem, index);
+}
+
+/// One element of a view stored as `elem`, as an f32 scalar.
+pub(crate) fn load_scalar_f32<'c>(
+    e: &Emitter<'c, '_>,
+    mem: V<'c>,
+    index: V<'c>,
+    elem: Elem,
+) -> V<'c> {
+    match elem {
+        Elem::Bf16 => {
+            let bits = e.load(mem, index);
+            let wide = e.cast("extui", bits, e.int_t(32));
+            let shifted = e.shli(wide, e.int_const(16, e.int_t(32)));
+            e.cast("bitcast", shifted, e.f32_t())
+        }
+        _ => e.load(mem, index),
+    }
+}
+
 /// Calls `f(e, offset, width)` for chunks covering `[0, len)`: a loop of `unroll` × `VW`
 /// elements per iteration, then constant chunks of `VW` and one narrower chunk.
 pub(crate) fn for_chunks<'c>(

@@ -1,17 +1,40 @@
 //! Attention over a KV cache — one token, and prompts of any length from any position —
 //! with and without grouped-query heads.
 
-use super::harness::{Buf, Lib, assert_within_scale, check, check_with, random};
+use super::harness::{Buf, Lib, assert_within_scale, check_with, random, to_bf16};
 use zambac_codegen::HostTarget;
-use zambac_engine::{Kernel, KernelKind};
+use zambac_engine::{Elem, Kernel, KernelKind};
 use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
 
 fn decode(heads: usize, kv_heads: usize, head_dim: usize, capacity: usize, pos: usize) {
+    decode_stored(heads, kv_heads, head_dim, capacity, pos, Elem::F32);
+}
+
+/// The caches as a kernel reads them (`kv`) and as the reference does (their values).
+fn caches(k: Vec<f32>, v: Vec<f32>, kv: Elem) -> ((Buf, Buf), (Vec<f32>, Vec<f32>)) {
+    match kv {
+        Elem::Bf16 => {
+            let ((kb, kr), (vb, vr)) = (to_bf16(&k), to_bf16(&v));
+            ((Buf::Bf16(kb), Buf::Bf16(vb)), (kr, vr))
+        }
+        _ => ((Buf::F32(k.clone()), Buf::F32(v.clone())), (k, v)),
+    }
+}
+
+fn decode_stored(
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    pos: usize,
+    kv: Elem,
+) {
     let scale = (head_dim as f64 / 2.0).powf(-0.5);
     let q = random(heads * head_dim, 50, -1.0, 1.0);
     let kc = random(kv_heads * capacity * head_dim, 51, -1.0, 1.0);
     let vc = random(kv_heads * capacity * head_dim, 52, -1.0, 1.0);
+    let ((kbuf, vbuf), (kc, vc)) = caches(kc, vc, kv);
     let want = k::attention(
         &Tensor::new(vec![1, heads * head_dim], q.clone()),
         &Tensor::new(vec![kv_heads, capacity, head_dim], kc.clone()),
@@ -20,20 +43,18 @@ fn decode(heads: usize, kv_heads: usize, head_dim: usize, capacity: usize, pos: 
         scale,
         pos,
     );
-    let bufs = [
-        Buf::F32(q),
-        Buf::F32(kc),
-        Buf::F32(vc),
-        Buf::F32(vec![0.0; heads * head_dim]),
-    ];
+    let bufs = [q_buf(q), kbuf, vbuf, Buf::F32(vec![0.0; heads * head_dim])];
     let kind = KernelKind::AttentionDecode {
         heads,
         kv_heads,
         head_dim,
         scale,
+        kv,
     };
     let ints = [pos as i64, capacity as i64];
-    check(kind, &bufs, &ints, heads, &[(3, want.data)], 2e-5);
+    check_with(kind, &bufs, &ints, heads, &[(3, want.data)], |g, w, l| {
+        assert_within_scale(g, w, ATTENTION_ATOL, l)
+    });
 }
 
 #[test]
@@ -59,6 +80,7 @@ struct Prompt {
     capacity: usize,
     pos: usize,
     rows: usize,
+    kv: Elem,
 }
 
 impl Prompt {
@@ -68,6 +90,7 @@ impl Prompt {
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
             scale: (self.head_dim as f64 / 2.0).powf(-0.5),
+            kv: self.kv,
         }
     }
 
@@ -77,6 +100,7 @@ impl Prompt {
         let q = random(self.rows * h * hd, seed, -1.5, 1.5);
         let kc = random(kvh * c * hd, seed + 1, -1.5, 1.5);
         let vc = random(kvh * c * hd, seed + 2, -1.0, 1.0);
+        let ((kbuf, vbuf), (kc, vc)) = caches(kc, vc, self.kv);
         let want = k::attention(
             &Tensor::new(vec![self.rows, h * hd], q.clone()),
             &Tensor::new(vec![kvh, c, hd], kc.clone()),
@@ -87,10 +111,7 @@ impl Prompt {
         );
         // The output starts as garbage: every element must be written.
         let out = vec![f32::NAN; self.rows * h * hd];
-        (
-            [Buf::F32(q), Buf::F32(kc), Buf::F32(vc), Buf::F32(out)],
-            want.data,
-        )
+        ([q_buf(q), kbuf, vbuf, Buf::F32(out)], want.data)
     }
 
     fn ints(&self) -> [i64; 3] {
@@ -106,7 +127,7 @@ impl Prompt {
             &self.ints(),
             grid,
             &[(3, want)],
-            |g, w, l| assert_within_scale(g, w, PROMPT_ATOL, l),
+            |g, w, l| assert_within_scale(g, w, ATTENTION_ATOL, l),
         );
     }
 }
@@ -115,7 +136,7 @@ impl Prompt {
 /// against the reference's f64: the error is set by the values' scale, not by each output
 /// (one that cancels to ~0 is as wrong as any other). Plain f32 attention (numpy, scores,
 /// `exp` and sums in f32) is off by up to 5e-7 of the scale on these shapes; this allows 4×.
-const PROMPT_ATOL: f32 = 2e-6;
+const ATTENTION_ATOL: f32 = 2e-6;
 
 fn prompt(heads: usize, kv_heads: usize, head_dim: usize, pos: usize, rows: usize) -> Prompt {
     Prompt {
@@ -125,6 +146,7 @@ fn prompt(heads: usize, kv_heads: usize, head_dim: usize, pos: usize, rows: usiz
         capacity: pos + rows + 3,
         pos,
         rows,
+        kv: Elem::F32,
     }
 }
 
@@ -192,8 +214,26 @@ fn transcendentals_call_libmvec_only_for_avx2_targets() {
         assert_within_scale(
             bufs[3].f32(),
             &want,
-            PROMPT_ATOL,
+            ATTENTION_ATOL,
             &format!("attention for {target:?}"),
         );
+    }
+}
+
+/// An f32 buffer of queries.
+fn q_buf(q: Vec<f32>) -> Buf {
+    Buf::F32(q)
+}
+
+/// bf16 caches: the kernels widen what they read; every result equals attention over the
+/// rounded values.
+#[test]
+fn bf16_caches_are_read_as_their_values() {
+    decode_stored(4, 2, 24, 32, 19, Elem::Bf16);
+    decode_stored(2, 2, 20, 40, 39, Elem::Bf16);
+    for (rows, pos) in [(1, 0), (17, 5), (70, 0), (65, 64)] {
+        let mut p = prompt(4, 2, 24, pos, rows);
+        p.kv = Elem::Bf16;
+        p.check();
     }
 }

@@ -108,6 +108,7 @@ fn invalid_kernels_are_typed_errors_naming_the_kernel() {
         kv_heads: 4,
         head_dim: 8,
         scale: 1.0,
+        kv: Elem::F32,
     };
     let error =
         compile_host(&[kernel("attn", gqa)], &target, None, None).expect_err("6 heads, 4 kv");

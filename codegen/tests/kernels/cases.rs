@@ -185,6 +185,7 @@ pub fn all() -> Vec<Kernel> {
             K::KvWrite {
                 heads: 3,
                 head_dim: 20,
+                cache: Elem::F32,
             },
         ),
         (
@@ -194,6 +195,7 @@ pub fn all() -> Vec<Kernel> {
                 kv_heads: 2,
                 head_dim: 24,
                 scale: 0.25,
+                kv: Elem::F32,
             },
         ),
         (
@@ -203,6 +205,35 @@ pub fn all() -> Vec<Kernel> {
                 kv_heads: 2,
                 head_dim: 24,
                 scale: 0.25,
+                kv: Elem::F32,
+            },
+        ),
+        (
+            "kv_write_bf16",
+            K::KvWrite {
+                heads: 3,
+                head_dim: 20,
+                cache: Elem::Bf16,
+            },
+        ),
+        (
+            "attention_prefill_bf16",
+            K::AttentionPrefill {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 24,
+                scale: 0.25,
+                kv: Elem::Bf16,
+            },
+        ),
+        (
+            "attention_bf16",
+            K::AttentionDecode {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 24,
+                scale: 0.25,
+                kv: Elem::Bf16,
             },
         ),
         (
@@ -362,18 +393,21 @@ pub fn released_sizes() -> Vec<Kernel> {
             K::KvWrite {
                 heads: ah,
                 head_dim: hd,
+                cache: Elem::F32,
             },
             K::AttentionDecode {
                 heads: ah,
                 kv_heads: ah,
                 head_dim: hd,
                 scale: (hd as f64 / 2.0).powf(-0.5),
+                kv: Elem::F32,
             },
             K::AttentionPrefill {
                 heads: ah,
                 kv_heads: ah,
                 head_dim: hd,
                 scale: (hd as f64 / 2.0).powf(-0.5),
+                kv: Elem::F32,
             },
             K::Mamba2Conv {
                 width,

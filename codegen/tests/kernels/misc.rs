@@ -1,7 +1,8 @@
 //! Embedding, elementwise binaries and KV-cache writes.
 
-use super::harness::{Buf, check, random, to_bf16};
+use super::harness::{Buf, Lib, check, random, to_bf16};
 use zambac_engine::Elem;
+use zambac_engine::Kernel;
 use zambac_engine::{BinOp, KernelKind};
 use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
@@ -107,7 +108,37 @@ fn kv_write_puts_each_row_at_its_position_of_every_head() {
     let kind = KernelKind::KvWrite {
         heads,
         head_dim: hd,
+        cache: Elem::F32,
     };
     let ints = [pos0 as i64, capacity as i64];
     check(kind, &bufs, &ints, rows, &[(1, want.data)], 0.0);
+}
+
+/// A bf16 cache gets each key rounded to nearest even, every other row left as it was.
+#[test]
+fn kv_write_rounds_to_bf16_when_the_cache_is_bf16() {
+    let (heads, hd, capacity, rows, pos0) = (3, 20, 16, 5, 9);
+    let keys = random(rows * heads * hd, 15, -3.0, 3.0);
+    let (cache, _) = to_bf16(&random(heads * capacity * hd, 16, -1.0, 1.0));
+    let (key_bits, _) = to_bf16(&keys);
+    let mut want = cache.clone();
+    for r in 0..rows {
+        for h in 0..heads {
+            for d in 0..hd {
+                want[(h * capacity + pos0 + r) * hd + d] = key_bits[r * heads * hd + h * hd + d];
+            }
+        }
+    }
+    let kernel = Kernel {
+        symbol: "k".into(),
+        kind: KernelKind::KvWrite {
+            heads,
+            head_dim: hd,
+            cache: Elem::Bf16,
+        },
+    };
+    let lib = Lib::build(&[kernel]);
+    let mut bufs = [Buf::F32(keys), Buf::Bf16(cache)];
+    lib.call("k", &mut bufs, &[pos0 as i64, capacity as i64], 0, rows);
+    assert_eq!(bufs[1], Buf::Bf16(want));
 }

@@ -59,9 +59,15 @@ pub enum KernelKind {
         bias: bool,
         op: EpilogueOp,
     },
-    /// Writes rows `k [rows, heads·hd]` into a cache `[heads, C, hd]` at positions
-    /// `pos0 + r`: views `[k, cache]`; ints `[pos0, C]`; grid rows.
-    KvWrite { heads: usize, head_dim: usize },
+    /// Writes rows `k [rows, heads·hd]` into a cache `[heads, C, hd]` stored as `cache`
+    /// (f32, or bf16 rounded to nearest even) at positions `pos0 + r`: views `[k, cache]`;
+    /// ints `[pos0, C]`; grid rows.
+    KvWrite {
+        heads: usize,
+        head_dim: usize,
+        #[serde(default = "f32_elem", skip_serializing_if = "is_f32")]
+        cache: Elem,
+    },
     /// Causal attention of `rows` queries at positions `pos0 ..` over a cache holding keys
     /// `0 .. pos0 + rows`: views `[q [rows, heads·hd], K [kvh,C,hd], V [kvh,C,hd],
     /// out [rows, heads·hd]]`; ints `[pos0, C, rows]`; grid `heads · rows`. Query `r` of
@@ -72,6 +78,9 @@ pub enum KernelKind {
         kv_heads: usize,
         head_dim: usize,
         scale: f64,
+        /// How the caches are stored (f32 or bf16).
+        #[serde(default = "f32_elem", skip_serializing_if = "is_f32")]
+        kv: Elem,
     },
     /// One-token attention over a cache: views `[q [heads·hd], K [kvh,C,hd],
     /// V [kvh,C,hd], out [heads·hd]]`; ints `[pos, C]`; grid heads: head `h` attends keys
@@ -81,6 +90,9 @@ pub enum KernelKind {
         kv_heads: usize,
         head_dim: usize,
         scale: f64,
+        /// How the caches are stored (f32 or bf16).
+        #[serde(default = "f32_elem", skip_serializing_if = "is_f32")]
+        kv: Elem,
     },
     /// Mamba2 conv over the xBC columns `[di, di+cd)` of `zx [rows, width]`: views
     /// `[zx, w [cd,1,K], b [cd], state [cd,K-1], out [rows, cd]]`; ints `[rows]`;
@@ -185,6 +197,14 @@ impl KernelKind {
 pub enum BinOp {
     Add,
     Mul,
+}
+
+fn f32_elem() -> Elem {
+    Elem::F32
+}
+
+fn is_f32(e: &Elem) -> bool {
+    *e == Elem::F32
 }
 
 /// The part of a linear's epilogue after the bias.

@@ -70,15 +70,42 @@ impl GenerationInfo {
 pub struct StateSpec {
     pub role: StateRole,
     pub shape: Vec<Expr>,
+    /// How its values are stored: f32, or bf16 (a KV cache built with `--kv-dtype bf16`).
+    #[serde(default = "f32_elem", skip_serializing_if = "is_f32")]
+    pub elem: Elem,
+}
+
+fn f32_elem() -> Elem {
+    Elem::F32
+}
+
+fn is_f32(e: &Elem) -> bool {
+    *e == Elem::F32
 }
 
 impl StateSpec {
-    /// The shape for a KV-cache capacity of `capacity` tokens.
+    /// The shape of the f32 array that holds the state for a KV-cache capacity of
+    /// `capacity` tokens: its own shape, except that a bf16 state packs two values into
+    /// each f32 word along its last dimension (which must be even).
     pub fn dims(&self, capacity: usize) -> Option<Vec<usize>> {
-        self.shape
+        let mut dims: Vec<usize> = self
+            .shape
             .iter()
             .map(|e| usize::try_from(e.eval(1, capacity, 0)?).ok())
-            .collect()
+            .collect::<Option<_>>()?;
+        if self.elem == Elem::Bf16 {
+            let last = dims.last_mut()?;
+            if *last % 2 != 0 {
+                return None;
+            }
+            *last /= 2;
+        }
+        Some(dims)
+    }
+
+    /// Values per f32 word of the array [`StateSpec::dims`] describes.
+    pub fn per_word(&self) -> usize {
+        if self.elem == Elem::Bf16 { 2 } else { 1 }
     }
 }
 
@@ -181,11 +208,17 @@ mod tests {
 
     #[test]
     fn cache_dims_follow_the_capacity() {
-        let k = StateSpec {
+        let mut k = StateSpec {
             role: StateRole::Key { layer: 2 },
             shape: vec![Expr::k(2), Expr::C, Expr::k(8)],
+            elem: Elem::F32,
         };
         assert_eq!(k.dims(100), Some(vec![2, 100, 8]));
         assert!(k.role.is_cache());
+        // bf16: two values per f32 word of the last dimension, which must be even.
+        k.elem = Elem::Bf16;
+        assert_eq!((k.dims(100), k.per_word()), (Some(vec![2, 100, 4]), 2));
+        k.shape[2] = Expr::k(7);
+        assert_eq!(k.dims(100), None);
     }
 }

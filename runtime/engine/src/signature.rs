@@ -409,19 +409,29 @@ impl KernelKind {
                             .requires(rows_of(1, 1), rows(1))
                     })
             }
-            K::KvWrite { heads, head_dim } => Sig::new(Rows, &[I::Pos, I::Capacity])
+            K::KvWrite {
+                heads,
+                head_dim,
+                cache,
+            } => Sig::new(Rows, &[I::Pos, I::Capacity])
                 .read(R::K, rows(m(*heads, *head_dim)))
-                .write(R::Cache, rows_of(1, m(*heads, *head_dim)))
+                .view(
+                    R::Cache,
+                    *cache,
+                    Access::Write,
+                    rows_of(1, m(*heads, *head_dim)),
+                )
                 .requires(Extent::per(Int(0), 1).and(rows(1)), rows_of(1, 1)),
             K::AttentionPrefill {
                 heads,
                 kv_heads,
                 head_dim,
+                kv,
                 ..
             } => Sig::new(Rows, &[I::Pos, I::Capacity, I::Rows])
                 .read(R::Q, rows_of(2, m(*heads, *head_dim)))
-                .read(R::K, rows_of(1, m(*kv_heads, *head_dim)))
-                .read(R::V, rows_of(1, m(*kv_heads, *head_dim)))
+                .view(R::K, *kv, Access::Read, rows_of(1, m(*kv_heads, *head_dim)))
+                .view(R::V, *kv, Access::Read, rows_of(1, m(*kv_heads, *head_dim)))
                 .write(R::Out, rows_of(2, m(*heads, *head_dim)))
                 .requires(Extent::per(Int(0), 1).and(rows_of(2, 1)), rows_of(1, 1))
                 .requires(rows(1), rows_of(2, *heads))
@@ -430,11 +440,12 @@ impl KernelKind {
                 heads,
                 kv_heads,
                 head_dim,
+                kv,
                 ..
             } => Sig::new(Exactly(*heads), &[I::Pos, I::Capacity])
                 .read(R::Q, Extent::of(m(*heads, *head_dim)))
-                .read(R::K, rows_of(1, m(*kv_heads, *head_dim)))
-                .read(R::V, rows_of(1, m(*kv_heads, *head_dim)))
+                .view(R::K, *kv, Access::Read, rows_of(1, m(*kv_heads, *head_dim)))
+                .view(R::V, *kv, Access::Read, rows_of(1, m(*kv_heads, *head_dim)))
                 .write(R::Out, Extent::of(m(*heads, *head_dim)))
                 .requires(Extent::per(Int(0), 1).plus(1), rows_of(1, 1)),
             K::Mamba2Conv {
@@ -559,18 +570,21 @@ mod tests {
             K::KvWrite {
                 heads: 2,
                 head_dim: 4,
+                cache: Elem::F32,
             },
             K::AttentionPrefill {
                 heads: 4,
                 kv_heads: 2,
                 head_dim: 4,
                 scale: 0.5,
+                kv: Elem::F32,
             },
             K::AttentionDecode {
                 heads: 4,
                 kv_heads: 2,
                 head_dim: 4,
                 scale: 0.5,
+                kv: Elem::F32,
             },
             K::Mamba2Conv {
                 width: 40,
@@ -683,6 +697,7 @@ mod tests {
             kv_heads: 2,
             head_dim: 4,
             scale: 1.0,
+            kv: Elem::F32,
         };
         assert!(bad.signature().unwrap_err().contains("kv_heads"));
     }

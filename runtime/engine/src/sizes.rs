@@ -93,22 +93,33 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
                 _ => Ok(()),
             }
         }
-        K::KvWrite { heads, head_dim } => positive("heads", *heads).and(positive("hd", *head_dim)),
+        K::KvWrite {
+            heads,
+            head_dim,
+            cache,
+        } => {
+            positive("heads", *heads)?;
+            positive("hd", *head_dim)?;
+            kv_cache(*cache)
+        }
         K::AttentionDecode {
             heads,
             kv_heads,
             head_dim,
+            kv,
             ..
         }
         | K::AttentionPrefill {
             heads,
             kv_heads,
             head_dim,
+            kv,
             ..
         } => {
             positive("head_dim", *head_dim)?;
             positive("heads", *heads)?;
-            divides("kv_heads", *kv_heads, *heads)
+            divides("kv_heads", *kv_heads, *heads)?;
+            kv_cache(*kv)
         }
         K::Mamba2Conv {
             width, di, cd, k, ..
@@ -164,5 +175,15 @@ fn wide_enough(width: usize, needed: usize) -> Result<(), String> {
         ))
     } else {
         Ok(())
+    }
+}
+
+/// KV caches are stored f32 or bf16.
+fn kv_cache(e: Elem) -> Result<(), String> {
+    match e {
+        Elem::F32 | Elem::Bf16 => Ok(()),
+        other => Err(format!(
+            "a KV cache is stored as f32 or bf16, not {other:?}"
+        )),
     }
 }

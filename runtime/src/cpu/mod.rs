@@ -21,7 +21,7 @@ mod pool;
 
 use std::collections::HashMap;
 
-use zambac_engine::{Elem, Engine, MANIFEST_FILE, ProgramName, StateSpec, TargetCpu};
+use zambac_engine::{Elem, Engine, MANIFEST_FILE, ProgramName, StateRole, StateSpec, TargetCpu};
 
 use crate::error::RuntimeError;
 use crate::session::{Backend, State, check_room, check_room_for, check_tokens};
@@ -241,6 +241,37 @@ impl CpuBackend {
         rows
     }
 
+    /// How the state `role` is stored (f32 unless the engine keeps its KV caches in bf16).
+    fn stored_elem(&self, role: StateRole) -> Elem {
+        self.layout
+            .iter()
+            .find(|s| s.role == role)
+            .map_or(Elem::F32, |s| s.elem)
+    }
+
+    /// The shape of the f32 words that hold a state of logical shape `shape`: a bf16 state
+    /// packs two values into each word of its last dimension (`StateSpec::dims`).
+    fn stored_shape(&self, role: StateRole, mut shape: Vec<usize>) -> Vec<usize> {
+        if self.stored_elem(role) == Elem::Bf16
+            && let Some(last) = shape.last_mut()
+        {
+            *last /= 2;
+        }
+        shape
+    }
+
+    /// A state tensor as the buffer its programs see: its f32 words, or for a bf16 state the
+    /// twice as many bf16 values they hold.
+    fn state_region(&self, role: StateRole, t: &mut Tensor) -> Region {
+        let kind = self.stored_elem(role);
+        let per_word = if kind == Elem::Bf16 { 2 } else { 1 };
+        Region {
+            ptr: t.data.as_mut_ptr().cast(),
+            len: t.data.len() * per_word,
+            kind,
+        }
+    }
+
     fn manifest_error(&self, msg: String) -> RuntimeError {
         let file = self.engine.dir().join(MANIFEST_FILE).display().to_string();
         RuntimeError::load(file, None, msg)
@@ -265,7 +296,7 @@ impl CpuBackend {
             match what {
                 Output::Logits => logits = Some(Tensor::try_zeros(shape)?),
                 Output::State(role) => match state.get(*role) {
-                    Some(t) if t.shape == shape => {}
+                    Some(t) if t.shape == self.stored_shape(*role, shape.clone()) => {}
                     Some(t) => {
                         return Err(RuntimeError::Input(format!(
                             "state `{role}` has shape {:?}, but this engine needs {shape:?}",
@@ -286,7 +317,7 @@ impl CpuBackend {
             let region = match what {
                 Output::Logits => Region::f32(&mut logits.data),
                 Output::State(role) => match state.get_mut(*role) {
-                    Some(t) => Region::f32(&mut t.data),
+                    Some(t) => self.state_region(*role, t),
                     None => return Err(RuntimeError::Internal(format!("state `{role}` vanished"))),
                 },
             };

@@ -31,6 +31,7 @@ impl GraphLowering<'_> {
                 kv_heads: kvh,
                 head_dim: hd,
                 scale: a.scale,
+                kv: self.storage.kv,
             };
             let grid = Expr::k(heads as i64);
             self.launch(
@@ -49,6 +50,7 @@ impl GraphLowering<'_> {
                 kv_heads: kvh,
                 head_dim: hd,
                 scale: a.scale,
+                kv: self.storage.kv,
             };
             let grid = t.times(heads as i64);
             let ints = vec![Expr::POS, Expr::C, t];

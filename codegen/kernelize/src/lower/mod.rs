@@ -19,6 +19,8 @@ use crate::{KernelTable, KernelizeError, act_kind, dim_expr, matrix, numel};
 pub(crate) struct Storage<'a> {
     pub elems: &'a [Elem],
     pub blocks: &'a [Option<Vec<usize>>],
+    /// How the KV caches are stored (f32 or bf16).
+    pub kv: Elem,
 }
 
 pub(crate) struct GraphLowering<'a> {
@@ -368,7 +370,11 @@ impl<'a> GraphLowering<'a> {
                 if append && self.view(ops[0]) != self.view(out(0)) {
                     return self.err("a KV append must update its cache in place");
                 }
-                let kind = KernelKind::KvWrite { heads, head_dim };
+                let kind = KernelKind::KvWrite {
+                    heads,
+                    head_dim,
+                    cache: self.storage.kv,
+                };
                 let views = vec![self.view(k), self.view(out(0))];
                 self.launch("kv_write", kind, self.rows(k), views, vec![pos0, Expr::C]);
             }

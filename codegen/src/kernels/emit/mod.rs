@@ -338,6 +338,10 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.same_type("arith.shli", &[a, b])
     }
 
+    pub(crate) fn shrui(&self, a: V<'c>, b: V<'c>) -> V<'c> {
+        self.same_type("arith.shrui", &[a, b])
+    }
+
     pub(crate) fn cmpi(&self, predicate: CmpiPredicate, a: V<'c>, b: V<'c>) -> V<'c> {
         self.first(arith::cmpi(self.cx, predicate, a, b, self.loc))
     }

@@ -51,6 +51,7 @@ pub fn manifest(m: &Manifest) -> Result<(), String> {
                 kernels: &kernels,
                 weights: &m.weights,
                 vocab: m.model.vocab_size,
+                states: &m.model.state,
             },
         )?;
     }

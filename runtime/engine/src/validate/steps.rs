@@ -19,6 +19,8 @@ pub(super) struct Tables<'a> {
     pub kernels: &'a BTreeMap<&'a str, (&'a KernelKind, Signature)>,
     pub weights: &'a [WeightEntry],
     pub vocab: usize,
+    /// The model's state layout: how each state output is stored.
+    pub states: &'a [crate::model::StateSpec],
 }
 
 /// Checks every step of `p`; the error names the program, the step and what it calls.
@@ -297,12 +299,19 @@ impl Cx<'_> {
         match buf {
             Buffer::Weight(i) => weight_elem(self.t.weights, *i),
             Buffer::Input(name) => INPUTS.contains(&name.as_str()).then_some(Elem::I64),
-            Buffer::Output(name) => self
-                .p
-                .outputs
-                .iter()
-                .any(|(n, _)| n == name)
-                .then_some(Elem::F32),
+            Buffer::Output(name) => {
+                let stored = self
+                    .t
+                    .states
+                    .iter()
+                    .find(|s| s.role.name() == *name)
+                    .map_or(Elem::F32, |s| s.elem);
+                self.p
+                    .outputs
+                    .iter()
+                    .any(|(n, _)| n == name)
+                    .then_some(stored)
+            }
             Buffer::Slot(i) => ((*i as usize) < self.p.slots.len()).then_some(Elem::F32),
             Buffer::Scratch(i) => ((*i as usize) < self.p.scratch.len()).then_some(Elem::F32),
         }

@@ -53,6 +53,7 @@ pub fn state_layout() -> Vec<StateSpec> {
     let spec = |role: &str, shape: Vec<Expr>| StateSpec {
         role: role.parse::<StateRole>().unwrap(),
         shape,
+        elem: Elem::F32,
     };
     vec![
         spec("conv.0", vec![e(1), e(H)]),
@@ -109,6 +110,7 @@ pub fn kernels() -> Vec<Kernel> {
             KernelKind::KvWrite {
                 heads: 1,
                 head_dim: H,
+                cache: Elem::F32,
             },
         ),
         k(
