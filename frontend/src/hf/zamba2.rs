@@ -290,7 +290,7 @@ fn notes(cx: &mut Cx, f: &Fields<'_>) {
         cx,
         "use_long_context",
         true,
-        "no effect on the math in transformers 5 (4.49–4.57 also rescaled rope_theta by 8^(hd/(hd-2)); zambac follows 5.x)",
+        "transformers 5 only sets max_position_embeddings = 16384 (the trained context a `dynamic` RoPE scaling takes); 4.49–4.57 also rescaled rope_theta by 8^(hd/(hd-2)), which zambac applies only with `zambac build --hf4-long-context`",
     );
     if let Some(n) = f.node("time_step_limit")
         && !matches!(n.val, Val::Null)
