@@ -423,8 +423,7 @@ fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>, cached: usize)
             .lowered
             .state
             .iter()
-            .filter_map(|s| s.dims(args.context))
-            .map(|d| d.iter().fold(4u64, |n, &x| n.saturating_mul(x as u64)))
+            .filter_map(|s| s.bytes(args.context))
             .fold(0, u64::saturating_add),
         decode_weight_elems_read: c.module.graph("decode").map_or(0, |g| {
             zambac_ir::cost::weight_elems_read(g, &Bindings { t: 1, c: 1 })

@@ -17,6 +17,15 @@ pub enum Elem {
 }
 
 impl Elem {
+    /// f32: what a storage type defaults to in a manifest that does not name one.
+    pub fn f32() -> Elem {
+        Elem::F32
+    }
+
+    pub fn is_f32(&self) -> bool {
+        *self == Elem::F32
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Elem::F32 => "f32",

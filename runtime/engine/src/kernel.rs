@@ -65,7 +65,7 @@ pub enum KernelKind {
     KvWrite {
         heads: usize,
         head_dim: usize,
-        #[serde(default = "f32_elem", skip_serializing_if = "is_f32")]
+        #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         cache: Elem,
     },
     /// Causal attention of `rows` queries at positions `pos0 ..` over a cache holding keys
@@ -79,7 +79,7 @@ pub enum KernelKind {
         head_dim: usize,
         scale: f64,
         /// How the caches are stored (f32 or bf16).
-        #[serde(default = "f32_elem", skip_serializing_if = "is_f32")]
+        #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         kv: Elem,
     },
     /// One-token attention over a cache: views `[q [heads·hd], K [kvh,C,hd],
@@ -91,7 +91,7 @@ pub enum KernelKind {
         head_dim: usize,
         scale: f64,
         /// How the caches are stored (f32 or bf16).
-        #[serde(default = "f32_elem", skip_serializing_if = "is_f32")]
+        #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         kv: Elem,
     },
     /// Mamba2 conv over the xBC columns `[di, di+cd)` of `zx [rows, width]`: views
@@ -197,14 +197,6 @@ impl KernelKind {
 pub enum BinOp {
     Add,
     Mul,
-}
-
-fn f32_elem() -> Elem {
-    Elem::F32
-}
-
-fn is_f32(e: &Elem) -> bool {
-    *e == Elem::F32
 }
 
 /// The part of a linear's epilogue after the bias.

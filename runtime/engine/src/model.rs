@@ -71,16 +71,8 @@ pub struct StateSpec {
     pub role: StateRole,
     pub shape: Vec<Expr>,
     /// How its values are stored: f32, or bf16 (a KV cache built with `--kv-dtype bf16`).
-    #[serde(default = "f32_elem", skip_serializing_if = "is_f32")]
+    #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
     pub elem: Elem,
-}
-
-fn f32_elem() -> Elem {
-    Elem::F32
-}
-
-fn is_f32(e: &Elem) -> bool {
-    *e == Elem::F32
 }
 
 impl StateSpec {
@@ -101,6 +93,12 @@ impl StateSpec {
             *last /= 2;
         }
         Some(dims)
+    }
+
+    /// Bytes of that array (f32 words), saturating.
+    pub fn bytes(&self, capacity: usize) -> Option<u64> {
+        let dims = self.dims(capacity)?;
+        Some(dims.iter().fold(4u64, |n, &x| n.saturating_mul(x as u64)))
     }
 
     /// Values per f32 word of the array [`StateSpec::dims`] describes.

@@ -96,8 +96,7 @@ impl CpuBackend {
     pub fn sequence_bytes(&self, capacity: usize) -> u64 {
         self.layout
             .iter()
-            .filter_map(|s| s.dims(capacity))
-            .map(|d| d.iter().fold(4u64, |n, &x| n.saturating_mul(x as u64)))
+            .filter_map(|s| s.bytes(capacity))
             .fold(0u64, u64::saturating_add)
     }
 

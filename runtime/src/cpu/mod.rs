@@ -241,21 +241,20 @@ impl CpuBackend {
         rows
     }
 
-    /// How the state `role` is stored (f32 unless the engine keeps its KV caches in bf16).
-    fn stored_elem(&self, role: StateRole) -> Elem {
+    /// How the state `role` is stored: its element type and values per f32 word (f32 and
+    /// 1 unless the engine keeps its KV caches in bf16).
+    fn storage(&self, role: StateRole) -> (Elem, usize) {
         self.layout
             .iter()
             .find(|s| s.role == role)
-            .map_or(Elem::F32, |s| s.elem)
+            .map_or((Elem::F32, 1), |s| (s.elem, s.per_word()))
     }
 
     /// The shape of the f32 words that hold a state of logical shape `shape`: a bf16 state
     /// packs two values into each word of its last dimension (`StateSpec::dims`).
     fn stored_shape(&self, role: StateRole, mut shape: Vec<usize>) -> Vec<usize> {
-        if self.stored_elem(role) == Elem::Bf16
-            && let Some(last) = shape.last_mut()
-        {
-            *last /= 2;
+        if let Some(last) = shape.last_mut() {
+            *last /= self.storage(role).1;
         }
         shape
     }
@@ -263,8 +262,7 @@ impl CpuBackend {
     /// A state tensor as the buffer its programs see: its f32 words, or for a bf16 state the
     /// twice as many bf16 values they hold.
     fn state_region(&self, role: StateRole, t: &mut Tensor) -> Region {
-        let kind = self.stored_elem(role);
-        let per_word = if kind == Elem::Bf16 { 2 } else { 1 };
+        let (kind, per_word) = self.storage(role);
         Region {
             ptr: t.data.as_mut_ptr().cast(),
             len: t.data.len() * per_word,
