@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use zambac_engine::{Companions, Elem, EngineWriter, ManifestParts, ModelInfo};
+use zambac_engine::{
+    Companions, Elem, EngineWriter, GpuEntry, GpuFiles, ManifestParts, ModelInfo,
+};
 use zambac_weights::{Checkpoint, random_param};
 
 use crate::build_cmd::{BuildArgs, Compiled, generate_code, host_target, weight_bytes};
@@ -86,16 +88,6 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
         "weight_dtype": c.dtype.to_string(),
     });
     if let Some(gpu) = &code.gpu {
-        build["gpu_kernels"] = serde_json::json!(
-            gpu.kernels
-                .iter()
-                .map(|k| serde_json::json!({
-                    "entry": k.entry,
-                    "block_size": k.block_size,
-                    "params": k.params.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>(),
-                }))
-                .collect::<Vec<_>>()
-        );
         if let Some(r) = &gpu.ptxas {
             build["ptxas"] = serde_json::json!(r
                 .kernels()
@@ -129,9 +121,18 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
         build,
     };
     let empty = Vec::new();
+    let gpu_entries = code.gpu.as_ref().map(gpu_entries);
     let files = Companions {
         host: code.host.as_ref().map_or(&empty, |h| &h.bytes),
-        ptx: code.gpu.as_ref().map(|g| g.ptx.as_bytes()),
+        gpu: code
+            .gpu
+            .as_ref()
+            .zip(gpu_entries.as_deref())
+            .map(|(g, kernels)| GpuFiles {
+                ptx: g.ptx.as_bytes(),
+                chip: &g.chip,
+                kernels,
+            }),
         tokenizer: tokenizer.as_deref(),
     };
     w.finish(parts, files)?;
@@ -142,6 +143,27 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
 /// The model's `tokenizer.json`, checked to load, for the engine to carry: the one in the
 /// checkpoint directory the weights come from, else the one beside the description; and
 /// the directory it is in.
+/// The launch table of the GPU code: each entry's parameters and block size, with the
+/// registers and shared memory `ptxas` reported when the build could run it.
+fn gpu_entries(gpu: &zambac_codegen::GpuModule) -> Vec<GpuEntry> {
+    gpu.kernels
+        .iter()
+        .map(|k| {
+            let resources = gpu
+                .ptxas
+                .as_ref()
+                .and_then(|r| r.kernels().find(|f| f.name == k.entry));
+            GpuEntry {
+                symbol: k.entry.strip_prefix("zk_").unwrap_or(&k.entry).to_string(),
+                params: k.params.clone(),
+                block_size: k.block_size,
+                registers: resources.map(|f| f.registers),
+                shared_bytes: resources.map(|f| f.shared_bytes),
+            }
+        })
+        .collect()
+}
+
 fn read_tokenizer(c: &Compiled, args: &BuildArgs) -> CliResult<Option<(Vec<u8>, PathBuf)>> {
     let beside = if args.input.is_dir() {
         Some(args.input.clone())

@@ -39,6 +39,8 @@ pub struct GpuKernel {
 pub struct GpuModule {
     /// One PTX module with a `.entry` per kernel.
     pub ptx: String,
+    /// The SM architecture the PTX targets (`sm_90`).
+    pub chip: String,
     /// The entries, in the kernels' order.
     pub kernels: Vec<GpuKernel>,
     /// What `ptxas` reported, when it was found.
@@ -93,6 +95,7 @@ pub fn compile_gpu(
     };
     Ok(GpuModule {
         ptx,
+        chip: target.chip.clone(),
         kernels: entries,
         ptxas,
     })

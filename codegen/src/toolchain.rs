@@ -116,6 +116,8 @@ pub struct FunctionResources {
     pub spill_store_bytes: u64,
     /// Bytes loaded back from those spills.
     pub spill_load_bytes: u64,
+    /// Bytes of static shared memory per block.
+    pub shared_bytes: u64,
 }
 
 impl PtxasReport {
@@ -227,6 +229,7 @@ fn parse_ptxas_log(log: &str) -> Vec<FunctionResources> {
             } else if line.contains("Used ") && line.contains(" registers") {
                 current.registers =
                     u32::try_from(number_before(line, "registers")).unwrap_or(u32::MAX);
+                current.shared_bytes = number_before(line, "bytes smem");
             }
         }
     }
@@ -253,7 +256,7 @@ mod tests {
             ptxas info    : Compiling entry function 'saxpy_kernel' for 'sm_90'\n\
             ptxas info    : Function properties for saxpy_kernel\n\
             \x20   16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n\
-            ptxas info    : Used 18 registers, used 0 barriers, 368 bytes cmem[0]\n\
+            ptxas info    : Used 18 registers, used 1 barriers, 128 bytes smem, 368 bytes cmem[0]\n\
             ptxas info    : Function properties for __nv_expf\n\
             \x20   0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n";
         let functions = parse_ptxas_log(log);
@@ -267,6 +270,7 @@ mod tests {
                     stack_frame_bytes: 16,
                     spill_store_bytes: 8,
                     spill_load_bytes: 4,
+                    shared_bytes: 128,
                 },
                 FunctionResources {
                     name: "__nv_expf".into(),

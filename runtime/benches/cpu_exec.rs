@@ -61,7 +61,7 @@ fn model() -> ModelInfo {
 fn companions(host: &[u8]) -> Companions<'_> {
     Companions {
         host,
-        ptx: None,
+        gpu: None,
         tokenizer: None,
     }
 }

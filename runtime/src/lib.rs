@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod cli;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod sampling;
 pub mod serve;

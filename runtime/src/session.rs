@@ -1,6 +1,9 @@
 //! Generation: prefill fills every state (conv, SSM, KV), then decode advances one token
 //! at a time from those states — never by re-running the prompt.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use zambac_engine::{StateRole, StateSpec};
 
 use crate::error::RuntimeError;
@@ -10,11 +13,41 @@ use crate::tensor::Tensor;
 /// The complete state of one sequence: every recurrent state and KV cache of the model, in
 /// the engine's state layout order, the KV-cache capacity they were allocated for, and the
 /// position of the next token (the tokens consumed so far).
-#[derive(Clone, Debug, PartialEq)]
+///
+/// A GPU backend keeps the tensors in device memory between calls ([`State::device`]):
+/// then the host tensors are empty until [`State::to_host`] copies them back. Clones share
+/// the device copy; a backend that is about to update a shared device copy duplicates it
+/// first, so a clone never changes under its owner.
+#[derive(Clone, Debug)]
 pub struct State {
     tensors: Vec<(StateRole, Tensor)>,
     capacity: usize,
     position: usize,
+    device: Option<Arc<dyn DeviceState>>,
+}
+
+/// A sequence's tensors held in a device's memory by the backend that runs it.
+pub trait DeviceState: Send + Sync + std::fmt::Debug + Any {
+    /// Copies the tensors back, in the engine's state layout order.
+    fn download(&self) -> Result<Vec<(StateRole, Tensor)>, RuntimeError>;
+    /// What the tensors are, in layout order.
+    fn roles(&self) -> Vec<StateRole>;
+    /// For the backend that made it, to recognise its own kind.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl PartialEq for State {
+    /// Equal tensors, capacity and position; device copies are equal only when shared.
+    fn eq(&self, other: &State) -> bool {
+        self.tensors == other.tensors
+            && self.capacity == other.capacity
+            && self.position == other.position
+            && match (&self.device, &other.device) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
 }
 
 impl State {
@@ -24,7 +57,28 @@ impl State {
             tensors,
             capacity,
             position,
+            device: None,
         }
+    }
+
+    /// The device copy of the tensors, when a GPU backend holds them.
+    pub fn device(&self) -> Option<&Arc<dyn DeviceState>> {
+        self.device.as_ref()
+    }
+
+    /// Hands the tensors to a device: the host copies are dropped until [`State::to_host`].
+    pub fn set_device(&mut self, device: Arc<dyn DeviceState>) {
+        self.tensors.clear();
+        self.device = Some(device);
+    }
+
+    /// Brings device-held tensors back to the host (nothing to do when they are there).
+    pub fn to_host(&mut self) -> Result<(), RuntimeError> {
+        if let Some(device) = &self.device {
+            self.tensors = device.download()?;
+            self.device = None;
+        }
+        Ok(())
     }
 
     /// The zero state of a layout: nothing consumed yet.
@@ -60,6 +114,7 @@ impl State {
         if capacity <= self.capacity {
             return Ok(());
         }
+        self.to_host()?;
         for (role, t) in &mut self.tensors {
             if !role.is_cache() {
                 continue;
@@ -88,7 +143,10 @@ impl State {
 
     /// Whether the model keeps KV caches (it has attention invocations).
     pub fn has_caches(&self) -> bool {
-        self.tensors.iter().any(|(r, _)| r.is_cache())
+        match &self.device {
+            Some(d) => d.roles().iter().any(|r| r.is_cache()),
+            None => self.tensors.iter().any(|(r, _)| r.is_cache()),
+        }
     }
 
     pub fn get(&self, role: StateRole) -> Option<&Tensor> {

@@ -25,6 +25,11 @@ const FORMAT: &str = "zambac-state";
 
 /// Writes `state` (of the engine whose identity is `engine`) to `path`, atomically.
 pub fn save(path: &Path, state: &State, engine: Checksum) -> Result<(), RuntimeError> {
+    if state.device().is_some() {
+        let mut host = state.clone();
+        host.to_host()?;
+        return save(path, &host, engine);
+    }
     let position = state.position();
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (role, t) in state.iter() {

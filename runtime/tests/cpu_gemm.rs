@@ -194,7 +194,7 @@ fn split_products_match_plain_rust_on_any_thread_count() {
     };
     let files = Companions {
         host: &host,
-        ptx: None,
+        gpu: None,
         tokenizer: None,
     };
     w.finish(parts, files).unwrap();

@@ -96,7 +96,7 @@ fn manifest(m: &Module, l: &Lowered, vocab: usize) -> Manifest {
             xxh3: Checksum(0),
         },
         host_target: None,
-        ptx: None,
+        gpu: None,
         build: serde_json::Value::Null,
     }
 }

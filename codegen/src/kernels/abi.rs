@@ -56,18 +56,8 @@ pub enum VectorMath {
     Libmvec,
 }
 
-/// One parameter of a GPU kernel entry, in `.param` order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuParam {
-    /// The device address of view `j` (`.u64`).
-    View(usize),
-    /// Integer argument `i` (`.u64`).
-    Int(usize),
-    /// The first grid index of the launch (`.u64`).
-    Begin,
-    /// The end of the grid range (`.u64`).
-    End,
-}
+/// One parameter of a GPU kernel entry, in `.param` order: the engine contract's type.
+pub use zambac_engine::GpuParam;
 
 /// The name of the grid function of the kernel `symbol`.
 pub fn grid_function(symbol: &str) -> String {

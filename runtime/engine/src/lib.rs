@@ -32,12 +32,14 @@
 mod elem;
 mod error;
 pub mod expr;
+pub mod gpu;
 pub mod kernel;
 pub mod layout;
 pub mod manifest;
 pub mod model;
 mod open;
 pub mod program;
+pub mod random;
 pub mod rope;
 pub mod signature;
 mod sizes;
@@ -47,6 +49,7 @@ mod writer;
 pub use elem::{Elem, bf16_bits, widen_bf16};
 pub use error::EngineError;
 pub use expr::{Domain, Expr, Point};
+pub use gpu::{GpuCode, GpuEntry, GpuParam};
 pub use kernel::{ActKind, BinOp, EpilogueOp, Kernel, KernelKind};
 pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, TargetCpu, WeightEntry};
 pub use model::{GenerationInfo, ModelInfo, StateRole, StateSpec};
@@ -55,7 +58,7 @@ pub use program::{Buffer, Matrix, Program, ProgramName, Step, View};
 pub use rope::{Rope, RopeScaling};
 pub use signature::{Access, Role, Signature};
 pub use sizes::check_symbol;
-pub use writer::{Companions, EngineWriter, WriteProgress};
+pub use writer::{Companions, EngineWriter, GpuFiles, WriteProgress};
 
 /// The only manifest layout this crate reads and writes. Version 2: the model section
 /// (dimensions, typed state layout, tokenizer) replaced the compiler's model description,
@@ -63,8 +66,10 @@ pub use writer::{Companions, EngineWriter, WriteProgress};
 /// model's generation settings (`model.generation`: end-of-sequence ids, trained context,
 /// chat template), which a version-2 reader would refuse as an unknown field. Version 4:
 /// prefill attention is one kernel (`AttentionPrefill`, online softmax over key tiles)
-/// instead of per-head products around a `Softmax` kernel over a T×T workspace.
-pub const FORMAT_VERSION: u32 = 4;
+/// instead of per-head products around a `Softmax` kernel over a T×T workspace. Version 5:
+/// the GPU code (`gpu`: the PTX file, its chip and each entry's launch parameters) replaces
+/// the bare `ptx` file reference, which said nothing a launcher could use.
+pub const FORMAT_VERSION: u32 = 5;
 /// Alignment of every tensor in `weights.bin`: a cache line, and enough for any SIMD load.
 pub const WEIGHT_ALIGN: u64 = 64;
 

@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::elem::Elem;
+use crate::gpu::GpuCode;
 use crate::kernel::Kernel;
 use crate::model::ModelInfo;
 use crate::program::{Program, ProgramName, Step};
@@ -41,9 +42,9 @@ pub struct Manifest {
     /// extension it enables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_target: Option<TargetCpu>,
-    /// The PTX module with the GPU kernels, when built for a GPU.
+    /// The PTX module with the GPU kernels and how to launch them, when built for a GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ptx: Option<FileRef>,
+    pub gpu: Option<GpuCode>,
     /// Free-form notes from the build (target CPU, features, summary numbers) for people
     /// and reports; the runtime never reads it.
     #[serde(default)]

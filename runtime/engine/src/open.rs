@@ -41,7 +41,7 @@ impl Engine {
         let (manifest, identity) = read_manifest(&dir.join(MANIFEST_FILE))?;
         let weights = map_weights(&dir.join(WEIGHTS_FILE), &manifest.weights)?;
         check_file(&dir, &manifest.host)?;
-        for f in [&manifest.ptx, &manifest.model.tokenizer]
+        for f in [manifest.gpu.as_ref().map(|g| &g.ptx), manifest.model.tokenizer.as_ref()]
             .into_iter()
             .flatten()
         {

@@ -11,6 +11,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::elem::{Elem, encode};
 use crate::error::EngineError;
+use crate::gpu::{GpuCode, GpuEntry};
 use crate::manifest::{Checksum, FileRef, Manifest, ManifestParts, WeightEntry};
 use crate::{
     FORMAT_VERSION, HOST_FILE, MANIFEST_FILE, PTX_FILE, TOKENIZER_FILE, WEIGHT_ALIGN, WEIGHTS_FILE,
@@ -37,10 +38,19 @@ type ProgressFn = Box<dyn FnMut(WriteProgress<'_>)>;
 pub struct Companions<'a> {
     /// `host.so`, the CPU kernels (empty when built for a GPU only).
     pub host: &'a [u8],
-    /// `kernels.ptx`, when built for a GPU.
-    pub ptx: Option<&'a [u8]>,
+    /// `kernels.ptx` and its launch table, when built for a GPU.
+    pub gpu: Option<GpuFiles<'a>>,
     /// The model's `tokenizer.json`, when it has one.
     pub tokenizer: Option<&'a [u8]>,
+}
+
+/// The GPU code of an engine being written: the PTX text, the chip it targets and one
+/// launch entry per kernel, in the manifest's kernel order.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuFiles<'a> {
+    pub ptx: &'a [u8],
+    pub chip: &'a str,
+    pub kernels: &'a [GpuEntry],
 }
 
 /// An engine under construction. Dropping it without [`EngineWriter::finish`] removes the
@@ -210,7 +220,11 @@ impl EngineWriter {
             programs: parts.programs,
             host: file_ref(HOST_FILE, files.host),
             host_target: parts.host_target,
-            ptx: files.ptx.map(|p| file_ref(PTX_FILE, p)),
+            gpu: files.gpu.map(|g| GpuCode {
+                chip: g.chip.to_string(),
+                ptx: file_ref(PTX_FILE, g.ptx),
+                kernels: g.kernels.to_vec(),
+            }),
             build: parts.build,
         };
         validate::manifest(&manifest).map_err(|e| {
@@ -222,8 +236,8 @@ impl EngineWriter {
             .and_then(|()| self.weights.get_ref().sync_all())
             .map_err(|e| EngineError::write(show(&weights_path), e))?;
         self.file(HOST_FILE, files.host)?;
-        if let Some(p) = files.ptx {
-            self.file(PTX_FILE, p)?;
+        if let Some(g) = files.gpu {
+            self.file(PTX_FILE, g.ptx)?;
         }
         if let Some(t) = files.tokenizer {
             self.file(TOKENIZER_FILE, t)?;

@@ -40,7 +40,7 @@ fn weights_round_trip_bit_exact_and_bf16_rounds_to_nearest_even() {
     let engine = Engine::open(&out).unwrap();
     let m = engine.manifest();
     assert_eq!(m.format_version, FORMAT_VERSION);
-    assert_eq!(FORMAT_VERSION, 4);
+    assert_eq!(FORMAT_VERSION, 5);
     let parts = common::parts(common::kernels());
     let mut model = parts.model.clone();
     model.tokenizer = Some(zambac_engine::FileRef {
@@ -52,7 +52,10 @@ fn weights_round_trip_bit_exact_and_bf16_rounds_to_nearest_even() {
     assert_eq!(m.kernels, parts.kernels);
     assert_eq!(m.programs, parts.programs);
     assert_eq!(m.host.xxh3, Checksum::of(HOST));
-    assert_eq!(m.ptx.as_ref().map(|p| p.xxh3), Some(Checksum::of(PTX)));
+    let gpu = m.gpu.as_ref().expect("the toy engine has GPU code");
+    assert_eq!(gpu.ptx.xxh3, Checksum::of(PTX));
+    assert_eq!(gpu.chip, "sm_90");
+    assert_eq!(gpu.kernels, common::companions(&parts.kernels).gpu.unwrap().kernels);
     assert_eq!(
         fs::read(engine.tokenizer_path().unwrap()).unwrap(),
         TOKENIZER
@@ -129,7 +132,7 @@ fn same_inputs_give_byte_identical_engines() {
     );
     let manifest = String::from_utf8(first[0].1.clone()).unwrap();
     assert!(
-        manifest.starts_with("{\n  \"format_version\": 4,\n  \"zambac_version\""),
+        manifest.starts_with("{\n  \"format_version\": 5,\n  \"zambac_version\""),
         "{manifest}"
     );
     assert!(manifest.ends_with("}\n"));
@@ -176,7 +179,7 @@ fn a_failed_write_leaves_the_existing_engine_intact() {
     w.add_weight("embed", &[2, 2], &[1.0, 2.0, 3.0, 4.0], Elem::F32)
         .unwrap();
     let err = w
-        .finish(common::parts(Vec::new()), common::companions())
+        .finish(common::parts(Vec::new()), common::companions(&[]))
         .unwrap_err();
     assert!(matches!(err, EngineError::Internal(_)), "{err}");
     assert!(err.to_string().contains("not in the kernel table"), "{err}");
@@ -246,15 +249,15 @@ fn progress_reports_every_tensor_and_the_final_size() {
 
 #[test]
 fn another_format_version_is_rejected_by_name() {
-    for version in [1, 2, 3, 5] {
+    for version in [1, 2, 3, 4, 6] {
         let (_tmp, out) = fresh();
         let path = out.join(MANIFEST_FILE);
         let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"format_version\": 4"));
+        assert!(text.contains("\"format_version\": 5"));
         fs::write(
             &path,
             text.replace(
-                "\"format_version\": 4",
+                "\"format_version\": 5",
                 &format!("\"format_version\": {version}"),
             ),
         )

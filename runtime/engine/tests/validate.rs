@@ -363,3 +363,55 @@ fn a_negative_position_argument() {
         |m| launch(m, PREFILL, STEP_KV_WRITE)["ints"][0] = json!({ "k": -1 }),
     );
 }
+
+/// The GPU launch table of the toy engine, as JSON.
+fn gpu_kernels(m: &mut Value) -> &mut Vec<Value> {
+    m["gpu"]["kernels"].as_array_mut().unwrap()
+}
+
+#[test]
+fn a_gpu_launch_table_that_disagrees_with_the_kernels_is_refused() {
+    let broken: [(&str, fn(&mut Value)); 5] = [
+        ("launch entries for", |m| {
+            gpu_kernels(m).pop();
+        }),
+        ("stands where kernel", |m| gpu_kernels(m).swap(0, 1)),
+        ("is not one of its arguments", |m| {
+            gpu_kernels(m)[0]["params"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"view": 99}));
+        }),
+        ("listed twice", |m| {
+            gpu_kernels(m)[0]["params"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!("begin"));
+        }),
+        ("block size 0", |m| gpu_kernels(m)[0]["block_size"] = 0.into()),
+    ];
+    for (expect, edit) in broken {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("toy.engine");
+        write(&dir);
+        let msg = refused(&dir, edit);
+        assert!(
+            msg.starts_with("gpu: ") && msg.contains(expect),
+            "expected `{expect}`: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_gpu_entry_without_the_grid_range_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("toy.engine");
+    write(&dir);
+    let msg = refused(&dir, |m| {
+        gpu_kernels(m)[0]["params"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|p| p != "end");
+    });
+    assert!(msg.contains("lack the grid range"), "{msg}");
+}

@@ -23,6 +23,9 @@ enum Command {
     Bench(cli::BenchArgs),
     /// Serve an engine over HTTP (OpenAI-compatible), decoding concurrent requests together.
     Serve(zambac_runtime::serve::ServeArgs),
+    /// Rebuild the weights of an engine built with random weights from its seed (for
+    /// engines that travel without `weights.bin`); every tensor's checksum is verified.
+    Materialize(cli::MaterializeArgs),
 }
 
 fn main() {
@@ -31,6 +34,7 @@ fn main() {
         Command::Run(a) => cli::run(a),
         Command::Bench(a) => cli::bench(a),
         Command::Serve(a) => zambac_runtime::serve::serve(a),
+        Command::Materialize(a) => cli::materialize(a),
     };
     if let Err(e) = result {
         std::process::exit(cli::report(&e));

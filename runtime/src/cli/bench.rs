@@ -8,6 +8,7 @@ use zambac_engine::Engine;
 use crate::bench::{self, BenchReport, human_bytes as bytes};
 use crate::cpu::machine::Machine;
 use crate::cpu::{CpuBackend, ProfileRow};
+use crate::cuda::CudaBackend;
 use crate::error::RuntimeError;
 use crate::session::Backend;
 
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Which backend executes the engine: `cpu` (its compiled host code) or `cuda` (its PTX
+    /// on an NVIDIA GPU, matrix products by cuBLAS).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub backend: String,
     /// Products with bf16 weights: `on` rounds the activations to bf16 for AVX-512 BF16
     /// products (oneDNN), `off` keeps them f32, `auto` is `on` where the CPU and oneDNN
     /// allow it.
@@ -103,6 +108,9 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
         return Err(RuntimeError::Input(
             "--prefill-chunk must be at least 1".into(),
         ));
+    }
+    if args.backend == "cuda" {
+        return bench_cuda(args);
     }
     let mut backend = CpuBackend::new(Engine::open(&args.engine)?, args.threads)?;
     super::set_bf16_products(&mut backend, &args.bf16_products)?;
@@ -164,28 +172,92 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
         }
         println!("peak RSS      {}", bytes(r.peak_rss_bytes));
         if let Some(p) = profile {
-            print_table(
-                &format!("prefill of {} tokens", r.prompt_len),
-                &p.prefill,
-                (1, p.prefill_wall_s),
-            );
-            if r.new_tokens > 0 {
-                print_table(
-                    &if r.batch == 1 {
-                        format!("decode, per token (mean of {})", r.new_tokens)
-                    } else {
-                        format!(
-                            "decode, per step of {} sequences (mean of {})",
-                            r.batch, r.new_tokens
-                        )
-                    },
-                    &p.decode,
-                    (r.new_tokens, p.decode_wall_s),
-                );
-            }
+            print_profile(&p, &r);
         }
     }
     Ok(())
+}
+
+/// The JSON object of a GPU run: the report and the GPU.
+#[derive(serde::Serialize)]
+struct CudaOutput<'a> {
+    #[serde(flatten)]
+    report: &'a BenchReport,
+    backend: &'static str,
+    gpu: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Profile>,
+}
+
+/// `bench --backend cuda`: the same measurements with the engine on the GPU. Each call
+/// returns its logits to the host, so the host's clock times finished GPU work.
+fn bench_cuda(args: &BenchArgs) -> Result<(), RuntimeError> {
+    let mut backend = CudaBackend::new(Engine::open(&args.engine)?, 0)?;
+    let r = bench::run(
+        &mut backend,
+        args.prompt_len,
+        args.new_tokens,
+        args.batch,
+        args.seed,
+        prefill_options(args),
+    )?;
+    let profile = if args.profile {
+        Some(profile(&mut backend, args)?)
+    } else {
+        None
+    };
+    if args.json {
+        let out = CudaOutput {
+            report: &r,
+            backend: "cuda",
+            gpu: backend.device_name(),
+            profile,
+        };
+        let text = serde_json::to_string_pretty(&out)
+            .map_err(|e| RuntimeError::Internal(format!("cannot print the report: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("engine        {}", args.engine.display());
+    for (label, text) in backend.describe() {
+        println!("{label:<13} {text}");
+    }
+    println!(
+        "prefill       {:.4} s for {} tokens ({:.1} tok/s)",
+        r.prefill_s, r.prompt_len, r.prefill_tok_per_s
+    );
+    println!("first token   {:.4} s", r.ttft_s);
+    println!(
+        "decode        {:.2} tok/s over {} steps of {} sequence(s)",
+        r.decode_tok_per_s, r.new_tokens, r.batch
+    );
+    if let Some(p) = profile {
+        print_profile(&p, &r);
+    }
+    Ok(())
+}
+
+/// The per-kernel tables of a profiled run.
+fn print_profile(p: &Profile, r: &BenchReport) {
+    print_table(
+        &format!("prefill of {} tokens", r.prompt_len),
+        &p.prefill,
+        (1, p.prefill_wall_s),
+    );
+    if r.new_tokens > 0 {
+        print_table(
+            &if r.batch == 1 {
+                format!("decode, per token (mean of {})", r.new_tokens)
+            } else {
+                format!(
+                    "decode, per step of {} sequences (mean of {})",
+                    r.batch, r.new_tokens
+                )
+            },
+            &p.decode,
+            (r.new_tokens, p.decode_wall_s),
+        );
+    }
 }
 
 fn prefill_options(args: &BenchArgs) -> bench::Prefill {
@@ -198,9 +270,33 @@ fn prefill_options(args: &BenchArgs) -> bench::Prefill {
 /// Runs the benchmark's prompt once more and decodes `--new-tokens` greedily (for every
 /// sequence of `--batch`), with every step timed; with a batch, the prefill profile covers
 /// all the prompts and a decode step's kernels all the sequences.
-fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> Result<Profile, RuntimeError> {
+/// A backend that can time each step of its programs.
+trait Profiled: Backend {
+    fn profiling(&mut self, on: bool);
+    fn profile_rows(&mut self) -> Vec<ProfileRow>;
+}
+
+impl Profiled for CpuBackend {
+    fn profiling(&mut self, on: bool) {
+        self.set_profiling(on);
+    }
+    fn profile_rows(&mut self) -> Vec<ProfileRow> {
+        self.take_profile()
+    }
+}
+
+impl Profiled for CudaBackend {
+    fn profiling(&mut self, on: bool) {
+        self.set_profiling(on);
+    }
+    fn profile_rows(&mut self) -> Vec<ProfileRow> {
+        self.take_profile()
+    }
+}
+
+fn profile<B: Profiled>(backend: &mut B, args: &BenchArgs) -> Result<Profile, RuntimeError> {
     let prompt = bench::random_prompt(backend.vocab_size(), args.prompt_len, args.seed);
-    backend.set_profiling(true);
+    backend.profiling(true);
     let mut prefill = Vec::new();
     let wall = if args.batch == 1 {
         bench::prefill_then_decode(
@@ -209,7 +305,7 @@ fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> Result<Profile, Runtim
             args.new_tokens,
             prefill_options(args),
             |b| {
-                prefill = b.take_profile();
+                prefill = b.profile_rows();
             },
         )?
     } else {
@@ -221,12 +317,12 @@ fn profile(backend: &mut CpuBackend, args: &BenchArgs) -> Result<Profile, Runtim
             args.new_tokens,
             prefill_options(args),
             |b| {
-                prefill = b.take_profile();
+                prefill = b.profile_rows();
             },
         )?
     };
-    let decode = backend.take_profile();
-    backend.set_profiling(false);
+    let decode = backend.profile_rows();
+    backend.profiling(false);
     Ok(Profile {
         prefill,
         decode,

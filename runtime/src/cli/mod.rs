@@ -3,9 +3,11 @@
 //! file. The compiler adds what only it can do (compile a model first, or interpret it).
 
 mod bench;
+mod materialize;
 mod run;
 
 pub use bench::{BenchArgs, bench};
+pub use materialize::{MaterializeArgs, materialize};
 pub use run::{
     GenerateArgs, RunArgs, engine_tokenizer, generate_and_report, parse_tokens, prompt, run,
     set_bf16_products,

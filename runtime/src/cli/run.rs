@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use zambac_engine::Engine;
 
 use crate::cpu::CpuBackend;
+use crate::cuda::CudaBackend;
 use crate::error::RuntimeError;
 use crate::sampling::Sampling;
 use crate::session::{Backend, Generation, Options, generate_from};
@@ -69,9 +70,15 @@ pub struct GenerateArgs {
 pub struct RunArgs {
     /// An engine directory (from `zambac build`).
     pub engine: PathBuf,
-    /// Which backend executes the engine: `cpu` (its compiled host code).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+    /// Which backend executes the engine: `cpu` (its compiled host code) or `cuda` (its
+    /// PTX on an NVIDIA GPU, matrix products by cuBLAS).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     pub backend: String,
+    /// With `--backend cuda`: check every step of every program against the engine's host
+    /// code run on the same inputs, and report the steps whose GPU code disagrees (slow; for
+    /// finding a faulty GPU kernel). Exits 1 when one does.
+    #[arg(long)]
+    pub cuda_verify: bool,
     #[command(flatten)]
     pub generate: GenerateArgs,
 }
@@ -84,6 +91,41 @@ pub fn run(args: &RunArgs) -> Result<(), RuntimeError> {
         None => None,
     };
     let prompt = prompt(&args.generate, tokenizer.as_ref())?;
+    if args.backend == "cuda" {
+        let mut backend = CudaBackend::new(engine, 0)?;
+        backend.set_verify(args.cuda_verify)?;
+        generate_and_report(
+            &mut backend,
+            &prompt,
+            &args.generate,
+            tokenizer.as_ref(),
+            &args.backend,
+        )?;
+        return match backend.verify_report() {
+            None => Ok(()),
+            Some((checked, failures, worst)) => {
+                eprintln!(
+                    "cuda-verify: {checked} steps checked; worst disagreement {worst:.3} of the                      tolerance; {} step outputs disagree",
+                    failures.len()
+                );
+                for f in failures {
+                    eprintln!("  {f}");
+                }
+                if failures.is_empty() {
+                    Ok(())
+                } else {
+                    Err(RuntimeError::Internal(
+                        "the GPU kernels disagree with the engine's host code".into(),
+                    ))
+                }
+            }
+        };
+    }
+    if args.cuda_verify {
+        return Err(RuntimeError::Input(
+            "--cuda-verify checks the cuda backend: add --backend cuda".into(),
+        ));
+    }
     let mut backend = CpuBackend::new(engine, args.generate.threads)?;
     set_bf16_products(&mut backend, &args.generate.bf16_products)?;
     generate_and_report(

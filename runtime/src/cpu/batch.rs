@@ -22,6 +22,9 @@ impl CpuBackend {
         states: &mut [&mut State],
     ) -> Result<Tensor, RuntimeError> {
         check_batch(tokens, states.len())?;
+        for s in states.iter_mut() {
+            s.to_host()?;
+        }
         if tokens.len() > MAX_BATCH {
             return Err(RuntimeError::Input(format!(
                 "a batch of {} sequences is more than the {MAX_BATCH} one step takes",

@@ -14,9 +14,9 @@ pub mod blas;
 pub mod dnnl;
 mod exec;
 mod gemm;
-mod library;
+pub(crate) mod library;
 pub mod machine;
-mod plan;
+pub(crate) mod plan;
 mod pool;
 
 use std::collections::HashMap;
@@ -26,7 +26,8 @@ use zambac_engine::{Elem, Engine, MANIFEST_FILE, ProgramName, StateRole, StateSp
 use crate::error::RuntimeError;
 use crate::session::{Backend, State, check_room, check_room_for, check_tokens};
 use crate::tensor::Tensor;
-use exec::{CallBuffers, Dims, Executor, Region};
+pub(crate) use exec::Dims;
+use exec::{CallBuffers, Executor, Region};
 use library::HostLibrary;
 use plan::{Output, Plan};
 
@@ -346,6 +347,7 @@ impl CpuBackend {
         tokens: &[i64],
         state: &mut State,
     ) -> Result<Tensor, RuntimeError> {
+        state.to_host()?;
         let d = Dims {
             t: tokens.len(),
             c: state.capacity(),
@@ -387,7 +389,7 @@ impl CpuBackend {
 /// Refuses host code generated for extensions this CPU lacks: it would stop on the first
 /// instruction the CPU does not have. (An engine built without a recorded target predates
 /// the check and is refused by its format version.)
-fn check_host_target(target: Option<&TargetCpu>, manifest: &str) -> Result<(), RuntimeError> {
+pub(crate) fn check_host_target(target: Option<&TargetCpu>, manifest: &str) -> Result<(), RuntimeError> {
     let Some(t) = target else {
         return Err(RuntimeError::load(
             manifest,

@@ -127,7 +127,7 @@ pub fn write_parts(out: &Path, host_so: &[u8], parts: ManifestParts) {
     }
     let files = Companions {
         host: host_so,
-        ptx: None,
+        gpu: None,
         tokenizer: None,
     };
     w.finish(parts, files).unwrap();

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::elem::Elem;
 use crate::expr::Expr;
+use crate::gpu::{GpuCode, GpuParam, MAX_BLOCK_SIZE};
 use crate::kernel::KernelKind;
 use crate::manifest::{FileRef, Manifest, WeightEntry};
 use crate::model::{ModelInfo, StateRole};
@@ -27,7 +28,10 @@ pub const INPUTS: [&str; 3] = ["tokens", "token", "pos"];
 pub fn manifest(m: &Manifest) -> Result<(), String> {
     weight_table(&m.weights)?;
     file_name(&m.host)?;
-    for f in [&m.ptx, &m.model.tokenizer].into_iter().flatten() {
+    for f in [m.gpu.as_ref().map(|g| &g.ptx), m.model.tokenizer.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         file_name(f)?;
     }
     if m.model
@@ -38,6 +42,9 @@ pub fn manifest(m: &Manifest) -> Result<(), String> {
         return Err(format!("the tokenizer must be `{TOKENIZER_FILE}`"));
     }
     let kernels = kernel_table(m)?;
+    if let Some(gpu) = &m.gpu {
+        gpu_table(gpu, m).map_err(|e| format!("gpu: {e}"))?;
+    }
     let states = state_layout(&m.model)?;
     let mut seen = BTreeSet::new();
     for p in &m.programs {
@@ -58,6 +65,61 @@ pub fn manifest(m: &Manifest) -> Result<(), String> {
     for required in [ProgramName::Prefill, ProgramName::Decode] {
         if !seen.contains(&required) {
             return Err(format!("there is no `{required}` program"));
+        }
+    }
+    Ok(())
+}
+
+/// One launch entry per kernel, in the kernels' order; every parameter names a view or
+/// integer argument the kernel has, none twice, with both ends of the grid range; block
+/// sizes a GPU can run.
+fn gpu_table(gpu: &GpuCode, m: &Manifest) -> Result<(), String> {
+    if gpu.kernels.len() != m.kernels.len() {
+        return Err(format!(
+            "{} launch entries for {} kernels",
+            gpu.kernels.len(),
+            m.kernels.len()
+        ));
+    }
+    for (e, k) in gpu.kernels.iter().zip(&m.kernels) {
+        if e.symbol != k.symbol {
+            return Err(format!(
+                "the launch entry `{}` stands where kernel `{}` is listed",
+                e.symbol, k.symbol
+            ));
+        }
+        let sig = k
+            .kind
+            .signature()
+            .map_err(|e| format!("kernel `{}`: {e}", k.symbol))?;
+        if e.block_size == 0 || e.block_size > MAX_BLOCK_SIZE {
+            return Err(format!(
+                "kernel `{}`: block size {} is not in 1..={MAX_BLOCK_SIZE}",
+                k.symbol, e.block_size
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for p in &e.params {
+            let ok = match *p {
+                GpuParam::View(j) => j < sig.views.len(),
+                GpuParam::Int(i) => i < sig.ints.len(),
+                GpuParam::Begin | GpuParam::End => true,
+            };
+            if !ok || !seen.insert(*p) {
+                return Err(format!(
+                    "kernel `{}`: parameter {p:?} is {} (it has {} views and {} integers)",
+                    k.symbol,
+                    if ok { "listed twice" } else { "not one of its arguments" },
+                    sig.views.len(),
+                    sig.ints.len()
+                ));
+            }
+        }
+        if !(seen.contains(&GpuParam::Begin) && seen.contains(&GpuParam::End)) {
+            return Err(format!(
+                "kernel `{}`: the parameters lack the grid range (begin and end)",
+                k.symbol
+            ));
         }
     }
     Ok(())

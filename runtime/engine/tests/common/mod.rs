@@ -8,17 +8,42 @@ mod toy;
 use std::path::Path;
 
 pub use toy::*;
-use zambac_engine::{Companions, EngineError, EngineWriter, Manifest, ManifestParts};
+use zambac_engine::{
+    Companions, EngineError, EngineWriter, GpuEntry, GpuFiles, GpuParam, Kernel, Manifest,
+    ManifestParts,
+};
 
 /// A stand-in for `host.so`.
 pub const HOST: &[u8] = b"\x7fELF not really a library";
 pub const PTX: &[u8] = b"// ptx";
 pub const TOKENIZER: &[u8] = b"{\"model\": {}}";
 
-pub fn companions() -> Companions<'static> {
+/// The stand-in companions of an engine with `kernels`, with a GPU launch table that
+/// passes every view of each kernel after the grid range.
+pub fn companions(kernels: &[Kernel]) -> Companions<'static> {
+    let entries: Vec<GpuEntry> = kernels
+        .iter()
+        .map(|k| {
+            let views = k.kind.signature().map_or(0, |s| s.views.len());
+            GpuEntry {
+                symbol: k.symbol.clone(),
+                params: [GpuParam::Begin, GpuParam::End]
+                    .into_iter()
+                    .chain((0..views).map(GpuParam::View))
+                    .collect(),
+                block_size: 256,
+                registers: Some(32),
+                shared_bytes: Some(0),
+            }
+        })
+        .collect();
     Companions {
         host: HOST,
-        ptx: Some(PTX),
+        gpu: Some(GpuFiles {
+            ptx: PTX,
+            chip: "sm_90",
+            kernels: Box::leak(entries.into_boxed_slice()),
+        }),
         tokenizer: Some(TOKENIZER),
     }
 }
@@ -29,7 +54,8 @@ pub fn write_parts(out: &Path, parts: ManifestParts) -> Result<Manifest, EngineE
     for (name, shape, data, elem) in weights() {
         w.add_weight(name, &shape, &data, elem)?;
     }
-    w.finish(parts, companions())
+    let files = companions(&parts.kernels);
+    w.finish(parts, files)
 }
 
 /// Writes the toy engine to `out`.

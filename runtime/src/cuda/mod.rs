@@ -1,0 +1,723 @@
+//! The `cuda` backend: runs an engine's programs on an NVIDIA GPU — the engine's PTX
+//! kernels launched through the CUDA driver API, its matrix products through cuBLAS.
+//!
+//! Everything is loaded at run time (cudarc's `dynamic-loading`): a machine without the
+//! CUDA driver builds and runs every other backend, and `--backend cuda` there is an error
+//! that says so (exit 2) — the driver library is probed before cudarc touches it, since
+//! cudarc panics when a symbol's library is missing.
+//!
+//! Weights are uploaded once. Activation slots and workspaces are device buffers sized by
+//! the programs' expressions and reused across calls (grown, never shrunk). A sequence's
+//! recurrent states and KV caches stay in device memory between calls ([`DeviceTensors`],
+//! held by the [`State`]); only the logits come back. All work goes to one stream, in
+//! program order; the copy of the logits to the host is the call's one synchronisation.
+
+mod blas;
+mod driver;
+mod state;
+mod verify;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, DriverError, PushKernelArg};
+use zambac_engine::{
+    Elem, Engine, GpuEntry, GpuParam, MANIFEST_FILE, PTX_FILE, ProgramName, StateSpec,
+    gpu::ptx_entry_params,
+};
+
+use crate::cpu::{Dims, ProfileRow};
+use crate::cpu::plan::{Buf, Output, PStep, PView, Plan};
+use crate::error::RuntimeError;
+use crate::session::{
+    Backend, DeviceState, State, check_room, check_room_for, check_tokens,
+};
+use crate::tensor::Tensor;
+use blas::Blas;
+pub use driver::probe;
+use state::DeviceTensors;
+use verify::Verifier;
+
+/// A device buffer as a launch sees it: its address, length in elements and element type.
+#[derive(Clone, Copy, Debug)]
+struct DRegion {
+    addr: u64,
+    len: usize,
+    elem: Elem,
+}
+
+/// One loaded kernel entry and how to launch it.
+struct Entry {
+    func: CudaFunction,
+    params: Vec<GpuParam>,
+    block: u32,
+}
+
+/// Device buffers that grow to the largest size a call has needed.
+#[derive(Default)]
+struct Pool {
+    bufs: Vec<Option<CudaSlice<u8>>>,
+}
+
+impl Pool {
+    /// Buffers of at least `bytes[i]` bytes each; returns their addresses.
+    fn prepare(&mut self, stream: &Arc<CudaStream>, bytes: &[usize]) -> Result<Vec<u64>, String> {
+        if self.bufs.len() < bytes.len() {
+            self.bufs.resize_with(bytes.len(), || None);
+        }
+        let mut addrs = Vec::with_capacity(bytes.len());
+        for (slot, &n) in self.bufs.iter_mut().zip(bytes) {
+            let big_enough = slot.as_ref().is_some_and(|b| b.len() >= n);
+            if !big_enough {
+                *slot = None;
+                *slot = Some(
+                    stream
+                        .alloc_zeros::<u8>(n.max(1))
+                        .map_err(|e| format!("cannot allocate {n} bytes on the GPU: {e}"))?,
+                );
+            }
+            let buf = slot.as_ref().ok_or("a pool buffer vanished")?;
+            addrs.push(addr(buf, stream));
+        }
+        Ok(addrs)
+    }
+}
+
+/// The device address of a buffer. Event tracking is off in this backend's context (one
+/// stream, program order), so the guard cudarc returns has nothing to do.
+fn addr(buf: &CudaSlice<u8>, stream: &Arc<CudaStream>) -> u64 {
+    buf.device_ptr(stream).0
+}
+
+/// Executes an engine on an NVIDIA GPU.
+pub struct CudaBackend {
+    // Field order is drop order: everything on the device before the context's last Arc.
+    verify: Option<Verifier>,
+    /// Per kernel (and, last, the products): calls, GPU seconds, flops; when profiling.
+    profile: Option<Vec<(u64, f64, f64)>>,
+    blas: Blas,
+    entries: Vec<Entry>,
+    /// Owns the device memory `weight_regions` point into.
+    _weights: Vec<CudaSlice<u8>>,
+    weight_regions: Vec<DRegion>,
+    slots: Pool,
+    scratch: Pool,
+    io: Pool,
+    prefill: Plan,
+    prefill_last: Option<Plan>,
+    decode: Plan,
+    vocab: usize,
+    layout: Vec<StateSpec>,
+    device_name: String,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    engine: Engine,
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`, loads the engine's PTX and uploads its weights.
+    pub fn new(engine: Engine, ordinal: usize) -> Result<CudaBackend, RuntimeError> {
+        let manifest_path = engine.dir().join(MANIFEST_FILE).display().to_string();
+        let m = engine.manifest();
+        let gpu = m.gpu.as_ref().ok_or_else(|| {
+            RuntimeError::load(
+                &manifest_path,
+                None,
+                "the engine has no GPU code; rebuild it with `zambac build --target sm_90` \
+                 (or `--target all`)",
+            )
+        })?;
+        let device = driver::open(ordinal, &gpu.chip)?;
+        let ptx_path = engine.dir().join(PTX_FILE);
+        let ptx = std::fs::read_to_string(&ptx_path).map_err(|e| {
+            RuntimeError::load(ptx_path.display().to_string(), None, e.to_string())
+        })?;
+        check_entries(&ptx, &gpu.kernels)
+            .map_err(|e| RuntimeError::load(ptx_path.display().to_string(), None, e))?;
+        let (ctx, stream) = (device.ctx, device.stream);
+        let module = driver::load_module(&ctx, &ptx)
+            .map_err(|e| RuntimeError::load(ptx_path.display().to_string(), None, e))?;
+        let entries = gpu
+            .kernels
+            .iter()
+            .map(|e| {
+                Ok(Entry {
+                    func: module.load_function(&e.entry()).map_err(|err| {
+                        RuntimeError::load(
+                            ptx_path.display().to_string(),
+                            None,
+                            format!("entry `{}`: {err}", e.entry()),
+                        )
+                    })?,
+                    params: e.params.clone(),
+                    block: e.block_size,
+                })
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let kernels: HashMap<&str, usize> = m
+            .kernels
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.symbol.as_str(), i))
+            .collect();
+        let plan = |name: ProgramName| -> Result<Option<Plan>, RuntimeError> {
+            m.program(name)
+                .map(|p| Plan::new(p, &kernels))
+                .transpose()
+                .map_err(|e| RuntimeError::load(&manifest_path, None, format!("`{name}`: {e}")))
+        };
+        let required = |name: ProgramName| {
+            plan(name)?.ok_or_else(|| {
+                RuntimeError::load(&manifest_path, None, format!("has no `{name}` program"))
+            })
+        };
+        let (prefill, decode, prefill_last) = (
+            required(ProgramName::Prefill)?,
+            required(ProgramName::Decode)?,
+            plan(ProgramName::PrefillLast)?,
+        );
+        let mut weights = Vec::with_capacity(m.weights.len());
+        let mut weight_regions = Vec::with_capacity(m.weights.len());
+        for i in 0..m.weights.len() {
+            let w = engine
+                .weight(i)
+                .ok_or_else(|| RuntimeError::Internal(format!("weight #{i} is not mapped")))?;
+            let buf = stream.clone_htod(w.bytes).map_err(|e| {
+                RuntimeError::Input(format!(
+                    "cannot upload weight `{}` ({} bytes) to the GPU: {e}",
+                    w.entry.name,
+                    w.bytes.len()
+                ))
+            })?;
+            weight_regions.push(DRegion {
+                addr: addr(&buf, &stream),
+                len: w.bytes.len() / w.entry.elem.size(),
+                elem: w.entry.elem,
+            });
+            weights.push(buf);
+        }
+        let blas = Blas::new(&ctx, &stream)?;
+        Ok(CudaBackend {
+            verify: None,
+            profile: None,
+            blas,
+            entries,
+            _weights: weights,
+            weight_regions,
+            slots: Pool::default(),
+            scratch: Pool::default(),
+            io: Pool::default(),
+            prefill,
+            prefill_last,
+            decode,
+            vocab: m.model.vocab_size,
+            layout: m.model.state.clone(),
+            device_name: device.name,
+            stream,
+            ctx,
+            engine,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The GPU, as the driver names it, with its compute capability.
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// Checks every step of every call against the engine's host code on the same inputs
+    /// (see [`verify`]); needs host code this CPU runs.
+    pub fn set_verify(&mut self, on: bool) -> Result<(), RuntimeError> {
+        self.verify = if on {
+            Some(Verifier::new(&self.engine)?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// What the step checks found: steps checked, the disagreements (a line each), and the
+    /// worst disagreement relative to the tolerance (≤ 1 passes).
+    pub fn verify_report(&self) -> Option<(usize, &[String], f64)> {
+        self.verify
+            .as_ref()
+            .map(|v| (v.checked, v.failures.as_slice(), v.worst))
+    }
+
+    /// Starts or stops timing every step with CUDA events; starting clears the counters.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![(0, 0.0, 0.0); self.entries.len() + 1]);
+    }
+
+    /// GPU time per kernel since profiling started (or since the last take), longest
+    /// first; empty when profiling is off.
+    pub fn take_profile(&mut self) -> Vec<ProfileRow> {
+        let Some(times) = self.profile.as_mut() else {
+            return Vec::new();
+        };
+        let kernels = &self.engine.manifest().kernels;
+        let mut rows: Vec<ProfileRow> = times
+            .iter()
+            .enumerate()
+            .filter(|(_, (calls, _, _))| *calls > 0)
+            .map(|(i, &(calls, seconds, flops))| match kernels.get(i) {
+                Some(k) => ProfileRow {
+                    name: k.symbol.clone(),
+                    kind: k.kind.name().to_string(),
+                    calls,
+                    seconds,
+                    gflop_per_s: None,
+                },
+                None => ProfileRow {
+                    name: "gemm".into(),
+                    kind: "cuBLAS".into(),
+                    calls,
+                    seconds,
+                    gflop_per_s: (seconds > 0.0).then(|| flops / seconds / 1e9),
+                },
+            })
+            .collect();
+        for t in times.iter_mut() {
+            *t = (0, 0.0, 0.0);
+        }
+        rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        rows
+    }
+
+    fn manifest_error(&self, msg: String) -> RuntimeError {
+        let file = self.engine.dir().join(MANIFEST_FILE).display().to_string();
+        RuntimeError::load(file, None, msg)
+    }
+
+    /// The state's tensors on this GPU, uploading them when the host holds them and
+    /// duplicating a device copy that a clone of the state shares (the call must not
+    /// change what the clone sees).
+    fn device_state(&self, state: &mut State) -> Result<Arc<dyn DeviceState>, RuntimeError> {
+        if let Some(d) = state.device()
+            && let Some(mine) = d.as_any().downcast_ref::<DeviceTensors>()
+            && mine.is_on(&self.ctx)
+        {
+            if Arc::strong_count(d) == 1 {
+                return Ok(d.clone());
+            }
+            let fresh: Arc<dyn DeviceState> = Arc::new(mine.duplicate()?);
+            state.set_device(fresh.clone());
+            return Ok(fresh);
+        }
+        state.to_host()?;
+        let uploaded: Arc<dyn DeviceState> =
+            Arc::new(DeviceTensors::upload(&self.stream, state, &self.layout)?);
+        state.set_device(uploaded.clone());
+        Ok(uploaded)
+    }
+
+    fn run_extend(
+        &mut self,
+        which: ProgramName,
+        tokens: &[i64],
+        state: &mut State,
+    ) -> Result<Tensor, RuntimeError> {
+        check_tokens(tokens, self.vocab)?;
+        check_room_for(state, tokens.len())?;
+        let logits = self.run(which, tokens, state)?;
+        state.advance(tokens.len());
+        Ok(logits)
+    }
+
+    /// Runs a program on `tokens` at the state's position, the state's tensors updated in
+    /// device memory; returns the logits.
+    fn run(
+        &mut self,
+        which: ProgramName,
+        tokens: &[i64],
+        state: &mut State,
+    ) -> Result<Tensor, RuntimeError> {
+        let d = Dims {
+            t: tokens.len(),
+            c: state.capacity(),
+            pos: state.position(),
+        };
+        let held = self.device_state(state)?;
+        let tensors = held
+            .as_any()
+            .downcast_ref::<DeviceTensors>()
+            .ok_or_else(|| RuntimeError::Internal("the device state is not this backend's".into()))?;
+        let plan = match which {
+            ProgramName::Prefill => &self.prefill,
+            ProgramName::PrefillLast => self
+                .prefill_last
+                .as_ref()
+                .ok_or_else(|| self.manifest_error("has no `prefill_last` program".into()))?,
+            ProgramName::Decode => &self.decode,
+        };
+        let name = plan.name;
+        let in_program = |e: String| format!("program `{name}`, {e}");
+        // The logits' shape, and every state output checked against the device copy.
+        let mut logits_shape = None;
+        let mut outputs = Vec::with_capacity(plan.outputs.len());
+        for (what, dims) in &plan.outputs {
+            let shape = dims
+                .iter()
+                .map(|e| d.size(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.manifest_error(in_program(format!("output: {e}"))))?;
+            match what {
+                Output::Logits => {
+                    logits_shape = Some(shape);
+                    outputs.push(None);
+                }
+                Output::State(role) => outputs.push(Some(tensors.region(*role, &shape)?)),
+            }
+        }
+        let logits_shape =
+            logits_shape.ok_or_else(|| self.manifest_error(in_program("no logits".into())))?;
+        let logits_len: usize = logits_shape.iter().product();
+        let pos = i64::try_from(d.pos)
+            .map_err(|_| RuntimeError::Input(format!("position {} is too large", d.pos)))?;
+        let stream = self.stream.clone();
+        let sizes = buffer_bytes(plan, d).map_err(|e| self.manifest_error(in_program(e)))?;
+        let internal = |e: String| RuntimeError::Internal(in_program(e));
+        let slots = self.slots.prepare(&stream, &sizes.0).map_err(internal)?;
+        let scratch = self.scratch.prepare(&stream, &sizes.1).map_err(internal)?;
+        // Tokens, the position and the logits.
+        let io = self
+            .io
+            .prepare(&stream, &[tokens.len() * 8, 8, logits_len.max(1) * 4])
+            .map_err(internal)?;
+        upload_inputs(&mut self.io, &stream, tokens, pos).map_err(|e| internal(e.to_string()))?;
+        let call = Bound {
+            weights: &self.weight_regions,
+            tokens: DRegion {
+                addr: io[0],
+                len: tokens.len(),
+                elem: Elem::I64,
+            },
+            pos: DRegion {
+                addr: io[1],
+                len: 1,
+                elem: Elem::I64,
+            },
+            outputs: outputs
+                .iter()
+                .map(|o| {
+                    o.unwrap_or(DRegion {
+                        addr: io[2],
+                        len: logits_len,
+                        elem: Elem::F32,
+                    })
+                })
+                .collect(),
+            slots: &slots,
+            slot_bytes: &sizes.0,
+            scratch: &scratch,
+            scratch_bytes: &sizes.1,
+        };
+        let mut values: Vec<u64> = Vec::new();
+        let mut marks: Vec<(usize, f64, CudaEvent, CudaEvent)> = Vec::new();
+        let event = || {
+            stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| internal(format!("cannot record a CUDA event: {e}")))
+        };
+        for (i, step) in plan.steps.iter().enumerate() {
+            let start = match self.profile {
+                Some(_) => Some(event()?),
+                None => None,
+            };
+            let at = |e: String| self.manifest_error(in_program(format!("step {i}: {e}")));
+            let before = match &self.verify {
+                Some(_) => Some(verify::capture(&call, &stream).map_err(internal)?),
+                None => None,
+            };
+            match step {
+                PStep::Launch {
+                    kernel,
+                    grid,
+                    views,
+                    ints,
+                } => {
+                    let grid = d.size(grid).map_err(at)?;
+                    if grid == 0 {
+                        continue;
+                    }
+                    let entry = self
+                        .entries
+                        .get(*kernel)
+                        .ok_or_else(|| at(format!("kernel #{kernel} is not loaded")))?;
+                    values.clear();
+                    for p in &entry.params {
+                        values.push(match *p {
+                            GpuParam::View(j) => {
+                                let v = views
+                                    .get(j)
+                                    .ok_or_else(|| at(format!("the launch has no view {j}")))?;
+                                call.view(v, d).map_err(at)?
+                            }
+                            GpuParam::Int(j) => {
+                                let e = ints
+                                    .get(j)
+                                    .ok_or_else(|| at(format!("the launch has no integer {j}")))?;
+                                d.eval(e).map_err(at)? as u64
+                            }
+                            GpuParam::Begin => 0,
+                            GpuParam::End => grid as u64,
+                        });
+                    }
+                    let blocks = grid.div_ceil(entry.block as usize);
+                    let blocks = u32::try_from(blocks)
+                        .ok()
+                        .filter(|&b| b < i32::MAX as u32)
+                        .ok_or_else(|| at(format!("a grid of {grid} needs too many blocks")))?;
+                    let cfg = LaunchConfig {
+                        grid_dim: (blocks, 1, 1),
+                        block_dim: (entry.block, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    let mut builder = stream.launch_builder(&entry.func);
+                    for v in &values {
+                        builder.arg(v);
+                    }
+                    // SAFETY: the parameter list is the entry's own (checked against the PTX
+                    // at load), every address lies in a live buffer of this call with the
+                    // view's offset checked against its length, and the kernel's contract is
+                    // to touch only what its views and grid range describe.
+                    unsafe { builder.launch(cfg) }
+                        .map_err(|e| internal(format!("step {i}: launch failed: {e}")))?;
+                }
+                PStep::Gemm(g) => {
+                    let product = blas::bind(g, &call, d).map_err(at)?;
+                    self.blas
+                        .run(&product)
+                        .map_err(|e| internal(format!("step {i}: {e}")))?;
+                }
+            }
+            if let Some(start) = start {
+                let (slot, flops) = match step {
+                    PStep::Launch { kernel, .. } => (*kernel, 0.0),
+                    PStep::Gemm(g) => (
+                        self.entries.len(),
+                        2.0 * [&g.m, &g.n, &g.k]
+                            .iter()
+                            .map(|e| d.size(e).map_or(0.0, |x| x as f64))
+                            .product::<f64>(),
+                    ),
+                };
+                marks.push((slot, flops, start, event()?));
+            }
+            if let (Some(v), Some(before)) = (self.verify.as_mut(), before) {
+                let after = verify::capture(&call, &stream).map_err(internal)?;
+                let what = match step {
+                    PStep::Launch { kernel, .. } => self
+                        .engine
+                        .manifest()
+                        .kernels
+                        .get(*kernel)
+                        .map_or("?".to_string(), |k| format!("{}, {}", k.symbol, k.kind.name())),
+                    PStep::Gemm(_) => "product".to_string(),
+                };
+                v.check(i, step, &format!("{name} {what}"), before, &after, &call, d, &self.engine)
+                    .map_err(|e| internal(format!("step {i}: checking: {e}")))?;
+            }
+        }
+        let mut data = vec![0f32; logits_len];
+        let logits = self.io.bufs.get(2).and_then(Option::as_ref).ok_or_else(|| {
+            RuntimeError::Internal("the logits buffer vanished".into())
+        })?;
+        let view = logits.slice(..logits_len * 4);
+        let mut bytes = vec![0u8; logits_len * 4];
+        stream
+            .memcpy_dtoh(&view, &mut bytes)
+            .map_err(|e| device_failure(name, e))?;
+        for (x, b) in data.iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        if let Some(times) = self.profile.as_mut() {
+            for (slot, flops, start, end) in marks {
+                let ms = start
+                    .elapsed_ms(&end)
+                    .map_err(|e| RuntimeError::Internal(format!("cannot read a CUDA event: {e}")))?;
+                if let Some(t) = times.get_mut(slot) {
+                    *t = (t.0 + 1, t.1 + f64::from(ms) / 1e3, t.2 + flops);
+                }
+            }
+        }
+        Ok(Tensor::new(logits_shape, data))
+    }
+}
+
+/// Copies the call's tokens and position into the first two buffers of `io`.
+fn upload_inputs(
+    io: &mut Pool,
+    stream: &Arc<CudaStream>,
+    tokens: &[i64],
+    pos: i64,
+) -> Result<(), DriverError> {
+    let token_bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    if let Some(Some(buf)) = io.bufs.get_mut(0) {
+        let mut view = buf.slice_mut(..token_bytes.len());
+        stream.memcpy_htod(&token_bytes, &mut view)?;
+    }
+    if let Some(Some(buf)) = io.bufs.get_mut(1) {
+        let mut view = buf.slice_mut(..8);
+        stream.memcpy_htod(&pos.to_le_bytes(), &mut view)?;
+    }
+    Ok(())
+}
+
+/// A failure reported by the GPU when the call's work completed: a kernel that faulted,
+/// or the device lost.
+fn device_failure(program: ProgramName, e: DriverError) -> RuntimeError {
+    RuntimeError::Internal(format!(
+        "program `{program}`: the GPU reported an error while running it: {e}"
+    ))
+}
+
+/// Every entry of the launch table exists in the PTX with one `.u64` parameter per listed
+/// parameter: what the launcher passes is what the kernel reads.
+fn check_entries(ptx: &str, entries: &[GpuEntry]) -> Result<(), String> {
+    if ptx.contains('\0') {
+        return Err("the PTX text contains a NUL byte".into());
+    }
+    for e in entries {
+        let name = e.entry();
+        let found = ptx_entry_params(ptx, &name)
+            .ok_or_else(|| format!("has no entry `{name}`, which the manifest lists"))?;
+        if found.len() != e.params.len() || found.iter().any(|t| t != "u64") {
+            return Err(format!(
+                "entry `{name}` takes ({}), but the manifest launches it with {} 8-byte \
+                 parameters",
+                found.join(", "),
+                e.params.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of each slot (the largest value it holds) and workspace of `plan` at `d`;
+/// activations are f32.
+fn buffer_bytes(plan: &Plan, d: Dims) -> Result<(Vec<usize>, Vec<usize>), String> {
+    let bytes = |n: usize| n.checked_mul(4).ok_or_else(|| format!("{n} elements overflow"));
+    let slots = plan
+        .slots
+        .iter()
+        .map(|cands| {
+            cands
+                .iter()
+                .try_fold(0usize, |m, e| Ok::<_, String>(m.max(bytes(d.size(e)?)?)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let scratch = plan
+        .scratch
+        .iter()
+        .map(|e| bytes(d.size(e)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((slots, scratch))
+}
+
+/// Every buffer of one call, on the device.
+struct Bound<'a> {
+    weights: &'a [DRegion],
+    tokens: DRegion,
+    pos: DRegion,
+    /// Indexed like the plan's outputs.
+    outputs: Vec<DRegion>,
+    slots: &'a [u64],
+    slot_bytes: &'a [usize],
+    scratch: &'a [u64],
+    scratch_bytes: &'a [usize],
+}
+
+impl Bound<'_> {
+    fn region(&self, buf: Buf) -> Result<DRegion, String> {
+        let missing = || format!("{buf:?} is not bound");
+        let f32s = |addrs: &[u64], bytes: &[usize], i: usize| -> Option<DRegion> {
+            Some(DRegion {
+                addr: *addrs.get(i)?,
+                len: *bytes.get(i)? / 4,
+                elem: Elem::F32,
+            })
+        };
+        Ok(match buf {
+            Buf::Weight(i) => *self.weights.get(i).ok_or_else(missing)?,
+            Buf::Tokens => self.tokens,
+            Buf::Pos => self.pos,
+            Buf::Output(i) => *self.outputs.get(i).ok_or_else(missing)?,
+            Buf::Slot(i) => f32s(self.slots, self.slot_bytes, i).ok_or_else(missing)?,
+            Buf::Scratch(i) => f32s(self.scratch, self.scratch_bytes, i).ok_or_else(missing)?,
+        })
+    }
+
+    /// The region a view points into and its element offset, checked to lie within it.
+    fn region_at(&self, v: &PView, d: Dims) -> Result<(DRegion, usize), String> {
+        let region = self.region(v.buf)?;
+        let off = d.size(&v.offset)?;
+        if off > region.len {
+            return Err(format!(
+                "offset {off} is past the end of {:?} ({} elements)",
+                v.buf, region.len
+            ));
+        }
+        Ok((region, off))
+    }
+
+    /// The device address a view points at.
+    fn view(&self, v: &PView, d: Dims) -> Result<u64, String> {
+        let (region, off) = self.region_at(v, d)?;
+        Ok(region.addr + (off * region.elem.size()) as u64)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("gpu", self.device_name.clone()),
+            (
+                "cuda backend",
+                format!(
+                    "the engine's PTX kernels ({} entries) on one stream; matrix products by \
+                     cuBLAS ({})",
+                    self.entries.len(),
+                    self.blas.describe()
+                ),
+            ),
+        ]
+    }
+
+    fn new_state(&self, capacity: usize) -> Result<State, RuntimeError> {
+        State::zeros(&self.layout, capacity)
+    }
+
+    fn save_state(&self, path: &std::path::Path, state: &State) -> Result<(), RuntimeError> {
+        crate::snapshot::save(path, state, self.engine.identity())
+    }
+
+    fn load_state(&self, path: &std::path::Path, capacity: usize) -> Result<State, RuntimeError> {
+        crate::snapshot::load(path, &self.layout, self.engine.identity(), capacity)
+    }
+
+    fn extend(&mut self, tokens: &[i64], state: &mut State) -> Result<Tensor, RuntimeError> {
+        self.run_extend(ProgramName::Prefill, tokens, state)
+    }
+
+    fn extend_last(&mut self, tokens: &[i64], state: &mut State) -> Result<Tensor, RuntimeError> {
+        self.run_extend(ProgramName::PrefillLast, tokens, state)
+    }
+
+    fn decode(&mut self, token: i64, state: &mut State) -> Result<Tensor, RuntimeError> {
+        check_tokens(&[token], self.vocab)?;
+        check_room(state)?;
+        let logits = self.run(ProgramName::Decode, &[token], state)?;
+        state.advance(1);
+        Ok(logits)
+    }
+}
