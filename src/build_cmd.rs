@@ -21,6 +21,11 @@ pub struct BuildArgs {
     /// Code to generate: `cpu` (host machine code), `sm_90` (PTX for H100) or `all`.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "sm_90", "all"])]
     pub target: String,
+    /// The grid schedule of the host code: `host` (blocked for CPUs), or `gpu` — the GPU
+    /// kernels' schedule (lanes, warps as loops) compiled for the CPU, to check the GPU
+    /// code's arithmetic on whole models without a GPU (slower).
+    #[arg(long, default_value = "host", value_parser = ["host", "gpu"])]
+    pub host_schedule: String,
     /// Weights: a checkpoint directory or `random[:SEED]` (default: the checkpoint the
     /// input is, else random with seed 0).
     #[arg(long)]
@@ -105,9 +110,14 @@ pub fn generate_code(c: &Compiled, args: &BuildArgs) -> CliResult<GeneratedCode>
     let host = if args.target != "sm_90" {
         let target = host_target(args)?;
         Some(
-            zambac_codegen::compile_host(
+            zambac_codegen::compile_host_scheduled(
                 &c.lowered.kernels,
                 &target,
+                if args.host_schedule == "gpu" {
+                    zambac_codegen::kernels::Target::HostWithGpuSchedule
+                } else {
+                    zambac_codegen::kernels::Target::Host
+                },
                 dumps.as_deref(),
                 kernel_cache(args).as_ref(),
             )

@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use zambac_engine::{
-    Companions, Elem, EngineWriter, GpuEntry, GpuFiles, ManifestParts, ModelInfo,
-};
+use zambac_engine::{Companions, Elem, EngineWriter, GpuEntry, GpuFiles, ManifestParts, ModelInfo};
 use zambac_weights::{Checkpoint, random_param};
 
 use crate::build_cmd::{BuildArgs, Compiled, generate_code, host_target, weight_bytes};
@@ -87,13 +85,12 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
         },
         "weight_dtype": c.dtype.to_string(),
     });
-    if let Some(gpu) = &code.gpu {
-        if let Some(r) = &gpu.ptxas {
-            build["ptxas"] = serde_json::json!(r
-                .kernels()
-                .map(|f| serde_json::json!({"entry": f.name, "registers": f.registers, "spill_bytes": f.spill_store_bytes + f.spill_load_bytes}))
-                .collect::<Vec<_>>());
-        }
+    // The spill check's record (registers and shared memory are in the GPU launch table).
+    if let Some(r) = code.gpu.as_ref().and_then(|g| g.ptxas.as_ref()) {
+        build["ptxas"] = serde_json::json!({
+            "arch": r.arch,
+            "spill_bytes": r.total_spill_bytes(),
+        });
     }
     let spec = &c.input.spec;
     let parts = ManifestParts {
@@ -156,6 +153,7 @@ fn gpu_entries(gpu: &zambac_codegen::GpuModule) -> Vec<GpuEntry> {
             GpuEntry {
                 symbol: k.entry.strip_prefix("zk_").unwrap_or(&k.entry).to_string(),
                 params: k.params.clone(),
+                lanes: k.lanes,
                 block_size: k.block_size,
                 registers: resources.map(|f| f.registers),
                 shared_bytes: resources.map(|f| f.shared_bytes),

@@ -107,6 +107,7 @@ pub fn compile_temporary(
         input: input.to_path_buf(),
         output: Some(out.clone()),
         target: "cpu".into(),
+        host_schedule: "host".into(),
         weights: weights.map(str::to_string),
         dtype: None,
         kv_dtype: "f32".into(),

@@ -29,8 +29,10 @@ pub struct GpuKernel {
     pub entry: String,
     /// Its parameters in order (each 8 bytes).
     pub params: Vec<GpuParam>,
-    /// Threads per block; a launch over `[begin, end)` uses `⌈(end − begin) / block_size⌉`
-    /// blocks, one grid index per thread.
+    /// Threads per grid index (see [`crate::kernels::lanes`]).
+    pub lanes: u32,
+    /// Threads per block; a launch over `[begin, end)` uses
+    /// `⌈(end − begin) · lanes / block_size⌉` blocks.
     pub block_size: u32,
 }
 
@@ -74,6 +76,7 @@ pub fn compile_gpu(
         entries.push(GpuKernel {
             entry,
             params,
+            lanes: crate::kernels::lanes(&kernel.kind, Target::Gpu) as u32,
             block_size: pipelines::GPU_BLOCK_SIZE,
         });
     }

@@ -38,7 +38,26 @@ pub fn compile_host(
     dumps: Option<&Path>,
     cache: Option<&KernelCache>,
 ) -> Result<HostLibrary, CodegenError> {
+    compile_host_scheduled(kernels, target, Target::Host, dumps, cache)
+}
+
+/// [`compile_host`] with the grid schedule of `schedule`: [`Target::Host`] (the host's
+/// blocked iterations), or [`Target::HostWithGpuSchedule`] — the GPU kernels' arithmetic,
+/// lanes and all, as host code, so that whole models check the GPU schedules on a CPU.
+pub fn compile_host_scheduled(
+    kernels: &[Kernel],
+    target: &HostTarget,
+    schedule: Target,
+    dumps: Option<&Path>,
+    cache: Option<&KernelCache>,
+) -> Result<HostLibrary, CodegenError> {
     check_unique(kernels)?;
+    if schedule == Target::Gpu {
+        return Err(CodegenError::InvalidKernel {
+            symbol: String::new(),
+            reason: "host code cannot have the GPU target; use HostWithGpuSchedule".into(),
+        });
+    }
     let cache = cache.filter(|_| dumps.is_none());
     let dumps = Dumps::new(dumps)?;
     let mlir = MlirContext::new();
@@ -46,7 +65,7 @@ pub fn compile_host(
     let mut cached = 0;
     for kernel in kernels {
         let symbol = &kernel.symbol;
-        let mut module = build_module(mlir.context(), kernel, Target::Host, target.vector_math())?;
+        let mut module = build_module(mlir.context(), kernel, schedule, target.vector_math())?;
         let key = cache.map(|c| {
             let math = format!("{:?}", target.vector_math());
             c.key(&module.as_operation().to_string(), target, &math)

@@ -33,7 +33,7 @@ pub mod toolchain;
 pub use cache::KernelCache;
 pub use device::{GpuKernel, GpuModule, compile_gpu};
 pub use error::CodegenError;
-pub use host::{HostLibrary, compile_host};
+pub use host::{HostLibrary, compile_host, compile_host_scheduled};
 pub use link::link_shared_library;
 pub use llvm::{
     HostObject, HostTarget, PtxAssembly, compile_host_object, compile_ptx, translate_to_llvm,

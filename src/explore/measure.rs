@@ -102,6 +102,7 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
         input: opts.input.clone(),
         output: Some(dir.to_path_buf()),
         target: "cpu".into(),
+        host_schedule: "host".into(),
         weights: None,
         dtype: None,
         kv_dtype: "f32".into(),

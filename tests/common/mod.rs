@@ -173,16 +173,23 @@ pub fn move_last_bits(weights: &mut [Tensor], seed: u8) {
 /// logits (`expected.safetensors`: `logits_i`, `decode_logits_i`, within `tol`) and greedy
 /// tokens (`greedy_i`, identical) for the prompts of its `tokens.json`.
 pub fn check_hf_dir(dir: &Path, name: &str, backend: &str, tol: f32) {
+    check_hf_dir_built(dir, name, backend, tol, &[]);
+}
+
+/// [`check_hf_dir`] with `build_args` added to the engine's `zambac build` (cpu backend).
+pub fn check_hf_dir_built(dir: &Path, name: &str, backend: &str, tol: f32, build_args: &[&str]) {
     let dir = dir.to_path_buf();
     let engine_dir = tempfile::tempdir().unwrap();
     let input = if backend == "cpu" {
         let engine = engine_dir.path().join("e.engine");
-        let out = zambac(&[
+        let mut args = vec![
             "build",
             dir.to_str().unwrap(),
             "-o",
             engine.to_str().unwrap(),
-        ]);
+        ];
+        args.extend(build_args);
+        let out = zambac(&args);
         assert!(out.status.success(), "{name}: build: {}", stderr(&out));
         engine
     } else {

@@ -89,7 +89,8 @@ pub fn build_module<'c>(
             });
         }
         if target.is_host() {
-            trampoline(&e, &kernel.symbol, &signature);
+            let lanes = super::lanes(&kernel.kind, target);
+            trampoline(&e, &kernel.symbol, &signature, lanes);
         }
         for name in calls.borrow().iter() {
             e.declare_vector_function(name);
@@ -125,7 +126,19 @@ fn grid<'c>(
         } else {
             alloca(e)
         };
-        e.parallel(begin, end, e.index(block as i64), |e, item| {
+        // With several threads per grid index, `begin` and `end` count threads (grid
+        // indices × lanes): the caller scales them, so the loop's bounds stay the function's
+        // own arguments (a bound computed here would be captured from the host by the GPU
+        // kernel).
+        let lanes = super::lanes(&kernel.kind, target);
+        e.parallel(begin, end, e.index(block as i64), |e, index| {
+            let (item, lane) = match lanes {
+                1 => (index, e.index(0)),
+                n => (
+                    e.divui(index, e.index(n as i64)),
+                    e.remui(index, e.index(n as i64)),
+                ),
+            };
             let stack = host_stack.or_else(|| alloca(e));
             let memrefs = signature
                 .views
@@ -144,6 +157,9 @@ fn grid<'c>(
                 block,
                 stack,
                 gpu_schedule: target.gpu_schedule(),
+                lanes,
+                lane,
+                warp_threads: target == Target::Gpu,
             };
             emit_kind(e, &frame, &kernel.kind);
             if let Some(role) = frame.missing.get() {
@@ -155,8 +171,9 @@ fn grid<'c>(
 }
 
 /// `zk_<symbol>(void *const *bufs, const int64_t *ints, int64_t begin, int64_t end)`: loads
-/// the view pointers and integers and calls the grid function, which LLVM then inlines.
-fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature) {
+/// the view pointers and integers and calls the grid function, which LLVM then inlines; the
+/// grid range, in grid indices, becomes threads for a schedule with several `lanes`.
+fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature, lanes: usize) {
     let ptr = e.ptr_t();
     let i64_t = e.int_t(64);
     let grid = grid_function(symbol);
@@ -171,8 +188,12 @@ fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature) {
                 .collect();
             operands
                 .extend((0..signature.ints.len()).map(|i| index(e.load_slot(args[1], i, i64_t))));
-            operands.push(index(args[2]));
-            operands.push(index(args[3]));
+            let threads = |v| match lanes {
+                1 => index(v),
+                n => e.mul_k(index(v), n),
+            };
+            operands.push(threads(args[2]));
+            operands.push(threads(args[3]));
             e.call(&grid, &operands);
         },
     );

@@ -84,11 +84,29 @@ pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
         kv: a.kv,
     };
     let keys = e.minsi(e.add_k(pos, 1), capacity);
+    let blocks = e.mul_k(e.divui(keys, e.index(KEYS as i64)), KEYS);
+    let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
+    if f.lanes > 1 {
+        // The GPU schedule: a thread per output element, each computing every score (the
+        // same loads across the head's threads) and accumulating its element.
+        let d = f.lane;
+        let start = [start[0], start[1], e.f32(0.0)];
+        let state = e.for_(
+            e.index(0),
+            blocks,
+            e.index(KEYS as i64),
+            &start,
+            |e, j, state| key_block_lane(e, &head, j, KEYS, state, d),
+        );
+        let state = e.for_(blocks, keys, e.index(1), &state, |e, j, state| {
+            key_block_lane(e, &head, j, 1, state, d)
+        });
+        e.store(e.divf(state[2], state[1]), out, e.addi(row, d));
+        return;
+    }
     for_chunks(e, head_dim, 1, |e, offset, width| {
         e.vstore(e.f32_splat(0.0, width), out, e.addi(row, offset));
     });
-    let blocks = e.mul_k(e.divui(keys, e.index(KEYS as i64)), KEYS);
-    let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
     let state = e.for_(
         e.index(0),
         blocks,
@@ -107,14 +125,24 @@ pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
     });
 }
 
-/// Folds keys `[first, first + n)` into the running `(max, sum)` and the accumulator.
-fn key_block<'c>(
+/// One step of the online softmax over keys `[first, first + n)`: the new running max, the
+/// factor that rescales what was accumulated before, each key's weight, the new sum, and
+/// the keys' row offsets in the cache.
+struct Step<'c> {
+    max: V<'c>,
+    correction: V<'c>,
+    weights: Vec<V<'c>>,
+    sum: V<'c>,
+    bases: Vec<V<'c>>,
+}
+
+fn softmax_step<'c>(
     e: &Emitter<'c, '_>,
     head: &Head<'c>,
     first: V<'c>,
     n: usize,
-    state: &[V<'c>],
-) -> Vec<V<'c>> {
+    (max, sum): (V<'c>, V<'c>),
+) -> Step<'c> {
     let hd = head.head_dim;
     let bases: Vec<V<'c>> = (0..n)
         .map(|b| e.addi(head.kv_base, e.mul_k(e.add_k(first, b), hd)))
@@ -125,26 +153,62 @@ fn key_block<'c>(
         e.vector_of(&dots(e, head.q, (head.k, head.kv), &bases, hd, 1))
     };
     let scores = e.mulf(scores, e.f32_splat(head.scale, n));
-    let (max, sum) = (state[0], state[1]);
     let new_max = e.maxf(max, e.reduce("maximumf", scores));
     let correction = e.math("exp", e.subf(max, new_max));
     let weights = e.math("exp", e.subf(scores, e.splat(new_max, n)));
     let new_sum = e.fma(sum, correction, e.reduce("add", weights));
-    let lanes: Vec<V<'c>> = (0..n).map(|b| e.extract(weights, b)).collect();
+    Step {
+        max: new_max,
+        correction,
+        weights: (0..n).map(|b| e.extract(weights, b)).collect(),
+        sum: new_sum,
+        bases,
+    }
+}
+
+/// Folds keys `[first, first + n)` into the running `(max, sum)` and the accumulator.
+fn key_block<'c>(
+    e: &Emitter<'c, '_>,
+    head: &Head<'c>,
+    first: V<'c>,
+    n: usize,
+    state: &[V<'c>],
+) -> Vec<V<'c>> {
+    let hd = head.head_dim;
+    let step = softmax_step(e, head, first, n, (state[0], state[1]));
     let (out, row) = head.out;
     for_chunks(e, hd, 1, |e, offset, width| {
         let at = e.addi(row, offset);
         let mut o = e.mulf(
             load_f32(e, out, at, width, Elem::F32),
-            e.splat(correction, width),
+            e.splat(step.correction, width),
         );
-        for (b, base) in bases.iter().enumerate() {
+        for (b, base) in step.bases.iter().enumerate() {
             let value = load_f32(e, head.v, e.addi(*base, offset), width, head.kv);
-            o = e.fma(e.splat(lanes[b], width), value, o);
+            o = e.fma(e.splat(step.weights[b], width), value, o);
         }
         e.vstore(o, out, at);
     });
-    vec![new_max, new_sum]
+    vec![step.max, step.sum]
+}
+
+/// As [`key_block`] for the thread of output element `d` (the GPU schedule): the
+/// accumulator is that one element, carried in a register (`state[2]`).
+fn key_block_lane<'c>(
+    e: &Emitter<'c, '_>,
+    head: &Head<'c>,
+    first: V<'c>,
+    n: usize,
+    state: &[V<'c>],
+    d: V<'c>,
+) -> Vec<V<'c>> {
+    let step = softmax_step(e, head, first, n, (state[0], state[1]));
+    let mut o = e.mulf(state[2], step.correction);
+    for (b, base) in step.bases.iter().enumerate() {
+        let value = e.extract(load_f32(e, head.v, e.addi(*base, d), 1, head.kv), 0);
+        o = e.fma(step.weights[b], value, o);
+    }
+    vec![step.max, step.sum, o]
 }
 
 /// The scores `q · K[base_b]` of a full block of `VW` keys as one vector: one accumulator

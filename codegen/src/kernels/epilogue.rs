@@ -10,7 +10,8 @@
 use super::Frame;
 use super::act::apply;
 use super::emit::{Emitter, V, VW};
-use super::rows::{for_chunks, load_f32};
+use super::rows::load_f32;
+use super::warp::{split_chunks, split_range};
 use melior::dialect::arith::CmpiPredicate;
 use zambac_engine::Elem;
 use zambac_engine::EpilogueOp;
@@ -40,7 +41,7 @@ pub(crate) fn epilogue<'c>(
     match op {
         EpilogueOp::None | EpilogueOp::Act(_) | EpilogueOp::Mul => {
             let m = matches!(op, EpilogueOp::Mul).then(|| f.view(Role::M));
-            for_chunks(e, n, 2, |e, column, width| {
+            split_chunks(e, f, n, 2, |e, column, width| {
                 let v = input(e, column, width);
                 let v = match (op, m) {
                     (EpilogueOp::Act(act), _) => apply(e, *act, v),
@@ -55,7 +56,7 @@ pub(crate) fn epilogue<'c>(
         EpilogueOp::Gate(act) => {
             let half = n / 2;
             let orow = e.mul_k(f.item, half);
-            for_chunks(e, half, 2, |e, column, width| {
+            split_chunks(e, f, half, 2, |e, column, width| {
                 let gate = apply(e, *act, input(e, column, width));
                 let up = input(e, e.add_k(column, half), width);
                 e.vstore(e.mulf(gate, up), out, e.addi(orow, column));
@@ -77,7 +78,9 @@ pub(crate) fn epilogue<'c>(
             let half = head_dim / 2;
             let freqs = Frequencies::new(e, f, &rope);
             let factor = rope.attention_factor();
-            e.for_k(0, heads, 1, &[], |e, h, _| {
+            // Heads are independent (a rotation pairs elements of one head only): with
+            // several lanes each takes every lanes-th head.
+            split_range(e, f, heads, |e, h| {
                 let head = e.mul_k(h, head_dim);
                 let rotate = |e: &Emitter<'c, '_>, start: V<'c>, width: usize, inv: V<'c>| {
                     let angle = e.mulf(e.splat(position, width), inv);
@@ -114,7 +117,6 @@ pub(crate) fn epilogue<'c>(
                     let inv = freqs.lanes(e, start..half);
                     rotate(e, e.index(start as i64), half - start, inv);
                 }
-                vec![]
             });
         }
     }

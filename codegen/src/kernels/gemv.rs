@@ -5,11 +5,13 @@
 //! from each of `block` contiguous stripes of the range (see [`strided_blocks`]): every
 //! `VW`-chunk of `x` is loaded once and multiplied into all of them, each row keeps its own
 //! accumulator, and bf16/f16 weights are widened to f32 in registers (bf16: zero-extend to
-//! i32, shift left 16, bitcast). On the GPU every thread computes one row.
+//! i32, shift left 16, bitcast). On the GPU a warp computes one row ([`warp_rows`]): its
+//! loads of the row are one coalesced stretch, and shuffles add the lanes' sums.
 
-use super::Frame;
-use super::emit::{Emitter, V};
-use super::rows::dots;
+use super::emit::{Emitter, V, VW};
+use super::rows::{dots, load_f32};
+use super::warp::{first_lane, warp_sum};
+use super::{Frame, WARP};
 use melior::dialect::arith::CmpiPredicate;
 use zambac_engine::Elem;
 use zambac_engine::Role;
@@ -71,6 +73,10 @@ pub(crate) fn gemv<'c>(
             part
         })
         .collect();
+    if f.gpu_schedule {
+        warp_rows(e, f, &shape, &parts);
+        return;
+    }
     if f.block == 1 {
         single_row(e, &shape, &parts, f.item);
         return;
@@ -126,6 +132,72 @@ fn strided_blocks<'c>(
             });
         }
     });
+}
+
+/// The GPU schedule: the warp of grid index `row` computes that row. Lane `l` takes the
+/// `VW`-chunks `l, l + 32, l + 64, …` of the row, so each round of the warp's loads is one
+/// contiguous stretch of `32·VW` weights, then the elements past the last whole round one
+/// apiece; [`warp_sum`] adds the 32 partial sums and the first lane stores the row.
+fn warp_rows<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, shape: &Shape<'c>, parts: &[Part<'c>]) {
+    let row = f.item;
+    let one = |e: &Emitter<'c, '_>, part: &Part<'c>| {
+        let local = e.subi(row, e.index(part.first as i64));
+        let base = e.mul_k(local, shape.ld);
+        let mut sum = warp_sum(e, f, |e, lane| lane_dot(e, shape, part, base, lane));
+        e.when(first_lane(e, f), |e| {
+            if shape.accumulate {
+                sum = e.addf(e.load(part.y, local), sum);
+            }
+            e.store(sum, part.y, local);
+        });
+    };
+    if let [part] = parts {
+        one(e, part);
+        return;
+    }
+    for part in parts {
+        e.when(contains(e, part, row, 1), |e| one(e, part));
+    }
+}
+
+/// One lane's share of `x · W[row]` for the row starting at `base` (see [`warp_rows`]).
+fn lane_dot<'c>(
+    e: &Emitter<'c, '_>,
+    shape: &Shape<'c>,
+    part: &Part<'c>,
+    base: V<'c>,
+    lane: V<'c>,
+) -> V<'c> {
+    let round = WARP * VW;
+    let rounds = shape.k / round;
+    let mut sum = e.f32(0.0);
+    if rounds > 0 {
+        let first = e.mul_k(lane, VW);
+        let acc = e.for_k(0, rounds, 1, &[e.f32_splat(0.0, VW)], |e, r, acc| {
+            let at = e.addi(e.mul_k(r, round), first);
+            let xv = load_f32(e, shape.x, at, VW, Elem::F32);
+            let wv = load_f32(e, part.w, e.addi(base, at), VW, shape.elem);
+            vec![e.fma(xv, wv, acc[0])]
+        });
+        sum = e.reduce("add", acc[0]);
+    }
+    let tail = rounds * round;
+    if tail < shape.k {
+        let from = e.add_k(lane, tail);
+        let rest = e.for_(
+            from,
+            e.index(shape.k as i64),
+            e.index(WARP as i64),
+            &[sum],
+            |e, j, acc| {
+                let xv = e.load(shape.x, j);
+                let wv = e.extract(load_f32(e, part.w, e.addi(base, j), 1, shape.elem), 0);
+                vec![e.fma(xv, wv, acc[0])]
+            },
+        );
+        sum = rest[0];
+    }
+    sum
 }
 
 /// Whether grid rows `[row, row + n)` all belong to `part`.

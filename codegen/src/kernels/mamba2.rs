@@ -8,6 +8,9 @@
 //! those tokens: `S ← decay·S + (Δ·x)·B`, `y = S·C (+ D·x)`, reading B and C from the
 //! token's xBC row (L1-resident), and stored back once. Within a chunk of tokens the only
 //! memory traffic per state row is B, C and x; the state itself never leaves registers.
+//!
+//! On the GPU each state row is a thread of its own (`P` lanes per head): the rows share
+//! nothing but the head's Δ, B and C, which every lane reads (from L1) and computes itself.
 
 use super::Frame;
 use super::act::softplus;
@@ -50,10 +53,12 @@ struct Head<'c> {
     c_column: V<'c>,
     /// First element of this head's state.
     state_base: V<'c>,
+    /// The state rows this thread carries: all `P` on the host, one per lane on the GPU
+    /// (rows are independent: each has its own x, and B, C, Δ are the head's).
+    rows: (V<'c>, V<'c>),
     width: usize,
     cd: usize,
     di: usize,
-    p: usize,
     n: usize,
 }
 
@@ -82,6 +87,10 @@ pub(crate) fn scan<'c>(
     let cd = di + 2 * gn;
     let group = e.divui(h, e.index((s.heads / s.groups) as i64));
     let b_column = e.add_k(e.mul_k(group, n), di);
+    let rows_of_thread = match f.lanes {
+        1 => (e.index(0), e.index(p as i64)),
+        _ => (f.lane, e.add_k(f.lane, 1)),
+    };
     let head = Head {
         zx,
         xbc,
@@ -96,17 +105,24 @@ pub(crate) fn scan<'c>(
         b_column,
         c_column: e.add_k(b_column, gn),
         state_base: e.mul_k(h, p * n),
+        rows: rows_of_thread,
         width: s.width,
         cd,
         di,
-        p,
         n,
     };
     if !step {
-        for_chunks(e, p * n, 2, |e, offset, width| {
-            let at = e.addi(head.state_base, offset);
-            e.vstore(e.f32_splat(0.0, width), state, at);
-        });
+        if f.lanes == 1 {
+            for_chunks(e, p * n, 2, |e, offset, width| {
+                let at = e.addi(head.state_base, offset);
+                e.vstore(e.f32_splat(0.0, width), state, at);
+            });
+        } else {
+            let row = e.addi(head.state_base, e.mul_k(f.lane, n));
+            for_chunks(e, n, 2, |e, offset, width| {
+                e.vstore(e.f32_splat(0.0, width), state, e.addi(row, offset));
+            });
+        }
     }
     let full = e.mul_k(e.divui(rows, e.index(TOKENS as i64)), TOKENS);
     e.for_(e.index(0), full, e.index(TOKENS as i64), &[], |e, t, _| {
@@ -135,7 +151,7 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
     let decays: Vec<V<'c>> = (0..count).map(|j| e.extract(decay, j)).collect();
     let xbc_rows: Vec<V<'c>> = rows.iter().map(|t| e.mul_k(*t, head.cd)).collect();
     let y_rows: Vec<V<'c>> = rows.iter().map(|t| e.mul_k(*t, head.di)).collect();
-    e.for_k(0, head.p, 1, &[], |e, p, _| {
+    e.for_(head.rows.0, head.rows.1, e.index(1), &[], |e, p, _| {
         let x_at = e.addi(head.x_column, p);
         let xs: Vec<V<'c>> = xbc_rows
             .iter()

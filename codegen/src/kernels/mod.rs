@@ -25,6 +25,7 @@ mod mamba2;
 mod misc;
 mod norm;
 mod rows;
+mod warp;
 
 pub(crate) use abi::top_level;
 pub use abi::{GpuParam, Target, VectorMath, build_module, gpu_params, grid_function};
@@ -61,6 +62,13 @@ pub(crate) struct Frame<'c, 's> {
     /// One grid index per thread (the GPU, or its schedule run on the host): kinds that
     /// block work in registers keep fewer values live.
     pub gpu_schedule: bool,
+    /// Threads per grid index ([`lanes`]) and this thread's lane among them (`0` when 1).
+    pub lanes: usize,
+    pub lane: V<'c>,
+    /// Whether the lanes of a warp run as threads that exchange values with shuffles (the
+    /// GPU) rather than as a loop inside one iteration (the GPU schedule on the host); see
+    /// [`warp::warp_sum`].
+    pub warp_threads: bool,
 }
 
 impl<'c> Frame<'c, '_> {
@@ -117,6 +125,51 @@ impl<'c> Frame<'c, '_> {
 const GEMV_ROWS: usize = 8;
 const CONV_CHANNELS: usize = 8;
 
+/// Threads of a warp: the lanes a [`warp::warp_sum`] combines.
+pub(crate) const WARP: usize = 32;
+
+/// Whether `kind`'s GPU schedule gives each grid index a warp whose lanes split the work and
+/// combine it with [`warp::warp_sum`] (a row's dot product or sum of squares).
+pub(crate) fn warp_kind(kind: &KernelKind) -> bool {
+    matches!(
+        kind,
+        KernelKind::Gemv { .. }
+            | KernelKind::RmsNorm { .. }
+            | KernelKind::AddRmsNorm { .. }
+            | KernelKind::ConcatRmsNorm { .. }
+            | KernelKind::ConcatRmsScale { .. }
+            | KernelKind::Mamba2GateNorm { .. }
+    )
+}
+
+/// Whether `kind`'s GPU schedule splits each grid index's independent elements (or heads)
+/// between a warp's lanes, which exchange nothing ([`warp::split_chunks`]).
+pub(crate) fn chunk_kind(kind: &KernelKind) -> bool {
+    matches!(
+        kind,
+        KernelKind::Embedding { .. }
+            | KernelKind::Binary { .. }
+            | KernelKind::RowScale { .. }
+            | KernelKind::Epilogue { .. }
+            | KernelKind::KvWrite { .. }
+    )
+}
+
+/// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s on the GPU (on
+/// the host the warp's lanes are a loop inside one iteration), one per state row for the
+/// Mamba2 scan (rows are independent) and one per output element for decode attention (each
+/// computes every score itself), else one.
+pub fn lanes(kind: &KernelKind, target: Target) -> usize {
+    match (target, kind) {
+        (Target::Host, _) => 1,
+        (_, KernelKind::Mamba2Scan { head_dim, .. })
+        | (_, KernelKind::AttentionDecode { head_dim, .. }) => (*head_dim).max(1),
+        (Target::Gpu, k) if warp_kind(k) => WARP,
+        (_, k) if chunk_kind(k) => WARP,
+        _ => 1,
+    }
+}
+
 /// Grid indices per iteration of `kind` on `target`.
 pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
     match (target, kind) {
@@ -131,6 +184,9 @@ pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
 
 /// f32 elements of private working memory one call of `kind` needs (0: none).
 pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
+    if target == Target::HostWithGpuSchedule && warp_kind(kind) {
+        return WARP;
+    }
     match kind {
         KernelKind::AttentionPrefill { head_dim, .. } => {
             attention::prefill_stack(*head_dim, attention::Blocking::new(target.gpu_schedule()))

@@ -2,14 +2,47 @@
 //! residual add, over a concatenation, and Mamba2's gate + grouped norm.
 //!
 //! Each row is read twice — once for the sum of squares, once to scale — in `VW`-wide
-//! chunks; the second pass hits L1/L2 because a row is at most a few KiB.
+//! chunks; the second pass hits L1/L2 because a row is at most a few KiB. On the GPU a warp
+//! takes a row: each lane sums the squares of its chunks ([`lane_sum_chunks`]), a
+//! [`warp_sum`] gives every lane the row's total, and each lane scales the chunks it read.
 
 use super::Frame;
 use super::act::silu;
 use super::emit::{Emitter, V};
 use super::rows::{for_chunks, load_f32, sum_chunks};
+use super::warp::{first_lane, for_lanes, lane_chunks, lane_sum_chunks, warp_sum};
 use zambac_engine::Elem;
 use zambac_engine::Role;
+
+/// `Σ` over a row of `n` elements of what `body(e, offset, width, acc)` accumulates: by one
+/// thread on the host, by the lanes of a warp and a [`warp_sum`] in a GPU schedule.
+fn row_sum<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    n: usize,
+    body: impl Fn(&Emitter<'c, '_>, V<'c>, usize, V<'c>) -> V<'c>,
+) -> V<'c> {
+    if f.gpu_schedule {
+        warp_sum(e, f, |e, lane| lane_sum_chunks(e, n, lane, &body))
+    } else {
+        sum_chunks(e, n, UNROLL, body)
+    }
+}
+
+/// `body(e, offset, width)` over a row of `n` elements, split as [`row_sum`] splits it (each
+/// lane the chunks it summed).
+fn row_each<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    n: usize,
+    body: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
+) {
+    if f.gpu_schedule {
+        for_lanes(e, f, |e, lane| lane_chunks(e, n, lane, &body));
+    } else {
+        for_chunks(e, n, 2, body);
+    }
+}
 
 /// Accumulators of the sum-of-squares loop: enough independent chains to hide FMA latency.
 const UNROLL: usize = 4;
@@ -26,8 +59,14 @@ fn load<'c>(e: &Emitter<'c, '_>, mem: V<'c>, base: V<'c>, offset: V<'c>, width: 
 }
 
 /// `Σ x²` over `x[base .. base+n]`.
-fn sum_squares<'c>(e: &Emitter<'c, '_>, x: V<'c>, base: V<'c>, n: usize) -> V<'c> {
-    sum_chunks(e, n, UNROLL, |e, offset, width, acc| {
+fn sum_squares<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    x: V<'c>,
+    base: V<'c>,
+    n: usize,
+) -> V<'c> {
+    row_sum(e, f, n, |e, offset, width, acc| {
         let v = load(e, x, base, offset, width);
         e.fma(v, v, acc)
     })
@@ -36,13 +75,14 @@ fn sum_squares<'c>(e: &Emitter<'c, '_>, x: V<'c>, base: V<'c>, n: usize) -> V<'c
 /// `out[obase + j] = src[sbase + j] · inv · w[wbase + j]` for `j < n`.
 fn scale_row<'c>(
     e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
     (src, sbase): (V<'c>, V<'c>),
     (w, wbase): (V<'c>, V<'c>),
     (out, obase): (V<'c>, V<'c>),
     inv: V<'c>,
     n: usize,
 ) {
-    for_chunks(e, n, 2, |e, offset, width| {
+    row_each(e, f, n, |e, offset, width| {
         let v = load(e, src, sbase, offset, width);
         let s = load(e, w, wbase, offset, width);
         let y = e.mulf(e.mulf(v, e.splat(inv, width)), s);
@@ -64,8 +104,8 @@ pub(crate) fn rms_norm<'c>(
     e.for_k(0, groups, 1, &[], |e, g, _| {
         let wbase = e.mul_k(g, gw);
         let base = e.addi(row, wbase);
-        let inv = inv_rms(e, sum_squares(e, x, base, gw), gw, eps);
-        scale_row(e, (x, base), (w, wbase), (out, base), inv, gw);
+        let inv = inv_rms(e, sum_squares(e, f, x, base, gw), gw, eps);
+        scale_row(e, f, (x, base), (w, wbase), (out, base), inv, gw);
         vec![]
     });
 }
@@ -81,7 +121,7 @@ pub(crate) fn add_rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, d: usize,
         f.view(Role::Out),
     );
     let row = e.mul_k(f.item, d);
-    let ss = sum_chunks(e, d, UNROLL, |e, offset, width, acc| {
+    let ss = row_sum(e, f, d, |e, offset, width, acc| {
         let s = e.addf(
             load(e, a, row, offset, width),
             load(e, b, row, offset, width),
@@ -90,7 +130,7 @@ pub(crate) fn add_rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, d: usize,
         e.fma(s, s, acc)
     });
     let inv = inv_rms(e, ss, d, eps);
-    scale_row(e, (sum, row), (w, e.index(0)), (out, row), inv, d);
+    scale_row(e, f, (sum, row), (w, e.index(0)), (out, row), inv, d);
 }
 
 /// [`zambac_engine::KernelKind::ConcatRmsNorm`].
@@ -109,13 +149,13 @@ pub(crate) fn concat_rms_norm<'c>(
     );
     let (arow, brow) = (e.mul_k(f.item, da), e.mul_k(f.item, db));
     let orow = e.mul_k(f.item, da + db);
-    let inv = concat_inv_rms(e, (a, arow, da), (b, brow, db), eps);
+    let inv = concat_inv_rms(e, f, (a, arow, da), (b, brow, db), eps);
     if da > 0 {
-        scale_row(e, (a, arow), (w, e.index(0)), (out, orow), inv, da);
+        scale_row(e, f, (a, arow), (w, e.index(0)), (out, orow), inv, da);
     }
     if db > 0 {
         let (wb, ob) = (e.index(da as i64), e.add_k(orow, da));
-        scale_row(e, (b, brow), (w, wb), (out, ob), inv, db);
+        scale_row(e, f, (b, brow), (w, wb), (out, ob), inv, db);
     }
 }
 
@@ -129,23 +169,28 @@ pub(crate) fn concat_rms_scale<'c>(
 ) {
     let (a, b, r) = (f.view(Role::A), f.view(Role::B), f.view(Role::R));
     let (arow, brow) = (e.mul_k(f.item, da), e.mul_k(f.item, db));
-    let inv = concat_inv_rms(e, (a, arow, da), (b, brow, db), eps);
-    e.store(inv, r, f.item);
+    let inv = concat_inv_rms(e, f, (a, arow, da), (b, brow, db), eps);
+    if f.gpu_schedule {
+        e.when(first_lane(e, f), |e| e.store(inv, r, f.item));
+    } else {
+        e.store(inv, r, f.item);
+    }
 }
 
 /// `1/rms` of the concatenation of the rows `a[arow .. arow+da]` and `b[brow .. brow+db]`.
 fn concat_inv_rms<'c>(
     e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
     (a, arow, da): (V<'c>, V<'c>, usize),
     (b, brow, db): (V<'c>, V<'c>, usize),
     eps: f64,
 ) -> V<'c> {
     let mut ss = e.f32(0.0);
     if da > 0 {
-        ss = e.addf(ss, sum_squares(e, a, arow, da));
+        ss = e.addf(ss, sum_squares(e, f, a, arow, da));
     }
     if db > 0 {
-        ss = e.addf(ss, sum_squares(e, b, brow, db));
+        ss = e.addf(ss, sum_squares(e, f, b, brow, db));
     }
     inv_rms(e, ss, da + db, eps)
 }
@@ -174,14 +219,14 @@ pub(crate) fn gate_norm<'c>(
         let (ybase, zbase) = (e.addi(yrow, wbase), e.addi(zrow, wbase));
         // One chunk per iteration: SiLU's exponential already gives each iteration enough
         // independent work, and four unrolled chunks of it spill on the GPU.
-        let ss = sum_chunks(e, gw, 1, |e, offset, lanes, acc| {
+        let ss = row_sum(e, f, gw, |e, offset, lanes, acc| {
             let z = load(e, zx, zbase, offset, lanes);
             let gated = e.mulf(load(e, y, ybase, offset, lanes), silu(e, z));
             e.vstore(gated, out, e.addi(ybase, offset));
             e.fma(gated, gated, acc)
         });
         let inv = inv_rms(e, ss, gw, eps);
-        scale_row(e, (out, ybase), (w, wbase), (out, ybase), inv, gw);
+        scale_row(e, f, (out, ybase), (w, wbase), (out, ybase), inv, gw);
         vec![]
     });
 }

@@ -19,9 +19,9 @@ pub enum GpuParam {
     View(usize),
     /// The launch's integer argument `i`.
     Int(usize),
-    /// The first grid index of the launch.
+    /// The first thread of the launch: its first grid index × [`GpuEntry::lanes`].
     Begin,
-    /// The end of the launch's grid range.
+    /// The end of the launch's range of threads: the end of its grid range × lanes.
     End,
 }
 
@@ -33,8 +33,13 @@ pub struct GpuEntry {
     pub symbol: String,
     /// The entry's parameters, in order.
     pub params: Vec<GpuParam>,
-    /// Threads per block: a launch over `[begin, end)` runs `⌈(end − begin) / block_size⌉`
-    /// blocks, one grid index per thread. The PTX says `.maxntid` of the same.
+    /// Threads per grid index: a launch over `[begin, end)` runs `(end − begin) · lanes`
+    /// threads (a warp per row for a warp-reducing kernel, a thread per state row for the
+    /// Mamba2 scan).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub lanes: u32,
+    /// Threads per block: a launch runs `⌈threads / block_size⌉` blocks. The PTX says
+    /// `.maxntid` of the same.
     pub block_size: u32,
     /// Registers per thread, as `ptxas` reported them (absent when the build had no ptxas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,6 +47,14 @@ pub struct GpuEntry {
     /// Static shared memory per block in bytes, as `ptxas` reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_bytes: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(x: &u32) -> bool {
+    *x == 1
 }
 
 impl GpuEntry {
@@ -117,7 +130,10 @@ mod tests {
 
     #[test]
     fn entry_parameters_are_read_back_by_exact_name() {
-        assert_eq!(ptx_entry_params(PTX, "zk_a"), Some(vec!["u64".into(), "u64".into()]));
+        assert_eq!(
+            ptx_entry_params(PTX, "zk_a"),
+            Some(vec!["u64".into(), "u64".into()])
+        );
         assert_eq!(ptx_entry_params(PTX, "zk_ab"), Some(vec!["u32".into()]));
         assert_eq!(ptx_entry_params(PTX, "zk_b"), None);
     }

@@ -41,9 +41,12 @@ impl Engine {
         let (manifest, identity) = read_manifest(&dir.join(MANIFEST_FILE))?;
         let weights = map_weights(&dir.join(WEIGHTS_FILE), &manifest.weights)?;
         check_file(&dir, &manifest.host)?;
-        for f in [manifest.gpu.as_ref().map(|g| &g.ptx), manifest.model.tokenizer.as_ref()]
-            .into_iter()
-            .flatten()
+        for f in [
+            manifest.gpu.as_ref().map(|g| &g.ptx),
+            manifest.model.tokenizer.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             check_file(&dir, f)?;
         }

@@ -55,7 +55,10 @@ fn weights_round_trip_bit_exact_and_bf16_rounds_to_nearest_even() {
     let gpu = m.gpu.as_ref().expect("the toy engine has GPU code");
     assert_eq!(gpu.ptx.xxh3, Checksum::of(PTX));
     assert_eq!(gpu.chip, "sm_90");
-    assert_eq!(gpu.kernels, common::companions(&parts.kernels).gpu.unwrap().kernels);
+    assert_eq!(
+        gpu.kernels,
+        common::companions(&parts.kernels).gpu.unwrap().kernels
+    );
     assert_eq!(
         fs::read(engine.tokenizer_path().unwrap()).unwrap(),
         TOKENIZER

@@ -371,7 +371,8 @@ fn gpu_kernels(m: &mut Value) -> &mut Vec<Value> {
 
 #[test]
 fn a_gpu_launch_table_that_disagrees_with_the_kernels_is_refused() {
-    let broken: [(&str, fn(&mut Value)); 5] = [
+    type Edit = fn(&mut Value);
+    let broken: [(&str, Edit); 5] = [
         ("launch entries for", |m| {
             gpu_kernels(m).pop();
         }),
@@ -388,7 +389,9 @@ fn a_gpu_launch_table_that_disagrees_with_the_kernels_is_refused() {
                 .unwrap()
                 .push(serde_json::json!("begin"));
         }),
-        ("block size 0", |m| gpu_kernels(m)[0]["block_size"] = 0.into()),
+        ("block size 0", |m| {
+            gpu_kernels(m)[0]["block_size"] = 0.into()
+        }),
     ];
     for (expect, edit) in broken {
         let tmp = tempfile::tempdir().unwrap();

@@ -29,12 +29,17 @@ pub struct MaterializeArgs {
 
 fn read(dir: &Path, file: &str) -> Result<Vec<u8>, RuntimeError> {
     let path = dir.join(file);
-    std::fs::read(&path).map_err(|e| RuntimeError::load(path.display().to_string(), None, e.to_string()))
+    std::fs::read(&path)
+        .map_err(|e| RuntimeError::load(path.display().to_string(), None, e.to_string()))
 }
 
 /// The seed of an engine built with random weights, from the build record.
 fn seed_of(m: &Manifest, manifest: &str) -> Result<u64, RuntimeError> {
-    let recorded = m.build.get("weights").and_then(|w| w.as_str()).unwrap_or("");
+    let recorded = m
+        .build
+        .get("weights")
+        .and_then(|w| w.as_str())
+        .unwrap_or("");
     recorded
         .strip_prefix("random:")
         .and_then(|s| s.parse().ok())

@@ -389,7 +389,10 @@ impl CpuBackend {
 /// Refuses host code generated for extensions this CPU lacks: it would stop on the first
 /// instruction the CPU does not have. (An engine built without a recorded target predates
 /// the check and is refused by its format version.)
-pub(crate) fn check_host_target(target: Option<&TargetCpu>, manifest: &str) -> Result<(), RuntimeError> {
+pub(crate) fn check_host_target(
+    target: Option<&TargetCpu>,
+    manifest: &str,
+) -> Result<(), RuntimeError> {
     let Some(t) = target else {
         return Err(RuntimeError::load(
             manifest,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
 use cudarc::cublas::sys::{self as cublas, cublasComputeType_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use zambac_engine::Elem;
 
 use super::{Bound, DRegion, addr, driver};
@@ -126,8 +126,9 @@ impl Blas {
             .map_err(|e| RuntimeError::Internal(format!("cannot create a cuBLAS handle: {e}")))?;
         // SAFETY: a live handle; the default math mode keeps f32 products in f32 (TF32 only
         // with CUBLAS_TF32_TENSOR_OP_MATH or a FAST_TF32 compute type, neither used here).
-        let status =
-            unsafe { cublas::cublasSetMathMode(*blas.handle(), cublas::cublasMath_t::CUBLAS_DEFAULT_MATH) };
+        let status = unsafe {
+            cublas::cublasSetMathMode(*blas.handle(), cublas::cublasMath_t::CUBLAS_DEFAULT_MATH)
+        };
         if status != cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
             return Err(RuntimeError::Internal(format!(
                 "cannot set cuBLAS's math mode: {status:?}"
@@ -150,7 +151,13 @@ impl Blas {
     }
 
     /// `o` (`rows × cols`, f32) as a contiguous row-major bf16 copy in copy buffer `which`.
-    fn rounded(&mut self, which: usize, o: &Operand, rows: usize, cols: usize) -> Result<Operand, String> {
+    fn rounded(
+        &mut self,
+        which: usize,
+        o: &Operand,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Operand, String> {
         let elems = rows * cols;
         let slot = self.copies.get_mut(which).ok_or("no such copy buffer")?;
         if slot.as_ref().is_none_or(|b| b.len() < elems * 2) {
@@ -161,7 +168,10 @@ impl Blas {
                     .map_err(|e| format!("cannot allocate a bf16 copy of {elems} values: {e}"))?,
             );
         }
-        let dst = addr(slot.as_ref().ok_or("the copy buffer vanished")?, &self.stream);
+        let dst = addr(
+            slot.as_ref().ok_or("the copy buffer vanished")?,
+            &self.stream,
+        );
         let blocks = u32::try_from(elems.div_ceil(CAST_BLOCK as usize))
             .map_err(|_| format!("{elems} values are too many to round in one launch"))?;
         let args: [u64; 6] = [

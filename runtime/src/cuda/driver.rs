@@ -21,9 +21,11 @@ pub(super) struct Device {
 pub fn probe() -> Result<usize, String> {
     // SAFETY: only tries to `dlopen` the driver library under its usual names.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err("the CUDA driver library (libcuda.so) is not installed on this machine; \
+        return Err(
+            "the CUDA driver library (libcuda.so) is not installed on this machine; \
                     the cuda backend needs an NVIDIA GPU and its driver (use --backend cpu)"
-            .into());
+                .into(),
+        );
     }
     let count = CudaContext::device_count()
         .map_err(|e| format!("the CUDA driver found no usable GPU: {e}"))?;
@@ -59,7 +61,9 @@ pub(super) fn open(ordinal: usize, chip: &str) -> Result<Device, RuntimeError> {
         .map_err(|e| failed("cannot query", &e))?;
     let have = (major.max(0) as u32) * 10 + minor.max(0) as u32;
     let need = sm_number(chip).ok_or_else(|| {
-        RuntimeError::Input(format!("the engine's GPU code is for `{chip}`, not an sm_NN chip"))
+        RuntimeError::Input(format!(
+            "the engine's GPU code is for `{chip}`, not an sm_NN chip"
+        ))
     })?;
     let gpu_name = ctx.name().unwrap_or_else(|_| "an unnamed GPU".into());
     if have < need {

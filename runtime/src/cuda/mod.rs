@@ -20,20 +20,18 @@ mod verify;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use cudarc::driver::{CudaEvent, DriverError, PushKernelArg};
 use zambac_engine::{
     Elem, Engine, GpuEntry, GpuParam, MANIFEST_FILE, PTX_FILE, ProgramName, StateSpec,
     gpu::ptx_entry_params,
 };
 
-use crate::cpu::{Dims, ProfileRow};
 use crate::cpu::plan::{Buf, Output, PStep, PView, Plan};
+use crate::cpu::{Dims, ProfileRow};
 use crate::error::RuntimeError;
-use crate::session::{
-    Backend, DeviceState, State, check_room, check_room_for, check_tokens,
-};
+use crate::session::{Backend, DeviceState, State, check_room, check_room_for, check_tokens};
 use crate::tensor::Tensor;
 use blas::Blas;
 pub use driver::probe;
@@ -52,6 +50,7 @@ struct DRegion {
 struct Entry {
     func: CudaFunction,
     params: Vec<GpuParam>,
+    lanes: u32,
     block: u32,
 }
 
@@ -131,9 +130,8 @@ impl CudaBackend {
         })?;
         let device = driver::open(ordinal, &gpu.chip)?;
         let ptx_path = engine.dir().join(PTX_FILE);
-        let ptx = std::fs::read_to_string(&ptx_path).map_err(|e| {
-            RuntimeError::load(ptx_path.display().to_string(), None, e.to_string())
-        })?;
+        let ptx = std::fs::read_to_string(&ptx_path)
+            .map_err(|e| RuntimeError::load(ptx_path.display().to_string(), None, e.to_string()))?;
         check_entries(&ptx, &gpu.kernels)
             .map_err(|e| RuntimeError::load(ptx_path.display().to_string(), None, e))?;
         let (ctx, stream) = (device.ctx, device.stream);
@@ -152,6 +150,7 @@ impl CudaBackend {
                         )
                     })?,
                     params: e.params.clone(),
+                    lanes: e.lanes,
                     block: e.block_size,
                 })
             })
@@ -346,7 +345,9 @@ impl CudaBackend {
         let tensors = held
             .as_any()
             .downcast_ref::<DeviceTensors>()
-            .ok_or_else(|| RuntimeError::Internal("the device state is not this backend's".into()))?;
+            .ok_or_else(|| {
+                RuntimeError::Internal("the device state is not this backend's".into())
+            })?;
         let plan = match which {
             ProgramName::Prefill => &self.prefill,
             ProgramName::PrefillLast => self
@@ -449,6 +450,9 @@ impl CudaBackend {
                         .entries
                         .get(*kernel)
                         .ok_or_else(|| at(format!("kernel #{kernel} is not loaded")))?;
+                    let threads = grid
+                        .checked_mul(entry.lanes as usize)
+                        .ok_or_else(|| at(format!("a grid of {grid} overflows")))?;
                     values.clear();
                     for p in &entry.params {
                         values.push(match *p {
@@ -465,10 +469,11 @@ impl CudaBackend {
                                 d.eval(e).map_err(at)? as u64
                             }
                             GpuParam::Begin => 0,
-                            GpuParam::End => grid as u64,
+                            // The entry's range counts threads: grid indices × lanes.
+                            GpuParam::End => threads as u64,
                         });
                     }
-                    let blocks = grid.div_ceil(entry.block as usize);
+                    let blocks = threads.div_ceil(entry.block as usize);
                     let blocks = u32::try_from(blocks)
                         .ok()
                         .filter(|&b| b < i32::MAX as u32)
@@ -517,17 +522,31 @@ impl CudaBackend {
                         .manifest()
                         .kernels
                         .get(*kernel)
-                        .map_or("?".to_string(), |k| format!("{}, {}", k.symbol, k.kind.name())),
+                        .map_or("?".to_string(), |k| {
+                            format!("{}, {}", k.symbol, k.kind.name())
+                        }),
                     PStep::Gemm(_) => "product".to_string(),
                 };
-                v.check(i, step, &format!("{name} {what}"), before, &after, &call, d, &self.engine)
-                    .map_err(|e| internal(format!("step {i}: checking: {e}")))?;
+                v.check(
+                    i,
+                    step,
+                    &format!("{name} {what}"),
+                    before,
+                    &after,
+                    &call,
+                    d,
+                    &self.engine,
+                )
+                .map_err(|e| internal(format!("step {i}: checking: {e}")))?;
             }
         }
         let mut data = vec![0f32; logits_len];
-        let logits = self.io.bufs.get(2).and_then(Option::as_ref).ok_or_else(|| {
-            RuntimeError::Internal("the logits buffer vanished".into())
-        })?;
+        let logits = self
+            .io
+            .bufs
+            .get(2)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| RuntimeError::Internal("the logits buffer vanished".into()))?;
         let view = logits.slice(..logits_len * 4);
         let mut bytes = vec![0u8; logits_len * 4];
         stream
@@ -538,9 +557,9 @@ impl CudaBackend {
         }
         if let Some(times) = self.profile.as_mut() {
             for (slot, flops, start, end) in marks {
-                let ms = start
-                    .elapsed_ms(&end)
-                    .map_err(|e| RuntimeError::Internal(format!("cannot read a CUDA event: {e}")))?;
+                let ms = start.elapsed_ms(&end).map_err(|e| {
+                    RuntimeError::Internal(format!("cannot read a CUDA event: {e}"))
+                })?;
                 if let Some(t) = times.get_mut(slot) {
                     *t = (t.0 + 1, t.1 + f64::from(ms) / 1e3, t.2 + flops);
                 }
@@ -602,7 +621,10 @@ fn check_entries(ptx: &str, entries: &[GpuEntry]) -> Result<(), String> {
 /// The bytes of each slot (the largest value it holds) and workspace of `plan` at `d`;
 /// activations are f32.
 fn buffer_bytes(plan: &Plan, d: Dims) -> Result<(Vec<usize>, Vec<usize>), String> {
-    let bytes = |n: usize| n.checked_mul(4).ok_or_else(|| format!("{n} elements overflow"));
+    let bytes = |n: usize| {
+        n.checked_mul(4)
+            .ok_or_else(|| format!("{n} elements overflow"))
+    };
     let slots = plan
         .slots
         .iter()

@@ -135,7 +135,10 @@ impl DeviceState for DeviceTensors {
             .iter()
             .map(|h| {
                 let bytes = self.stream.clone_dtoh(&h.buf).map_err(|e| {
-                    RuntimeError::Internal(format!("cannot copy state `{}` from the GPU: {e}", h.role))
+                    RuntimeError::Internal(format!(
+                        "cannot copy state `{}` from the GPU: {e}",
+                        h.role
+                    ))
                 })?;
                 let data = bytes
                     .chunks_exact(4)

@@ -81,7 +81,9 @@ pub(super) fn capture(call: &Bound<'_>, stream: &Arc<CudaStream>) -> Result<Vec<
 fn value(bytes: &[u8], elem: Elem, i: usize) -> f64 {
     let at = |n: usize| bytes.get(i * n..(i + 1) * n);
     match elem {
-        Elem::F32 => at(4).map_or(f64::NAN, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64),
+        Elem::F32 => at(4).map_or(f64::NAN, |b| {
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
+        }),
         Elem::Bf16 => at(2).map_or(f64::NAN, |b| {
             f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16) as f64
         }),
@@ -169,7 +171,11 @@ impl Verifier {
                             if off * elem.size() > bytes.len() {
                                 return Err(format!("view {v:?} is past its weight"));
                             }
-                            bytes.as_ptr().wrapping_add(off * elem.size()).cast_mut().cast()
+                            bytes
+                                .as_ptr()
+                                .wrapping_add(off * elem.size())
+                                .cast_mut()
+                                .cast()
                         }
                     };
                     ptrs.push(ptr);

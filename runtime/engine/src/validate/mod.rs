@@ -92,6 +92,12 @@ fn gpu_table(gpu: &GpuCode, m: &Manifest) -> Result<(), String> {
             .kind
             .signature()
             .map_err(|e| format!("kernel `{}`: {e}", k.symbol))?;
+        if e.lanes == 0 || e.lanes > MAX_BLOCK_SIZE * 64 {
+            return Err(format!(
+                "kernel `{}`: {} threads per grid index",
+                k.symbol, e.lanes
+            ));
+        }
         if e.block_size == 0 || e.block_size > MAX_BLOCK_SIZE {
             return Err(format!(
                 "kernel `{}`: block size {} is not in 1..={MAX_BLOCK_SIZE}",
@@ -109,7 +115,11 @@ fn gpu_table(gpu: &GpuCode, m: &Manifest) -> Result<(), String> {
                 return Err(format!(
                     "kernel `{}`: parameter {p:?} is {} (it has {} views and {} integers)",
                     k.symbol,
-                    if ok { "listed twice" } else { "not one of its arguments" },
+                    if ok {
+                        "listed twice"
+                    } else {
+                        "not one of its arguments"
+                    },
                     sig.views.len(),
                     sig.ints.len()
                 ));

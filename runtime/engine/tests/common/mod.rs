@@ -31,6 +31,7 @@ pub fn companions(kernels: &[Kernel]) -> Companions<'static> {
                     .into_iter()
                     .chain((0..views).map(GpuParam::View))
                     .collect(),
+                lanes: 1,
                 block_size: 256,
                 registers: Some(32),
                 shared_bytes: Some(0),

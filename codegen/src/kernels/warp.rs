@@ -1,0 +1,203 @@
+//! Sums across the lanes of a warp, written once for both places a GPU schedule runs.
+//!
+//! On the GPU ([`Frame::warp_threads`]) each lane is a thread: it computes its own partial
+//! and a butterfly of `gpu.shuffle xor` (offsets 16, 8, 4, 2, 1) leaves the total in every
+//! lane. On the host the same schedule runs with the warp as a loop inside one grid
+//! iteration: the 32 partials are computed one after another into the iteration's private
+//! buffer, then combined by the same butterfly, pair by pair — the same additions in the
+//! same order, so the host run of a GPU schedule computes what the GPU computes.
+
+use melior::ir::Attribute;
+
+use super::emit::{Emitter, V, VW};
+use super::{Frame, WARP};
+
+/// The butterfly's offsets: after the step with offset `o`, lane `l` holds the sum of the
+/// `2·o` lanes whose indices agree with `l` above bit `o`.
+const OFFSETS: [usize; 5] = [16, 8, 4, 2, 1];
+
+/// `Σ_lane partial(lane)` over the warp's 32 lanes, in every lane. `partial` must depend
+/// on nothing but its lane (and values computed before the call).
+pub(crate) fn warp_sum<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    partial: impl Fn(&Emitter<'c, '_>, V<'c>) -> V<'c>,
+) -> V<'c> {
+    if f.warp_threads {
+        let mut sum = partial(e, f.lane);
+        for offset in OFFSETS {
+            let other = shuffle_xor(e, sum, offset);
+            sum = e.addf(sum, other);
+        }
+        return sum;
+    }
+    let Some(buffer) = f.stack else {
+        // `stack_size` gives every warp kind a buffer on the host; without one the build is
+        // inconsistent, which the verifier would report on the missing value.
+        return partial(e, e.index(0));
+    };
+    e.for_k(0, WARP, 1, &[], |e, lane, _| {
+        e.store(partial(e, lane), buffer, lane);
+        vec![]
+    });
+    let mut lanes: Vec<V<'c>> = (0..WARP)
+        .map(|l| e.load(buffer, e.index(l as i64)))
+        .collect();
+    for offset in OFFSETS {
+        lanes = (0..WARP)
+            .map(|l| e.addf(lanes[l], lanes[l ^ offset]))
+            .collect();
+    }
+    lanes[0]
+}
+
+/// Whether this thread is its warp's first lane (the one that stores a warp's result).
+pub(crate) fn first_lane<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>) -> V<'c> {
+    e.cmpi(
+        melior::dialect::arith::CmpiPredicate::Eq,
+        f.lane,
+        e.index(0),
+    )
+}
+
+/// `gpu.shuffle xor`: the value of lane `lane ^ offset`.
+fn shuffle_xor<'c>(e: &Emitter<'c, '_>, value: V<'c>, offset: usize) -> V<'c> {
+    let i32_t = e.int_t(32);
+    let offset = e.int_const(offset as i64, i32_t);
+    let width = e.int_const(WARP as i64, i32_t);
+    let mode =
+        Attribute::parse(e.cx, "#gpu<shuffle_mode xor>").expect("the gpu dialect's xor mode");
+    e.emit(
+        "gpu.shuffle",
+        &[value, offset, width],
+        &[e.f32_t(), e.int_t(1)],
+        &[("mode", mode)],
+    )[0]
+}
+
+/// Runs `body(e, lane)` for this thread's lane on the GPU, or for each of the warp's 32
+/// lanes in turn on the host: the second phase of a warp kernel, after a [`warp_sum`],
+/// where each lane finishes the elements it read in the first (no lane reads another's).
+pub(crate) fn for_lanes<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    body: impl Fn(&Emitter<'c, '_>, V<'c>),
+) {
+    if f.warp_threads {
+        body(e, f.lane);
+        return;
+    }
+    e.for_k(0, WARP, 1, &[], |e, lane, _| {
+        body(e, lane);
+        vec![]
+    });
+}
+
+/// A lane's share of `[0, len)`: the `VW`-chunks at `lane·VW + r·32·VW` of every whole round
+/// `r` (a warp's chunks of one round are contiguous), then the elements past the last round
+/// one apiece, at `rounds·32·VW + lane + 32·t`. Calls `f(e, offset, width)` for each.
+pub(crate) fn lane_chunks<'c>(
+    e: &Emitter<'c, '_>,
+    len: usize,
+    lane: V<'c>,
+    f: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
+) {
+    let round = WARP * VW;
+    let rounds = len / round;
+    if rounds > 0 {
+        let first = e.mul_k(lane, VW);
+        e.for_k(0, rounds, 1, &[], |e, r, _| {
+            f(e, e.addi(e.mul_k(r, round), first), VW);
+            vec![]
+        });
+    }
+    let tail = rounds * round;
+    if tail < len {
+        let from = e.add_k(lane, tail);
+        e.for_(
+            from,
+            e.index(len as i64),
+            e.index(WARP as i64),
+            &[],
+            |e, j, _| {
+                f(e, j, 1);
+                vec![]
+            },
+        );
+    }
+}
+
+/// As [`lane_chunks`], summing what `f(e, offset, width, acc)` accumulates into `acc` (a
+/// `vector<width x f32>`); returns the lane's f32 total.
+pub(crate) fn lane_sum_chunks<'c>(
+    e: &Emitter<'c, '_>,
+    len: usize,
+    lane: V<'c>,
+    f: impl Fn(&Emitter<'c, '_>, V<'c>, usize, V<'c>) -> V<'c>,
+) -> V<'c> {
+    let round = WARP * VW;
+    let rounds = len / round;
+    let mut sum = e.f32(0.0);
+    if rounds > 0 {
+        let first = e.mul_k(lane, VW);
+        let acc = e.for_k(0, rounds, 1, &[e.f32_splat(0.0, VW)], |e, r, acc| {
+            vec![f(e, e.addi(e.mul_k(r, round), first), VW, acc[0])]
+        });
+        sum = e.reduce("add", acc[0]);
+    }
+    let tail = rounds * round;
+    if tail < len {
+        let from = e.add_k(lane, tail);
+        let acc = e.for_(
+            from,
+            e.index(len as i64),
+            e.index(WARP as i64),
+            &[e.f32_splat(0.0, 1)],
+            |e, j, acc| vec![f(e, j, 1, acc[0])],
+        );
+        sum = e.addf(sum, e.reduce("add", acc[0]));
+    }
+    sum
+}
+
+/// `f(e, offset, width)` over `[0, len)`: every chunk in this iteration ([`for_chunks`]), or,
+/// when the frame has several lanes, this lane's share of them ([`lane_chunks`]) — for
+/// kernels whose elements are independent, whose lanes need no exchange.
+pub(crate) fn split_chunks<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    len: usize,
+    unroll: usize,
+    body: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
+) {
+    if f.lanes > 1 {
+        lane_chunks(e, len, f.lane, body);
+    } else {
+        super::rows::for_chunks(e, len, unroll, body);
+    }
+}
+
+/// `body(e, i)` for `i` in `[0, count)`: all of them in this iteration, or every `lanes`-th
+/// from this lane's index when the frame has several lanes.
+pub(crate) fn split_range<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    count: usize,
+    body: impl Fn(&Emitter<'c, '_>, V<'c>),
+) {
+    let (from, step) = if f.lanes > 1 {
+        (f.lane, f.lanes)
+    } else {
+        (e.index(0), 1)
+    };
+    e.for_(
+        from,
+        e.index(count as i64),
+        e.index(step as i64),
+        &[],
+        |e, i, _| {
+            body(e, i);
+            vec![]
+        },
+    );
+}

@@ -1,0 +1,34 @@
+//! The GPU kernels' schedule — lanes per grid index, warps whose shuffles the host runs as
+//! a loop over lanes — compiled for the CPU (`zambac build --host-schedule gpu`) and run on
+//! whole fixture models against Hugging Face: index, lane-partition and reduction mistakes
+//! of the GPU code show up here, without a GPU. (The PTX itself is checked on a GPU by
+//! scripts/gpu-check.sh.)
+
+mod common;
+use common::*;
+
+const TOL: f32 = 2e-4;
+
+#[test]
+fn every_fixture_matches_hf_with_the_gpu_schedule() {
+    for name in fixture_names() {
+        check_hf_dir_built(
+            &fixture(&name),
+            &name,
+            "cpu",
+            TOL,
+            &["--host-schedule", "gpu"],
+        );
+    }
+}
+
+#[test]
+fn the_gpu_schedule_matches_hf_with_bf16_kv_caches() {
+    check_hf_dir_built(
+        &fixture("zamba2-tiny"),
+        "zamba2-tiny",
+        "cpu",
+        0.2,
+        &["--host-schedule", "gpu", "--kv-dtype", "bf16"],
+    );
+}
