@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// on an NVIDIA GPU, matrix products by cuBLAS).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     pub backend: String,
+    /// With `--backend cuda`: run each decode step as one captured CUDA graph (`on`) or
+    /// launch by launch (`off`).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub cuda_graphs: String,
     /// Products with bf16 weights: `on` rounds the activations to bf16 for AVX-512 BF16
     /// products (oneDNN), `off` keeps them f32, `auto` is `on` where the CPU and oneDNN
     /// allow it.
@@ -193,6 +197,7 @@ struct CudaOutput<'a> {
 /// returns its logits to the host, so the host's clock times finished GPU work.
 fn bench_cuda(args: &BenchArgs) -> Result<(), RuntimeError> {
     let mut backend = CudaBackend::new(Engine::open(&args.engine)?, 0)?;
+    backend.set_graphs(args.cuda_graphs == "on");
     let r = bench::run(
         &mut backend,
         args.prompt_len,

@@ -14,17 +14,18 @@
 
 mod blas;
 mod driver;
+mod graph;
 mod state;
 mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use cudarc::driver::{CudaEvent, DriverError, PushKernelArg};
 use zambac_engine::{
-    Elem, Engine, GpuEntry, GpuParam, MANIFEST_FILE, PTX_FILE, ProgramName, StateSpec,
+    Elem, Engine, Expr, GpuEntry, GpuParam, MANIFEST_FILE, PTX_FILE, ProgramName, StateSpec,
     gpu::ptx_entry_params,
 };
 
@@ -35,6 +36,7 @@ use crate::session::{Backend, DeviceState, State, check_room, check_room_for, ch
 use crate::tensor::Tensor;
 use blas::Blas;
 pub use driver::probe;
+use graph::{DecodeGraph, GraphKey};
 use state::DeviceTensors;
 use verify::Verifier;
 
@@ -58,6 +60,9 @@ struct Entry {
 #[derive(Default)]
 struct Pool {
     bufs: Vec<Option<CudaSlice<u8>>>,
+    /// How many buffers were (re)allocated: a captured graph's addresses are stale once
+    /// this moves.
+    allocations: u64,
 }
 
 impl Pool {
@@ -70,6 +75,7 @@ impl Pool {
         for (slot, &n) in self.bufs.iter_mut().zip(bytes) {
             let big_enough = slot.as_ref().is_some_and(|b| b.len() >= n);
             if !big_enough {
+                self.allocations += 1;
                 *slot = None;
                 *slot = Some(
                     stream
@@ -96,6 +102,9 @@ pub struct CudaBackend {
     verify: Option<Verifier>,
     /// Per kernel (and, last, the products): calls, GPU seconds, flops; when profiling.
     profile: Option<Vec<(u64, f64, f64)>>,
+    /// Whether decode runs as a CUDA graph, and the graph captured last.
+    graphs: bool,
+    graph: Option<DecodeGraph>,
     blas: Blas,
     entries: Vec<Entry>,
     /// Owns the device memory `weight_regions` point into.
@@ -201,6 +210,8 @@ impl CudaBackend {
         Ok(CudaBackend {
             verify: None,
             profile: None,
+            graphs: true,
+            graph: None,
             blas,
             entries,
             _weights: weights,
@@ -246,6 +257,12 @@ impl CudaBackend {
         self.verify
             .as_ref()
             .map(|v| (v.checked, v.failures.as_slice(), v.worst))
+    }
+
+    /// Whether decode steps run as a captured CUDA graph (the default) or launch by launch.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        self.graph = None;
     }
 
     /// Starts or stops timing every step with CUDA events; starting clears the counters.
@@ -418,14 +435,28 @@ impl CudaBackend {
             scratch: &scratch,
             scratch_bytes: &sizes.1,
         };
-        let mut values: Vec<u64> = Vec::new();
         let mut marks: Vec<(usize, f64, CudaEvent, CudaEvent)> = Vec::new();
         let event = || {
             stream
                 .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| internal(format!("cannot record a CUDA event: {e}")))
         };
-        for (i, step) in plan.steps.iter().enumerate() {
+        let graphable = name == ProgramName::Decode
+            && self.graphs
+            && self.verify.is_none()
+            && self.profile.is_none()
+            && plan.steps.iter().all(|s| matches!(s, PStep::Launch { .. }));
+        let steps: &[PStep] = if graphable { &[] } else { &plan.steps };
+        if graphable {
+            let key = GraphKey {
+                state: Arc::as_ptr(&held).cast::<u8>() as usize,
+                capacity: d.c,
+                buffers: self.slots.allocations + self.scratch.allocations + self.io.allocations,
+            };
+            run_graph(&mut self.graph, &self.entries, &stream, plan, key, &call, d)
+                .map_err(|e| internal(format!("decode graph: {e}")))?;
+        }
+        for (i, step) in steps.iter().enumerate() {
             let start = match self.profile {
                 Some(_) => Some(event()?),
                 None => None,
@@ -442,56 +473,16 @@ impl CudaBackend {
                     views,
                     ints,
                 } => {
-                    let grid = d.size(grid).map_err(at)?;
-                    if grid == 0 {
-                        continue;
-                    }
                     let entry = self
                         .entries
                         .get(*kernel)
                         .ok_or_else(|| at(format!("kernel #{kernel} is not loaded")))?;
-                    let threads = grid
-                        .checked_mul(entry.lanes as usize)
-                        .ok_or_else(|| at(format!("a grid of {grid} overflows")))?;
-                    values.clear();
-                    for p in &entry.params {
-                        values.push(match *p {
-                            GpuParam::View(j) => {
-                                let v = views
-                                    .get(j)
-                                    .ok_or_else(|| at(format!("the launch has no view {j}")))?;
-                                call.view(v, d).map_err(at)?
-                            }
-                            GpuParam::Int(j) => {
-                                let e = ints
-                                    .get(j)
-                                    .ok_or_else(|| at(format!("the launch has no integer {j}")))?;
-                                d.eval(e).map_err(at)? as u64
-                            }
-                            GpuParam::Begin => 0,
-                            // The entry's range counts threads: grid indices × lanes.
-                            GpuParam::End => threads as u64,
-                        });
-                    }
-                    let blocks = threads.div_ceil(entry.block as usize);
-                    let blocks = u32::try_from(blocks)
-                        .ok()
-                        .filter(|&b| b < i32::MAX as u32)
-                        .ok_or_else(|| at(format!("a grid of {grid} needs too many blocks")))?;
-                    let cfg = LaunchConfig {
-                        grid_dim: (blocks, 1, 1),
-                        block_dim: (entry.block, 1, 1),
-                        shared_mem_bytes: 0,
+                    let Some((values, cfg)) =
+                        launch_params(entry, grid, views, ints, &call, d).map_err(at)?
+                    else {
+                        continue;
                     };
-                    let mut builder = stream.launch_builder(&entry.func);
-                    for v in &values {
-                        builder.arg(v);
-                    }
-                    // SAFETY: the parameter list is the entry's own (checked against the PTX
-                    // at load), every address lies in a live buffer of this call with the
-                    // view's offset checked against its length, and the kernel's contract is
-                    // to touch only what its views and grid range describe.
-                    unsafe { builder.launch(cfg) }
+                    launch(&stream, entry, &values, cfg)
                         .map_err(|e| internal(format!("step {i}: launch failed: {e}")))?;
                 }
                 PStep::Gemm(g) => {
@@ -567,6 +558,150 @@ impl CudaBackend {
         }
         Ok(Tensor::new(logits_shape, data))
     }
+}
+
+/// The parameter values and launch shape of a launch of `entry` at `d`, or `None` when its
+/// grid is empty.
+fn launch_params(
+    entry: &Entry,
+    grid: &Expr,
+    views: &[PView],
+    ints: &[Expr],
+    call: &Bound<'_>,
+    d: Dims,
+) -> Result<Option<(Vec<u64>, LaunchConfig)>, String> {
+    let grid = d.size(grid)?;
+    if grid == 0 {
+        return Ok(None);
+    }
+    let threads = grid
+        .checked_mul(entry.lanes as usize)
+        .ok_or_else(|| format!("a grid of {grid} overflows"))?;
+    let mut values = Vec::with_capacity(entry.params.len());
+    for p in &entry.params {
+        values.push(match *p {
+            GpuParam::View(j) => {
+                let v = views
+                    .get(j)
+                    .ok_or_else(|| format!("the launch has no view {j}"))?;
+                call.view(v, d)?
+            }
+            GpuParam::Int(j) => {
+                let e = ints
+                    .get(j)
+                    .ok_or_else(|| format!("the launch has no integer {j}"))?;
+                d.eval(e)? as u64
+            }
+            GpuParam::Begin => 0,
+            // The entry's range counts threads: grid indices × lanes.
+            GpuParam::End => threads as u64,
+        });
+    }
+    let blocks = u32::try_from(threads.div_ceil(entry.block as usize))
+        .ok()
+        .filter(|&b| b < i32::MAX as u32)
+        .ok_or_else(|| format!("a grid of {grid} needs too many blocks"))?;
+    Ok(Some((
+        values,
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (entry.block, 1, 1),
+            shared_mem_bytes: 0,
+        },
+    )))
+}
+
+/// Queues one launch of `entry` on `stream`.
+fn launch(
+    stream: &Arc<CudaStream>,
+    entry: &Entry,
+    values: &[u64],
+    cfg: LaunchConfig,
+) -> Result<(), DriverError> {
+    let mut builder = stream.launch_builder(&entry.func);
+    for v in values {
+        builder.arg(v);
+    }
+    // SAFETY: the parameter list is the entry's own (checked against the PTX at load), every
+    // address lies in a live buffer of this call with the view's offset checked against its
+    // length, and the kernel's contract is to touch only what its views and grid describe.
+    unsafe { builder.launch(cfg) }.map(|_| ())
+}
+
+/// Runs a decode step through its captured graph: replays it (the position-dependent
+/// launches updated) when `key` says its addresses still hold, else captures the step's
+/// launches into a new graph and launches that.
+fn run_graph(
+    slot: &mut Option<DecodeGraph>,
+    entries: &[Entry],
+    stream: &Arc<CudaStream>,
+    plan: &Plan,
+    key: GraphKey,
+    call: &Bound<'_>,
+    d: Dims,
+) -> Result<(), String> {
+    let params_of = |i: usize| -> Result<Option<(&Entry, Vec<u64>, LaunchConfig)>, String> {
+        let Some(PStep::Launch {
+            kernel,
+            grid,
+            views,
+            ints,
+        }) = plan.steps.get(i)
+        else {
+            return Err(format!("step {i} is not a launch"));
+        };
+        let entry = entries
+            .get(*kernel)
+            .ok_or_else(|| format!("kernel #{kernel} is not loaded"))?;
+        Ok(launch_params(entry, grid, views, ints, call, d)?.map(|(v, c)| (entry, v, c)))
+    };
+    if let Some(g) = slot.as_ref().filter(|g| g.key == key) {
+        for &(i, node) in &g.dynamic {
+            let (_, values, cfg) =
+                params_of(i)?.ok_or_else(|| format!("step {i}'s grid became empty"))?;
+            g.set_params(node, &values, &cfg)?;
+        }
+        return g.graph.launch().map_err(|e| format!("replay: {e}"));
+    }
+    *slot = None;
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(|e| format!("cannot start a capture: {e}"))?;
+    let mut launched = Vec::with_capacity(plan.steps.len());
+    let captured = (0..plan.steps.len()).try_for_each(|i| {
+        if let Some((entry, values, cfg)) = params_of(i)? {
+            launch(stream, entry, &values, cfg).map_err(|e| format!("step {i}: {e}"))?;
+            launched.push(i);
+        }
+        Ok::<(), String>(())
+    });
+    // The capture ends whatever happened, or the stream stays unusable.
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+    captured?;
+    let graph = graph
+        .map_err(|e| format!("cannot instantiate the captured graph: {e}"))?
+        .ok_or("the capture recorded nothing")?;
+    let chain = graph::kernel_chain(graph.cu_graph())?;
+    if chain.len() != launched.len() {
+        return Err(format!(
+            "{} launches captured as {} nodes",
+            launched.len(),
+            chain.len()
+        ));
+    }
+    let dynamic = launched
+        .iter()
+        .zip(&chain)
+        .filter(|(i, _)| plan.steps.get(**i).is_some_and(graph::depends_on_position))
+        .map(|(i, node)| (*i, *node))
+        .collect();
+    graph.launch().map_err(|e| format!("launch: {e}"))?;
+    *slot = Some(DecodeGraph {
+        key,
+        graph,
+        dynamic,
+    });
+    Ok(())
 }
 
 /// Copies the call's tokens and position into the first two buffers of `io`.
