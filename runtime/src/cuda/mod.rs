@@ -640,7 +640,8 @@ fn run_graph(
     call: &Bound<'_>,
     d: Dims,
 ) -> Result<(), String> {
-    let params_of = |i: usize| -> Result<Option<(&Entry, Vec<u64>, LaunchConfig)>, String> {
+    type Launch<'a> = Option<(&'a Entry, Vec<u64>, LaunchConfig)>;
+    let params_of = |i: usize| -> Result<Launch<'_>, String> {
         let Some(PStep::Launch {
             kernel,
             grid,
