@@ -51,6 +51,11 @@ pub struct BuildArgs {
     /// Compile and report, but write no engine (and read no weights).
     #[arg(long)]
     pub check: bool,
+    /// What to write: `engine`, or `ptx` — only the GPU code (`kernels.ptx` and its launch
+    /// table `gpu.json`, no weights), so that the released 7B configs can be compiled and
+    /// checked with ptxas on a small machine. `ptx` needs `--target sm_90`.
+    #[arg(long, default_value = "engine", value_parser = ["engine", "ptx"])]
+    pub emit: String,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -85,7 +90,16 @@ pub struct Compiled {
 }
 
 pub fn run(args: &BuildArgs) -> CliResult<()> {
+    if args.emit == "ptx" && args.target != "sm_90" {
+        return Err(CliError::Input(format!(
+            "--emit ptx writes GPU code only: add --target sm_90 (the target is `{}`)",
+            args.target
+        )));
+    }
     let compiled = compile(args)?;
+    if args.emit == "ptx" {
+        return crate::engine_out::write_ptx(&compiled, args);
+    }
     if args.check {
         let code = generate_code(&compiled, args)?;
         let cached = code.host.as_ref().map_or(0, |h| h.cached);

@@ -140,6 +140,71 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
 /// The model's `tokenizer.json`, checked to load, for the engine to carry: the one in the
 /// checkpoint directory the weights come from, else the one beside the description; and
 /// the directory it is in.
+/// `zambac build --target sm_90 --emit ptx`: only the GPU code — `kernels.ptx` and its
+/// launch table `gpu.json` — in the output directory, and a table of the kernels' resources.
+pub fn write_ptx(c: &Compiled, args: &BuildArgs) -> CliResult<()> {
+    let code = generate_code(c, args)?;
+    let gpu = code.gpu.as_ref().ok_or_else(|| {
+        CliError::Internal(anyhow::anyhow!("no GPU code was generated for --emit ptx"))
+    })?;
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.ptx", c.input.spec.name)));
+    let table = zambac_engine::GpuCode {
+        chip: gpu.chip.clone(),
+        ptx: zambac_engine::FileRef {
+            file: zambac_engine::PTX_FILE.into(),
+            xxh3: zambac_engine::Checksum::of(gpu.ptx.as_bytes()),
+        },
+        kernels: gpu_entries(gpu),
+    };
+    let json = serde_json::to_vec_pretty(&table)
+        .map_err(|e| CliError::Internal(anyhow::anyhow!("cannot serialise gpu.json: {e}")))?;
+    std::fs::create_dir_all(&out)
+        .map_err(|e| CliError::input(format!("{}: cannot create: {e}", out.display())))?;
+    for (name, bytes) in [
+        (zambac_engine::PTX_FILE, gpu.ptx.as_bytes()),
+        ("gpu.json", json.as_slice()),
+    ] {
+        let path = out.join(name);
+        let tmp = out.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| CliError::input(format!("{}: cannot write: {e}", path.display())))?;
+    }
+    println!(
+        "wrote {} GPU kernels for {} → {}",
+        table.kernels.len(),
+        table.chip,
+        out.display()
+    );
+    match &gpu.ptxas {
+        Some(r) => println!(
+            "ptxas -arch={}: every kernel assembles, {} bytes of spills",
+            r.arch,
+            r.total_spill_bytes()
+        ),
+        None => println!("ptxas not found: the PTX was not assembled (set ZAMBAC_PTXAS)"),
+    }
+    println!(
+        "  {:<44} {:>6} {:>6} {:>9} {:>12}",
+        "entry", "lanes", "block", "registers", "shared bytes"
+    );
+    for k in &table.kernels {
+        let show = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+        println!(
+            "  {:<44} {:>6} {:>6} {:>9} {:>12}",
+            k.entry(),
+            k.lanes,
+            k.block_size,
+            show(k.registers.map(u64::from)),
+            show(k.shared_bytes)
+        );
+    }
+    Ok(())
+}
+
 /// The launch table of the GPU code: each entry's parameters and block size, with the
 /// registers and shared memory `ptxas` reported when the build could run it.
 fn gpu_entries(gpu: &zambac_codegen::GpuModule) -> Vec<GpuEntry> {

@@ -108,6 +108,7 @@ pub fn compile_temporary(
         output: Some(out.clone()),
         target: "cpu".into(),
         host_schedule: "host".into(),
+        emit: "engine".into(),
         weights: weights.map(str::to_string),
         dtype: None,
         kv_dtype: "f32".into(),

@@ -104,21 +104,31 @@ pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
         e.store(e.divf(state[2], state[1]), out, e.addi(row, d));
         return;
     }
-    for_chunks(e, head_dim, 1, |e, offset, width| {
+    attend(e, &head, keys);
+}
+
+/// `out = softmax(q·Kᵀ·scale)·V` over the first `keys` cached keys of `head`, the output
+/// row accumulated in place.
+fn attend<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, keys: V<'c>) {
+    let (out, row) = head.out;
+    let hd = head.head_dim;
+    for_chunks(e, hd, 1, |e, offset, width| {
         e.vstore(e.f32_splat(0.0, width), out, e.addi(row, offset));
     });
+    let blocks = e.mul_k(e.divui(keys, e.index(KEYS as i64)), KEYS);
+    let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
     let state = e.for_(
         e.index(0),
         blocks,
         e.index(KEYS as i64),
         &start,
-        |e, j, state| key_block(e, &head, j, KEYS, state),
+        |e, j, state| key_block(e, head, j, KEYS, state),
     );
     let state = e.for_(blocks, keys, e.index(1), &state, |e, j, state| {
-        key_block(e, &head, j, 1, state)
+        key_block(e, head, j, 1, state)
     });
     let sum = state[1];
-    for_chunks(e, head_dim, 1, |e, offset, width| {
+    for_chunks(e, hd, 1, |e, offset, width| {
         let at = e.addi(row, offset);
         let o = load_f32(e, out, at, width, Elem::F32);
         e.vstore(e.divf(o, e.splat(sum, width)), out, at);
@@ -298,14 +308,13 @@ pub(crate) struct Blocking {
 impl Blocking {
     /// On the host, six keys or columns: 12 accumulators, which with the loads fit AVX2's
     /// 16 vector registers, and measured 15% faster than four and as fast as eight on Zen 4
-    /// (100M engine, f32, 4096-token prefill: 720, 610 and 626 ms in attention). A GPU
-    /// thread holds every lane in registers of its own, so there four keep `ptxas` from
-    /// spilling (six spill). Four blocks of queries per grid index on the host: one block
-    /// streamed each head's keys and values from memory once per 16 queries, which held
-    /// 16k-token prefills of the 100M engine to 134 GFLOP/s in attention against 165 at 4k.
-    /// A GPU thread keeps one (its private memory is small).
-    pub(crate) fn new(gpu_schedule: bool) -> Blocking {
-        let (keys, columns, sub) = if gpu_schedule { (4, 4, 1) } else { (6, 6, 4) };
+    /// (100M engine, f32, 4096-token prefill: 720, 610 and 626 ms in attention). Four
+    /// blocks of queries per grid index: one block streamed each head's keys and values
+    /// from memory once per 16 queries, which held 16k-token prefills of the 100M engine to
+    /// 134 GFLOP/s in attention against 165 at 4k. (The GPU schedule blocks nothing: a
+    /// thread per query, [`prefill_row`].)
+    pub(crate) fn new() -> Blocking {
+        let (keys, columns, sub) = (6, 6, 4);
         Blocking {
             keys,
             columns,
@@ -338,7 +347,11 @@ pub(crate) fn prefill<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
     let [pos, capacity, rows] = f.ints[..] else {
         unreachable!("AttentionPrefill has three integer arguments")
     };
-    let blocking = Blocking::new(f.gpu_schedule);
+    if f.gpu_schedule {
+        prefill_row(e, f, a, (pos, capacity, rows));
+        return;
+    }
+    let blocking = Blocking::new();
     let head = e.divui(f.item, rows);
     let first = e.subi(f.item, e.muli(head, rows));
     let starts_block = e.cmpi(
@@ -371,6 +384,36 @@ pub(crate) fn prefill<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
         };
         prefill_item(e, &block, a.scale as f32);
     });
+}
+
+/// The GPU schedule of prompt attention: grid index `h·rows + r` is a thread of its own for
+/// query `r` of head `h`, which runs the decode loop ([`key_block`]) over the keys up to its
+/// position. Every grid index works (the host schedule's blocks of 16 queries would leave 15
+/// of every 16 threads of a warp idle), the threads of a warp read the same key and value
+/// rows at once, and nothing but the output row is kept.
+fn prefill_row<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    a: &Heads,
+    (pos, capacity, rows): (V<'c>, V<'c>, V<'c>),
+) {
+    let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
+    let h = e.divui(f.item, rows);
+    let r = e.subi(f.item, e.muli(h, rows));
+    let kv_head = e.divui(h, e.index((heads / kv_heads) as i64));
+    let row = e.addi(e.mul_k(r, heads * head_dim), e.mul_k(h, head_dim));
+    let head = Head {
+        q: (f.view(Role::Q), row),
+        k: f.view(Role::K),
+        v: f.view(Role::V),
+        out: (f.view(Role::Out), row),
+        kv_base: e.mul_k(e.muli(kv_head, capacity), head_dim),
+        head_dim,
+        scale: a.scale as f32,
+        kv: a.kv,
+    };
+    let keys = e.minsi(e.addi(e.add_k(pos, 1), r), capacity);
+    attend(e, &head, keys);
 }
 
 /// Private f32 elements of a prefill call: for each block, `Qᵀ`, `Oᵀ`, the running maximum

@@ -9,13 +9,14 @@
 //! token's xBC row (L1-resident), and stored back once. Within a chunk of tokens the only
 //! memory traffic per state row is B, C and x; the state itself never leaves registers.
 //!
-//! On the GPU each state row is a thread of its own (`P` lanes per head): the rows share
-//! nothing but the head's Δ, B and C, which every lane reads (from L1) and computes itself.
+//! On the GPU each state row is a warp of its own ([`scan_warp`]): the rows share nothing but
+//! the head's Δ, B and C, and a row's 32 lanes split its state columns.
 
-use super::Frame;
 use super::act::softplus;
 use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32, tail_chunks};
+use super::warp::{first_lane, for_lanes, warp_sum};
+use super::{Frame, WARP};
 use zambac_engine::Elem;
 use zambac_engine::Role;
 
@@ -53,12 +54,10 @@ struct Head<'c> {
     c_column: V<'c>,
     /// First element of this head's state.
     state_base: V<'c>,
-    /// The state rows this thread carries: all `P` on the host, one per lane on the GPU
-    /// (rows are independent: each has its own x, and B, C, Δ are the head's).
-    rows: (V<'c>, V<'c>),
     width: usize,
     cd: usize,
     di: usize,
+    p: usize,
     n: usize,
 }
 
@@ -87,10 +86,6 @@ pub(crate) fn scan<'c>(
     let cd = di + 2 * gn;
     let group = e.divui(h, e.index((s.heads / s.groups) as i64));
     let b_column = e.add_k(e.mul_k(group, n), di);
-    let rows_of_thread = match f.lanes {
-        1 => (e.index(0), e.index(p as i64)),
-        _ => (f.lane, e.add_k(f.lane, 1)),
-    };
     let head = Head {
         zx,
         xbc,
@@ -105,24 +100,21 @@ pub(crate) fn scan<'c>(
         b_column,
         c_column: e.add_k(b_column, gn),
         state_base: e.mul_k(h, p * n),
-        rows: rows_of_thread,
         width: s.width,
         cd,
         di,
+        p,
         n,
     };
+    if f.gpu_schedule {
+        scan_warp(e, f, &head, rows, step);
+        return;
+    }
     if !step {
-        if f.lanes == 1 {
-            for_chunks(e, p * n, 2, |e, offset, width| {
-                let at = e.addi(head.state_base, offset);
-                e.vstore(e.f32_splat(0.0, width), state, at);
-            });
-        } else {
-            let row = e.addi(head.state_base, e.mul_k(f.lane, n));
-            for_chunks(e, n, 2, |e, offset, width| {
-                e.vstore(e.f32_splat(0.0, width), state, e.addi(row, offset));
-            });
-        }
+        for_chunks(e, p * n, 2, |e, offset, width| {
+            let at = e.addi(head.state_base, offset);
+            e.vstore(e.f32_splat(0.0, width), state, at);
+        });
     }
     let full = e.mul_k(e.divui(rows, e.index(TOKENS as i64)), TOKENS);
     e.for_(e.index(0), full, e.index(TOKENS as i64), &[], |e, t, _| {
@@ -151,7 +143,7 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
     let decays: Vec<V<'c>> = (0..count).map(|j| e.extract(decay, j)).collect();
     let xbc_rows: Vec<V<'c>> = rows.iter().map(|t| e.mul_k(*t, head.cd)).collect();
     let y_rows: Vec<V<'c>> = rows.iter().map(|t| e.mul_k(*t, head.di)).collect();
-    e.for_(head.rows.0, head.rows.1, e.index(1), &[], |e, p, _| {
+    e.for_k(0, head.p, 1, &[], |e, p, _| {
         let x_at = e.addi(head.x_column, p);
         let xs: Vec<V<'c>> = xbc_rows
             .iter()
@@ -200,6 +192,63 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
                 e.vstore(s[i], head.state, e.add_k(state_row, offset));
             }
         }
+        vec![]
+    });
+}
+
+/// The GPU schedule: a warp per state row `p` of a head, its 32 lanes taking the state
+/// columns `n ≡ lane (mod 32)`. For each token every lane updates its columns in place
+/// (`S ← decay·S + (Δ·x)·B`) and sums its part of `S·C`; a [`warp_sum`] gives the row's
+/// `y`, which the first lane stores with the `D` skip. Δ, the decay and x are the same for
+/// the whole warp and each lane computes them itself.
+fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: V<'c>, step: bool) {
+    // On the GPU the grid index has `P·32` threads: lane `l` is row `l / 32`, column lane
+    // `l % 32`; on the host an iteration is a row and its warp a loop (see `warp_sum`).
+    let p = if f.warp_threads {
+        e.divui(f.lane, e.index(WARP as i64))
+    } else {
+        f.lane
+    };
+    let column = |e: &Emitter<'c, '_>, lane: V<'c>| e.remui(lane, e.index(WARP as i64));
+    let row = e.addi(head.state_base, e.mul_k(p, head.n));
+    let n = e.index(head.n as i64);
+    let warp = e.index(WARP as i64);
+    if !step {
+        for_lanes(e, f, |e, lane| {
+            e.for_(column(e, lane), n, warp, &[], |e, c, _| {
+                e.store(e.f32(0.0), head.state, e.addi(row, c));
+                vec![]
+            });
+        });
+    }
+    let x_at = e.addi(head.x_column, p);
+    e.for_(e.index(0), rows, e.index(1), &[], |e, t, _| {
+        let raw = e.load(head.zx, e.addi(e.mul_k(t, head.width), head.dt_column));
+        let mut delta = softplus(e, e.addf(raw, head.dt_bias));
+        if let Some(min) = head.dt_min {
+            delta = e.maxf(delta, e.f32(min));
+        }
+        let decay = e.math("exp", e.mulf(delta, head.a));
+        let xbc_row = e.mul_k(t, head.cd);
+        let x = e.load(head.xbc, e.addi(xbc_row, x_at));
+        let dbx = e.mulf(delta, x);
+        let b_at = e.addi(xbc_row, head.b_column);
+        let c_at = e.addi(xbc_row, head.c_column);
+        let y = warp_sum(e, f, |e, lane| {
+            let acc = e.for_(column(e, lane), n, warp, &[e.f32(0.0)], |e, c, acc| {
+                let at = e.addi(row, c);
+                let b = e.load(head.xbc, e.addi(b_at, c));
+                let s = e.fma(b, dbx, e.mulf(e.load(head.state, at), decay));
+                e.store(s, head.state, at);
+                let cv = e.load(head.xbc, e.addi(c_at, c));
+                vec![e.fma(s, cv, acc[0])]
+            });
+            acc[0]
+        });
+        e.when(first_lane(e, f), |e| {
+            let y_at = e.addi(e.mul_k(t, head.di), x_at);
+            e.store(e.fma(head.d, x, y), head.y, y_at);
+        });
         vec![]
     });
 }

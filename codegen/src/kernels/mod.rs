@@ -156,12 +156,15 @@ pub(crate) fn chunk_kind(kind: &KernelKind) -> bool {
 }
 
 /// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s on the GPU (on
-/// the host the warp's lanes are a loop inside one iteration), one per state row for the
-/// Mamba2 scan (rows are independent) and one per output element for decode attention (each
-/// computes every score itself), else one.
+/// the host the warp's lanes are a loop inside one iteration), a warp per state row for the
+/// Mamba2 scan (rows are independent; the lanes split a row's columns), one per output
+/// element for decode attention (each computes every score itself), else one.
 pub fn lanes(kind: &KernelKind, target: Target) -> usize {
     match (target, kind) {
         (Target::Host, _) => 1,
+        // A warp per state row on the GPU; on the host each row is an iteration whose
+        // warp is a loop.
+        (Target::Gpu, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1) * WARP,
         (_, KernelKind::Mamba2Scan { head_dim, .. })
         | (_, KernelKind::AttentionDecode { head_dim, .. }) => (*head_dim).max(1),
         (Target::Gpu, k) if warp_kind(k) => WARP,
@@ -184,12 +187,19 @@ pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
 
 /// f32 elements of private working memory one call of `kind` needs (0: none).
 pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
-    if target == Target::HostWithGpuSchedule && warp_kind(kind) {
+    if target == Target::HostWithGpuSchedule
+        && (warp_kind(kind) || matches!(kind, KernelKind::Mamba2Scan { .. }))
+    {
         return WARP;
     }
     match kind {
         KernelKind::AttentionPrefill { head_dim, .. } => {
-            attention::prefill_stack(*head_dim, attention::Blocking::new(target.gpu_schedule()))
+            // The GPU schedule keeps no blocks of queries (one query per thread).
+            if target.gpu_schedule() {
+                0
+            } else {
+                attention::prefill_stack(*head_dim, attention::Blocking::new())
+            }
         }
         _ => 0,
     }

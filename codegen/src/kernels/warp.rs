@@ -51,13 +51,14 @@ pub(crate) fn warp_sum<'c>(
     lanes[0]
 }
 
-/// Whether this thread is its warp's first lane (the one that stores a warp's result).
+/// Whether this thread stores its warp's result: the warp's first lane on the GPU; on the
+/// host, where one iteration runs the whole warp, always.
 pub(crate) fn first_lane<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>) -> V<'c> {
-    e.cmpi(
-        melior::dialect::arith::CmpiPredicate::Eq,
-        f.lane,
-        e.index(0),
-    )
+    if !f.warp_threads {
+        return e.int_const(1, e.int_t(1));
+    }
+    let lane = e.remui(f.lane, e.index(WARP as i64));
+    e.cmpi(melior::dialect::arith::CmpiPredicate::Eq, lane, e.index(0))
 }
 
 /// `gpu.shuffle xor`: the value of lane `lane ^ offset`.

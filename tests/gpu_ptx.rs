@@ -1,0 +1,177 @@
+//! The GPU code without a GPU: `zambac build --target sm_90 --emit ptx` on the fixtures and
+//! the four released configs; every kernel's launch table agrees with its PTX entry
+//! (parameter count, types, order as the launcher passes them) and stays within the H100's
+//! launch limits; `--backend cuda` on a machine without the CUDA driver says so and exits 2
+//! (on one with a GPU, the fixture runs there and matches Hugging Face).
+
+mod common;
+use common::*;
+
+use zambac_engine::gpu::ptx_entry_params;
+use zambac_engine::{GpuCode, GpuParam};
+
+/// Registers per block and static shared memory per block an H100 allows.
+const REGISTERS_PER_BLOCK: u64 = 65_536;
+const SHARED_PER_BLOCK: u64 = 227 * 1024;
+
+/// Builds `input`'s GPU code and checks it; returns how many kernels it has.
+fn check_ptx(input: &str, name: &str) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ptx");
+    let built = zambac(&[
+        "build",
+        input,
+        "--target",
+        "sm_90",
+        "--emit",
+        "ptx",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{name}: {}", stderr(&built));
+    assert!(
+        !out.join("weights.bin").exists(),
+        "{name}: --emit ptx wrote weights"
+    );
+    let ptx = std::fs::read_to_string(out.join("kernels.ptx")).unwrap();
+    let table: GpuCode =
+        serde_json::from_slice(&std::fs::read(out.join("gpu.json")).unwrap()).unwrap();
+    assert_eq!(table.chip, "sm_90");
+    assert!(
+        ptx.is_ascii(),
+        "{name}: the driver's JIT refuses non-ASCII PTX"
+    );
+    for k in &table.kernels {
+        let entry = k.entry();
+        let params = ptx_entry_params(&ptx, &entry)
+            .unwrap_or_else(|| panic!("{name}: no .entry {entry} in the PTX"));
+        assert_eq!(
+            params.len(),
+            k.params.len(),
+            "{name}: {entry} takes {params:?}, the launcher passes {:?}",
+            k.params
+        );
+        assert!(
+            params.iter().all(|t| t == "u64"),
+            "{name}: {entry}: {params:?}"
+        );
+        assert!(k.params.contains(&GpuParam::Begin) && k.params.contains(&GpuParam::End));
+        assert!(
+            ptx.contains(&format!(".maxntid {}, 1, 1", k.block_size)),
+            "{name}: {entry}: the PTX's .maxntid differs from the launch's block of {}",
+            k.block_size
+        );
+        assert!(k.block_size <= 1024 && k.lanes >= 1, "{name}: {entry}");
+        if k.lanes > 1 && k.lanes % 32 == 0 {
+            assert_eq!(
+                k.block_size % 32,
+                0,
+                "{name}: {entry}: warps would straddle blocks"
+            );
+        }
+        // With ptxas at build time (the compiler refuses spills then), resources are known.
+        if let (Some(registers), Some(shared)) = (k.registers, k.shared_bytes) {
+            assert!(
+                u64::from(registers) * u64::from(k.block_size) <= REGISTERS_PER_BLOCK,
+                "{name}: {entry}: {registers} registers × {} threads",
+                k.block_size
+            );
+            assert!(
+                shared <= SHARED_PER_BLOCK,
+                "{name}: {entry}: {shared} bytes"
+            );
+        }
+    }
+    table.kernels.len()
+}
+
+#[test]
+fn fixtures_and_released_configs_compile_to_ptx_the_launcher_agrees_with() {
+    for name in fixture_names() {
+        let dir = fixture(&name);
+        assert!(check_ptx(dir.to_str().unwrap(), &name) > 0);
+    }
+    for name in ["zamba2-1.2b", "zamba2-2.7b", "zamba2-7b", "zamba-7b-v1"] {
+        let config = root()
+            .join("../shared/configs")
+            .join(name)
+            .join("config.json");
+        assert!(check_ptx(config.to_str().unwrap(), name) > 0);
+    }
+}
+
+#[test]
+fn emit_ptx_needs_the_gpu_target() {
+    let out = zambac(&[
+        "build",
+        fixture("zamba2-tiny").to_str().unwrap(),
+        "--emit",
+        "ptx",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--target sm_90"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_cuda_backend_runs_where_a_gpu_is_and_says_why_not_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = dir.path().join("e.engine");
+    let built = zambac(&[
+        "build",
+        fixture("zamba2-tiny").to_str().unwrap(),
+        "--target",
+        "all",
+        "-o",
+        engine.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    match zambac_runtime::cuda::probe() {
+        Err(why) => {
+            let out = zambac_run(&[
+                "run",
+                engine.to_str().unwrap(),
+                "--backend",
+                "cuda",
+                "--tokens",
+                "1,2,3",
+            ]);
+            assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+            assert!(stderr(&out).contains(&why), "{}", stderr(&out));
+            assert!(stderr(&out).contains("--backend cuda"), "{}", stderr(&out));
+        }
+        Ok(_) => check_hf_dir_built(
+            &fixture("zamba2-tiny"),
+            "zamba2-tiny",
+            "cuda",
+            2e-4,
+            &["--target", "all"],
+        ),
+    }
+}
+
+#[test]
+fn an_engine_without_gpu_code_is_refused_by_the_cuda_backend_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = dir.path().join("e.engine");
+    let built = zambac(&[
+        "build",
+        fixture("zamba2-tiny").to_str().unwrap(),
+        "-o",
+        engine.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let out = zambac_run(&[
+        "run",
+        engine.to_str().unwrap(),
+        "--backend",
+        "cuda",
+        "--tokens",
+        "1,2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no GPU code") && stderr(&out).contains("--target sm_90"),
+        "{}",
+        stderr(&out)
+    );
+}
