@@ -9,9 +9,10 @@
 //! grows. In decode the accumulator lives in `out` itself (one row of `head_dim` floats,
 //! cached), which keeps register use independent of `head_dim` on the GPU.
 
-use super::Frame;
 use super::emit::{Emitter, V, VW};
 use super::rows::{dots, for_chunks, load_f32, load_scalar_f32};
+use super::warp::{Combine, first_lane, warp_reduce, warp_sum};
+use super::{Frame, WARP};
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
 use zambac_engine::Elem;
 use zambac_engine::Role;
@@ -86,6 +87,10 @@ pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
     let keys = e.minsi(e.add_k(pos, 1), capacity);
     let blocks = e.mul_k(e.divui(keys, e.index(KEYS as i64)), KEYS);
     let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
+    if f.gpu_schedule && split_keys(head_dim) {
+        decode_warp(e, f, &head, keys);
+        return;
+    }
     if f.lanes > 1 {
         // The GPU schedule: a thread per output element, each computing every score (the
         // same loads across the head's threads) and accumulating its element.
@@ -132,6 +137,134 @@ fn attend<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, keys: V<'c>) {
         let at = e.addi(row, offset);
         let o = load_f32(e, out, at, width, Elem::F32);
         e.vstore(e.divf(o, e.splat(sum, width)), out, at);
+    });
+}
+
+/// Whether decode attention's GPU schedule splits the keys between a warp's lanes
+/// ([`decode_warp`]): when the head dim is whole vectors; else a thread per output element.
+pub(crate) fn split_keys(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim % VW == 0
+}
+
+/// Private f32 elements of [`decode_warp`]: a thread's accumulator on the GPU; on the host
+/// the warp's exchange buffer, then each lane's running max, sum and accumulator.
+pub(crate) fn decode_warp_stack(head_dim: usize, on_gpu: bool) -> usize {
+    if on_gpu {
+        head_dim
+    } else {
+        WARP + WARP * (head_dim + 2)
+    }
+}
+
+/// Decode attention's GPU schedule (flash-decoding within a warp): the head's warp splits
+/// the keys, lane `l` taking keys `l, l + 32, …` with its own running max and sum (in
+/// registers) and output accumulator (in its private buffer: a 128-wide accumulator in
+/// registers spills); the warp then combines them — the max of the maxima, each lane's sum
+/// and accumulator rescaled to it and summed ([`warp_reduce`]) — and the first lane stores
+/// the row. On the host the lanes run one after another, each leaving its state in the
+/// iteration's buffer for the combine.
+fn decode_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, keys: V<'c>) {
+    let hd = head.head_dim;
+    let (q, qrow) = head.q;
+    let Some(buffer) = f.stack else {
+        unreachable!("decode attention's GPU schedule has a stack buffer")
+    };
+    let width = hd + 2;
+    // Where lane `lane`'s max, sum and accumulator live in the buffer: the thread's own
+    // buffer on the GPU (max and sum stay in registers there), a slice per lane on the host.
+    let slot = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| {
+        if f.warp_threads {
+            e.index((i - 2) as i64)
+        } else {
+            e.add_k(e.mul_k(lane, width), WARP + i)
+        }
+    };
+    let lane_state = |e: &Emitter<'c, '_>, lane: V<'c>| -> Vec<V<'c>> {
+        let o = slot(e, lane, 2);
+        e.for_k(0, hd, VW, &[], |e, c, _| {
+            e.vstore(e.f32_splat(0.0, VW), buffer, e.addi(o, c));
+            vec![]
+        });
+        let init = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
+        e.for_(lane, keys, e.index(WARP as i64), &init, |e, j, st| {
+            let base = e.addi(head.kv_base, e.mul_k(j, hd));
+            // Loops over the head dim, not unrolled chunks: unrolled, a 128-wide head's
+            // loads are all scheduled first and spill.
+            let acc = e.for_k(0, hd, VW, &[e.f32_splat(0.0, VW)], |e, c, acc| {
+                let qv = load_f32(e, q, e.addi(qrow, c), VW, Elem::F32);
+                let kv = load_f32(e, head.k, e.addi(base, c), VW, head.kv);
+                vec![e.fma(qv, kv, acc[0])]
+            })[0];
+            let score = e.mulf(e.reduce("add", acc), e.f32(head.scale));
+            let max = e.maxf(st[0], score);
+            let correction = e.math("exp", e.subf(st[0], max));
+            let weight = e.math("exp", e.subf(score, max));
+            e.for_k(0, hd, VW, &[], |e, c, _| {
+                let at = e.addi(o, c);
+                let v = load_f32(e, head.v, e.addi(base, c), VW, head.kv);
+                let kept = e.mulf(
+                    load_f32(e, buffer, at, VW, Elem::F32),
+                    e.splat(correction, VW),
+                );
+                e.vstore(e.fma(e.splat(weight, VW), v, kept), buffer, at);
+                vec![]
+            });
+            vec![max, e.fma(st[1], correction, weight)]
+        })
+    };
+    let (out, row) = head.out;
+    let element =
+        |e: &Emitter<'c, '_>, lane: V<'c>, d: V<'c>| e.load(buffer, e.addi(slot(e, lane, 2), d));
+    if f.warp_threads {
+        let st = lane_state(e, f.lane);
+        combine_lanes(e, f, out, row, hd, |_, _| (st[0], st[1]), element);
+        return;
+    }
+    e.for_k(0, WARP, 1, &[], |e, lane, _| {
+        let st = lane_state(e, lane);
+        e.store(st[0], buffer, slot(e, lane, 0));
+        e.store(st[1], buffer, slot(e, lane, 1));
+        vec![]
+    });
+    combine_lanes(
+        e,
+        f,
+        out,
+        row,
+        hd,
+        |e, lane| {
+            (
+                e.load(buffer, slot(e, lane, 0)),
+                e.load(buffer, slot(e, lane, 1)),
+            )
+        },
+        element,
+    );
+}
+
+/// The combine of [`decode_warp`]: `stats(lane)` gives a lane's max and sum, `element(lane,
+/// d)` element `d` of its accumulator; the first lane stores `out[row + d]`.
+fn combine_lanes<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    out: V<'c>,
+    row: V<'c>,
+    hd: usize,
+    stats: impl Fn(&Emitter<'c, '_>, V<'c>) -> (V<'c>, V<'c>),
+    element: impl Fn(&Emitter<'c, '_>, V<'c>, V<'c>) -> V<'c>,
+) {
+    let max = warp_reduce(e, f, Combine::Max, |e, lane| stats(e, lane).0);
+    // A lane that took no key has max −∞ and weight exp(−∞) = 0.
+    let scale = |e: &Emitter<'c, '_>, lane: V<'c>| e.math("exp", e.subf(stats(e, lane).0, max));
+    let sum = warp_sum(e, f, |e, lane| e.mulf(stats(e, lane).1, scale(e, lane)));
+    let first = first_lane(e, f);
+    // A loop, not `hd` unrolled sums: unrolled, the GPU keeps every lane's element live.
+    e.for_k(0, hd, 1, &[], |e, d, _| {
+        let o = warp_sum(e, f, |e, lane| e.mulf(element(e, lane, d), scale(e, lane)));
+        e.when(first, |e| {
+            e.store(e.divf(o, sum), out, e.addi(row, d));
+        });
+        vec![]
     });
 }
 

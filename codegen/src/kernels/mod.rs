@@ -165,6 +165,14 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
         // A warp per state row on the GPU; on the host each row is an iteration whose
         // warp is a loop.
         (Target::Gpu, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1) * WARP,
+        // Decode attention: a warp splitting the keys (its lanes a loop on the host), or,
+        // for a head dim of no whole vectors, a thread per output element.
+        (Target::Gpu, KernelKind::AttentionDecode { head_dim, .. })
+            if attention::split_keys(*head_dim) =>
+        {
+            WARP
+        }
+        (_, KernelKind::AttentionDecode { head_dim, .. }) if attention::split_keys(*head_dim) => 1,
         (_, KernelKind::Mamba2Scan { head_dim, .. })
         | (_, KernelKind::AttentionDecode { head_dim, .. }) => (*head_dim).max(1),
         (Target::Gpu, k) if warp_kind(k) => WARP,
@@ -193,6 +201,11 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
         return WARP;
     }
     match kind {
+        KernelKind::AttentionDecode { head_dim, .. }
+            if target.gpu_schedule() && attention::split_keys(*head_dim) =>
+        {
+            attention::decode_warp_stack(*head_dim, target == Target::Gpu)
+        }
         KernelKind::AttentionPrefill { head_dim, .. } => {
             // The GPU schedule keeps no blocks of queries (one query per thread).
             if target.gpu_schedule() {
