@@ -143,7 +143,7 @@ fn attend<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, keys: V<'c>) {
 /// Whether decode attention's GPU schedule splits the keys between a warp's lanes
 /// ([`decode_warp`]): when the head dim is whole vectors; else a thread per output element.
 pub(crate) fn split_keys(head_dim: usize) -> bool {
-    head_dim > 0 && head_dim % VW == 0
+    head_dim > 0 && head_dim.is_multiple_of(VW)
 }
 
 /// Private f32 elements of [`decode_warp`]: a thread's accumulator on the GPU; on the host
