@@ -103,15 +103,16 @@ pub fn run(args: &BuildArgs) -> CliResult<()> {
     if args.check {
         let code = generate_code(&compiled, args)?;
         let cached = code.host.as_ref().map_or(0, |h| h.cached);
-        print_summary(&compiled, args, None, cached);
+        let gpu = code.gpu.as_ref().map(GpuSummary::of);
+        print_summary(&compiled, args, None, cached, gpu);
         return Ok(());
     }
     let out = args
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.engine", compiled.input.spec.name)));
-    let cached = crate::engine_out::write(&compiled, args, &out)?;
-    print_summary(&compiled, args, Some(&out), cached);
+    let (cached, gpu) = crate::engine_out::write(&compiled, args, &out)?;
+    print_summary(&compiled, args, Some(&out), cached, gpu);
     Ok(())
 }
 
@@ -326,10 +327,52 @@ struct Summary {
     /// Weight elements one decode step of this engine reads: every weight its program
     /// touches, a shared block's once per invocation, windows only their columns.
     decode_weight_elems_read: u64,
+    /// The GPU code, when built for a GPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu: Option<GpuSummary>,
 }
 
-fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>, cached: usize) {
-    let s = summary(c, args, engine, cached);
+/// What the build summary says of the GPU code: the chip, the kernels' largest launch
+/// resources, and the spills `ptxas` found (absent when it was not found).
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct GpuSummary {
+    chip: String,
+    kernels: usize,
+    max_threads_per_grid_index: u32,
+    block_size: u32,
+    max_registers: Option<u32>,
+    max_shared_bytes: Option<u64>,
+    spill_bytes: Option<u64>,
+}
+
+impl GpuSummary {
+    pub fn of(gpu: &zambac_codegen::GpuModule) -> GpuSummary {
+        let kernels = gpu.ptxas.as_ref().map(|r| r.kernels().collect::<Vec<_>>());
+        GpuSummary {
+            chip: gpu.chip.clone(),
+            kernels: gpu.kernels.len(),
+            max_threads_per_grid_index: gpu.kernels.iter().map(|k| k.lanes).max().unwrap_or(1),
+            block_size: gpu.kernels.iter().map(|k| k.block_size).max().unwrap_or(0),
+            max_registers: kernels
+                .as_ref()
+                .map(|k| k.iter().map(|f| f.registers).max().unwrap_or(0)),
+            max_shared_bytes: kernels
+                .as_ref()
+                .map(|k| k.iter().map(|f| f.shared_bytes).max().unwrap_or(0)),
+            spill_bytes: gpu.ptxas.as_ref().map(|r| r.total_spill_bytes()),
+        }
+    }
+}
+
+fn print_summary(
+    c: &Compiled,
+    args: &BuildArgs,
+    engine: Option<&Path>,
+    cached: usize,
+    gpu: Option<GpuSummary>,
+) {
+    let mut s = summary(c, args, engine, cached);
+    s.gpu = gpu;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return;
@@ -390,6 +433,25 @@ fn print_summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>, cached: 
     ];
     for (k, v) in rows {
         println!("  {k:<13} {v}");
+    }
+    if let Some(g) = &s.gpu {
+        let known =
+            |v: Option<u64>, unit: &str| v.map_or("?".to_string(), |v| format!("{v} {unit}"));
+        println!(
+            "  {:<13} {} kernels for {}: blocks of {} threads, up to {} threads per grid index, \
+             up to {} and {} of shared memory per block; {}",
+            "gpu code",
+            g.kernels,
+            g.chip,
+            g.block_size,
+            g.max_threads_per_grid_index,
+            known(g.max_registers.map(u64::from), "registers per thread"),
+            known(g.max_shared_bytes, "bytes"),
+            match g.spill_bytes {
+                Some(b) => format!("ptxas: {b} bytes of spills"),
+                None => "ptxas not found: not assembled".to_string(),
+            }
+        );
     }
 }
 
@@ -452,5 +514,6 @@ fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>, cached: usize)
         decode_weight_elems_read: c.module.graph("decode").map_or(0, |g| {
             zambac_ir::cost::weight_elems_read(g, &Bindings { t: 1, c: 1 })
         }),
+        gpu: None,
     }
 }

@@ -13,8 +13,13 @@ use crate::build_cmd::{BuildArgs, Compiled, generate_code, host_target, weight_b
 use crate::error::{CliError, CliResult};
 use crate::model::WeightSource;
 
-/// Writes the engine; returns how many kernels' host code came from the compile cache.
-pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
+/// Writes the engine; returns how many kernels' host code came from the compile cache, and
+/// the GPU code's summary when it has some.
+pub fn write(
+    c: &Compiled,
+    args: &BuildArgs,
+    out: &Path,
+) -> CliResult<(usize, Option<crate::build_cmd::GpuSummary>)> {
     let (tokenizer, tokenizer_dir) = match read_tokenizer(c, args)? {
         Some((bytes, dir)) => (Some(bytes), Some(dir)),
         None => (None, None),
@@ -134,7 +139,10 @@ pub fn write(c: &Compiled, args: &BuildArgs, out: &Path) -> CliResult<usize> {
     };
     w.finish(parts, files)?;
     bar.finish_and_clear();
-    Ok(code.host.as_ref().map_or(0, |h| h.cached))
+    Ok((
+        code.host.as_ref().map_or(0, |h| h.cached),
+        code.gpu.as_ref().map(crate::build_cmd::GpuSummary::of),
+    ))
 }
 
 /// The model's `tokenizer.json`, checked to load, for the engine to carry: the one in the

@@ -175,3 +175,29 @@ fn an_engine_without_gpu_code_is_refused_by_the_cuda_backend_by_name() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_build_summary_reports_the_gpu_code() {
+    let out = zambac(&[
+        "build",
+        fixture("zamba2-tiny").to_str().unwrap(),
+        "--target",
+        "sm_90",
+        "--check",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let gpu = &s["gpu"];
+    assert_eq!(gpu["chip"], "sm_90", "{s}");
+    assert!(gpu["kernels"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(gpu["block_size"], 256, "{s}");
+    // A warp per row for the warp kinds: more than one thread per grid index somewhere.
+    assert!(
+        gpu["max_threads_per_grid_index"].as_u64().unwrap() >= 32,
+        "{s}"
+    );
+    if let Some(spills) = gpu["spill_bytes"].as_u64() {
+        assert_eq!(spills, 0, "{s}");
+    }
+}

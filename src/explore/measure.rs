@@ -124,7 +124,7 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
     bar.set_message("building");
     let started = Instant::now();
     let compiled = compile_input(input, &args)?;
-    let kernels_from_cache = crate::engine_out::write(&compiled, &args, dir)?;
+    let (kernels_from_cache, _) = crate::engine_out::write(&compiled, &args, dir)?;
     let build_s = started.elapsed().as_secs_f64();
     let estimate = estimate(spec, &compiled.module, opts);
     bar.set_message("measuring");
