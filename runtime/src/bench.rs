@@ -131,7 +131,10 @@ pub fn run(
     }
     let prefill_runs_s = times.clone();
     times.sort_by(f64::total_cmp);
-    let prefill_s = times[times.len() / 2];
+    let prefill_s = times
+        .get(times.len() / 2)
+        .copied()
+        .unwrap_or(generating_prefill_s);
     Ok(BenchReport {
         prompt_len,
         new_tokens,
@@ -269,6 +272,6 @@ pub fn human_bytes(n: u64) -> String {
     if u == 0 {
         format!("{n} B")
     } else {
-        format!("{x:.1} {}", UNITS[u])
+        format!("{x:.1} {}", UNITS.get(u).unwrap_or(&"TiB"))
     }
 }

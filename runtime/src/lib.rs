@@ -3,6 +3,8 @@
 //! carries, and a tuned GEMM library.
 //!
 //! - [`cpu`] — the `cpu` backend: an engine's programs over its `host.so` kernels;
+//! - [`cuda`] — the `cuda` backend: its PTX on an NVIDIA GPU through the CUDA driver,
+//!   products through cuBLAS (loaded at run time);
 //! - [`session`] — the [`session::Backend`] trait, a sequence's typed [`session::State`],
 //!   and generation (prefill, then decode token by token);
 //! - [`sampling`], [`bench`] — token choice and measurement;
@@ -10,6 +12,13 @@
 //!   batching;
 //! - [`cli`] — `run` and `bench` as the `zambac-run` binary and the compiler's `zambac`
 //!   share them: the same flags, output and `--dump-logits` format.
+
+// Engines, snapshots, prompts and HTTP requests reach this crate from outside: no
+// panicking shortcuts outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod bench;
 pub mod cli;

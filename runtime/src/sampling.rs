@@ -44,17 +44,19 @@ impl Sampler {
         if self.cfg.temperature <= 0.0 {
             return argmax(logits) as i64;
         }
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        let mut cands: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
         // Stable sort: ties keep token order, so results are reproducible.
-        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        cands.sort_by(|a, b| b.1.total_cmp(&a.1));
         if self.cfg.top_k > 0 {
-            idx.truncate(self.cfg.top_k);
+            cands.truncate(self.cfg.top_k);
         }
         let t = self.cfg.temperature as f64;
-        let max = logits[idx[0]] as f64;
-        let mut probs: Vec<f64> = idx
+        let Some(&(_, max)) = cands.first() else {
+            return 0;
+        };
+        let mut probs: Vec<f64> = cands
             .iter()
-            .map(|&i| ((logits[i] as f64 - max) / t).exp())
+            .map(|&(_, l)| ((l as f64 - max as f64) / t).exp())
             .collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= sum);
@@ -67,32 +69,32 @@ impl Sampler {
                     acc >= self.cfg.top_p as f64
                 })
                 .map_or(probs.len(), |i| i + 1);
-            idx.truncate(keep);
+            cands.truncate(keep);
             probs.truncate(keep);
             let s: f64 = probs.iter().sum();
             probs.iter_mut().for_each(|p| *p /= s);
         }
         let u: f64 = self.rng.random();
         let mut acc = 0.0;
-        for (p, &i) in probs.iter().zip(&idx) {
+        for (p, &(i, _)) in probs.iter().zip(&cands) {
             acc += p;
             if u < acc {
                 return i as i64;
             }
         }
-        *idx.last().expect("at least one candidate") as i64
+        cands.last().map_or(0, |&(i, _)| i as i64)
     }
 }
 
 /// Index of the largest logit (the first one on ties, as `torch.argmax`).
 pub fn argmax(logits: &[f32]) -> usize {
-    let mut best = 0;
+    let mut best = (0, f32::NEG_INFINITY);
     for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
+        if i == 0 || v > best.1 {
+            best = (i, v);
         }
     }
-    best
+    best.0
 }
 
 #[cfg(test)]

@@ -126,9 +126,15 @@ impl State {
                 )));
             };
             let mut grown = Tensor::try_zeros(vec![heads, capacity, hd])?;
-            for h in 0..heads {
-                grown.data[h * capacity * hd..(h * capacity + old) * hd]
-                    .copy_from_slice(&t.data[h * old * hd..(h + 1) * old * hd]);
+            // Each head's `old` rows move to the start of its `capacity` rows.
+            for (to, from) in grown
+                .data
+                .chunks_exact_mut((capacity * hd).max(1))
+                .zip(t.data.chunks_exact((old * hd).max(1)))
+            {
+                if let Some(rows) = to.get_mut(..from.len()) {
+                    rows.copy_from_slice(from);
+                }
             }
             *t = grown;
         }

@@ -194,8 +194,8 @@ fn in_use(
     };
     let rows = position.min(capacity);
     let mut out = Vec::with_capacity(heads * rows * hd);
-    for h in 0..heads {
-        out.extend_from_slice(&t.data[h * capacity * hd..(h * capacity + rows) * hd]);
+    for head in t.data.chunks_exact((capacity * hd).max(1)).take(heads) {
+        out.extend_from_slice(head.get(..rows * hd).unwrap_or_default());
     }
     Ok((vec![heads, rows, hd], bytes(&out)))
 }

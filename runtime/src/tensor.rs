@@ -58,10 +58,10 @@ impl Tensor {
         self.numel() / self.last().max(1)
     }
 
-    /// Row `i` of the `[rows, last]` view.
+    /// Row `i` of the `[rows, last]` view (empty past the last row).
     pub fn row(&self, i: usize) -> &[f32] {
         let w = self.last();
-        &self.data[i * w..(i + 1) * w]
+        self.data.get(i * w..(i + 1) * w).unwrap_or_default()
     }
 
     /// Largest absolute elementwise difference to `other` (shapes must agree).

@@ -104,7 +104,9 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
             for s in 0..MR_ {
                 let av = bh(load(a.add(s * k + kk), mask));
                 for (row, wr) in acc.iter_mut().zip(&wv) {
-                    row[s] = _mm512_dpbf16_ps(row[s], bh(*wr), av);
+                    if let Some(slot) = row.get_mut(s) {
+                        *slot = _mm512_dpbf16_ps(*slot, bh(*wr), av);
+                    }
                 }
             }
         }

@@ -437,13 +437,17 @@ impl Dnnl {
 /// Rounds `src` to bf16 (nearest even) into `dst`, as `vcvtneps2bf16` does.
 pub fn to_bf16(src: &[f32], dst: &mut [u16]) {
     let n = src.len().min(dst.len());
+    let (src, dst) = (
+        src.get(..n).unwrap_or_default(),
+        dst.get_mut(..n).unwrap_or_default(),
+    );
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if bf16_cpu() {
         // SAFETY: the CPU has the extensions the function is compiled for.
-        done = unsafe { to_bf16_avx512(&src[..n], &mut dst[..n]) };
+        done = unsafe { to_bf16_avx512(src, dst) };
     }
-    for (d, &s) in dst[done..n].iter_mut().zip(&src[done..n]) {
+    for (d, &s) in dst.iter_mut().zip(src).skip(done) {
         *d = zambac_engine::bf16_bits(s);
     }
 }

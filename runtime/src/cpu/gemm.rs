@@ -231,11 +231,11 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
         let result = ROWS.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.resize(rows * g.k, 0);
-            for r in 0..rows {
+            for (r, out) in buf.chunks_exact_mut(g.k.max(1)).take(rows).enumerate() {
                 let a = g.a.at(row0 + r, 0).ptr.cast::<f32>().cast_const();
                 // SAFETY: row `row0 + r` of the bounds-checked A holds k unit-stride values.
                 let row = unsafe { std::slice::from_raw_parts(a, g.k) };
-                dnnl::to_bf16(row, &mut buf[r * g.k..(r + 1) * g.k]);
+                dnnl::to_bf16(row, out);
             }
             let shape = dnnl::Shape {
                 m: rows,

@@ -407,16 +407,19 @@ impl CudaBackend {
             .io
             .prepare(&stream, &[tokens.len() * 8, 8, logits_len.max(1) * 4])
             .map_err(internal)?;
+        let &[tokens_at, pos_at, logits_at] = io.as_slice() else {
+            return Err(internal("the input buffers vanished".into()));
+        };
         upload_inputs(&mut self.io, &stream, tokens, pos).map_err(|e| internal(e.to_string()))?;
         let call = Bound {
             weights: &self.weight_regions,
             tokens: DRegion {
-                addr: io[0],
+                addr: tokens_at,
                 len: tokens.len(),
                 elem: Elem::I64,
             },
             pos: DRegion {
-                addr: io[1],
+                addr: pos_at,
                 len: 1,
                 elem: Elem::I64,
             },
@@ -424,7 +427,7 @@ impl CudaBackend {
                 .iter()
                 .map(|o| {
                     o.unwrap_or(DRegion {
-                        addr: io[2],
+                        addr: logits_at,
                         len: logits_len,
                         elem: Elem::F32,
                     })
@@ -543,8 +546,8 @@ impl CudaBackend {
         stream
             .memcpy_dtoh(&view, &mut bytes)
             .map_err(|e| device_failure(name, e))?;
-        for (x, b) in data.iter_mut().zip(bytes.chunks_exact(4)) {
-            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        for (x, b) in data.iter_mut().zip(le_f32s(&bytes)) {
+            *x = b;
         }
         if let Some(times) = self.profile.as_mut() {
             for (slot, flops, start, end) in marks {
@@ -722,6 +725,15 @@ fn upload_inputs(
         stream.memcpy_htod(&pos.to_le_bytes(), &mut view)?;
     }
     Ok(())
+}
+
+/// Little-endian f32 values of `bytes` (a trailing partial value is dropped).
+pub(crate) fn le_f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(4).map(|b| {
+        let mut word = [0u8; 4];
+        word.copy_from_slice(b);
+        f32::from_le_bytes(word)
+    })
 }
 
 /// A failure reported by the GPU when the call's work completed: a kernel that faulted,

@@ -140,10 +140,7 @@ impl DeviceState for DeviceTensors {
                         h.role
                     ))
                 })?;
-                let data = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let data = super::le_f32s(&bytes).collect();
                 Ok((h.role, Tensor::new(h.shape.clone(), data)))
             })
             .collect()

@@ -79,21 +79,19 @@ pub(super) fn capture(call: &Bound<'_>, stream: &Arc<CudaStream>) -> Result<Vec<
 }
 
 fn value(bytes: &[u8], elem: Elem, i: usize) -> f64 {
-    let at = |n: usize| bytes.get(i * n..(i + 1) * n);
-    match elem {
-        Elem::F32 => at(4).map_or(f64::NAN, |b| {
-            f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
-        }),
-        Elem::Bf16 => at(2).map_or(f64::NAN, |b| {
-            f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16) as f64
-        }),
-        Elem::F16 => at(2).map_or(f64::NAN, |b| {
-            half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f64()
-        }),
-        Elem::I64 => at(8).map_or(f64::NAN, |b| {
-            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64
-        }),
+    fn at<const N: usize>(bytes: &[u8], i: usize) -> Option<[u8; N]> {
+        bytes.get(i * N..(i + 1) * N)?.try_into().ok()
     }
+    let v = match elem {
+        Elem::F32 => at::<4>(bytes, i).map(|b| f64::from(f32::from_le_bytes(b))),
+        Elem::Bf16 => at::<2>(bytes, i)
+            .map(|b| f64::from(f32::from_bits(u32::from(u16::from_le_bytes(b)) << 16))),
+        Elem::F16 => {
+            at::<2>(bytes, i).map(|b| half::f16::from_bits(u16::from_le_bytes(b)).to_f64())
+        }
+        Elem::I64 => at::<8>(bytes, i).map(|b| i64::from_le_bytes(b) as f64),
+    };
+    v.unwrap_or(f64::NAN)
 }
 
 fn round_bf16(x: f64) -> f64 {
@@ -225,10 +223,12 @@ impl Verifier {
                 let c = host.get_mut(ck).ok_or("copy vanished")?;
                 for r in 0..m {
                     for col in 0..n {
-                        let mut sum = 0.0f64;
-                        for x in 0..k {
-                            sum += a[r * k + x] * b[x * n + col];
-                        }
+                        let row = a.get(r * k..(r + 1) * k).unwrap_or_default();
+                        let sum: f64 = row
+                            .iter()
+                            .zip(b.iter().skip(col).step_by(n.max(1)))
+                            .map(|(x, y)| x * y)
+                            .sum();
                         let at = (coff + r * rs + col * cs) * 4;
                         let old = value(c, Elem::F32, coff + r * rs + col * cs);
                         let v = if g.accumulate { old + sum } else { sum } as f32;

@@ -266,7 +266,7 @@ impl GenRequest {
             Value::Array(v) if v.iter().all(Value::is_number) && !v.is_empty() => {
                 Ok(Prompt::Ids(ids(v)?))
             }
-            Value::Array(v) if v.len() == 1 => match &v[0] {
+            Value::Array(v) if v.len() == 1 => match v.first().unwrap_or(&Value::Null) {
                 Value::String(s) => Ok(Prompt::Text(s.clone())),
                 Value::Array(inner) => Ok(Prompt::Ids(ids(inner)?)),
                 x => Err(ApiError::bad(format!(

@@ -371,10 +371,11 @@ impl Reply {
                 "index": 0, "text": piece, "token_ids": ids, "finish_reason": finish, "logprobs": null,
             }),
             Api::Chat => {
-                let mut delta = json!({"content": piece});
-                if first {
-                    delta["role"] = json!("assistant");
-                }
+                let delta = if first {
+                    json!({"content": piece, "role": "assistant"})
+                } else {
+                    json!({"content": piece})
+                };
                 json!({"index": 0, "delta": delta, "token_ids": ids, "finish_reason": finish, "logprobs": null})
             }
         };
@@ -412,8 +413,10 @@ impl Reply {
                         drop(rx);
                         if self.include_usage {
                             let mut u = self.chunk("", None, None, false);
-                            u["choices"] = json!([]);
-                            u["usage"] = self.usage();
+                            if let Some(fields) = u.as_object_mut() {
+                                fields.insert("choices".into(), json!([]));
+                                fields.insert("usage".into(), self.usage());
+                            }
                             let _ = tx.send(Ok(Sse::default().data(u.to_string()))).await;
                         }
                         Sse::default().data("[DONE]")

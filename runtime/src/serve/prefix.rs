@@ -73,7 +73,12 @@ impl PrefixCache {
             return;
         }
         while self.bytes + bytes > self.limit {
-            let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].last_used)
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(i, _)| i)
             else {
                 break;
             };

@@ -196,13 +196,14 @@ impl<B: Backend> Scheduler<B> {
                 continue;
             }
             let n = budget.min(len - s.fed);
-            let part = &s.job.prompt[s.fed..s.fed + n];
+            let part = s.job.prompt.get(s.fed..s.fed + n).unwrap_or_default();
             match self.backend.extend(part, &mut s.state) {
                 Ok(logits) => {
                     s.fed += n;
                     budget -= n;
                     if s.fed < len {
-                        self.cache.insert(&s.job.prompt[..s.fed], &s.state);
+                        let fed = s.job.prompt.get(..s.fed).unwrap_or_default();
+                        self.cache.insert(fed, &s.state);
                     } else {
                         let first = s.sampler.pick(logits.row(n - 1));
                         let ttft = s.job.received.elapsed().as_secs_f64();

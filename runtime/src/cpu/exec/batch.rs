@@ -220,8 +220,14 @@ impl Executor {
         };
         self.batch.x.reserve(b_count * k);
         let x = self.batch.x.as_mut_ptr();
+        let [x_view, rest @ ..] = views else {
+            return Err("a Gemv launch without views".into());
+        };
+        let (Some(first_bounds), Some(first_seq)) = (bounds.first(), seqs.first()) else {
+            return Err("a batch without sequences".into());
+        };
         for (row, (b, s)) in bounds.iter().zip(seqs).enumerate() {
-            let (src, kind) = checked(b, &views[0], s, k)?;
+            let (src, kind) = checked(b, x_view, s, k)?;
             if kind != Elem::F32 {
                 return Err("a Gemv input is not f32".into());
             }
@@ -229,11 +235,15 @@ impl Executor {
             unsafe { std::ptr::copy_nonoverlapping(src.cast::<f32>(), x.add(row * k), k) };
         }
         for q in 0..parts {
-            let rows = shape.rows[q];
+            let (Some(&rows), Some(w_view), Some(y_view)) =
+                (shape.rows.get(q), rest.get(q), rest.get(parts + q))
+            else {
+                return Err(format!("Gemv part {q} has no weight or output view"));
+            };
             let (w, w_kind) = checked(
-                &bounds[0],
-                &views[1 + q],
-                &seqs[0],
+                first_bounds,
+                w_view,
+                first_seq,
                 (rows.max(1) - 1) * shape.ld + k,
             )?;
             self.batch.y.reserve(b_count * rows);
@@ -267,7 +277,7 @@ impl Executor {
             // widened exactly and each sequence gets what decoding it alone gives.
             gemm::run(&g, &self.launcher.pool, &mut self.widen, self.bf16)?;
             for (row, (b, s)) in bounds.iter().zip(seqs).enumerate() {
-                let (dst, _) = checked(b, &views[1 + parts + q], s, rows)?;
+                let (dst, _) = checked(b, y_view, s, rows)?;
                 let dst = dst.cast::<f32>();
                 for r in 0..rows {
                     // SAFETY: `dst` holds `rows` f32s (checked); Y holds B × rows.
