@@ -19,9 +19,7 @@ pub mod machine;
 pub(crate) mod plan;
 mod pool;
 
-use std::collections::HashMap;
-
-use zambac_engine::{Elem, Engine, MANIFEST_FILE, ProgramName, StateRole, StateSpec, TargetCpu};
+use zambac_engine::{Elem, Engine, MANIFEST_FILE, StateRole, StateSpec, TargetCpu};
 
 use crate::error::RuntimeError;
 use crate::session::{Backend, State, check_room, check_room_for, check_tokens};
@@ -80,28 +78,7 @@ impl CpuBackend {
         let m = engine.manifest();
         check_host_target(m.host_target.as_ref(), &manifest_path)?;
         let lib = HostLibrary::open(&engine.host_path(), &m.kernels)?;
-        let kernels: HashMap<&str, usize> = m
-            .kernels
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.symbol.as_str(), i))
-            .collect();
-        let plan = |name: ProgramName| -> Result<Option<Plan>, RuntimeError> {
-            m.program(name)
-                .map(|p| Plan::new(p, &kernels))
-                .transpose()
-                .map_err(|e| RuntimeError::load(&manifest_path, None, format!("`{name}`: {e}")))
-        };
-        let required = |name: ProgramName| {
-            plan(name)?.ok_or_else(|| {
-                RuntimeError::load(&manifest_path, None, format!("has no `{name}` program"))
-            })
-        };
-        let (prefill, decode, prefill_last) = (
-            required(ProgramName::Prefill)?,
-            required(ProgramName::Decode)?,
-            plan(ProgramName::PrefillLast)?,
-        );
+        let (prefill, prefill_last, decode) = plan::programs(m, &manifest_path)?;
         let weights = (0..m.weights.len())
             .filter_map(|i| engine.weight(i))
             .map(|w| Region {

@@ -3,7 +3,40 @@
 
 use std::collections::HashMap;
 
-use zambac_engine::{Buffer, Expr, Matrix, Program, ProgramName, StateRole, Step, View};
+use zambac_engine::{Buffer, Expr, Manifest, Matrix, Program, ProgramName, StateRole, Step, View};
+
+use crate::error::RuntimeError;
+
+/// The engine's programs resolved against its kernel table: `prefill`, `prefill_last`
+/// (absent in engines that have none) and `decode`; a missing required program or an
+/// unresolvable reference is a load error naming `manifest_path`.
+pub fn programs(
+    m: &Manifest,
+    manifest_path: &str,
+) -> Result<(Plan, Option<Plan>, Plan), RuntimeError> {
+    let kernels: HashMap<&str, usize> = m
+        .kernels
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.symbol.as_str(), i))
+        .collect();
+    let plan = |name: ProgramName| -> Result<Option<Plan>, RuntimeError> {
+        m.program(name)
+            .map(|p| Plan::new(p, &kernels))
+            .transpose()
+            .map_err(|e| RuntimeError::load(manifest_path, None, format!("`{name}`: {e}")))
+    };
+    let required = |name: ProgramName| {
+        plan(name)?.ok_or_else(|| {
+            RuntimeError::load(manifest_path, None, format!("has no `{name}` program"))
+        })
+    };
+    Ok((
+        required(ProgramName::Prefill)?,
+        plan(ProgramName::PrefillLast)?,
+        required(ProgramName::Decode)?,
+    ))
+}
 
 /// Where a view points.
 #[derive(Clone, Copy, Debug)]

@@ -18,7 +18,6 @@ mod graph;
 mod state;
 mod verify;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -164,28 +163,7 @@ impl CudaBackend {
                 })
             })
             .collect::<Result<Vec<_>, RuntimeError>>()?;
-        let kernels: HashMap<&str, usize> = m
-            .kernels
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.symbol.as_str(), i))
-            .collect();
-        let plan = |name: ProgramName| -> Result<Option<Plan>, RuntimeError> {
-            m.program(name)
-                .map(|p| Plan::new(p, &kernels))
-                .transpose()
-                .map_err(|e| RuntimeError::load(&manifest_path, None, format!("`{name}`: {e}")))
-        };
-        let required = |name: ProgramName| {
-            plan(name)?.ok_or_else(|| {
-                RuntimeError::load(&manifest_path, None, format!("has no `{name}` program"))
-            })
-        };
-        let (prefill, decode, prefill_last) = (
-            required(ProgramName::Prefill)?,
-            required(ProgramName::Decode)?,
-            plan(ProgramName::PrefillLast)?,
-        );
+        let (prefill, prefill_last, decode) = crate::cpu::plan::programs(m, &manifest_path)?;
         let mut weights = Vec::with_capacity(m.weights.len());
         let mut weight_regions = Vec::with_capacity(m.weights.len());
         for i in 0..m.weights.len() {
