@@ -21,8 +21,8 @@ use crate::cpu::plan::PStep;
 /// What a captured graph's baked-in addresses are valid for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct GraphKey {
-    /// The device state (its allocation's address).
-    pub state: usize,
+    /// The device state ([`super::DeviceTensors::id`]).
+    pub state: u64,
     /// The KV capacity, which the kernels' parameters also contain.
     pub capacity: usize,
     /// The backend's count of activation-buffer reallocations.

@@ -430,7 +430,7 @@ impl CudaBackend {
         let steps: &[PStep] = if graphable { &[] } else { &plan.steps };
         if graphable {
             let key = GraphKey {
-                state: Arc::as_ptr(&held).cast::<u8>() as usize,
+                state: tensors.id,
                 capacity: d.c,
                 buffers: self.slots.allocations + self.scratch.allocations + self.io.allocations,
             };

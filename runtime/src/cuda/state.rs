@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use zambac_engine::{Elem, StateRole, StateSpec};
@@ -24,8 +25,17 @@ struct Held {
 
 /// Every state tensor of one sequence on one GPU, in the engine's layout order.
 pub(crate) struct DeviceTensors {
+    /// Unique for the process's lifetime (an address could be reused after a drop): what a
+    /// captured decode graph, which has these buffers' addresses baked in, is keyed by.
+    pub id: u64,
     stream: Arc<CudaStream>,
     held: Vec<Held>,
+}
+
+/// The next [`DeviceTensors::id`].
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for DeviceTensors {
@@ -68,6 +78,7 @@ impl DeviceTensors {
             });
         }
         Ok(DeviceTensors {
+            id: next_id(),
             stream: stream.clone(),
             held,
         })
@@ -97,6 +108,7 @@ impl DeviceTensors {
             })
             .collect::<Result<_, RuntimeError>>()?;
         Ok(DeviceTensors {
+            id: next_id(),
             stream: self.stream.clone(),
             held,
         })
