@@ -39,7 +39,7 @@ pub fn programs(
 }
 
 /// Where a view points.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Buf {
     Weight(usize),
     /// `tokens` (prefill) or `token` (decode).

@@ -56,10 +56,6 @@ fn regions(call: &Bound<'_>) -> Vec<(Buf, DRegion)> {
     all
 }
 
-fn same(a: Buf, b: Buf) -> bool {
-    format!("{a:?}") == format!("{b:?}")
-}
-
 /// Host copies of every buffer of `call`, after the stream's work so far.
 pub(super) fn capture(call: &Bound<'_>, stream: &Arc<CudaStream>) -> Result<Vec<Vec<u8>>, String> {
     stream
@@ -131,7 +127,7 @@ impl Verifier {
                 Buf::Weight(_) => Ok((None, off)),
                 b => regions
                     .iter()
-                    .position(|(r, _)| same(*r, b))
+                    .position(|(r, _)| *r == b)
                     .map(|k| (Some(k), off))
                     .ok_or_else(|| format!("{b:?} is not bound")),
             }
