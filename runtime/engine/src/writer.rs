@@ -75,6 +75,7 @@ impl EngineWriter {
         if let Some(parent) = tmp.parent() {
             fs::create_dir_all(parent).map_err(|e| EngineError::write(show(parent), e))?;
         }
+        remove_stale_siblings(&out);
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| EngineError::write(show(&tmp), e))?;
         }
@@ -283,6 +284,13 @@ impl EngineWriter {
         if !self.out.exists() {
             return fs::rename(&self.tmp, &self.out).map_err(err);
         }
+        // One atomic step where the system has it: the new engine and the old swap places,
+        // so at every instant `out` is one whole engine or the other, whenever the process
+        // is killed; the old one then sits in `tmp` and is removed.
+        if exchange(&self.tmp, &self.out).is_ok() {
+            let _ = fs::remove_dir_all(&self.tmp);
+            return Ok(());
+        }
         let old = sibling(&self.out, "old")?;
         if old.exists() {
             fs::remove_dir_all(&old).map_err(|e| EngineError::write(show(&old), e))?;
@@ -296,6 +304,80 @@ impl EngineWriter {
         let _ = fs::remove_dir_all(&old);
         Ok(())
     }
+}
+
+/// Swaps two directories atomically (`renameat2` with `RENAME_EXCHANGE`, Linux ≥ 3.15 on
+/// file systems that support it).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths, resolved against the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// Removes what builds of `out` that were killed left beside it: `.<name>.zambac-tmp-<pid>`
+/// and `-old-` directories of processes that no longer run (on Linux, where `/proc` says
+/// which run). With the atomic exchange an `old` directory only ever holds a replaced
+/// engine. Best effort: anything it cannot read or remove stays.
+fn remove_stale_siblings(out: &Path) {
+    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let prefix = format!(".{}.zambac-", name.to_string_lossy());
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = ["tmp-", "old-"]
+            .iter()
+            .find_map(|kind| rest.strip_prefix(kind))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !process_runs(pid) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists (on systems without `/proc`, assumed so: nothing is removed).
+fn process_runs(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
 impl Drop for EngineWriter {

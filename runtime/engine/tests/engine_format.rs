@@ -365,3 +365,28 @@ fn a_replaced_companion_file_is_named() {
         assert!(msg.contains("checksum"), "{name}: {msg}");
     }
 }
+
+#[test]
+fn a_build_removes_what_killed_builds_left_and_nothing_else() {
+    let (tmp, out) = fresh();
+    let parent = tmp.path();
+    let name = out.file_name().unwrap().to_string_lossy().into_owned();
+    // A process that cannot exist (pids stop far below 2³²−2), and one that does (pid 1).
+    let dead_tmp = parent.join(format!(".{name}.zambac-tmp-4294967294"));
+    let dead_old = parent.join(format!(".{name}.zambac-old-4294967294"));
+    let live = parent.join(format!(".{name}.zambac-tmp-1"));
+    let other = parent.join(".other.engine.zambac-tmp-4294967294");
+    for d in [&dead_tmp, &dead_old, &live, &other] {
+        fs::create_dir(d).unwrap();
+        fs::write(d.join(WEIGHTS_FILE), b"half written").unwrap();
+    }
+    write(&out);
+    assert!(
+        !dead_tmp.exists() && !dead_old.exists(),
+        "stale directories stay"
+    );
+    if Path::new("/proc/1").exists() {
+        assert!(live.exists(), "a running build's directory was removed");
+    }
+    assert!(other.exists(), "another engine's directory was removed");
+}
