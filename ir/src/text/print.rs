@@ -13,7 +13,7 @@ use crate::op::{Attr, OpKind};
 /// Prints a whole module: header, parameter table, graphs.
 pub fn print_module(m: &Module) -> String {
     let mut s = String::new();
-    writeln!(s, "module @{}", ident_or_quoted(&m.name)).unwrap();
+    writeln!(s, "module {}", at_name(&m.name)).unwrap();
     if !m.params.is_empty() {
         s.push('\n');
     }
@@ -143,13 +143,20 @@ fn print_attrs(s: &mut String, kind: &OpKind) {
 }
 
 /// Module names print bare when they are identifiers, quoted otherwise.
-fn ident_or_quoted(name: &str) -> String {
-    let ok = !name.is_empty()
+/// A module name as the parser reads it back: `@name` when the lexer takes the whole name
+/// as one `@` word (letters, digits, `_`, `.`, `-`, not all digits — that would be a
+/// parameter reference), else the name as a string literal, which `at_name` also accepts.
+fn at_name(name: &str) -> String {
+    let bare = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if ok { name.to_string() } else { quote(name) }
+        && !name.chars().all(|c| c.is_ascii_digit());
+    if bare {
+        format!("@{name}")
+    } else {
+        quote(name)
+    }
 }
 
 /// A string literal as the lexer reads it: `"` and `\\` escaped, control characters as
