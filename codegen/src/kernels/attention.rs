@@ -85,8 +85,6 @@ pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
         kv: a.kv,
     };
     let keys = e.minsi(e.add_k(pos, 1), capacity);
-    let blocks = e.mul_k(e.divui(keys, e.index(KEYS as i64)), KEYS);
-    let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
     if f.gpu_schedule && split_keys(head_dim) {
         decode_warp(e, f, &head, keys);
         return;
@@ -95,7 +93,8 @@ pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
         // The GPU schedule: a thread per output element, each computing every score (the
         // same loads across the head's threads) and accumulating its element.
         let d = f.lane;
-        let start = [start[0], start[1], e.f32(0.0)];
+        let blocks = e.mul_k(e.divui(keys, e.index(KEYS as i64)), KEYS);
+        let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0), e.f32(0.0)];
         let state = e.for_(
             e.index(0),
             blocks,

@@ -38,6 +38,19 @@ pub fn programs(
     ))
 }
 
+/// The element offset of view `v` at `d`, checked to lie within a buffer of `len`
+/// elements (an offset equal to `len` is the empty view at the end).
+pub fn checked_offset(v: &PView, len: usize, d: crate::cpu::Dims) -> Result<usize, String> {
+    let off = d.size(&v.offset)?;
+    if off > len {
+        return Err(format!(
+            "offset {off} is past the end of {:?} ({len} elements)",
+            v.buf
+        ));
+    }
+    Ok(off)
+}
+
 /// Where a view points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Buf {

@@ -744,28 +744,19 @@ fn check_entries(ptx: &str, entries: &[GpuEntry]) -> Result<(), String> {
     Ok(())
 }
 
-/// The bytes of each slot (the largest value it holds) and workspace of `plan` at `d`;
-/// activations are f32.
+/// The bytes of each slot (the largest value it holds) and workspace of `plan` at `d`:
+/// the cpu executor's element counts, of f32 activations.
 fn buffer_bytes(plan: &Plan, d: Dims) -> Result<(Vec<usize>, Vec<usize>), String> {
-    let bytes = |n: usize| {
-        n.checked_mul(4)
-            .ok_or_else(|| format!("{n} elements overflow"))
+    let (slots, scratch) = crate::cpu::exec_buffer_sizes(plan, d)?;
+    let bytes = |n: Vec<usize>| {
+        n.into_iter()
+            .map(|n| {
+                n.checked_mul(4)
+                    .ok_or_else(|| format!("{n} elements overflow"))
+            })
+            .collect::<Result<Vec<_>, String>>()
     };
-    let slots = plan
-        .slots
-        .iter()
-        .map(|cands| {
-            cands
-                .iter()
-                .try_fold(0usize, |m, e| Ok::<_, String>(m.max(bytes(d.size(e)?)?)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let scratch = plan
-        .scratch
-        .iter()
-        .map(|e| bytes(d.size(e)?))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((slots, scratch))
+    Ok((bytes(slots)?, bytes(scratch)?))
 }
 
 /// Every buffer of one call, on the device.
@@ -804,13 +795,7 @@ impl Bound<'_> {
     /// The region a view points into and its element offset, checked to lie within it.
     fn region_at(&self, v: &PView, d: Dims) -> Result<(DRegion, usize), String> {
         let region = self.region(v.buf)?;
-        let off = d.size(&v.offset)?;
-        if off > region.len {
-            return Err(format!(
-                "offset {off} is past the end of {:?} ({} elements)",
-                v.buf, region.len
-            ));
-        }
+        let off = crate::cpu::plan::checked_offset(v, region.len, d)?;
         Ok((region, off))
     }
 

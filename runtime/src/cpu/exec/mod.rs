@@ -9,6 +9,7 @@ use zambac_engine::{Elem, Expr};
 
 mod batch;
 
+use super::plan::checked_offset;
 pub use batch::SeqCall;
 
 use super::arena::{AlignedBuf, Arena};
@@ -267,7 +268,7 @@ impl Launcher {
 }
 
 /// The elements of each slot (the largest value it holds) and workspace of `plan` at `d`.
-fn buffer_sizes(plan: &Plan, d: Dims) -> Result<(Vec<usize>, Vec<usize>), String> {
+pub(crate) fn buffer_sizes(plan: &Plan, d: Dims) -> Result<(Vec<usize>, Vec<usize>), String> {
     let slots = plan
         .slots
         .iter()
@@ -345,13 +346,7 @@ impl Bound<'_> {
             Buf::Slot(i) => *self.slots.get(i).ok_or_else(missing)?,
             Buf::Scratch(i) => *self.scratch.get(i).ok_or_else(missing)?,
         };
-        let off = d.size(&v.offset)?;
-        if off > region.len {
-            return Err(format!(
-                "offset {off} is past the end of {:?} ({} elements)",
-                v.buf, region.len
-            ));
-        }
+        let off = checked_offset(v, region.len, d)?;
         Ok((region, off))
     }
 }
