@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use zambac_engine::resources::Budget;
 use zambac_engine::{Companions, Elem, EngineWriter, GpuEntry, GpuFiles, ManifestParts, ModelInfo};
 use zambac_weights::{Checkpoint, random_param};
 
@@ -33,6 +34,7 @@ pub fn write(
         }
     };
     let generation = crate::generation_info::read(config_dir.as_deref(), tokenizer_dir.as_deref())?;
+    check_room(c, out)?;
     let code = generate_code(c, args)?;
     let mut w = EngineWriter::create(out)?;
     let bar = progress_bar(weight_bytes(c));
@@ -143,6 +145,37 @@ pub fn write(
         code.host.as_ref().map_or(0, |h| h.cached),
         code.gpu.as_ref().map(crate::build_cmd::GpuSummary::of),
     ))
+}
+
+/// Refuses, before code generation and before anything is written, an engine whose
+/// weights do not fit on the output's file system, or whose largest parameter cannot be
+/// held in memory while it is drawn or read (as f32) and stored.
+fn check_room(c: &Compiled, out: &Path) -> CliResult<()> {
+    let mut disk = Budget::new();
+    disk.add("weights.bin", weight_bytes(c));
+    disk.check_disk(&format!("the engine {}", out.display()), out)
+        .map_err(|e| CliError::Input(format!("error: {e}")))?;
+    let largest = c
+        .module
+        .params
+        .iter()
+        .zip(&c.lowered.weight_elems)
+        .max_by_key(|(p, _)| p.numel());
+    if let Some((p, elem)) = largest {
+        let numel = p.numel() as u64;
+        let mut memory = Budget::new();
+        memory
+            .add_n(
+                format!("parameter `{}` {:?} as f32", p.name, p.shape),
+                numel,
+                4,
+            )
+            .add_n("its stored copy", numel, elem.size() as u64);
+        memory
+            .check_memory(&format!("writing the engine {}", out.display()))
+            .map_err(|e| CliError::Input(format!("error: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The model's `tokenizer.json`, checked to load, for the engine to carry: the one in the

@@ -61,6 +61,7 @@ pub fn reference_model_of(
             ))
         })?;
     let module = zambac_ir::build(&spec)?;
+    crate::model::check_f32_weights_fit(&module, "the reference interpreter")?;
     let by_name: std::collections::BTreeMap<&str, usize> = engine
         .manifest()
         .weights

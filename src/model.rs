@@ -83,6 +83,7 @@ pub fn parse_dt_clamp(s: &str) -> CliResult<DtClamp> {
 
 /// The f32 weights of every parameter of `m`, and warnings from loading them.
 pub fn load_weights(m: &Module, input: &Input) -> CliResult<(Vec<Tensor>, Vec<String>)> {
+    check_f32_weights_fit(m, "the reference interpreter")?;
     match &input.weights {
         WeightSource::Random(seed) => Ok((random(m, *seed), vec![])),
         WeightSource::Checkpoint(dir) => {
@@ -91,4 +92,18 @@ pub fn load_weights(m: &Module, input: &Input) -> CliResult<(Vec<Tensor>, Vec<St
             Ok((b.tensors, b.warnings))
         }
     }
+}
+
+/// Refuses, before any weight is read or drawn, a model whose parameters as f32 tensors
+/// (how the reference interpreter holds them) do not fit in the memory available now.
+pub fn check_f32_weights_fit(m: &Module, who: &str) -> CliResult<()> {
+    let values = m
+        .params
+        .iter()
+        .fold(0u64, |n, p| n.saturating_add(p.numel() as u64));
+    let mut budget = zambac_engine::resources::Budget::new();
+    budget.add_n(format!("{} parameters as f32", m.params.len()), values, 4);
+    budget
+        .check_memory(&format!("the model `{}` in {who}", m.name))
+        .map_err(|e| CliError::Input(format!("error: {e}; run it as an engine instead")))
 }

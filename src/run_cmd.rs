@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use zambac_engine::Engine;
 use zambac_reference::ReferenceBackend;
 use zambac_runtime::cli::{GenerateArgs, generate_and_report, prompt};
 use zambac_runtime::session::Backend;
@@ -41,7 +40,10 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
                 "error: --weights and --dt-clamp are fixed when an engine is built; pass them to `zambac build`",
             ));
         }
-        Some(Engine::open(&args.input)?)
+        Some(zambac_runtime::cli::open_engine(
+            &args.input,
+            args.generate.fast_load,
+        )?)
     } else {
         None
     };

@@ -103,8 +103,21 @@ pub fn run(
             "the batch needs at least one sequence".into(),
         ));
     }
+    let capacity = prompt_len.checked_add(new_tokens.max(1)).ok_or_else(|| {
+        RuntimeError::Input(format!(
+            "{prompt_len} prompt tokens and {new_tokens} new tokens are more than any context holds"
+        ))
+    })?;
+    let footprint = crate::session::Footprint {
+        sequences: batch,
+        capacity,
+        rows: prefill.chunk.unwrap_or(prompt_len).clamp(1, prompt_len),
+        kept_rows: batch,
+        prompt_tokens: prompt_len.saturating_mul(batch.saturating_add(1)),
+        cache_bytes: 0,
+    };
+    crate::session::check_fits(backend, "this benchmark", footprint)?;
     let prompt = random_prompt(backend.vocab_size(), prompt_len, seed);
-    let capacity = prompt_len + new_tokens.max(1);
     let mut times = Vec::with_capacity(prefill.runs);
     if prefill.runs > 0 {
         prefill.run(backend, &prompt, capacity)?;
@@ -260,18 +273,4 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Bytes with a binary unit: `196608` → `192.0 KiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = n as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u + 1 < UNITS.len() {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{x:.1} {}", UNITS.get(u).unwrap_or(&"TiB"))
-    }
-}
+pub use zambac_engine::resources::human_bytes;

@@ -16,6 +16,26 @@ pub struct Sampling {
     pub seed: u64,
 }
 
+impl Sampling {
+    /// Refuses settings no distribution has: a temperature that is negative or not a
+    /// number, a `top_p` outside (0, 1]. Messages name the command-line flag.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(format!(
+                "--temperature {}: expected a finite number ≥ 0 (0 is greedy)",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!(
+                "--top-p {}: expected a number in (0, 1]",
+                self.top_p
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Sampling {

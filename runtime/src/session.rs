@@ -259,6 +259,20 @@ pub trait Backend {
         Ok(Tensor::new(vec![tokens.len(), self.vocab_size()], rows))
     }
 
+    /// Host bytes of one sequence's state (recurrent states and KV caches) with caches of
+    /// `capacity` positions, saturating. A backend that does not plan its memory (the
+    /// reference interpreter) counts nothing here.
+    fn state_bytes(&self, _capacity: usize) -> u64 {
+        0
+    }
+
+    /// Host bytes of one call over `rows` tokens with caches of `capacity` positions: its
+    /// activations and workspaces and the logits it returns, saturating. By default the
+    /// logits only.
+    fn call_bytes(&self, rows: usize, _capacity: usize) -> u64 {
+        logit_bytes(rows, self.vocab_size())
+    }
+
     /// What executes the model, as `label: text` lines for `--verbose` and reports.
     fn describe(&self) -> Vec<(&'static str, String)> {
         Vec::new()
@@ -279,6 +293,64 @@ pub trait Backend {
             path.display()
         )))
     }
+}
+
+/// Bytes of a sequence's state in `layout` with caches of `capacity` positions, saturating.
+pub fn layout_bytes(layout: &[StateSpec], capacity: usize) -> u64 {
+    layout
+        .iter()
+        .map(|s| s.bytes(capacity).unwrap_or(u64::MAX))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Bytes of `rows` rows of f32 logits over `vocab` columns, saturating.
+pub fn logit_bytes(rows: usize, vocab: usize) -> u64 {
+    (rows as u64).saturating_mul(vocab as u64).saturating_mul(4)
+}
+
+/// What a run will hold in memory at its peak, part by part.
+#[derive(Clone, Copy, Debug)]
+pub struct Footprint {
+    /// New sequences' states to allocate, each with caches of `capacity` positions.
+    pub sequences: usize,
+    pub capacity: usize,
+    /// The most tokens one call runs (the prompt, or its largest chunk).
+    pub rows: usize,
+    /// Rows of logits handed back and kept by the caller.
+    pub kept_rows: usize,
+    /// Prompt token ids held (8 bytes each).
+    pub prompt_tokens: usize,
+    /// Memory set aside for saved states (a server's prefix cache).
+    pub cache_bytes: u64,
+}
+
+/// Refuses `what` before anything is allocated when its states, one call's workspace and
+/// the logits kept would not fit in the memory available now — with the bytes each part
+/// needs. Sizes whose byte counts overflow are refused the same way.
+pub fn check_fits(backend: &dyn Backend, what: &str, f: Footprint) -> Result<(), RuntimeError> {
+    let mut budget = zambac_engine::resources::Budget::new();
+    let state = backend.state_bytes(f.capacity);
+    let states = if f.sequences == 1 {
+        format!("state and KV caches at {} positions", f.capacity)
+    } else {
+        format!(
+            "{} states and KV caches at {} positions",
+            f.sequences, f.capacity
+        )
+    };
+    budget
+        .add_n(states, f.sequences as u64, state)
+        .add(
+            format!("workspace for a call over {} tokens", f.rows),
+            backend.call_bytes(f.rows, f.capacity),
+        )
+        .add(
+            format!("logits kept ({} rows)", f.kept_rows),
+            logit_bytes(f.kept_rows, backend.vocab_size()),
+        )
+        .add_n("prompt ids", f.prompt_tokens as u64, 8)
+        .add("prefix cache", f.cache_bytes);
+    budget.check_memory(what).map_err(RuntimeError::Input)
 }
 
 /// Checks that a state can take one more token: its caches have room.
@@ -376,12 +448,35 @@ pub fn generate_from(
 ) -> Result<(Generation, State), RuntimeError> {
     let vocab = backend.vocab_size();
     check_tokens(prompt, vocab)?;
+    let too_long = || {
+        RuntimeError::Input(format!(
+            "a prompt of {} tokens and {max_new} new tokens is more than any context holds",
+            prompt.len()
+        ))
+    };
+    let consumed = prompt
+        .len()
+        .checked_add(max_new.saturating_sub(1))
+        .ok_or_else(too_long)?;
+    let capacity = match &state {
+        Some(s) => s.capacity(),
+        None => consumed.checked_add(1).ok_or_else(too_long)?,
+    };
+    let chunk = opts.prefill_chunk.unwrap_or(prompt.len()).max(1);
+    let footprint = Footprint {
+        sequences: usize::from(state.is_none()),
+        capacity,
+        rows: chunk.min(prompt.len()),
+        kept_rows: prompt.len().saturating_add(max_new),
+        prompt_tokens: 0,
+        cache_bytes: 0,
+    };
+    check_fits(backend, "this run", footprint)?;
     let mut state = match state {
         Some(s) => s,
-        None => backend.new_state(prompt.len() + max_new.max(1))?,
+        None => backend.new_state(capacity)?,
     };
-    check_room_for(&state, prompt.len() + max_new.saturating_sub(1))?;
-    let chunk = opts.prefill_chunk.unwrap_or(prompt.len()).max(1);
+    check_room_for(&state, consumed)?;
     let mut prefill_rows: Vec<f32> = Vec::with_capacity(prompt.len() * vocab);
     for part in prompt.chunks(chunk) {
         let logits = backend.extend(part, &mut state)?;

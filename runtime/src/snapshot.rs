@@ -141,7 +141,27 @@ pub fn load(
             "checksum mismatch: the snapshot is corrupt or was modified".into(),
         ));
     }
+    // The position is metadata, which the checksum does not cover: it must agree with the
+    // rows the KV caches hold before it sizes any allocation.
+    if let Some((name, shape, _)) = found.iter().find(|(n, _, _)| {
+        layout
+            .iter()
+            .any(|spec| spec.role.is_cache() && spec.role.name() == *n)
+    }) && shape.get(1) != Some(&position)
+    {
+        return Err(bad(
+            Some(name),
+            format!("holds a cache of shape {shape:?}, but the snapshot says position {position}"),
+        ));
+    }
     let capacity = capacity.max(position);
+    let mut need = zambac_engine::resources::Budget::new();
+    need.add(
+        format!("a state with caches of {capacity} positions"),
+        crate::session::layout_bytes(layout, capacity),
+    );
+    need.check_memory("restoring it")
+        .map_err(|e| bad(None, e))?;
     let mut state = State::zeros(layout, capacity)?;
     if state.has_caches() && position > capacity {
         return Err(bad(

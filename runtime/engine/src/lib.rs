@@ -10,6 +10,7 @@
 //! - [`manifest`] — `manifest.json`;
 //! - [`Engine::open`] and [`EngineWriter`] — the engine directory: written atomically and
 //!   reproducibly, opened only after every file and checksum checks out;
+//! - [`resources`] — memory and disk room, checked before anything large is allocated;
 //! - [`validate`] — the one validator that the writer runs before it commits an engine
 //!   and the loader runs before anything executes.
 //!
@@ -40,6 +41,7 @@ pub mod model;
 mod open;
 pub mod program;
 pub mod random;
+pub mod resources;
 pub mod rope;
 pub mod signature;
 mod sizes;
@@ -53,7 +55,7 @@ pub use gpu::{GpuCode, GpuEntry, GpuParam};
 pub use kernel::{ActKind, BinOp, EpilogueOp, Kernel, KernelKind};
 pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, TargetCpu, WeightEntry};
 pub use model::{GenerationInfo, ModelInfo, StateRole, StateSpec};
-pub use open::{Engine, WeightView};
+pub use open::{Engine, Verify, WeightView};
 pub use program::{Buffer, Matrix, Program, ProgramName, Step, View};
 pub use rope::{Rope, RopeScaling};
 pub use signature::{Access, Role, Signature};

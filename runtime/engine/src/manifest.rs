@@ -168,8 +168,7 @@ impl Manifest {
     /// of a kind this build does not know is reported with the first launch that uses it.
     /// Nothing is validated here; see [`crate::validate`].
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
-        let probe: VersionProbe = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a valid engine manifest: {e}"))?;
+        let probe: VersionProbe = from_slice(bytes)?;
         if probe.format_version != crate::FORMAT_VERSION {
             return Err(format!(
                 "engine format version {} is not supported (this zambac reads version {}); \
@@ -178,15 +177,30 @@ impl Manifest {
                 crate::FORMAT_VERSION
             ));
         }
-        serde_json::from_slice(bytes).map_err(|e| {
-            unknown_kernel_kind(bytes)
-                .unwrap_or_else(|| format!("not a valid engine manifest: {e}"))
-        })
+        from_slice(bytes).map_err(|e| unknown_kernel_kind(bytes).unwrap_or(e))
     }
 
     pub fn program(&self, name: ProgramName) -> Option<&Program> {
         self.programs.iter().find(|p| p.name == name)
     }
+}
+
+/// Deserializes JSON, naming the path of the value that does not fit (`weights[3].shape:
+/// invalid type: …`).
+fn from_slice<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            format!("not a valid engine manifest: {inner}")
+        } else {
+            format!("not a valid engine manifest: `{path}`: {inner}")
+        }
+    })?;
+    de.end()
+        .map_err(|e| format!("not a valid engine manifest: {e}"))?;
+    Ok(value)
 }
 
 /// When the only thing wrong with a manifest is a kernel whose kind does not parse (a kind

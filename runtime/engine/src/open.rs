@@ -31,15 +31,32 @@ pub struct WeightView<'a> {
     pub bytes: &'a [u8],
 }
 
+/// What [`Engine::open_with`] checks besides the manifest, the sizes and the other files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Verify {
+    /// Every checksum, the weights' included (reads all of `weights.bin` once).
+    #[default]
+    Full,
+    /// Every check but hashing the weights: `weights.bin` must still have the size the
+    /// weight table needs, and `manifest.json` and `host.so` are still hashed. For large
+    /// engines on trusted storage, where hashing reads every byte before the first token.
+    SkipWeightHashes,
+}
+
 impl Engine {
-    /// Opens and validates the engine in `dir`.
+    /// Opens and validates the engine in `dir`, every checksum included.
     pub fn open(dir: impl AsRef<Path>) -> Result<Engine, EngineError> {
+        Engine::open_with(dir, Verify::Full)
+    }
+
+    /// Opens and validates the engine in `dir`, checking what `verify` says.
+    pub fn open_with(dir: impl AsRef<Path>, verify: Verify) -> Result<Engine, EngineError> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
             return Err(load(&dir, None, "no such engine directory"));
         }
         let (manifest, identity) = read_manifest(&dir.join(MANIFEST_FILE))?;
-        let weights = map_weights(&dir.join(WEIGHTS_FILE), &manifest.weights)?;
+        let weights = map_weights(&dir.join(WEIGHTS_FILE), &manifest.weights, verify)?;
         check_file(&dir, &manifest.host)?;
         for f in [
             manifest.gpu.as_ref().map(|g| &g.ptx),
@@ -169,9 +186,13 @@ fn read_manifest(path: &Path) -> Result<(Manifest, Checksum), EngineError> {
     Ok((manifest, Checksum::of(&bytes)))
 }
 
-/// Maps `weights.bin` after checking its size against the table and every tensor's
-/// checksum (in parallel: this reads the whole file once).
-fn map_weights(path: &Path, table: &[WeightEntry]) -> Result<Option<Mmap>, EngineError> {
+/// Maps `weights.bin` after checking its size against the table and, unless told to skip
+/// them, every tensor's checksum (in parallel: this reads the whole file once).
+fn map_weights(
+    path: &Path,
+    table: &[WeightEntry],
+    verify: Verify,
+) -> Result<Option<Mmap>, EngineError> {
     let file = fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => load(path, None, "missing"),
         _ => load(path, None, format!("cannot open: {e}")),
@@ -197,6 +218,9 @@ fn map_weights(path: &Path, table: &[WeightEntry]) -> Result<Option<Mmap>, Engin
     // SAFETY: the engine is opened read-only; modifying it while it runs is outside the
     // contract (as for any memory-mapped model file).
     let map = unsafe { Mmap::map(&file) }.map_err(|e| load(path, None, format!("{e}")))?;
+    if verify == Verify::SkipWeightHashes {
+        return Ok(Some(map));
+    }
     let bad = table
         .par_iter()
         .find_first(|e| Checksum::of(slice(Some(&map), e)) != e.xxh3);

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use zambac_engine::Engine;
-
 use crate::bench::{self, BenchReport, human_bytes as bytes};
 use crate::cpu::machine::Machine;
 use crate::cpu::{CpuBackend, ProfileRow};
@@ -63,6 +61,10 @@ pub struct BenchArgs {
     /// allow it.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub bf16_products: String,
+    /// Skip hashing the weights when the engine is opened (their sizes, `manifest.json` and
+    /// `host.so` are still checked): a faster start for large engines on trusted storage.
+    #[arg(long)]
+    pub fast_load: bool,
 }
 
 /// Per-kernel times of one profiled prefill and of the profiled decode steps.
@@ -116,7 +118,10 @@ pub fn bench(args: &BenchArgs) -> Result<(), RuntimeError> {
     if args.backend == "cuda" {
         return bench_cuda(args);
     }
-    let mut backend = CpuBackend::new(Engine::open(&args.engine)?, args.threads)?;
+    let mut backend = CpuBackend::new(
+        super::open_engine(&args.engine, args.fast_load)?,
+        args.threads,
+    )?;
     super::set_bf16_products(&mut backend, &args.bf16_products)?;
     let capacity = args.prompt_len.saturating_add(args.new_tokens.max(1));
     backend
@@ -196,7 +201,7 @@ struct CudaOutput<'a> {
 /// `bench --backend cuda`: the same measurements with the engine on the GPU. Each call
 /// returns its logits to the host, so the host's clock times finished GPU work.
 fn bench_cuda(args: &BenchArgs) -> Result<(), RuntimeError> {
-    let mut backend = CudaBackend::new(Engine::open(&args.engine)?, 0)?;
+    let mut backend = CudaBackend::new(super::open_engine(&args.engine, args.fast_load)?, 0)?;
     backend.set_graphs(args.cuda_graphs == "on");
     let r = bench::run(
         &mut backend,

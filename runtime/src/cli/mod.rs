@@ -15,6 +15,19 @@ pub use run::{
 
 use crate::error::RuntimeError;
 
+/// Opens an engine, hashing its weights unless `fast_load` (`--fast-load`) says not to.
+pub fn open_engine(
+    dir: &std::path::Path,
+    fast_load: bool,
+) -> Result<zambac_engine::Engine, RuntimeError> {
+    let verify = if fast_load {
+        zambac_engine::Verify::SkipWeightHashes
+    } else {
+        zambac_engine::Verify::Full
+    };
+    Ok(zambac_engine::Engine::open_with(dir, verify)?)
+}
+
 /// Lets a closed standard output (`zambac-run run … | head`) end the process quietly, as it
 /// ends any Unix filter, instead of failing the next write; Rust ignores SIGPIPE by
 /// default, which turns every `println!` after the reader left into a panic.

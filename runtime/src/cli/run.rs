@@ -63,6 +63,10 @@ pub struct GenerateArgs {
     /// host code was generated for, the matrix library and its kernels.
     #[arg(long)]
     pub verbose: bool,
+    /// Skip hashing the weights when the engine is opened (their sizes, `manifest.json` and
+    /// `host.so` are still checked): a faster start for large engines on trusted storage.
+    #[arg(long)]
+    pub fast_load: bool,
 }
 
 /// Options of `zambac-run run`.
@@ -85,7 +89,7 @@ pub struct RunArgs {
 
 /// `zambac-run run`.
 pub fn run(args: &RunArgs) -> Result<(), RuntimeError> {
-    let engine = Engine::open(&args.engine)?;
+    let engine = super::open_engine(&args.engine, args.generate.fast_load)?;
     let tokenizer = match &args.generate.prompt {
         Some(_) => Some(engine_tokenizer(&engine)?),
         None => None,
@@ -184,6 +188,7 @@ pub fn generate_and_report(
         top_p: g.top_p,
         seed: g.seed,
     };
+    sampling.check().map_err(RuntimeError::Input)?;
     if g.verbose {
         for (label, text) in backend.describe() {
             eprintln!("{label:<13} {text}");
@@ -235,19 +240,21 @@ pub fn generate_and_report(
 
 /// Parses `--tokens 1,2,3`.
 pub fn parse_tokens(s: &str) -> Result<Vec<i64>, RuntimeError> {
-    let parts: Vec<&str> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
-    if parts.is_empty() {
+    if s.trim().is_empty() {
         return Err(RuntimeError::Input(
             "--tokens: the token list is empty".into(),
         ));
     }
-    parts
-        .iter()
-        .map(|p| {
+    s.split(',')
+        .map(str::trim)
+        .enumerate()
+        .map(|(i, p)| {
+            if p.is_empty() {
+                return Err(RuntimeError::Input(format!(
+                    "--tokens: item {} is empty (expected integers like 1,2,3)",
+                    i + 1
+                )));
+            }
             p.parse::<i64>().map_err(|_| {
                 RuntimeError::Input(format!(
                     "--tokens: `{p}` is not a token id (expected integers like 1,2,3)"

@@ -13,13 +13,21 @@ pub struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    /// Makes room for at least `len` elements; contents are unspecified afterwards.
-    pub fn reserve(&mut self, len: usize) {
+    /// Makes room for at least `len` elements; contents are unspecified afterwards. An
+    /// allocation the system refuses is an error naming its bytes, not an abort.
+    pub fn reserve(&mut self, len: usize) -> Result<(), String> {
         let lines = len.div_ceil(16);
         if self.lines.len() < lines {
             self.lines = Vec::new();
+            self.lines.try_reserve_exact(lines).map_err(|_| {
+                format!(
+                    "a workspace of {} cannot be allocated",
+                    zambac_engine::resources::human_bytes((lines as u64).saturating_mul(64))
+                )
+            })?;
             self.lines.resize(lines, Line([0.0; 16]));
         }
+        Ok(())
     }
 
     /// Capacity in elements.
@@ -48,12 +56,13 @@ pub struct Arena {
 
 impl Arena {
     /// Ensures buffer `i` holds at least `sizes[i]` elements.
-    pub fn prepare(&mut self, sizes: &[usize]) {
+    pub fn prepare(&mut self, sizes: &[usize]) -> Result<(), String> {
         if self.bufs.len() < sizes.len() {
             self.bufs.resize_with(sizes.len(), AlignedBuf::default);
         }
         for (b, &n) in self.bufs.iter_mut().zip(sizes) {
-            b.reserve(n);
+            b.reserve(n)?;
         }
+        Ok(())
     }
 }

@@ -6,10 +6,10 @@ use zambac_engine::Elem;
 
 use super::CpuBackend;
 use super::exec::{CallBuffers, Dims, Region, SeqCall};
-use crate::bench::human_bytes;
 use crate::error::RuntimeError;
 use crate::session::{Backend, State, check_batch, check_room, check_tokens};
 use crate::tensor::Tensor;
+use zambac_engine::resources::{available_memory, human_bytes};
 
 /// Sequences one batched step takes at most, whatever the memory allows.
 pub const MAX_BATCH: usize = 256;
@@ -97,10 +97,7 @@ impl CpuBackend {
 
     /// Bytes of one sequence's state and KV caches at `capacity` tokens.
     pub fn sequence_bytes(&self, capacity: usize) -> u64 {
-        self.layout
-            .iter()
-            .filter_map(|s| s.bytes(capacity))
-            .fold(0u64, u64::saturating_add)
+        crate::session::layout_bytes(&self.layout, capacity)
     }
 
     /// Refuses `batch` sequences of `capacity` tokens when their states and KV caches do not
@@ -128,12 +125,4 @@ impl CpuBackend {
             .unwrap_or(usize::MAX)
             .clamp(1, MAX_BATCH)
     }
-}
-
-/// `MemAvailable` from `/proc/meminfo`, in bytes.
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }

@@ -161,7 +161,7 @@ pub fn run(
         Elem::Bf16 => {
             let block = (WIDEN_BLOCK * (g.m / 32).max(1)).min(WIDEN_BLOCK_MAX);
             let nb = (block / g.k).clamp(1, g.n);
-            widen.reserve(g.k * nb);
+            widen.reserve(g.k * nb)?;
             let buf = Shared(widen.as_mut_ptr());
             let mut ok = true;
             let mut j0 = 0;

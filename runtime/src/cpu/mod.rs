@@ -67,12 +67,20 @@ pub struct CpuBackend {
 // to the thread that created it.
 unsafe impl Send for CpuBackend {}
 
+/// The most threads a cpu backend starts.
+pub const MAX_THREADS: usize = 1024;
+
 impl CpuBackend {
     /// Loads `host.so`, resolves every kernel and prepares the programs. `threads` = 0
     /// means one per available core.
     pub fn new(engine: Engine, threads: usize) -> Result<CpuBackend, RuntimeError> {
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n if n > MAX_THREADS => {
+                return Err(RuntimeError::Input(format!(
+                    "--threads {n}: at most {MAX_THREADS} (0 is one per core)"
+                )));
+            }
             n => n,
         };
         let manifest_path = engine.dir().join(MANIFEST_FILE).display().to_string();
@@ -428,6 +436,21 @@ impl Backend for CpuBackend {
 
     fn new_state(&self, capacity: usize) -> Result<State, RuntimeError> {
         State::zeros(&self.layout, capacity)
+    }
+
+    fn state_bytes(&self, capacity: usize) -> u64 {
+        self.sequence_bytes(capacity)
+    }
+
+    /// The prefill program's slots, workspaces and logits, with the call's tokens at the
+    /// end of the caches (where attention reads the most).
+    fn call_bytes(&self, rows: usize, capacity: usize) -> u64 {
+        let d = Dims {
+            t: rows,
+            c: capacity,
+            pos: capacity.saturating_sub(rows),
+        };
+        exec::call_bytes(&self.prefill, d)
     }
 
     fn save_state(&self, path: &std::path::Path, state: &State) -> Result<(), RuntimeError> {

@@ -830,6 +830,11 @@ impl Backend for CudaBackend {
         State::zeros(&self.layout, capacity)
     }
 
+    /// The host copy a state starts as (device memory is the driver's to refuse).
+    fn state_bytes(&self, capacity: usize) -> u64 {
+        crate::session::layout_bytes(&self.layout, capacity)
+    }
+
     fn save_state(&self, path: &std::path::Path, state: &State) -> Result<(), RuntimeError> {
         crate::snapshot::save(path, state, self.engine.identity())
     }

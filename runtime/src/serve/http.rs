@@ -5,10 +5,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as Sse, KeepAlive};
@@ -41,11 +41,19 @@ pub struct App {
     pub queue: usize,
     pub created: u64,
     pub next_id: AtomicU64,
+    /// From a request's arrival to its last token (`--request-timeout-s`).
+    pub request_timeout: Duration,
+    /// For a request's head and its body (`--read-timeout-s`).
+    pub read_timeout: Duration,
+    /// The largest body accepted, in bytes (`--max-body-kib`).
+    pub body_limit: usize,
 }
 
 type Shared = Arc<App>;
 
+/// The routes, with bodies above `app.body_limit` bytes refused (413).
 pub fn router(app: Shared) -> Router {
+    let body_limit = app.body_limit;
     let api = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -56,7 +64,63 @@ pub fn router(app: Shared) -> Router {
         .route("/health", get(health))
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(app.clone(), read_body))
+        .layer(middleware::from_fn_with_state(app.clone(), deadline))
         .with_state(app)
+}
+
+/// Bounds the time from a request's arrival to its answer's head (reading the body,
+/// waiting for a slot, and for an answer that is not streamed, the whole generation) by
+/// `--request-timeout-s`: past it, 504, and dropping the handler cancels its job. A stream
+/// keeps the same deadline for its events ([`Reply::stream`]).
+async fn deadline(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(app.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => timed_out(&app).into_response(),
+    }
+}
+
+/// Reads the whole body within `--read-timeout-s` (the head had the same time, under
+/// hyper's header deadline): a client whose body trickles or never comes (a
+/// `Content-Length` that lies) gets 408 instead of holding its connection. A body over the
+/// limit is left to the extractor, which answers 413.
+async fn read_body(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = app.body_limit.saturating_add(1);
+    match tokio::time::timeout(app.read_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than the server accepts ({} bytes, --max-body-kib)",
+                app.body_limit
+            ),
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s (--read-timeout-s)",
+                app.read_timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+fn timed_out(app: &App) -> ApiError {
+    app.metrics.timed_out.inc();
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "the request took longer than the server allows ({} s, --request-timeout-s)",
+            app.request_timeout.as_secs()
+        ),
+    )
 }
 
 /// `Authorization: Bearer <key>` on every route but `/health`, when the server has a key.
@@ -155,10 +219,10 @@ async fn chat_completions(
 }
 
 /// A body that is not JSON, or not the request's shape: 400 (415 without a JSON content
-/// type), with serde's message naming the field.
+/// type), with serde's message naming the field; a body over `--max-body-kib`: 413.
 fn rejection(e: JsonRejection) -> ApiError {
     let status = match e.status() {
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        s @ (StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::PAYLOAD_TOO_LARGE) => s,
         _ => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, e.body_text())
@@ -258,6 +322,7 @@ async fn respond(
         app.next_id.fetch_add(1, Ordering::Relaxed)
     );
     let text = TextStream::new(app.tokenizer.clone(), checked.stops.clone());
+    let deadline = tokio::time::Instant::now() + app.request_timeout;
     let reply = Reply {
         app,
         api,
@@ -266,6 +331,7 @@ async fn respond(
         text,
         reused: 0,
         include_usage: checked.include_usage,
+        deadline,
     };
     if checked.stream {
         Ok(reply.stream(rx))
@@ -283,6 +349,8 @@ struct Reply {
     text: TextStream,
     reused: usize,
     include_usage: bool,
+    /// When the request has had its time (`--request-timeout-s`).
+    deadline: tokio::time::Instant,
 }
 
 impl Reply {
@@ -397,9 +465,14 @@ impl Reply {
             loop {
                 let event = tokio::select! {
                     _ = tx.closed() => return,
-                    e = rx.recv() => e,
+                    e = rx.recv() => Ok(e),
+                    () = tokio::time::sleep_until(self.deadline) => Err(timed_out(&self.app)),
                 };
-                let sse = match event.map(|e| self.take(e)) {
+                let event = match event {
+                    Ok(e) => e.map(|e| self.take(e)),
+                    Err(timeout) => Some(Err(timeout)),
+                };
+                let sse = match event {
                     Some(Ok((piece, id, finish))) => {
                         let c = self.chunk(&piece, id, finish, first);
                         first = false;
@@ -422,7 +495,7 @@ impl Reply {
                         Sse::default().data("[DONE]")
                     }
                     Some(Err(e)) => Sse::default().data(
-                        json!({"error": {"message": e.message, "type": "server_error", "code": 500}})
+                        json!({"error": {"message": e.message, "type": "server_error", "code": e.status.as_u16()}})
                             .to_string(),
                     ),
                     None => Sse::default().data(

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub requests: Counter,
     pub rejected: Counter,
     pub cancelled: Counter,
+    pub timed_out: Counter,
     pub prompt_tokens: Counter,
     pub generated_tokens: Counter,
     pub prefix_hits: Counter,
@@ -31,6 +32,7 @@ impl Metrics {
             requests: Counter::default(),
             rejected: Counter::default(),
             cancelled: Counter::default(),
+            timed_out: Counter::default(),
             prompt_tokens: Counter::default(),
             generated_tokens: Counter::default(),
             prefix_hits: Counter::default(),
@@ -58,6 +60,11 @@ impl Metrics {
             "requests_cancelled",
             "Requests whose client left before the end",
             m.cancelled.clone(),
+        );
+        r.register(
+            "requests_timed_out",
+            "Requests that ran past --request-timeout-s",
+            m.timed_out.clone(),
         );
         r.register(
             "prompt_tokens",

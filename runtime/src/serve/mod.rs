@@ -14,6 +14,7 @@
 pub mod api;
 pub mod chat;
 pub mod http;
+mod listen;
 pub mod metrics;
 pub mod prefix;
 pub mod scheduler;
@@ -23,8 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use zambac_engine::Engine;
+use std::time::Duration;
 
 use crate::cli::set_bf16_products;
 use crate::cpu::CpuBackend;
@@ -75,6 +75,26 @@ pub struct ServeArgs {
     /// Products with bf16 weights: as for `run`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub bf16_products: String,
+    /// Connections held open at once; more wait in the listen backlog until one closes.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's line and headers once it connects (or
+    /// between requests on a kept-alive connection), and again its body: a head that is
+    /// late closes the connection, a body that is late gets 408.
+    #[arg(long, default_value_t = 10)]
+    pub read_timeout_s: u64,
+    /// Seconds a request may take: from its arrival to its answer (504 past it), and for a
+    /// stream from its start to its last event (then it ends with an error event); either
+    /// way its slot is freed.
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout_s: u64,
+    /// The largest request body accepted, in KiB (larger ones get 413).
+    #[arg(long, default_value_t = 1024)]
+    pub max_body_kib: usize,
+    /// Skip hashing the weights when the engine is opened (their sizes, `manifest.json` and
+    /// `host.so` are still checked): a faster start for large engines on trusted storage.
+    #[arg(long)]
+    pub fast_load: bool,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -89,12 +109,14 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
         ("--max-batch", args.max_batch),
         ("--queue", args.queue),
         ("--prefill-chunk", args.prefill_chunk),
+        ("--max-connections", args.max_connections),
+        ("--max-body-kib", args.max_body_kib),
     ] {
         if v == 0 {
             return Err(RuntimeError::Input(format!("{flag} must be at least 1")));
         }
     }
-    let engine = Engine::open(&args.engine)?;
+    let engine = crate::cli::open_engine(&args.engine, args.fast_load)?;
     let info = engine.manifest().model.clone();
     let tokenizer = match engine.tokenizer_path() {
         Some(p) => Some(Arc::new(Tokenizer::open(&p, "the engine is incomplete")?)),
@@ -124,11 +146,13 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
     let thread = {
         let (metrics, alive) = (metrics.clone(), alive.clone());
         let (threads, bf16, max_batch) = (args.threads, args.bf16_products.clone(), args.max_batch);
+        let limits_chunk = args.prefill_chunk;
         let limits = scheduler::Limits {
             max_batch,
             prefill_chunk: args.prefill_chunk,
         };
-        let cache = prefix::PrefixCache::new(args.prefix_cache_mib.saturating_mul(1 << 20));
+        let cache_bytes = args.prefix_cache_mib.saturating_mul(1 << 20);
+        let cache = prefix::PrefixCache::new(cache_bytes);
         std::thread::Builder::new()
             .name("zambac-engine".into())
             .spawn(move || {
@@ -139,6 +163,20 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
                     b.check_batch_fits(max_batch, context).map_err(|e| {
                         RuntimeError::Input(format!(
                             "--max-batch {max_batch}: {e} (lower --max-batch or --context)"
+                        ))
+                    })?;
+                    // Every slot full, plus the workspace of the largest prefill call.
+                    let footprint = crate::session::Footprint {
+                        sequences: max_batch,
+                        capacity: context,
+                        rows: limits_chunk.clamp(1, context),
+                        kept_rows: max_batch,
+                        prompt_tokens: 0,
+                        cache_bytes: cache_bytes as u64,
+                    };
+                    crate::session::check_fits(&b, "serving", footprint).map_err(|e| {
+                        RuntimeError::Input(format!(
+                            "{e} (lower --max-batch, --context, --prefill-chunk or --prefix-cache-mib)"
                         ))
                     })?;
                     Ok(b)
@@ -159,6 +197,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
         .recv()
         .map_err(|_| RuntimeError::Internal("the engine thread stopped at start-up".into()))??;
 
+    let read_timeout = Duration::from_secs(args.read_timeout_s.max(1));
     let app = Arc::new(http::App {
         jobs,
         tokenizer,
@@ -178,6 +217,9 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         next_id: AtomicU64::new(1),
+        request_timeout: Duration::from_secs(args.request_timeout_s.max(1)),
+        read_timeout,
+        body_limit: args.max_body_kib.saturating_mul(1024),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -196,10 +238,13 @@ pub fn serve(args: &ServeArgs) -> Result<(), RuntimeError> {
             "zambac-run serve: {} on http://{local} (batch {}, context {context}, queue {})",
             app.model_id, args.max_batch, args.queue
         );
-        axum::serve(listener, http::router(app))
-            .with_graceful_shutdown(shutdown())
-            .await
-            .map_err(|e| RuntimeError::Internal(format!("the HTTP server failed: {e}")))
+        let limits = listen::ConnLimits {
+            max_connections: args.max_connections,
+            header_timeout: read_timeout,
+            drain: Duration::from_secs(5),
+        };
+        listen::serve(listener, http::router(app), limits, shutdown()).await;
+        Ok::<(), RuntimeError>(())
     })?;
     // The router (and with it the job queue's sender) is gone: the engine thread ends.
     let _ = thread.join();

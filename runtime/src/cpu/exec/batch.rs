@@ -81,8 +81,8 @@ impl Executor {
         let mut bound_slots = Vec::with_capacity(seqs.len());
         for (s, (slots, scratch)) in seqs.iter().zip(self.batch.arenas.iter_mut()) {
             let (slot_sizes, scratch_sizes) = buffer_sizes(plan, s.d)?;
-            slots.prepare(&slot_sizes);
-            scratch.prepare(&scratch_sizes);
+            slots.prepare(&slot_sizes)?;
+            scratch.prepare(&scratch_sizes)?;
             bound_slots.push((
                 regions(slots, &slot_sizes),
                 regions(scratch, &scratch_sizes),
@@ -218,7 +218,7 @@ impl Executor {
                 region.kind,
             ))
         };
-        self.batch.x.reserve(b_count * k);
+        self.batch.x.reserve(b_count * k)?;
         let x = self.batch.x.as_mut_ptr();
         let [x_view, rest @ ..] = views else {
             return Err("a Gemv launch without views".into());
@@ -246,7 +246,7 @@ impl Executor {
                 first_seq,
                 (rows.max(1) - 1) * shape.ld + k,
             )?;
-            self.batch.y.reserve(b_count * rows);
+            self.batch.y.reserve(b_count * rows)?;
             let y = self.batch.y.as_mut_ptr();
             let g = Gemm {
                 m: b_count,

@@ -16,7 +16,7 @@ use super::arena::{AlignedBuf, Arena};
 use super::dnnl::Dnnl;
 use super::gemm::{self, Gemm};
 use super::library::KernelFn;
-use super::plan::{Buf, PGemm, PMatrix, PStep, PView, Plan};
+use super::plan::{Buf, Output, PGemm, PMatrix, PStep, PView, Plan};
 use super::pool::Pool;
 
 /// The run-time values of a call: tokens `T`, KV capacity `C`, first position `pos`.
@@ -172,8 +172,8 @@ impl Executor {
     /// references for the duration of the call.
     pub fn run(&mut self, plan: &Plan, d: Dims, call: &CallBuffers<'_>) -> Result<(), String> {
         let (slot_sizes, scratch_sizes) = buffer_sizes(plan, d)?;
-        self.slots.prepare(&slot_sizes);
-        self.scratch.prepare(&scratch_sizes);
+        self.slots.prepare(&slot_sizes)?;
+        self.scratch.prepare(&scratch_sizes)?;
         let slots = regions(&mut self.slots, &slot_sizes);
         let scratch = regions(&mut self.scratch, &scratch_sizes);
         let bound = Bound {
@@ -284,6 +284,30 @@ pub(crate) fn buffer_sizes(plan: &Plan, d: Dims) -> Result<(Vec<usize>, Vec<usiz
         .map(|e| d.size(e))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((slots, scratch))
+}
+
+/// Bytes a call of `plan` at `d` allocates: its slots and workspaces (f32 words) and the
+/// logits it returns; `u64::MAX` when a size overflows.
+pub(crate) fn call_bytes(plan: &Plan, d: Dims) -> u64 {
+    let Ok((slots, scratch)) = buffer_sizes(plan, d) else {
+        return u64::MAX;
+    };
+    let logits = plan
+        .outputs
+        .iter()
+        .filter(|(what, _)| matches!(what, Output::Logits))
+        .map(|(_, dims)| {
+            dims.iter()
+                .try_fold(1u64, |n, e| n.checked_mul(d.size(e).ok()? as u64))
+                .unwrap_or(u64::MAX)
+        });
+    slots
+        .iter()
+        .chain(&scratch)
+        .map(|&n| n as u64)
+        .chain(logits)
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(4)
 }
 
 /// A library product of a program bound to one call's buffers, every operand checked to lie
