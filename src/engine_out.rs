@@ -72,7 +72,7 @@ pub fn write(
         } else {
             Elem::F32
         };
-        let idx = match &c.lowered.weight_blocks[i] {
+        let idx = match c.lowered.weight_blocks.get(i).and_then(Option::as_ref) {
             Some(blocks) => w.add_blocked_weight(&p.name, &p.shape, &data, stored, blocks)?,
             None => w.add_weight(&p.name, &p.shape, &data, stored)?,
         };
@@ -93,11 +93,14 @@ pub fn write(
         "weight_dtype": c.dtype.to_string(),
     });
     // The spill check's record (registers and shared memory are in the GPU launch table).
-    if let Some(r) = code.gpu.as_ref().and_then(|g| g.ptxas.as_ref()) {
-        build["ptxas"] = serde_json::json!({
-            "arch": r.arch,
-            "spill_bytes": r.total_spill_bytes(),
-        });
+    if let (Some(r), Some(notes)) = (
+        code.gpu.as_ref().and_then(|g| g.ptxas.as_ref()),
+        build.as_object_mut(),
+    ) {
+        notes.insert(
+            "ptxas".into(),
+            serde_json::json!({"arch": r.arch, "spill_bytes": r.total_spill_bytes()}),
+        );
     }
     let spec = &c.input.spec;
     let parts = ManifestParts {

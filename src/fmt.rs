@@ -25,7 +25,9 @@ pub fn si(x: f64) -> String {
         v /= 1000.0;
         p += 1;
     }
-    format!("{v:.2} {}", PREFIXES[p]).trim_end().to_string()
+    format!("{v:.2} {}", PREFIXES.get(p).unwrap_or(&"P"))
+        .trim_end()
+        .to_string()
 }
 
 /// A duration with a unit that keeps three significant digits: `0.0000406` → `40.6 µs`.

@@ -902,11 +902,30 @@ fn command_line_values_and_absurd_sizes_are_refused_before_allocating() {
         &["needs".into(), "bytes".into()],
     );
     assert!(!out_dir.exists());
-    let explore = zambac(&["explore", huge.to_str().unwrap()]);
+    // Explore answers for it, up to the longest context it costs (2^32 tokens), and
+    // refuses longer ones instead of overflowing.
+    let explore = zambac(&[
+        "explore",
+        huge.to_str().unwrap(),
+        "--context",
+        "4096,4194304k",
+    ]);
     assert!(
         explore.status.success(),
         "explore answers for any size: {}",
         stderr(&explore)
+    );
+    assert!(common::stdout(&explore).contains("4,294,967,296"));
+    let too_long = zambac(&[
+        "explore",
+        huge.to_str().unwrap(),
+        "--context",
+        "99999999999999999",
+    ]);
+    assert_refused(
+        "a context past 2^32",
+        &too_long,
+        &["--context".into(), "99999999999999999".into()],
     );
     let reference = zambac(&[
         "run",

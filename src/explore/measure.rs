@@ -130,9 +130,12 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
     bar.set_message("measuring");
     let report = bench(dir, opts)?;
     let field = |k: &str| {
-        report[k].as_f64().ok_or_else(|| {
-            CliError::Internal(anyhow::anyhow!("the benchmark's report has no `{k}`"))
-        })
+        report
+            .get(k)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| {
+                CliError::Internal(anyhow::anyhow!("the benchmark's report has no `{k}`"))
+            })
     };
     Ok(Measured {
         build_s,
@@ -150,7 +153,10 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
 fn estimate(spec: &ModelSpec, module: &zambac_ir::Module, opts: &Options) -> Estimate {
     let mut report = Report::new(spec, module, &[opts.context]);
     report.scale_sequences(opts.batch);
-    let c = &report.contexts[0];
+    let (kv_cache_bytes, decode_bytes_per_token) = report
+        .contexts
+        .first()
+        .map_or((0, 0.0), |c| (c.kv_cache_bytes, c.decode_bytes_per_token));
     let prefill_flops = module.graph("prefill").map_or(0.0, |g| {
         graph_flops(
             g,
@@ -161,11 +167,10 @@ fn estimate(spec: &ModelSpec, module: &zambac_ir::Module, opts: &Options) -> Est
         )
     });
     Estimate {
-        kv_and_state_bytes: c.kv_cache_bytes + report.recurrent_state_bytes,
-        decode_bytes_per_token: c.decode_bytes_per_token,
+        kv_and_state_bytes: kv_cache_bytes + report.recurrent_state_bytes,
+        decode_bytes_per_token,
         prefill_flops,
-        h100_decode_tok_per_s: opts.batch as f64 * H100_BANDWIDTH
-            / c.decode_bytes_per_token.max(1.0),
+        h100_decode_tok_per_s: opts.batch as f64 * H100_BANDWIDTH / decode_bytes_per_token.max(1.0),
         h100_prefill_s: prefill_flops / H100_BF16_FLOPS,
     }
 }

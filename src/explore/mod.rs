@@ -95,6 +95,9 @@ pub fn run(args: &ExploreArgs) -> CliResult<()> {
         eprintln!("warning: {w}");
     }
     let contexts = parse_contexts(&args.context)?;
+    let first_context = *contexts
+        .first()
+        .ok_or_else(|| CliError::input("error: --context: give at least one token count"))?;
     if args.batch == 0 {
         return Err(CliError::input("error: --batch must be at least 1"));
     }
@@ -139,8 +142,9 @@ pub fn run(args: &ExploreArgs) -> CliResult<()> {
     // A sweep of which no variant is a model is a mistake in the command (a misspelt key, a
     // value no model takes), not a sweep with some invalid corners.
     let invalid = |v: &Variant| matches!(v.outcome, Outcome::Invalid(_));
-    if variants.len() > 1 && variants[1..].iter().all(invalid) {
-        let reasons: Vec<String> = variants[1..]
+    let sweep = variants.get(1..).unwrap_or_default();
+    if !sweep.is_empty() && sweep.iter().all(invalid) {
+        let reasons: Vec<String> = sweep
             .iter()
             .filter_map(|v| match &v.outcome {
                 Outcome::Invalid(r) => Some(format!("  {}: {r}", v.label)),
@@ -157,7 +161,7 @@ pub fn run(args: &ExploreArgs) -> CliResult<()> {
             input: args.input.clone(),
             prompt_len: args.prompt_len,
             new_tokens: args.new_tokens,
-            context: contexts[0],
+            context: first_context,
             batch: args.batch,
             seed: crate::model::DEFAULT_SEED,
             no_cache: args.no_cache,
@@ -205,6 +209,10 @@ fn cost(spec: &ModelSpec, contexts: &[usize], batch: usize) -> CliResult<Report>
     Ok(r)
 }
 
+/// The longest context explore costs: 2^32 tokens (with every size of a description at
+/// most 2^24, the cost model's element counts stay far inside 64 bits).
+pub const MAX_CONTEXT: usize = 1 << 32;
+
 /// Parses `4096,16k`.
 pub fn parse_contexts(s: &str) -> CliResult<Vec<usize>> {
     let mut out = Vec::new();
@@ -214,10 +222,11 @@ pub fn parse_contexts(s: &str) -> CliResult<Vec<usize>> {
             None => (part, 1),
         };
         match num.parse::<usize>().ok().and_then(|n| n.checked_mul(mult)) {
-            Some(n) if n > 0 => out.push(n),
+            Some(n) if n > 0 && n <= MAX_CONTEXT => out.push(n),
             _ => {
                 return Err(CliError::input(format!(
-                    "error: --context: expected positive token counts like `4096,16k`, found `{part}`"
+                    "error: --context: expected positive token counts up to {MAX_CONTEXT} \
+                     like `4096,16k`, found `{part}`"
                 )));
             }
         }

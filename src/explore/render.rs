@@ -10,16 +10,31 @@ use crate::fmt::{bytes, count, duration, si};
 
 use std::io::Write;
 
+/// Sets `key` of a JSON object (a report serializes to one).
+fn set(o: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    if let Some(fields) = o.as_object_mut() {
+        fields.insert(key.to_string(), value);
+    }
+}
+
+/// The report's weight bytes in `dtype` (`f32` or `bf16`; the report holds both).
+fn weight_bytes(r: &zambac_ir::cost::Report, dtype: &str) -> u64 {
+    r.weight_bytes.get(dtype).copied().unwrap_or_default()
+}
+
 /// The base model's report, with `sweep`: each variant's report and `overrides`, an
 /// `error` for an invalid one, and `measured` (or `measure_error`) when measured.
 pub fn json(variants: &[Variant]) -> CliResult<String> {
-    let mut obj = variant_json(&variants[0])?;
-    if variants.len() > 1 {
-        let sweep = variants[1..]
+    let Some((base, sweep)) = variants.split_first() else {
+        return Ok("{}".into());
+    };
+    let mut obj = variant_json(base)?;
+    if !sweep.is_empty() {
+        let sweep = sweep
             .iter()
             .map(variant_json)
             .collect::<CliResult<Vec<_>>>()?;
-        obj["sweep"] = serde_json::Value::Array(sweep);
+        set(&mut obj, "sweep", serde_json::Value::Array(sweep));
     }
     Ok(serde_json::to_string_pretty(&obj).map_err(anyhow::Error::from)?)
 }
@@ -35,14 +50,18 @@ fn variant_json(v: &Variant) -> CliResult<serde_json::Value> {
             .iter()
             .map(|(k, val)| (k.clone(), serde_json::Value::String(val.clone())))
             .collect();
-        o["overrides"] = serde_json::Value::Object(ov);
+        set(&mut o, "overrides", serde_json::Value::Object(ov));
     }
     if let super::Outcome::Invalid(reason) = &v.outcome {
-        o["error"] = reason.clone().into();
+        set(&mut o, "error", reason.clone().into());
     }
     match v.measured() {
-        Some(Ok(m)) => o["measured"] = serde_json::to_value(m).map_err(anyhow::Error::from)?,
-        Some(Err(e)) => o["measure_error"] = e.clone().into(),
+        Some(Ok(m)) => set(
+            &mut o,
+            "measured",
+            serde_json::to_value(m).map_err(anyhow::Error::from)?,
+        ),
+        Some(Err(e)) => set(&mut o, "measure_error", e.clone().into()),
         None => {}
     }
     Ok(o)
@@ -51,7 +70,7 @@ fn variant_json(v: &Variant) -> CliResult<serde_json::Value> {
 /// The base model's details and costs per context, the sweep's variants, and with
 /// `--measure` the measured table.
 pub fn print_tables(variants: &[Variant], contexts: &[usize], args: &ExploreArgs) {
-    let Some(r) = variants[0].report() else {
+    let Some(r) = variants.first().and_then(Variant::report) else {
         return;
     };
     let mut out = std::io::stdout().lock();
@@ -86,8 +105,8 @@ pub fn print_tables(variants: &[Variant], contexts: &[usize], args: &ExploreArgs
             "weights",
             format!(
                 "{} f32 · {} bf16",
-                bytes(r.weight_bytes["f32"]),
-                bytes(r.weight_bytes["bf16"])
+                bytes(weight_bytes(r, "f32")),
+                bytes(weight_bytes(r, "bf16"))
             ),
         ),
         (
@@ -148,7 +167,8 @@ pub fn print_tables(variants: &[Variant], contexts: &[usize], args: &ExploreArgs
     }
     let _ = writeln!(out, "{table}");
     if variants.len() > 1 {
-        let _ = writeln!(out, "\nsweep (costs at context {}):", contexts[0]);
+        let first = contexts.first().copied().unwrap_or_default();
+        let _ = writeln!(out, "\nsweep (costs at context {first}):");
         let _ = writeln!(out, "{}", variant_table(variants));
     }
     if args.measure {
@@ -156,7 +176,10 @@ pub fn print_tables(variants: &[Variant], contexts: &[usize], args: &ExploreArgs
             out,
             "\nmeasured on this CPU (prefill of {} tokens, {} decoded by {} sequence(s) at once; \
              memory at context {}), beside H100 roofline estimates from the same compiled graphs:",
-            args.prompt_len, args.new_tokens, args.batch, contexts[0]
+            args.prompt_len,
+            args.new_tokens,
+            args.batch,
+            contexts.first().copied().unwrap_or_default()
         );
         let _ = writeln!(out, "{}", measured_table(variants, false));
     }
@@ -179,10 +202,12 @@ fn variant_table(variants: &[Variant]) -> Table {
         let mut cells = vec![Cell::new(&v.label)];
         match (&v.outcome, v.report()) {
             (_, Some(r)) => {
-                let c = &r.contexts[0];
+                let Some(c) = r.contexts.first() else {
+                    continue;
+                };
                 cells.extend(right(vec![
                     count(r.params),
-                    bytes(r.weight_bytes["bf16"]),
+                    bytes(weight_bytes(r, "bf16")),
                     r.hybrid_layers.len().to_string(),
                     count(r.kv_cache_elems_per_token),
                     bytes(c.kv_cache_bytes),
@@ -319,8 +344,8 @@ pub fn write_csv(
                 v.label.clone(),
                 c.context.to_string(),
                 r.params.to_string(),
-                r.weight_bytes["bf16"].to_string(),
-                r.weight_bytes["f32"].to_string(),
+                weight_bytes(r, "bf16").to_string(),
+                weight_bytes(r, "f32").to_string(),
                 r.hybrid_layers.len().to_string(),
                 r.kv_cache_elems_per_token.to_string(),
                 c.kv_cache_bytes.to_string(),
@@ -353,7 +378,7 @@ pub fn variants_kv(variants: &[Variant], contexts: &[usize]) -> crate::plot::KvS
             ))
         })
         .collect();
-    let Some(base) = variants[0].report() else {
+    let Some(base) = variants.first().and_then(Variant::report) else {
         return crate::plot::KvSeries {
             title: String::new(),
             max_context: 1024,
@@ -388,7 +413,10 @@ pub fn measured_series(variants: &[Variant], args: &ExploreArgs) -> crate::plot:
             })
         })
         .collect();
-    let name = variants[0].report().map_or("model", |r| r.name.as_str());
+    let name = variants
+        .first()
+        .and_then(Variant::report)
+        .map_or("model", |r| r.name.as_str());
     crate::plot::MeasuredSeries {
         title: format!(
             "{name}: measured (this CPU) and estimated (H100 roofline), prompt {} tokens",
