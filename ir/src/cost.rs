@@ -93,8 +93,13 @@ impl StateSizes {
             let OpKind::Input { name } = decode.kind(n) else {
                 continue;
             };
-            let ty = &decode.node(n).results[0];
-            let elems = ty.const_numel() as u64;
+            // An input has one result (the verifier checks).
+            let elems: u64 = decode
+                .node(n)
+                .results
+                .iter()
+                .map(|t| t.const_numel() as u64)
+                .sum();
             match name.parse::<StateRole>() {
                 Ok(r) if r.is_cache() => s.kv_elems_per_token += elems,
                 Ok(StateRole::Conv { .. }) => s.conv_elems += elems,
@@ -114,11 +119,12 @@ impl StateSizes {
 /// FLOPs of one execution of `g` with the given bindings. In `decode`, `bind.c` is the
 /// number of keys attended (the context so far); in `prefill` queries attend causally
 /// from position 0. Matrix products count 2 FLOPs per multiply-add; pointwise ops one
-/// FLOP per element; views none.
+/// FLOP per element; views none. A graph the verifier rejects, with an op whose operands
+/// lack the shapes its kind requires, costs NaN: there is no count to give for it.
 pub fn graph_flops(g: &Graph, bind: &Bindings) -> f64 {
     g.nodes()
         .filter(|&n| !g.kind(n).is_leaf())
-        .map(|n| op_flops(g, n, bind))
+        .map(|n| op_flops(g, n, bind).unwrap_or(f64::NAN))
         .sum()
 }
 
@@ -140,9 +146,15 @@ pub fn weight_elems_read(g: &Graph, bind: &Bindings) -> u64 {
                         bind.t as u64 * ty.last().and_then(|d| d.as_const()).unwrap_or(1) as u64
                     }
                     // A windowed product reads only its columns of the weight.
-                    OpKind::Linear(LinearAttrs {
-                        window: Some(w), ..
-                    }) if g.operands(u)[1].node == n => {
+                    OpKind::Linear(
+                        a @ LinearAttrs {
+                            window: Some(w), ..
+                        },
+                    ) if g
+                        .operands(u)
+                        .get(a.operands().w)
+                        .is_some_and(|v| v.node == n) =>
+                    {
                         let width = ty.last().and_then(|d| d.as_const()).unwrap_or(1).max(1);
                         (ty.numel(bind) / width * w.len) as u64
                     }
@@ -155,28 +167,35 @@ pub fn weight_elems_read(g: &Graph, bind: &Bindings) -> u64 {
         .sum()
 }
 
-fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
+/// FLOPs of one op, or `None` if its operands lack the shapes its kind requires.
+fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> Option<f64> {
     let node = g.node(n);
     let ops = g.operands(n);
-    let numel = |i: usize| g.ty(ops[i]).numel(bind) as f64;
-    let out = node.results[0].numel(bind) as f64;
+    let ty = |i: usize| g.value_ty(*ops.get(i)?);
+    let numel = |i: usize| Some(ty(i)?.numel(bind) as f64);
+    let out = || Some(node.results.first()?.numel(bind) as f64);
     let rows = |i: usize| {
-        let t = g.ty(ops[i]);
-        t.numel(bind) as f64 / t.last().and_then(|d| d.as_const()).unwrap_or(1).max(1) as f64
+        let t = ty(i)?;
+        let width = t.last().and_then(|d| d.as_const()).unwrap_or(1).max(1);
+        Some(t.numel(bind) as f64 / width as f64)
     };
-    match &node.kind {
+    // The leading (token) dimension of operand `i`.
+    let tokens = |i: usize| Some(ty(i)?.dims.first()?.eval(bind) as f64);
+    Some(match &node.kind {
         OpKind::Linear(a) => {
-            let w = g.ty(ops[1]);
-            let (nout, kw) = (w.dims[0].eval(bind) as f64, w.dims[1].eval(bind) as f64);
+            let slot = a.operands();
+            let &[nout, kw] = ty(slot.w)?.dims.as_slice() else {
+                return None;
+            };
+            let (nout, kw) = (nout.eval(bind) as f64, kw.eval(bind) as f64);
             let k = a.window.map_or(kw, |win| win.len as f64);
-            let m = rows(0);
+            let m = rows(slot.x)?;
             let mut f = 2.0 * m * k * nout;
-            if let Some((down, _)) = a.operands().lora {
-                let down = g.ty(ops[down]);
-                let (r, kx) = (
-                    down.dims[0].eval(bind) as f64,
-                    down.dims[1].eval(bind) as f64,
-                );
+            if let Some((down, _)) = slot.lora {
+                let &[r, kx] = ty(down)?.dims.as_slice() else {
+                    return None;
+                };
+                let (r, kx) = (r.eval(bind) as f64, kx.eval(bind) as f64);
                 f += 2.0 * m * kx * r + 2.0 * m * r * nout;
             }
             if a.hoisted {
@@ -189,10 +208,10 @@ fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
         }
         OpKind::HeadLinear { heads } => {
             // Each of the T·heads rows meets one [N, K] slice of W.
-            2.0 * rows(0) * g.ty(ops[1]).numel(bind) as f64 / *heads as f64
+            2.0 * rows(0)? * numel(1)? / *heads as f64
         }
         OpKind::Attention(a) => {
-            let t = g.ty(ops[0]).dims[0].eval(bind) as f64;
+            let t = tokens(0)?;
             // Keys seen by all queries of the call.
             let keys = if ops.len() == 4 {
                 t * bind.c as f64
@@ -202,16 +221,14 @@ fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
             4.0 * (a.heads * a.head_dim) as f64 * keys
         }
         OpKind::SsdScan(s) | OpKind::SsdStep(s) => {
-            let t = g.ty(ops[0]).dims[0].eval(bind) as f64;
-            5.0 * t * (s.heads * s.head_dim * s.state) as f64
+            5.0 * tokens(0)? * (s.heads * s.head_dim * s.state) as f64
         }
         OpKind::SelectiveScan(s) | OpKind::SelectiveStep(s) => {
-            let t = g.ty(ops[0]).dims[0].eval(bind) as f64;
-            5.0 * t * (s.heads * s.head_dim * s.state) as f64
+            5.0 * tokens(0)? * (s.heads * s.head_dim * s.state) as f64
         }
         OpKind::Mamba2Mix(m) | OpKind::Mamba2Step(m) => {
             let s = m.ssd;
-            let t = rows(0);
+            let t = rows(0)?;
             let conv_dim = s.heads * s.head_dim + 2 * s.groups * s.state;
             t * (5.0 * (s.heads * s.head_dim * s.state) as f64
                 + 2.0 * (m.conv * conv_dim) as f64
@@ -219,7 +236,7 @@ fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
         }
         OpKind::Mamba1Mix(m) | OpKind::Mamba1Step(m) => {
             let s = m.scan;
-            let t = rows(0);
+            let t = rows(0)?;
             let di = (s.heads * s.head_dim) as f64;
             t * (5.0 * di * s.state as f64
                 + 2.0 * (m.conv as f64) * di
@@ -228,21 +245,21 @@ fn op_flops(g: &Graph, n: crate::NodeId, bind: &Bindings) -> f64 {
                 + 6.0 * di)
         }
         OpKind::CausalConv1d { kernel, .. } | OpKind::ConvStep { kernel, .. } => {
-            2.0 * (*kernel as f64) * numel(0)
+            2.0 * (*kernel as f64) * numel(0)?
         }
         OpKind::RmsNorm { .. } | OpKind::GroupRmsNorm { .. } | OpKind::ConcatRmsNorm { .. } => {
-            4.0 * out
+            4.0 * out()?
         }
-        OpKind::AddRmsNorm { .. } => 5.0 * out,
-        OpKind::ConcatRmsScale { .. } => 2.0 * (numel(0) + numel(1)),
-        OpKind::Rope(_) => 3.0 * out,
+        OpKind::AddRmsNorm { .. } => 5.0 * out()?,
+        OpKind::ConcatRmsScale { .. } => 2.0 * (numel(0)? + numel(1)?),
+        OpKind::Rope(_) => 3.0 * out()?,
         k if k.is_view() => 0.0,
         OpKind::Embedding
         | OpKind::ConvState { .. }
         | OpKind::KvStore { .. }
         | OpKind::KvAppend { .. } => 0.0,
-        _ => out,
-    }
+        _ => out()?,
+    })
 }
 
 /// The attention-everywhere transformer of the same width and depth, for comparison:
@@ -325,15 +342,13 @@ pub struct ContextCost {
 }
 
 impl Report {
-    /// Costs `m` (built from `spec`) at the given context lengths.
+    /// Costs `m` (built from `spec`) at the given context lengths. [`crate::build`] makes
+    /// both entry graphs; one the module lacks costs what an empty graph does: nothing.
     pub fn new(spec: &ModelSpec, m: &Module, contexts: &[usize]) -> Report {
         let params = ParamBreakdown::of(m);
-        let decode = m
-            .graph("decode")
-            .expect("built modules have a decode graph");
-        let prefill = m
-            .graph("prefill")
-            .expect("built modules have a prefill graph");
+        let (empty_decode, empty_prefill) = (Graph::new("decode"), Graph::new("prefill"));
+        let decode = m.graph("decode").unwrap_or(&empty_decode);
+        let prefill = m.graph("prefill").unwrap_or(&empty_prefill);
         let states = StateSizes::of(decode);
         let transformer = TransformerBaseline::of(spec);
         let mut weight_bytes = BTreeMap::new();

@@ -186,9 +186,24 @@ impl Graph {
         self.g.contains_node(n.0)
     }
 
-    /// The type of a value.
+    /// The type of a value of this graph.
+    ///
+    /// # Panics
+    ///
+    /// If `v` is not a value of this graph, as `self.g[n]` does for a node it lacks. Code
+    /// that reads a graph not yet verified asks [`Graph::value_ty`] instead.
     pub fn ty(&self, v: ValueRef) -> &TensorType {
+        // Passes, lowerings and the cost model call this on the operands of verified
+        // graphs, where every value exists: the verifier reads every operand and output
+        // with `value_ty`, and the parser only names results it has created.
+        #[allow(clippy::indexing_slicing, reason = "documented panic, like `Index`")]
         &self.g[v.node.0].results[v.result as usize]
+    }
+
+    /// The type of a value, or `None` if the graph has no such node or the node no such
+    /// result.
+    pub fn value_ty(&self, v: ValueRef) -> Option<&TensorType> {
+        self.g.node_weight(v.node.0)?.results.get(v.result as usize)
     }
 
     /// All nodes, in index order (not a topological order; see [`Graph::order`]).
@@ -384,7 +399,10 @@ impl Graph {
                 .map(|e| e.target())
                 .collect();
             for t in targets {
-                let d = indeg.get_mut(&NodeId(t)).expect("node in graph");
+                // `indeg` counts every node, and every edge ends at one.
+                let Some(d) = indeg.get_mut(&NodeId(t)) else {
+                    continue;
+                };
                 *d -= 1;
                 if *d == 0 {
                     ready.insert(key(NodeId(t)));
@@ -444,8 +462,9 @@ pub struct Module {
 }
 
 impl Module {
-    pub fn param(&self, id: ParamId) -> &Param {
-        &self.params[id.index()]
+    /// Parameter `id`, if the table has it.
+    pub fn param(&self, id: ParamId) -> Option<&Param> {
+        self.params.get(id.index())
     }
 
     /// Adds a parameter to the table.
@@ -475,33 +494,40 @@ impl Module {
 
     /// Drops parameters no graph uses and renumbers the rest densely, keeping their
     /// relative order. Returns how many were dropped.
+    ///
+    /// A `param` node whose id is past the table (a module the verifier rejects) keeps
+    /// its id, which stays past the (now shorter) table for the verifier to report.
     pub fn compact_params(&mut self) -> usize {
-        let mut used = vec![false; self.params.len()];
-        for g in &self.graphs {
-            for n in g.nodes() {
-                if let OpKind::Param(p) = g.kind(n) {
-                    used[p.index()] = true;
-                }
+        let used: std::collections::BTreeSet<ParamId> = self
+            .graphs
+            .iter()
+            .flat_map(|g| {
+                g.nodes().filter_map(|n| match g.kind(n) {
+                    OpKind::Param(p) => Some(*p),
+                    _ => None,
+                })
+            })
+            .collect();
+        let all = std::mem::take(&mut self.params);
+        let before = all.len();
+        let mut remap = BTreeMap::new();
+        for (i, p) in all.into_iter().enumerate() {
+            let old = ParamId(i as u32);
+            if used.contains(&old) {
+                remap.insert(old, ParamId(self.params.len() as u32));
+                self.params.push(p);
             }
         }
-        let mut remap = vec![None; self.params.len()];
-        let mut kept = Vec::new();
-        for (i, p) in std::mem::take(&mut self.params).into_iter().enumerate() {
-            if used[i] {
-                remap[i] = Some(ParamId(kept.len() as u32));
-                kept.push(p);
-            }
-        }
-        let dropped = remap.len() - kept.len();
-        self.params = kept;
         for g in &mut self.graphs {
             let ids: Vec<NodeId> = g.nodes().collect();
             for n in ids {
-                if let OpKind::Param(p) = &mut g.node_mut(n).kind {
-                    *p = remap[p.index()].expect("used parameter kept");
+                if let OpKind::Param(p) = &mut g.node_mut(n).kind
+                    && let Some(&new) = remap.get(p)
+                {
+                    *p = new;
                 }
             }
         }
-        dropped
+        before - self.params.len()
     }
 }

@@ -5,6 +5,13 @@
 //! from a [`zambac_frontend::ModelSpec`] by [`build::build`], print to and parse from the
 //! `.zir` text form ([`text`]), are checked by [`verify`], and are costed by [`cost`].
 
+// `.zir` files reach this crate from users, and the verifier, shape inference and cost model
+// run on what was parsed: no panicking shortcuts outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod build;
 pub mod cost;
 pub mod graph;

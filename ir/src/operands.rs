@@ -78,13 +78,12 @@ impl LinearOperands {
         if !arity_allows(self.arity, ops.len()) {
             return None;
         }
-        let pair = |slots: Option<(usize, usize)>| slots.map(|(a, b)| (&ops[a], &ops[b]));
         Some(LinearArgs {
-            x: &ops[self.x],
-            w: &ops[self.w],
-            bias: self.bias.map(|i| &ops[i]),
-            lora: pair(self.lora),
-            hoisted: pair(self.hoisted),
+            x: ops.get(self.x)?,
+            w: ops.get(self.w)?,
+            bias: optional(ops, self.bias)?,
+            lora: optional_pair(ops, self.lora)?,
+            hoisted: optional_pair(ops, self.hoisted)?,
             epilogue: self.epilogue.and_then(|i| ops.get(i)),
         })
     }
@@ -173,15 +172,15 @@ impl Mamba1Operands {
             return None;
         }
         Some(Mamba1Args {
-            xz: &ops[self.xz],
-            conv_weight: &ops[self.conv_weight],
-            conv_bias: self.conv_bias.map(|i| &ops[i]),
-            x_proj: &ops[self.x_proj],
-            dt_proj_weight: &ops[self.dt_proj_weight],
-            dt_proj_bias: &ops[self.dt_proj_bias],
-            a_log: &ops[self.a_log],
-            d: &ops[self.d],
-            states: self.states.map(|(c, s)| (&ops[c], &ops[s])),
+            xz: ops.get(self.xz)?,
+            conv_weight: ops.get(self.conv_weight)?,
+            conv_bias: optional(ops, self.conv_bias)?,
+            x_proj: ops.get(self.x_proj)?,
+            dt_proj_weight: ops.get(self.dt_proj_weight)?,
+            dt_proj_bias: ops.get(self.dt_proj_bias)?,
+            a_log: ops.get(self.a_log)?,
+            d: ops.get(self.d)?,
+            states: optional_pair(ops, self.states)?,
         })
     }
 }
@@ -260,10 +259,10 @@ impl ConvOperands {
             return None;
         }
         Some(ConvArgs {
-            x: &ops[self.x],
-            state: self.state.map(|i| &ops[i]),
-            weight: &ops[self.weight],
-            bias: self.bias.map(|i| &ops[i]),
+            x: ops.get(self.x)?,
+            state: optional(ops, self.state)?,
+            weight: ops.get(self.weight)?,
+            bias: optional(ops, self.bias)?,
         })
     }
 }
@@ -292,6 +291,23 @@ impl<T> ConvArgs<T> {
 
 fn arity_allows((min, max): (usize, usize), n: usize) -> bool {
     (min..=max).contains(&n)
+}
+
+/// The operand at an optional slot: `Some(None)` when the layout has no such slot, `None`
+/// when it has one that `ops` lacks (which the arity checks in `pick` rule out).
+fn optional<T>(ops: &[T], slot: Option<usize>) -> Option<Option<&T>> {
+    match slot {
+        None => Some(None),
+        Some(i) => ops.get(i).map(Some),
+    }
+}
+
+/// [`optional`] for a slot pair.
+fn optional_pair<T>(ops: &[T], slots: Option<(usize, usize)>) -> Option<Option<(&T, &T)>> {
+    match slots {
+        None => Some(None),
+        Some((a, b)) => Some(Some((ops.get(a)?, ops.get(b)?))),
+    }
 }
 
 #[cfg(test)]

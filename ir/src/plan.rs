@@ -62,8 +62,8 @@ pub fn check(g: &Graph, plan: &BTreeMap<ValueRef, Placement>) -> Result<(), Stri
     }
     for (slot, mut vals) in by_slot {
         vals.sort();
-        for w in vals.windows(2) {
-            if w[1].0 <= w[0].1 {
+        for ((_, end, _), (next_start, _, _)) in vals.iter().zip(vals.iter().skip(1)) {
+            if next_start <= end {
                 return Err(format!(
                     "slot s{slot} holds two values that are live at once"
                 ));
@@ -75,17 +75,18 @@ pub fn check(g: &Graph, plan: &BTreeMap<ValueRef, Placement>) -> Result<(), Stri
 
 /// Bytes of each slot at the given bindings (the largest value it ever holds).
 pub fn slot_bytes(g: &Graph, plan: &BTreeMap<ValueRef, Placement>, bind: &Bindings) -> Vec<usize> {
-    let mut sizes: Vec<usize> = Vec::new();
+    let mut by_slot: BTreeMap<usize, usize> = BTreeMap::new();
     for (v, p) in plan {
         if let Placement::Slot(s) = p {
-            let s = *s as usize;
-            if sizes.len() <= s {
-                sizes.resize(s + 1, 0);
-            }
-            sizes[s] = sizes[s].max(g.ty(*v).bytes(bind));
+            let size = by_slot.entry(*s as usize).or_default();
+            *size = (*size).max(g.ty(*v).bytes(bind));
         }
     }
-    sizes
+    // Slots numbered below the highest that hold nothing take no bytes.
+    let count = by_slot.last_key_value().map_or(0, |(&s, _)| s + 1);
+    (0..count)
+        .map(|s| by_slot.get(&s).copied().unwrap_or(0))
+        .collect()
 }
 
 /// Peak activation bytes of a planned graph: the sum of its slots.

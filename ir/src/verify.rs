@@ -87,11 +87,16 @@ fn verify_graph(m: &Module, g: &Graph, errs: &mut Vec<VerifyError>) {
             OpKind::Param(p) => {
                 match m.params.get(p.index()) {
                     None => err(format!("{what} refers to missing parameter {p}")),
-                    Some(param) if node.results != [param.ty()] => err(format!(
-                        "{what} has type {} but parameter {p} is {}",
-                        node.results[0],
-                        param.ty()
-                    )),
+                    Some(param) if node.results != [param.ty()] => {
+                        let has = match node.results.as_slice() {
+                            [t] => format!("type {t}"),
+                            ts => format!("{} results", ts.len()),
+                        };
+                        err(format!(
+                            "{what} has {has} but parameter {p} is {}",
+                            param.ty()
+                        ))
+                    }
                     Some(_) => {}
                 }
                 if !param_nodes.insert(*p) {
@@ -133,7 +138,7 @@ fn verify_graph(m: &Module, g: &Graph, errs: &mut Vec<VerifyError>) {
         if !out_names.insert(name) {
             err(format!("output `{name}` is returned twice"));
         }
-        if !g.contains(v.node) || v.result as usize >= g.node(v.node).results.len() {
+        if g.value_ty(*v).is_none() {
             err(format!("output `{name}` refers to a missing value"));
         }
     }
@@ -141,9 +146,7 @@ fn verify_graph(m: &Module, g: &Graph, errs: &mut Vec<VerifyError>) {
 
 /// The types of `ops`, or `None` if one names a result its producer does not have.
 fn operand_types<'g>(g: &'g Graph, ops: &[ValueRef]) -> Option<Vec<&'g TensorType>> {
-    ops.iter()
-        .map(|v| g.node(v.node).results.get(v.result as usize))
-        .collect()
+    ops.iter().map(|&v| g.value_ty(v)).collect()
 }
 
 /// The checks that no `.zir` text can reach, since the parser defines every value before

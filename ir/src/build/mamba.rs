@@ -62,7 +62,7 @@ impl GraphBuilder<'_> {
                 (c, s)
             }
             Mode::Decode => {
-                ops.extend([x, self.state(StateRole::Conv { layer: l }), w]);
+                ops.extend([x, self.state(StateRole::Conv { layer: l })?, w]);
                 ops.extend(b);
                 let n = self.op_node(OpKind::ConvStep { kernel: k, bias }, &ops)?;
                 (n.res(0), n.res(1))
@@ -125,7 +125,7 @@ impl GraphBuilder<'_> {
         let scan = match self.mode {
             Mode::Prefill => self.op_node(OpKind::SsdScan(attrs), &[x, dt, a_log, bm, cm])?,
             Mode::Decode => {
-                let s = self.state(StateRole::Ssm { layer: l });
+                let s = self.state(StateRole::Ssm { layer: l })?;
                 self.op_node(OpKind::SsdStep(attrs), &[x, dt, a_log, bm, cm, s])?
             }
         };
@@ -213,7 +213,7 @@ impl GraphBuilder<'_> {
         let scan = match self.mode {
             Mode::Prefill => self.op_node(OpKind::SelectiveScan(attrs), &[x, dt, a_log, bm, cm])?,
             Mode::Decode => {
-                let st = self.state(StateRole::Ssm { layer: l });
+                let st = self.state(StateRole::Ssm { layer: l })?;
                 self.op_node(OpKind::SelectiveStep(attrs), &[x, dt, a_log, bm, cm, st])?
             }
         };

@@ -20,13 +20,26 @@ use crate::op::{LinearAttrs, OpKind};
 use crate::signature::TypeError;
 use crate::types::{Elem, T, TensorType};
 
-/// The builder produced an ill-typed op: a compiler bug, reported with its location.
+/// The builder produced an ill-typed op, or was given a spec that breaks what the
+/// frontend validates: a compiler bug, reported with its location.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("internal error building {graph} at {loc}: {err}")]
 pub struct BuildError {
     pub graph: String,
     pub loc: Loc,
-    pub err: TypeError,
+    pub err: BuildFault,
+}
+
+/// What went wrong in a [`BuildError`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BuildFault {
+    /// An op the builder wrote does not type-check.
+    #[error(transparent)]
+    Type(#[from] TypeError),
+    /// The spec is inconsistent in a way the frontend rules out (say, a hybrid layer
+    /// without a shared block assigned).
+    #[error("{0}")]
+    Spec(String),
 }
 
 /// Which entry graph is being built.
@@ -84,8 +97,8 @@ struct GraphBuilder<'a> {
     pos: Option<ValueRef>,
     /// Decode: incoming state by name.
     state_in: HashMap<StateRole, ValueRef>,
-    /// Outgoing state, in signature order.
-    state_out: Vec<(String, ValueRef)>,
+    /// Outgoing state, in the order the layers produce it.
+    state_out: Vec<(StateRole, ValueRef)>,
     /// Whether to output the residual stream after each layer.
     hidden_states: bool,
     hidden: Vec<(String, ValueRef)>,
@@ -134,7 +147,8 @@ impl<'a> GraphBuilder<'a> {
         let embed = self.weight(names::EMBED, &[spec.vocab_size, spec.hidden_size], None);
         let emb = self.op(OpKind::Embedding, &[tokens, embed])?;
         let mut h = emb;
-        let hybrid_ids = spec.hybrid_layer_ids();
+        // The ordinal of the next hybrid layer's invocation of its shared block.
+        let mut invocation = 0;
         for (l, kind) in spec.layers.iter().enumerate() {
             self.loc = Loc::Layer(l as u32);
             h = match kind {
@@ -145,7 +159,8 @@ impl<'a> GraphBuilder<'a> {
                     self.op(OpKind::Add, &[h, y])?
                 }
                 LayerKind::Hybrid => {
-                    let i = hybrid_ids.iter().position(|&x| x == l).expect("hybrid id");
+                    let i = invocation;
+                    invocation += 1;
                     let t = self.shared_block(l, i, h, emb)?;
                     let lin = self.weight(
                         &names::hybrid_linear(l),
@@ -174,14 +189,23 @@ impl<'a> GraphBuilder<'a> {
         let logits = self.linear(hn, head)?;
         self.g.outputs.push(("logits".into(), logits));
         // Outputs follow `state_types` order, whatever order the layers produced them in.
-        let mut states = std::mem::take(&mut self.state_out);
-        let order: HashMap<String, usize> = state_types(spec)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (role, _))| (role.name(), i))
-            .collect();
-        states.sort_by_key(|(n, _)| order[n]);
-        self.g.outputs.extend(states);
+        let mut states = HashMap::new();
+        for (role, v) in std::mem::take(&mut self.state_out) {
+            if states.insert(role, v).is_some() {
+                return Err(self.fault(format!("state `{}` is produced twice", role.name())));
+            }
+        }
+        for (role, _) in state_types(spec) {
+            if let Some(v) = states.remove(&role) {
+                self.g.outputs.push((role.name(), v));
+            }
+        }
+        if let Some(role) = states.keys().min() {
+            return Err(self.fault(format!(
+                "state `{}` is not one of the model's states",
+                role.name()
+            )));
+        }
         let hidden = std::mem::take(&mut self.hidden);
         self.g.outputs.extend(hidden);
         Ok(self.g)
@@ -196,34 +220,50 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// The incoming value of state `role` (decode only).
-    fn state(&self, role: StateRole) -> ValueRef {
-        self.state_in[&role]
+    fn state(&self, role: StateRole) -> Result<ValueRef, BuildError> {
+        match self.state_in.get(&role) {
+            Some(&v) => Ok(v),
+            None => Err(self.fault(format!("no incoming state `{}`", role.name()))),
+        }
     }
 
     fn emit_state(&mut self, role: StateRole, v: ValueRef) {
-        self.state_out.push((role.name(), v));
+        self.state_out.push((role, v));
+    }
+
+    /// A [`BuildFault::Spec`] at the current location.
+    fn fault(&self, msg: impl Into<String>) -> BuildError {
+        BuildError {
+            graph: self.g.name.clone(),
+            loc: self.loc,
+            err: BuildFault::Spec(msg.into()),
+        }
     }
 
     /// The graph node of parameter `name`, declaring the parameter on first use.
     fn weight(&mut self, name: &str, shape: &[usize], tie: Option<String>) -> ValueRef {
-        let id = match self.params.by_name.get(name) {
-            Some(&id) => id,
+        let declared = self.params.by_name.get(name).copied();
+        if let Some(&v) = declared.and_then(|id| self.nodes.get(&id)) {
+            return v;
+        }
+        let table = &self.module.params;
+        let (id, v) = match declared.and_then(|id| Some((id, table.get(id.index())?))) {
+            // Declared while building an earlier graph.
+            Some((id, p)) => (id, self.g.add_param(id, p)),
             None => {
-                let id = self.module.add_param(Param {
+                let p = Param {
                     name: name.to_string(),
                     elem: crate::types::elem_of(self.spec.dtype),
                     shape: shape.to_vec(),
                     tie,
                     hash: None,
-                });
+                };
+                let v = self.g.add_param(ParamId(table.len() as u32), &p);
+                let id = self.module.add_param(p);
                 self.params.by_name.insert(name.to_string(), id);
-                id
+                (id, v)
             }
         };
-        if let Some(&v) = self.nodes.get(&id) {
-            return v;
-        }
-        let v = self.g.add_param(id, self.module.param(id));
         self.nodes.insert(id, v);
         v
     }
@@ -234,7 +274,7 @@ impl<'a> GraphBuilder<'a> {
             .map_err(|err| BuildError {
                 graph: self.g.name.clone(),
                 loc: self.loc,
-                err,
+                err: err.into(),
             })
     }
 

@@ -22,8 +22,16 @@ impl GraphBuilder<'_> {
     ) -> Result<ValueRef, BuildError> {
         let spec = self.spec;
         let sh = &spec.shared;
-        let b = sh.invocation_blocks[i];
-        let home = names::block_layers(spec, b)[0];
+        let Some(&b) = sh.invocation_blocks.get(i) else {
+            return Err(self.fault(format!(
+                "hybrid layer {l} is invocation {i}, but only {} invocations have a block",
+                sh.invocation_blocks.len()
+            )));
+        };
+        // The first hybrid layer that invokes block `b`: this one, or one before it.
+        let Some(&home) = names::block_layers(spec, b).first() else {
+            return Err(self.fault(format!("no hybrid layer invokes shared block {b}")));
+        };
         let blk = BlockNames {
             prefix: names::block_prefix(spec.family, home),
             block: b,
@@ -58,25 +66,28 @@ impl GraphBuilder<'_> {
             None => (q, k),
         };
         let (kvh, hd) = (sh.num_kv_heads, sh.head_dim);
-        let (kc, vc) = match self.mode {
-            Mode::Prefill => {
+        let (kc, vc) = match (self.mode, self.pos) {
+            (Mode::Prefill, _) => {
                 let store = OpKind::KvStore {
                     heads: kvh,
                     head_dim: hd,
                 };
                 (self.op(store.clone(), &[k])?, self.op(store, &[v])?)
             }
-            Mode::Decode => {
-                let pos = self.pos.expect("decode has a position");
+            (Mode::Decode, None) => return Err(self.fault("decode has no position input")),
+            (Mode::Decode, Some(pos)) => {
                 let append = OpKind::KvAppend {
                     heads: kvh,
                     head_dim: hd,
                 };
                 let kc = self.op(
                     append.clone(),
-                    &[self.state(StateRole::Key { layer: l }), k, pos],
+                    &[self.state(StateRole::Key { layer: l })?, k, pos],
                 )?;
-                let vc = self.op(append, &[self.state(StateRole::Value { layer: l }), v, pos])?;
+                let vc = self.op(
+                    append,
+                    &[self.state(StateRole::Value { layer: l })?, v, pos],
+                )?;
                 (kc, vc)
             }
         };

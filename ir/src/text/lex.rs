@@ -29,42 +29,86 @@ fn is_ident_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '.'
 }
 
-/// Splits `src` into tokens.
-pub fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
+/// The unread rest of the source, and the position of its first character.
+struct Cursor<'a> {
+    rest: &'a [char],
+    line: usize,
+    col: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<char> {
+        self.rest.first().copied()
+    }
+
+    /// The character after the next one.
+    fn peek2(&self) -> Option<char> {
+        self.rest.get(1).copied()
+    }
+
+    /// Steps over the next character without moving the column.
+    fn step(&mut self) {
+        if let Some((_, rest)) = self.rest.split_first() {
+            self.rest = rest;
+        }
+    }
+
+    /// Steps over the next character on the current line.
+    fn bump(&mut self) {
+        self.step();
+        self.col += 1;
+    }
+
+    /// Steps over `n` characters on the current line.
+    fn skip(&mut self, n: usize) {
+        for _ in 0..n {
+            self.bump();
+        }
+    }
+
+    /// Steps over the next character if `keep` accepts it, and returns it.
+    fn bump_if(&mut self, keep: impl FnOnce(char) -> bool) -> Option<char> {
+        let c = self.peek().filter(|&c| keep(c))?;
+        self.bump();
+        Some(c)
+    }
+}
+
+/// The tokens of `src`, and the end-of-input token that follows them.
+pub fn lex(src: &str) -> Result<(Vec<Token>, Token), ParseError> {
     let chars: Vec<char> = src.chars().collect();
+    let mut cur = Cursor {
+        rest: &chars,
+        line: 1,
+        col: 1,
+    };
     let mut out = Vec::new();
-    let (mut i, mut line, mut col) = (0usize, 1usize, 1usize);
     let err = |line, col, msg: String| ParseError { line, col, msg };
-    while i < chars.len() {
-        let c = chars[i];
-        let (tl, tc) = (line, col);
-        let start = i;
-        let bump = |i: &mut usize, col: &mut usize| {
-            *i += 1;
-            *col += 1;
-        };
+    while let Some(c) = cur.peek() {
+        let (tl, tc) = (cur.line, cur.col);
         if c == '\n' {
-            i += 1;
-            line += 1;
-            col = 1;
+            cur.step();
+            cur.line += 1;
+            cur.col = 1;
             continue;
         }
         if c.is_whitespace() {
-            bump(&mut i, &mut col);
+            cur.bump();
             continue;
         }
         if c == ';' {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
+            // The column stays: a newline, which resets it, or the end of input follows.
+            while cur.peek().is_some_and(|c| c != '\n') {
+                cur.step();
             }
             continue;
         }
         let tok = if c == '%' || c == '@' {
-            bump(&mut i, &mut col);
-            while i < chars.len() && (is_ident_char(chars[i]) || (c == '@' && chars[i] == '-')) {
-                bump(&mut i, &mut col);
+            cur.bump();
+            let mut word = String::new();
+            while let Some(d) = cur.bump_if(|d| is_ident_char(d) || (c == '@' && d == '-')) {
+                word.push(d);
             }
-            let word: String = chars[start + 1..i].iter().collect();
             if word.is_empty() {
                 return Err(err(tl, tc, format!("`{c}` must be followed by a name")));
             }
@@ -78,40 +122,41 @@ pub fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
                 _ => Tok::AtName(word),
             }
         } else if c == '"' {
-            bump(&mut i, &mut col);
+            cur.bump();
             let mut s = String::new();
             loop {
-                match chars.get(i) {
-                    None | Some('\n') => return Err(err(tl, tc, "unterminated string".into())),
-                    Some('"') => {
-                        bump(&mut i, &mut col);
+                match cur.rest {
+                    [] | ['\n', ..] => return Err(err(tl, tc, "unterminated string".into())),
+                    ['"', ..] => {
+                        cur.bump();
                         break;
                     }
-                    Some('\\') => {
-                        let (c, len) = escape(&chars[i + 1..])
-                            .ok_or_else(|| err(line, col, "unknown escape in string".into()))?;
+                    ['\\', after @ ..] => {
+                        let (c, len) = escape(after).ok_or_else(|| {
+                            err(cur.line, cur.col, "unknown escape in string".into())
+                        })?;
                         s.push(c);
-                        i += 1 + len;
-                        col += 1 + len;
+                        cur.skip(1 + len);
                     }
-                    Some(&ch) => {
-                        s.push(ch);
-                        bump(&mut i, &mut col);
+                    [ch, ..] => {
+                        s.push(*ch);
+                        cur.bump();
                     }
                 }
             }
             Tok::Str(s)
         } else if c.is_ascii_digit()
-            || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+            || (c == '-' && cur.peek2().is_some_and(|d| d.is_ascii_digit()))
         {
-            number(&chars, &mut i, &mut col).map_err(|m| err(tl, tc, m))?
+            number(&mut cur).map_err(|m| err(tl, tc, m))?
         } else if c.is_ascii_alphabetic() || c == '_' {
-            while i < chars.len() && is_ident_char(chars[i]) {
-                bump(&mut i, &mut col);
+            let mut word = String::new();
+            while let Some(d) = cur.bump_if(is_ident_char) {
+                word.push(d);
             }
-            Tok::Ident(chars[start..i].iter().collect())
+            Tok::Ident(word)
         } else if "=,:{}()[]".contains(c) {
-            bump(&mut i, &mut col);
+            cur.bump();
             Tok::Punct(c)
         } else {
             return Err(err(tl, tc, format!("unexpected character `{c}`")));
@@ -122,45 +167,41 @@ pub fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
             col: tc,
         });
     }
-    out.push(Token {
+    let eof = Token {
         tok: Tok::Eof,
-        line,
-        col,
-    });
-    Ok(out)
+        line: cur.line,
+        col: cur.col,
+    };
+    Ok((out, eof))
 }
 
 /// Reads an integer, a float (Rust's `{:?}` spellings, `inf`/`NaN` excluded) or a hex
-/// integer (`0x…`, used by content hashes).
-fn number(chars: &[char], i: &mut usize, col: &mut usize) -> Result<Tok, String> {
-    let start = *i;
-    if chars[*i] == '0' && chars.get(*i + 1) == Some(&'x') {
-        *i += 2;
-        while *i < chars.len() && chars[*i].is_ascii_hexdigit() {
-            *i += 1;
+/// integer (`0x…`, used by content hashes), starting at a digit or a `-`.
+fn number(cur: &mut Cursor) -> Result<Tok, String> {
+    if cur.peek() == Some('0') && cur.peek2() == Some('x') {
+        cur.skip(2);
+        let mut text = String::new();
+        while let Some(d) = cur.bump_if(|d| d.is_ascii_hexdigit()) {
+            text.push(d);
         }
-        *col += *i - start;
-        let text: String = chars[start + 2..*i].iter().collect();
         return u64::from_str_radix(&text, 16)
             .map(Tok::Int)
             .map_err(|_| format!("bad hex number `0x{text}`"));
     }
     let mut float = false;
-    *i += 1;
-    while *i < chars.len() {
-        let c = chars[*i];
-        let prev = chars[*i - 1];
-        if c.is_ascii_digit() {
-        } else if c == '.' || c == 'e' || c == 'E' {
-            float = true;
-        } else if (c == '-' || c == '+') && (prev == 'e' || prev == 'E') {
-        } else {
-            break;
-        }
-        *i += 1;
+    // The first character (a digit or `-`) is read whatever it is.
+    let mut text = String::new();
+    let mut prev = cur.bump_if(|_| true);
+    text.extend(prev);
+    while let Some(c) = cur.bump_if(|c| {
+        c.is_ascii_digit()
+            || matches!(c, '.' | 'e' | 'E')
+            || (matches!(c, '-' | '+') && matches!(prev, Some('e' | 'E')))
+    }) {
+        float |= matches!(c, '.' | 'e' | 'E');
+        text.push(c);
+        prev = Some(c);
     }
-    *col += *i - start;
-    let text: String = chars[start..*i].iter().collect();
     if float {
         text.parse::<f64>()
             .map(Tok::Float)

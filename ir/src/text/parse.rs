@@ -28,8 +28,13 @@ pub fn parse_module_unverified(src: &str) -> Result<Module, ParseError> {
 }
 
 fn parse(src: &str, check: Check) -> Result<Module, ParseError> {
-    let toks = lex(src)?;
-    let mut p = Parser { toks, i: 0, check };
+    let (toks, eof) = lex(src)?;
+    let mut p = Parser {
+        toks,
+        eof,
+        i: 0,
+        check,
+    };
     p.module()
 }
 
@@ -44,25 +49,34 @@ enum Check {
 
 struct Parser {
     toks: Vec<Token>,
+    /// The end of input, which every position from `toks.len()` on reads.
+    eof: Token,
+    /// The current token: `toks[i]`, or `eof` once `i` reaches `toks.len()`.
     i: usize,
     check: Check,
 }
 
 impl Parser {
-    fn peek(&self) -> &Tok {
-        &self.toks[self.i].tok
+    /// Token `i`; the end-of-input token at and after the end.
+    fn tok(&self, i: usize) -> &Token {
+        self.toks.get(i).unwrap_or(&self.eof)
     }
 
+    fn peek(&self) -> &Tok {
+        &self.tok(self.i).tok
+    }
+
+    /// The current token; steps to the next one unless at the end of input.
     fn next(&mut self) -> Token {
-        let t = self.toks[self.i].clone();
-        if self.i + 1 < self.toks.len() {
+        let t = self.tok(self.i).clone();
+        if self.i < self.toks.len() {
             self.i += 1;
         }
         t
     }
 
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, ParseError> {
-        let t = &self.toks[self.i];
+        let t = self.tok(self.i);
         Err(ParseError {
             line: t.line,
             col: t.col,
@@ -514,7 +528,7 @@ impl Parser {
     }
 
     fn at(&self, tok: usize, msg: impl Into<String>) -> ParseError {
-        let t = &self.toks[tok];
+        let t = self.tok(tok);
         ParseError {
             line: t.line,
             col: t.col,

@@ -5,103 +5,125 @@
 //! floats use Rust's shortest round-trip formatting so the parser reads back the same bits.
 
 use std::collections::HashMap;
-use std::fmt::Write;
+use std::fmt::{self, Write};
 
 use crate::graph::{Graph, Loc, Module, ValueRef};
 use crate::op::{Attr, OpKind};
 
 /// Prints a whole module: header, parameter table, graphs.
 pub fn print_module(m: &Module) -> String {
-    let mut s = String::new();
-    writeln!(s, "module {}", at_name(&m.name)).unwrap();
-    if !m.params.is_empty() {
-        s.push('\n');
-    }
-    for (i, p) in m.params.iter().enumerate() {
-        write!(s, "param @{i} {} : {}", quote(&p.name), p.ty()).unwrap();
-        if let Some(t) = &p.tie {
-            write!(s, " tie={}", quote(t)).unwrap();
-        }
-        if let Some(h) = p.hash {
-            write!(s, " hash=0x{h:016x}").unwrap();
-        }
-        s.push('\n');
-    }
-    for g in &m.graphs {
-        s.push('\n');
-        s.push_str(&print_graph(g));
-    }
-    s
+    ModuleText(m).to_string()
 }
 
 /// Prints one graph.
 pub fn print_graph(g: &Graph) -> String {
-    let mut names: HashMap<ValueRef, String> = HashMap::new();
-    let mut s = String::new();
-    write!(s, "graph @{}(", g.name).unwrap();
-    for (i, &n) in g.inputs.iter().enumerate() {
-        let OpKind::Input { name } = g.kind(n) else {
-            unreachable!("graph inputs are input nodes")
-        };
-        if i > 0 {
-            s.push_str(", ");
+    GraphText(g).to_string()
+}
+
+/// A module in the text form.
+struct ModuleText<'a>(&'a Module);
+
+impl fmt::Display for ModuleText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        writeln!(f, "module {}", at_name(&m.name))?;
+        if !m.params.is_empty() {
+            f.write_char('\n')?;
         }
-        write!(s, "%{name}: {}", g.node(n).results[0]).unwrap();
-        names.insert(n.out(), format!("%{name}"));
+        for (i, p) in m.params.iter().enumerate() {
+            write!(f, "param @{i} {} : {}", quote(&p.name), p.ty())?;
+            if let Some(t) = &p.tie {
+                write!(f, " tie={}", quote(t))?;
+            }
+            if let Some(h) = p.hash {
+                write!(f, " hash=0x{h:016x}")?;
+            }
+            f.write_char('\n')?;
+        }
+        for g in &m.graphs {
+            f.write_char('\n')?;
+            GraphText(g).fmt(f)?;
+        }
+        Ok(())
     }
-    s.push_str(") {\n");
-    let mut next = 0usize;
-    let mut loc: Option<Loc> = None;
-    for n in g.order() {
-        let node = g.node(n);
-        match &node.kind {
-            OpKind::Input { .. } => continue,
-            OpKind::Param(p) => {
-                names.insert(n.out(), p.to_string());
-                continue;
+}
+
+/// A graph in the text form.
+struct GraphText<'a>(&'a Graph);
+
+impl fmt::Display for GraphText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = self.0;
+        let mut names: HashMap<ValueRef, String> = HashMap::new();
+        write!(f, "graph @{}(", g.name)?;
+        for (i, &n) in g.inputs.iter().enumerate() {
+            let OpKind::Input { name } = g.kind(n) else {
+                unreachable!("graph inputs are input nodes")
+            };
+            if i > 0 {
+                f.write_str(", ")?;
             }
-            _ => {}
-        }
-        if loc != Some(node.loc) {
-            match node.loc {
-                Loc::Layer(l) => writeln!(s, "layer {l}:").unwrap(),
-                other => writeln!(s, "{other}:").unwrap(),
+            // An input has one result; a broken one still prints, for the verifier.
+            write!(f, "%{name}:")?;
+            for (r, t) in g.node(n).results.iter().enumerate() {
+                f.write_str(if r == 0 { " " } else { ", " })?;
+                write!(f, "{t}")?;
             }
-            loc = Some(node.loc);
+            names.insert(n.out(), format!("%{name}"));
         }
-        s.push_str("  ");
-        for r in 0..node.results.len() {
-            if r > 0 {
-                s.push_str(", ");
+        f.write_str(") {\n")?;
+        let mut next = 0usize;
+        let mut loc: Option<Loc> = None;
+        for n in g.order() {
+            let node = g.node(n);
+            match &node.kind {
+                OpKind::Input { .. } => continue,
+                OpKind::Param(p) => {
+                    names.insert(n.out(), p.to_string());
+                    continue;
+                }
+                _ => {}
             }
-            let name = format!("%{next}");
-            next += 1;
-            s.push_str(&name);
-            names.insert(n.res(r as u16), name);
-        }
-        write!(s, " = {}", node.kind.name()).unwrap();
-        print_attrs(&mut s, &node.kind);
-        for (i, v) in g.operands(n).iter().enumerate() {
-            s.push_str(if i == 0 { " " } else { ", " });
-            s.push_str(value_name(&names, *v));
-        }
-        s.push_str(" :");
-        for (i, t) in node.results.iter().enumerate() {
-            s.push_str(if i == 0 { " " } else { ", " });
-            write!(s, "{t}").unwrap();
-            if let Some(p) = g.plan.as_ref().and_then(|p| p.get(&n.res(i as u16))) {
-                write!(s, " in {p}").unwrap();
+            if loc != Some(node.loc) {
+                match node.loc {
+                    Loc::Layer(l) => writeln!(f, "layer {l}:")?,
+                    other => writeln!(f, "{other}:")?,
+                }
+                loc = Some(node.loc);
             }
+            f.write_str("  ")?;
+            for r in 0..node.results.len() {
+                if r > 0 {
+                    f.write_str(", ")?;
+                }
+                let name = format!("%{next}");
+                next += 1;
+                f.write_str(&name)?;
+                names.insert(n.res(r as u16), name);
+            }
+            write!(f, " = {}", node.kind.name())?;
+            write_attrs(f, &node.kind)?;
+            for (i, v) in g.operands(n).iter().enumerate() {
+                f.write_str(if i == 0 { " " } else { ", " })?;
+                f.write_str(value_name(&names, *v))?;
+            }
+            f.write_str(" :")?;
+            for (i, t) in node.results.iter().enumerate() {
+                f.write_str(if i == 0 { " " } else { ", " })?;
+                write!(f, "{t}")?;
+                if let Some(p) = g.plan.as_ref().and_then(|p| p.get(&n.res(i as u16))) {
+                    write!(f, " in {p}")?;
+                }
+            }
+            f.write_char('\n')?;
         }
-        s.push('\n');
+        f.write_str("  return")?;
+        for (i, (name, v)) in g.outputs.iter().enumerate() {
+            f.write_str(if i == 0 { "\n    " } else { ",\n    " })?;
+            write!(f, "{name} = {}", value_name(&names, *v))?;
+        }
+        f.write_str("\n}\n")
     }
-    s.push_str("  return");
-    for (i, (name, v)) in g.outputs.iter().enumerate() {
-        s.push_str(if i == 0 { "\n    " } else { ",\n    " });
-        write!(s, "{name} = {}", value_name(&names, *v)).unwrap();
-    }
-    s.push_str("\n}\n");
-    s
 }
 
 /// The printed name of a value. Only an invalid graph (a cycle) uses a value before the
@@ -110,36 +132,36 @@ fn value_name(names: &HashMap<ValueRef, String>, v: ValueRef) -> &str {
     names.get(&v).map(String::as_str).unwrap_or("%<undefined>")
 }
 
-fn print_attrs(s: &mut String, kind: &OpKind) {
+fn write_attrs(f: &mut fmt::Formatter<'_>, kind: &OpKind) -> fmt::Result {
     let attrs = kind.attrs();
     if attrs.is_empty() {
-        return;
+        return Ok(());
     }
-    s.push('{');
+    f.write_char('{')?;
     for (i, (k, v)) in attrs.iter().enumerate() {
         if i > 0 {
-            s.push_str(", ");
+            f.write_str(", ")?;
         }
-        s.push_str(k);
+        f.write_str(k)?;
         match v {
             Attr::Flag => {}
-            Attr::Int(n) => write!(s, "={n}").unwrap(),
-            Attr::Float(x) => write!(s, "={x:?}").unwrap(),
-            Attr::Ident(x) => write!(s, "={x}").unwrap(),
-            Attr::Str(x) => write!(s, "={}", quote(x)).unwrap(),
+            Attr::Int(n) => write!(f, "={n}")?,
+            Attr::Float(x) => write!(f, "={x:?}")?,
+            Attr::Ident(x) => write!(f, "={x}")?,
+            Attr::Str(x) => write!(f, "={}", quote(x))?,
             Attr::Dims(d) => {
-                s.push_str("=[");
+                f.write_str("=[")?;
                 for (j, dim) in d.iter().enumerate() {
                     if j > 0 {
-                        s.push(',');
+                        f.write_char(',')?;
                     }
-                    write!(s, "{dim}").unwrap();
+                    write!(f, "{dim}")?;
                 }
-                s.push(']');
+                f.write_char(']')?;
             }
         }
     }
-    s.push('}');
+    f.write_char('}')
 }
 
 /// Module names print bare when they are identifiers, quoted otherwise.

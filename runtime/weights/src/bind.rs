@@ -56,7 +56,16 @@ pub fn resolve(m: &Module, spec: &ModelSpec, ck: &Checkpoint) -> Result<Resolved
     let mut sources = Vec::with_capacity(m.params.len());
     for p in &m.params {
         let stored = match p.tie.as_deref().and_then(names::parse_tie_key) {
-            Some((b, suffix)) => format!("{}{suffix}", names::block_prefix(spec.family, homes[&b])),
+            Some((b, suffix)) => {
+                // `block_homes` found a home for every block a tie key names, or failed.
+                let Some(home) = homes.get(&b) else {
+                    return Err(RuntimeError::Internal(format!(
+                        "parameter `{}`: shared block {b} has no home layer",
+                        p.name
+                    )));
+                };
+                format!("{}{suffix}", names::block_prefix(spec.family, home.layer))
+            }
             None => p.name.clone(),
         };
         let Some(entry) = ck.entry(&stored) else {
@@ -77,7 +86,7 @@ pub fn resolve(m: &Module, spec: &ModelSpec, ck: &Checkpoint) -> Result<Resolved
         consumed.insert(stored.clone());
         sources.push(stored);
     }
-    check_copies(m, spec, ck, &homes, &mut consumed)?;
+    check_copies(spec, ck, &homes, &mut consumed)?;
     if spec.tie_embeddings && ck.entry(names::LM_HEAD).is_some() {
         if ck.bytes(names::LM_HEAD) == ck.bytes(names::EMBED) {
             consumed.insert(names::LM_HEAD.to_string());
@@ -95,11 +104,10 @@ pub fn resolve(m: &Module, spec: &ModelSpec, ck: &Checkpoint) -> Result<Resolved
         .filter(|n| !consumed.contains(*n))
         .filter(|n| is_adapter_of_a_block(spec, n))
         .collect();
-    if !unowned.is_empty() {
+    if let Some(first) = unowned.first() {
         warnings.push(format!(
-            "ignored {} adapter tensor(s) for slots their block does not use (e.g. `{}`)",
+            "ignored {} adapter tensor(s) for slots their block does not use (e.g. `{first}`)",
             unowned.len(),
-            unowned[0]
         ));
     }
     if let Some(extra) = ck
@@ -115,45 +123,59 @@ pub fn resolve(m: &Module, spec: &ModelSpec, ck: &Checkpoint) -> Result<Resolved
     Ok(Resolved { sources, warnings })
 }
 
+/// Where a shared block's copy in use is stored.
+struct Home {
+    /// The hybrid layer that holds it.
+    layer: usize,
+    /// The block's tensor names after the block prefix (tie suffixes).
+    suffixes: Vec<String>,
+}
+
 /// For each block, the hybrid layer whose copy is used: the first one (depth order) that
 /// holds every tensor of the block.
 fn block_homes(
     m: &Module,
     spec: &ModelSpec,
     ck: &Checkpoint,
-) -> Result<BTreeMap<usize, usize>, RuntimeError> {
-    let suffixes = block_suffixes(m);
+) -> Result<BTreeMap<usize, Home>, RuntimeError> {
     let mut homes = BTreeMap::new();
-    for (&b, sfx) in &suffixes {
+    for (b, suffixes) in block_suffixes(m) {
         let layers = names::block_layers(spec, b);
         let complete = layers.iter().find(|&&l| {
             let prefix = names::block_prefix(spec.family, l);
-            sfx.iter()
+            suffixes
+                .iter()
                 .all(|s| ck.entry(&format!("{prefix}{s}")).is_some())
         });
-        match complete {
-            Some(&l) => {
-                homes.insert(b, l);
-            }
-            None => {
-                let first = format!("{}{}", names::block_prefix(spec.family, layers[0]), sfx[0]);
-                let missing = layers
-                    .iter()
-                    .flat_map(|&l| {
-                        let prefix = names::block_prefix(spec.family, l);
-                        sfx.iter().map(move |s| format!("{prefix}{s}"))
-                    })
-                    .find(|n| ck.entry(n).is_none())
-                    .unwrap_or(first);
-                return Err(RuntimeError::load(
-                    &ck.source,
-                    Some(&missing),
-                    format!(
-                        "missing tensor: shared block {b} is not stored completely under any of its hybrid layers {layers:?}"
-                    ),
-                ));
-            }
+        if let Some(&layer) = complete {
+            homes.insert(b, Home { layer, suffixes });
+            continue;
         }
+        // No layer holds the whole block: name the first tensor missing from any of them.
+        let missing = layers
+            .iter()
+            .flat_map(|&l| {
+                let prefix = names::block_prefix(spec.family, l);
+                suffixes.iter().map(move |s| format!("{prefix}{s}"))
+            })
+            .find(|n| ck.entry(n).is_none());
+        return Err(match missing {
+            Some(missing) => RuntimeError::load(
+                &ck.source,
+                Some(&missing),
+                format!(
+                    "missing tensor: shared block {b} is not stored completely under any of its hybrid layers {layers:?}"
+                ),
+            ),
+            // Only a module whose tie keys name a block no hybrid layer of `spec` invokes.
+            None => RuntimeError::load(
+                &ck.source,
+                None,
+                format!(
+                    "the model has parameters of shared block {b}, but config.json assigns that block to no hybrid layer"
+                ),
+            ),
+        });
     }
     Ok(homes)
 }
@@ -171,20 +193,19 @@ fn block_suffixes(m: &Module) -> BTreeMap<usize, Vec<String>> {
 
 /// Copies of a block under its other hybrid layers must equal the copy in use.
 fn check_copies(
-    m: &Module,
     spec: &ModelSpec,
     ck: &Checkpoint,
-    homes: &BTreeMap<usize, usize>,
+    homes: &BTreeMap<usize, Home>,
     consumed: &mut BTreeSet<String>,
 ) -> Result<(), RuntimeError> {
-    for (b, sfx) in block_suffixes(m) {
-        let home = names::block_prefix(spec.family, homes[&b]);
+    for (&b, Home { layer, suffixes }) in homes {
+        let home = names::block_prefix(spec.family, *layer);
         for l in names::block_layers(spec, b) {
             let prefix = names::block_prefix(spec.family, l);
             if prefix == home {
                 continue;
             }
-            for s in &sfx {
+            for s in suffixes {
                 let copy = format!("{prefix}{s}");
                 if ck.entry(&copy).is_none() {
                     continue;

@@ -110,10 +110,12 @@ impl Checkpoint {
                 end: base + info.data_offsets.1,
             };
             if let Some(prev) = self.tensors.insert(tname.clone(), entry) {
+                // Only the file being added is not in `files` yet.
+                let other = self.shard_name(prev.file).unwrap_or(name);
                 return Err(RuntimeError::load(
                     &shown,
                     Some(&tname),
-                    format!("also stored in {}", self.files[prev.file].0),
+                    format!("also stored in {other}"),
                 ));
             }
         }
@@ -125,15 +127,15 @@ impl Checkpoint {
     fn check_index(&self, index: &Path) -> Result<(), RuntimeError> {
         let map = read_weight_map(index)?;
         for (tensor, file) in &map {
-            match self.tensors.get(tensor) {
-                Some(e) if self.files[e.file].0 == *file => {}
-                Some(e) => {
+            match self.tensors.get(tensor).map(|e| self.shard_name(e.file)) {
+                Some(Some(stored)) if stored == file => {}
+                Some(stored) => {
                     return Err(RuntimeError::load(
                         index.display().to_string(),
                         Some(tensor),
                         format!(
                             "listed in `{file}` but stored in `{}`",
-                            self.files[e.file].0
+                            stored.unwrap_or("another file")
                         ),
                     ));
                 }
@@ -158,10 +160,15 @@ impl Checkpoint {
         self.tensors.get(name)
     }
 
+    /// The name of file `file` of the checkpoint.
+    fn shard_name(&self, file: usize) -> Option<&str> {
+        self.files.get(file).map(|(name, _)| name.as_str())
+    }
+
     /// The file (path) a tensor is stored in, for messages.
     pub fn file_of(&self, name: &str) -> String {
-        match self.tensors.get(name) {
-            Some(e) => self.dir.join(&self.files[e.file].0).display().to_string(),
+        match self.tensors.get(name).and_then(|e| self.shard_name(e.file)) {
+            Some(file) => self.dir.join(file).display().to_string(),
             None => self.source.clone(),
         }
     }
@@ -169,7 +176,7 @@ impl Checkpoint {
     /// The raw little-endian bytes of a tensor.
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
         let e = self.tensors.get(name)?;
-        Some(&self.files[e.file].1[e.start..e.end])
+        self.files.get(e.file)?.1.get(e.start..e.end)
     }
 
     /// Checks that a tensor has a floating-point type zambac reads (F32, BF16, F16).
@@ -204,20 +211,17 @@ impl Checkpoint {
             .tensors
             .get(name)
             .ok_or_else(|| RuntimeError::load(&self.source, Some(name), "missing tensor"))?;
-        let raw = &self.files[e.file].1[e.start..e.end];
+        let Some(raw) = self.bytes(name) else {
+            return Err(RuntimeError::load(
+                self.file_of(name),
+                Some(name),
+                format!("data offsets {}..{} lie outside the file", e.start, e.end),
+            ));
+        };
         let out = match e.dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => widen(raw, f32::from_le_bytes),
+            Dtype::BF16 => widen(raw, |b| half::bf16::from_le_bytes(b).to_f32()),
+            Dtype::F16 => widen(raw, |b| half::f16::from_le_bytes(b).to_f32()),
             other => {
                 return Err(RuntimeError::load(
                     self.file_of(name),
@@ -226,8 +230,27 @@ impl Checkpoint {
                 ));
             }
         };
-        Ok(out)
+        out.ok_or_else(|| {
+            RuntimeError::load(
+                self.file_of(name),
+                Some(name),
+                format!(
+                    "{} bytes of data are not a whole number of {:?} elements",
+                    raw.len(),
+                    e.dtype
+                ),
+            )
+        })
     }
+}
+
+/// `raw` read as little-endian elements of `N` bytes, each converted by `f`; `None` if
+/// `raw` does not hold a whole number of them.
+fn widen<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> f32) -> Option<Vec<f32>> {
+    let (elems, []) = raw.as_chunks::<N>() else {
+        return None;
+    };
+    Some(elems.iter().map(|&b| f(b)).collect())
 }
 
 fn read_weight_map(index: &Path) -> Result<BTreeMap<String, String>, RuntimeError> {
@@ -282,4 +305,24 @@ fn shards_of(index: &Path) -> Result<Vec<String>, RuntimeError> {
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widening_reads_whole_elements_only() {
+        let bytes: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(widen(&bytes, f32::from_le_bytes), Some(vec![1.5, -2.0]));
+        assert_eq!(widen(&bytes[..7], f32::from_le_bytes), None);
+        let one = half::bf16::from_f32(1.0).to_le_bytes();
+        assert_eq!(
+            widen(&one, |b| half::bf16::from_le_bytes(b).to_f32()),
+            Some(vec![1.0])
+        );
+    }
 }

@@ -1,6 +1,13 @@
 //! Model weights: read from Hugging Face checkpoints or drawn at random, held as f32
 //! tensors indexed by `ParamId`.
 
+// Safetensors checkpoints and sharded index files reach this crate from outside: no
+// panicking shortcuts outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod bind;
 mod checkpoint;
 mod random;
