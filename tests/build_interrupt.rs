@@ -1,4 +1,5 @@
-//! A build never damages the engine it would replace: killed with SIGKILL part-way, or
+//! A build never damages the engine it would replace: interrupted (SIGINT), terminated
+//! (SIGTERM) or killed (SIGKILL) part-way, or
 //! failing to write because the disk is full (here: a file-size limit), it leaves the
 //! existing engine byte-identical, and the next build succeeds and clears what the killed
 //! ones left. (The replacement itself is one atomic exchange of directories on Linux.)
@@ -49,30 +50,39 @@ fn build_command(input: &str, out: &Path) -> Command {
 }
 
 #[test]
-fn a_build_killed_part_way_leaves_the_existing_engine_byte_identical() {
+fn a_build_interrupted_or_killed_part_way_leaves_the_existing_engine_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let engine = tmp.path().join("e.engine");
     let before = existing_engine(&engine);
     // The ~100M example writes 200 MB of weights after compiling its kernels: killed at
     // these points the build is compiling, then writing.
     let input = root().join("examples/zamba2-100m.toml");
-    for delay in [Duration::from_millis(300), Duration::from_millis(1500)] {
-        let mut child = build_command(input.to_str().unwrap(), &engine)
+    // Interrupted (Ctrl-C), terminated, or killed outright.
+    let stops = [
+        (libc::SIGKILL, 300),
+        (libc::SIGKILL, 1500),
+        (libc::SIGINT, 1500),
+        (libc::SIGTERM, 800),
+    ];
+    for (signal, ms) in stops {
+        let delay = Duration::from_millis(ms);
+        let child = build_command(input.to_str().unwrap(), &engine)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let started = Instant::now();
         std::thread::sleep(delay);
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
+        // SAFETY: signalling a child this test spawned and has not yet waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait_with_output().unwrap().status;
         assert_eq!(
             status.signal(),
-            Some(libc::SIGKILL),
+            Some(signal),
             "the build ended by itself within {:?}; this test needs it still running",
             started.elapsed()
         );
-        assert_eq!(files(&engine), before, "killed after {delay:?}");
+        assert_eq!(files(&engine), before, "signal {signal} after {delay:?}");
     }
     // What the killed builds left beside the engine does not stop the next one.
     let out = zambac(&[

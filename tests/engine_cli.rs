@@ -472,3 +472,64 @@ fn hf4_long_context_rescales_rope_theta() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("needs RoPE"), "{}", stderr(&out));
 }
+
+/// Running an engine never writes into it: after `run` (with a snapshot saved elsewhere),
+/// `bench` and the reference interpreter on it, every file has its bytes and its
+/// modification time, and no file was added.
+#[test]
+fn running_an_engine_never_writes_into_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = tmp.path().join("e.engine");
+    let o = build(&fixture("zamba2-tiny"), &engine, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stamp = |dir: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let modified = e.metadata().unwrap().modified().unwrap();
+                (e.file_name(), modified)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (bytes, times) = (files(&engine), stamp(&engine));
+    let e = engine.to_str().unwrap();
+    let snap = tmp.path().join("s.state");
+    let runs: [Vec<&str>; 4] = [
+        vec![
+            "run",
+            e,
+            "--tokens",
+            "1,2,3",
+            "--save-state",
+            snap.to_str().unwrap(),
+        ],
+        vec![
+            "run",
+            e,
+            "--tokens",
+            "4",
+            "--load-state",
+            snap.to_str().unwrap(),
+        ],
+        vec![
+            "bench",
+            e,
+            "--prompt-len",
+            "8",
+            "--new-tokens",
+            "2",
+            "--prefill-runs",
+            "1",
+        ],
+        vec!["run", e, "--backend", "reference", "--tokens", "1,2"],
+    ];
+    for args in &runs {
+        let o = zambac(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(files(&engine), bytes);
+    assert_eq!(stamp(&engine), times);
+}

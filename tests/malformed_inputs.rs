@@ -1001,3 +1001,27 @@ fn fast_load_skips_only_the_weight_hashes() {
         &["weights.bin".into(), "truncated".into()],
     );
 }
+
+/// `host.so` replaced after the engine was opened (and checked) but before its code is
+/// loaded: the runtime loads the bytes it verified, so the swap is refused, not run.
+#[test]
+fn a_host_library_swapped_after_opening_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mine = tmp.path().join("mine.engine");
+    build_engine(&mine);
+    let other = tmp.path().join("other.engine");
+    let out = zambac(&[
+        "build",
+        fixture("zamba2-tiny-norope-1block").to_str().unwrap(),
+        "-o",
+        other.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let engine = zambac_engine::Engine::open(&mine).unwrap();
+    std::fs::copy(other.join("host.so"), mine.join("host.so")).unwrap();
+    let err = match zambac_runtime::cpu::CpuBackend::new(engine, 1) {
+        Ok(_) => panic!("a swapped host.so was loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("host.so") && err.contains("checksum"), "{err}");
+}

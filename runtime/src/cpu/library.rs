@@ -1,11 +1,19 @@
 //! Loading `host.so` and resolving every kernel of the kernel table up front, so a missing
 //! or misnamed symbol is a load error rather than a failure half-way through a program.
+//!
+//! The library is read once, its bytes checked against the manifest's checksum, and those
+//! very bytes loaded from an anonymous in-memory file (`memfd_create`), so the code that
+//! runs is the code that was verified — replacing `host.so` between the check and the
+//! load changes nothing.
 
 use std::ffi::c_void;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 
 use libloading::Library;
-use zambac_engine::Kernel;
+use zambac_engine::{Checksum, Kernel};
 
 use crate::error::RuntimeError;
 
@@ -18,14 +26,38 @@ pub struct HostLibrary {
     pub fns: Vec<KernelFn>,
     /// Keeps the code behind `fns` mapped; must outlive every call through them.
     _lib: Library,
+    /// The in-memory file the library was loaded from.
+    _image: File,
 }
 
 impl HostLibrary {
-    pub fn open(path: &Path, kernels: &[Kernel]) -> Result<HostLibrary, RuntimeError> {
+    /// Loads the library at `path` if its bytes have the checksum `expected` (the
+    /// manifest's), and resolves every kernel of `kernels`.
+    pub fn open(
+        path: &Path,
+        expected: Checksum,
+        kernels: &[Kernel],
+    ) -> Result<HostLibrary, RuntimeError> {
         let file = path.display().to_string();
-        // SAFETY: loading runs the library's initialisers. `host.so` is zambac's generated
-        // code, whose checksum the engine loader has just verified against the manifest.
-        let lib = unsafe { Library::new(path) }
+        let bytes = std::fs::read(path)
+            .map_err(|e| RuntimeError::load(&file, None, format!("cannot read: {e}")))?;
+        let found = Checksum::of(&bytes);
+        if found != expected {
+            return Err(RuntimeError::load(
+                &file,
+                None,
+                format!(
+                    "checksum {found} differs from {expected} recorded in manifest.json: the \
+                     file is corrupt or was replaced"
+                ),
+            ));
+        }
+        let image = in_memory(&bytes)
+            .map_err(|e| RuntimeError::Internal(format!("cannot stage {file} in memory: {e}")))?;
+        let staged = format!("/proc/self/fd/{}", image.as_raw_fd());
+        // SAFETY: loading runs the library's initialisers. These are the bytes of zambac's
+        // generated code that were just checked against the manifest's checksum.
+        let lib = unsafe { Library::new(&staged) }
             .map_err(|e| RuntimeError::load(&file, None, format!("cannot load: {e}")))?;
         let mut fns = Vec::with_capacity(kernels.len());
         for k in kernels {
@@ -45,6 +77,23 @@ impl HostLibrary {
             })?;
             fns.push(*f);
         }
-        Ok(HostLibrary { fns, _lib: lib })
+        Ok(HostLibrary {
+            fns,
+            _lib: lib,
+            _image: image,
+        })
     }
+}
+
+/// An anonymous in-memory file holding `bytes` (closed on exec).
+fn in_memory(bytes: &[u8]) -> std::io::Result<File> {
+    // SAFETY: a NUL-terminated name and valid flags; the call returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"zambac-host.so".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    Ok(file)
 }
