@@ -1,17 +1,7 @@
 //! Number formatting for reports: thousands separators, binary byte units, SI prefixes.
 
 /// `1215064704` → `1,215,064,704`.
-pub fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use zambac_engine::resources::group as count;
 
 /// Bytes with a binary unit: `196608` → `192.0 KiB` (the runtime reports memory the same way).
 pub use zambac_runtime::bench::human_bytes as bytes;

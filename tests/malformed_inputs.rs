@@ -524,11 +524,15 @@ fn config_values_no_model_has_are_refused_naming_the_key() {
 // ---------------------------------------------------------------------------------------
 // engines and snapshots
 
-/// Builds the zamba2-tiny fixture into `dir` (with its tokenizer-free manifest).
+/// Builds the zamba2-tiny fixture into `dir`.
 fn build_engine(dir: &Path) {
+    build_fixture("zamba2-tiny", dir);
+}
+
+fn build_fixture(name: &str, dir: &Path) {
     let out = zambac(&[
         "build",
-        fixture("zamba2-tiny").to_str().unwrap(),
+        fixture(name).to_str().unwrap(),
         "-o",
         dir.to_str().unwrap(),
     ]);
@@ -1010,13 +1014,7 @@ fn a_host_library_swapped_after_opening_is_refused() {
     let mine = tmp.path().join("mine.engine");
     build_engine(&mine);
     let other = tmp.path().join("other.engine");
-    let out = zambac(&[
-        "build",
-        fixture("zamba2-tiny-norope-1block").to_str().unwrap(),
-        "-o",
-        other.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    build_fixture("zamba2-tiny-norope-1block", &other);
     let engine = zambac_engine::Engine::open(&mine).unwrap();
     std::fs::copy(other.join("host.so"), mine.join("host.so")).unwrap();
     let err = match zambac_runtime::cpu::CpuBackend::new(engine, 1) {

@@ -146,7 +146,7 @@ impl Budget {
 }
 
 /// `1234567` → `1,234,567`.
-fn group(n: u64) -> String {
+pub fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
