@@ -66,7 +66,18 @@ fn a_build_interrupted_or_killed_part_way_leaves_the_existing_engine_byte_identi
     ];
     for (signal, ms) in stops {
         let delay = Duration::from_millis(ms);
-        let child = build_command(input.to_str().unwrap(), &engine)
+        let mut command = build_command(input.to_str().unwrap(), &engine);
+        // SAFETY: between fork and exec the closure only calls `signal`, which is
+        // async-signal-safe. A test run in the background of a non-interactive shell
+        // inherits SIGINT ignored; a user's Ctrl-C reaches a build with the default action.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
