@@ -57,6 +57,19 @@ fn alone(b: &mut CpuBackend, prompt: &[i64], capacity: usize) -> (Vec<Vec<f32>>,
     (rows, tokens)
 }
 
+/// How far the best logit of `row` is above the second best.
+fn top_two_gap(row: &[f32]) -> f32 {
+    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in row {
+        if x > first {
+            (first, second) = (x, first);
+        } else if x > second {
+            second = x;
+        }
+    }
+    first - second
+}
+
 /// Checks that B sequences decoded together get what each gets alone; returns the largest
 /// difference seen, or what differed.
 fn batched_equals_alone(
@@ -109,7 +122,21 @@ fn batched_equals_alone(
                 ));
             }
             worst = worst.max(d);
-            tokens[i] = argmax(logits.row(i)) as i64;
+            // The batched sequence must pick the token decoding alone picked, unless the two
+            // best logits alone are closer than the rows may differ (a near-tie that 2e-4
+            // can flip). Either way it goes on with the token alone picked, so every step
+            // compares the same inputs.
+            let mine = argmax(logits.row(i)) as i64;
+            let want = greedy[step + 1];
+            if mine != want && top_two_gap(&rows[step]) > 4e-4 {
+                return Err(format!(
+                    "B = {batch}, sequence {i} (prompt of {}), step {step}: token {want} alone, \
+                     {mine} batched (the best logits alone {} apart)",
+                    prompts[i].len(),
+                    top_two_gap(&rows[step])
+                ));
+            }
+            tokens[i] = want;
         }
     }
     for (i, s) in states.iter().enumerate() {
