@@ -64,6 +64,7 @@ pub fn router(app: Shared) -> Router {
         .route("/health", get(health))
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        // The JSON extractor's own limit (2 MB by default) follows --max-body-kib.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), deadline))
@@ -83,12 +84,12 @@ async fn deadline(State(app): State<Shared>, req: Request, next: Next) -> Respon
 
 /// Reads the whole body within `--read-timeout-s` (the head had the same time, under
 /// hyper's header deadline): a client whose body trickles or never comes (a
-/// `Content-Length` that lies) gets 408 instead of holding its connection. A body over the
-/// limit is left to the extractor, which answers 413.
+/// `Content-Length` that lies) gets 408 instead of holding its connection; a body over
+/// `--max-body-kib` gets 413.
 async fn read_body(State(app): State<Shared>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let limit = app.body_limit.saturating_add(1);
-    match tokio::time::timeout(app.read_timeout, axum::body::to_bytes(body, limit)).await {
+    let read = axum::body::to_bytes(body, app.body_limit);
+    match tokio::time::timeout(app.read_timeout, read).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
