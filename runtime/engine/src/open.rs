@@ -93,6 +93,13 @@ impl Engine {
         self.manifest.program(name)
     }
 
+    /// The bytes of the host kernel library, read now and checked against the manifest's
+    /// checksum: what a backend loads must be what was verified, even if the file changed
+    /// since the engine was opened.
+    pub fn host_bytes(&self) -> Result<Vec<u8>, EngineError> {
+        read_checked(&self.dir, &self.manifest.host)
+    }
+
     /// Path of the host kernel library.
     pub fn host_path(&self) -> PathBuf {
         self.dir.join(&self.manifest.host.file)
@@ -237,7 +244,13 @@ fn map_weights(
     Ok(Some(map))
 }
 
+/// Checks a companion file against its checksum in the manifest.
 fn check_file(dir: &Path, f: &FileRef) -> Result<(), EngineError> {
+    read_checked(dir, f).map(drop)
+}
+
+/// The bytes of a companion file, read once and checked against its checksum.
+fn read_checked(dir: &Path, f: &FileRef) -> Result<Vec<u8>, EngineError> {
     let path = dir.join(&f.file);
     let bytes = fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => load(&path, None, "missing"),
@@ -255,5 +268,5 @@ fn check_file(dir: &Path, f: &FileRef) -> Result<(), EngineError> {
             ),
         ));
     }
-    Ok(())
+    Ok(bytes)
 }

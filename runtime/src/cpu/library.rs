@@ -10,10 +10,9 @@ use std::ffi::c_void;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::Path;
 
 use libloading::Library;
-use zambac_engine::{Checksum, Kernel};
+use zambac_engine::Engine;
 
 use crate::error::RuntimeError;
 
@@ -31,27 +30,12 @@ pub struct HostLibrary {
 }
 
 impl HostLibrary {
-    /// Loads the library at `path` if its bytes have the checksum `expected` (the
-    /// manifest's), and resolves every kernel of `kernels`.
-    pub fn open(
-        path: &Path,
-        expected: Checksum,
-        kernels: &[Kernel],
-    ) -> Result<HostLibrary, RuntimeError> {
-        let file = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| RuntimeError::load(&file, None, format!("cannot read: {e}")))?;
-        let found = Checksum::of(&bytes);
-        if found != expected {
-            return Err(RuntimeError::load(
-                &file,
-                None,
-                format!(
-                    "checksum {found} differs from {expected} recorded in manifest.json: the \
-                     file is corrupt or was replaced"
-                ),
-            ));
-        }
+    /// Loads the engine's `host.so` from the bytes [`Engine::host_bytes`] read and
+    /// verified, and resolves every kernel of its kernel table.
+    pub fn open(engine: &Engine) -> Result<HostLibrary, RuntimeError> {
+        let file = engine.host_path().display().to_string();
+        let kernels = &engine.manifest().kernels;
+        let bytes = engine.host_bytes()?;
         let image = in_memory(&bytes)
             .map_err(|e| RuntimeError::Internal(format!("cannot stage {file} in memory: {e}")))?;
         let staged = format!("/proc/self/fd/{}", image.as_raw_fd());

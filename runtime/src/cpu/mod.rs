@@ -86,7 +86,7 @@ impl CpuBackend {
         let manifest_path = engine.dir().join(MANIFEST_FILE).display().to_string();
         let m = engine.manifest();
         check_host_target(m.host_target.as_ref(), &manifest_path)?;
-        let lib = HostLibrary::open(&engine.host_path(), m.host.xxh3, &m.kernels)?;
+        let lib = HostLibrary::open(&engine)?;
         let (prefill, prefill_last, decode) = plan::programs(m, &manifest_path)?;
         let weights = (0..m.weights.len())
             .filter_map(|i| engine.weight(i))

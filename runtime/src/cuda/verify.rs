@@ -99,11 +99,7 @@ impl Verifier {
         let manifest = engine.dir().join(MANIFEST_FILE).display().to_string();
         crate::cpu::check_host_target(engine.manifest().host_target.as_ref(), &manifest)?;
         Ok(Verifier {
-            lib: HostLibrary::open(
-                &engine.host_path(),
-                engine.manifest().host.xxh3,
-                &engine.manifest().kernels,
-            )?,
+            lib: HostLibrary::open(engine)?,
             checked: 0,
             failures: Vec::new(),
             worst: 0.0,
