@@ -65,7 +65,7 @@ fn bf16_caches_halve_the_cache_bytes_and_move_logits_by_their_rounding() {
             assert_eq!(s.elem, want, "{name}: {}", s.role);
         }
         let (full, half) = (backend(&f32_dir), backend(&bf16_dir));
-        let caches = |b: &CpuBackend, c| b.sequence_bytes(c);
+        let caches = |b: &CpuBackend, c| b.state_bytes(c);
         // Caches grow with the capacity; the other states do not.
         let growth = |b: &CpuBackend| caches(b, 200) - caches(b, 100);
         assert_eq!(growth(&full), 2 * growth(&half), "{name}");

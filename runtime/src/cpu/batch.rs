@@ -95,11 +95,6 @@ impl CpuBackend {
         Ok(Tensor::new(vec![tokens.len(), vocab], rows))
     }
 
-    /// Bytes of one sequence's state and KV caches at `capacity` tokens.
-    pub fn sequence_bytes(&self, capacity: usize) -> u64 {
-        crate::session::layout_bytes(&self.layout, capacity)
-    }
-
     /// Refuses `batch` sequences of `capacity` tokens when their states and KV caches do not
     /// fit in the memory available now, saying how much they need and how many fit.
     pub fn check_batch_fits(&self, batch: usize, capacity: usize) -> Result<(), RuntimeError> {
@@ -107,7 +102,7 @@ impl CpuBackend {
         if batch <= fits {
             return Ok(());
         }
-        let one = self.sequence_bytes(capacity);
+        let one = self.state_bytes(capacity);
         Err(RuntimeError::Input(format!(
             "{batch} sequences of {capacity} tokens each need {} of state and KV cache ({} \
              each); at most {fits} fit in the memory available now",
@@ -119,7 +114,7 @@ impl CpuBackend {
     /// How many sequences at `capacity` tokens of context fit in the memory available now
     /// (each needs its state and KV caches), capped at [`MAX_BATCH`].
     pub fn max_batch(&self, capacity: usize) -> usize {
-        let per_sequence = self.sequence_bytes(capacity).max(1);
+        let per_sequence = self.state_bytes(capacity).max(1);
         let available = available_memory().unwrap_or(u64::MAX);
         usize::try_from(available / per_sequence)
             .unwrap_or(usize::MAX)

@@ -439,7 +439,7 @@ impl Backend for CpuBackend {
     }
 
     fn state_bytes(&self, capacity: usize) -> u64 {
-        self.sequence_bytes(capacity)
+        crate::session::layout_bytes(&self.layout, capacity)
     }
 
     /// The prefill program's slots, workspaces and logits, with the call's tokens at the
