@@ -293,6 +293,12 @@ fn decode_kernels() -> Vec<Kernel> {
             head_dim: 128,
             scale: 0.125,
             kv: Elem::F32,
+            splits: 8,
+        },
+        KernelKind::AttentionCombine {
+            heads: 32,
+            head_dim: 128,
+            splits: 8,
         },
         KernelKind::AttentionPrefill {
             heads: 32,

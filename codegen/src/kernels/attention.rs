@@ -1,21 +1,23 @@
 //! Attention over a KV cache: one token ([`zambac_engine::KernelKind::AttentionDecode`], one
-//! head per grid index) and a prompt of any length
+//! split of one head's keys per grid index, merged by
+//! [`zambac_engine::KernelKind::AttentionCombine`]) and a prompt of any length
 //! ([`zambac_engine::KernelKind::AttentionPrefill`], one block of queries of one head per
 //! grid index).
 //!
 //! Neither has a workspace for the scores, so the softmax is computed online (flash
 //! attention): keys are taken in blocks, each block's scores are formed, and the running
 //! maximum `m`, the running sum `l` and the output accumulator are rescaled when the maximum
-//! grows. In decode the accumulator lives in `out` itself (one row of `head_dim` floats,
-//! cached), which keeps register use independent of `head_dim` on the GPU.
+//! grows. Decode splits each head's keys along the sequence (flash-decoding), so a long
+//! cache is read by many threads even when a model has fewer heads than the machine has
+//! threads or the GPU has SMs: each split leaves `m`, `l` and its unnormalised accumulator in
+//! a partial row, and the combine rescales the splits to their largest `m`.
 
 use super::emit::{Emitter, V, VW};
 use super::rows::{dots, for_chunks, load_f32, load_scalar_f32};
-use super::warp::{Combine, first_lane, warp_reduce, warp_sum};
+use super::warp::{first_lane, for_lanes, split_chunks, warp_sum};
 use super::{Frame, WARP};
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
-use zambac_engine::Elem;
-use zambac_engine::Role;
+use zambac_engine::{DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, Elem, Role};
 
 /// Keys per block of the online softmax: one vector of scores.
 const KEYS: usize = VW;
@@ -60,211 +62,310 @@ struct Head<'c> {
     kv: Elem,
 }
 
-/// [`zambac_engine::KernelKind::AttentionDecode`].
-pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
+/// [`zambac_engine::KernelKind::AttentionDecode`]: grid index `h·splits + s` folds split
+/// `s` of head `h`'s keys into its partial row `[max, sum, unnormalised output]`.
+pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads, splits: usize) {
     let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
-    let (q, k, v, out) = (
+    let (q, k, v, partial) = (
         f.view(Role::Q),
         f.view(Role::K),
         f.view(Role::V),
-        f.view(Role::Out),
+        f.view(Role::Partial),
     );
     let [pos, capacity] = f.ints[..] else {
         unreachable!("AttentionDecode has two integer arguments")
     };
-    let kv_head = e.divui(f.item, e.index((heads / kv_heads) as i64));
-    let row = e.mul_k(f.item, head_dim);
+    let h = e.divui(f.item, e.index(splits as i64));
+    let split = e.subi(f.item, e.mul_k(h, splits));
+    let kv_head = e.divui(h, e.index((heads / kv_heads) as i64));
+    let prow = e.mul_k(f.item, head_dim + 2);
     let head = Head {
-        q: (q, row),
+        q: (q, e.mul_k(h, head_dim)),
         k,
         v,
-        out: (out, row),
+        out: (partial, e.add_k(prow, 2)),
         kv_base: e.mul_k(e.muli(kv_head, capacity), head_dim),
         head_dim,
         scale: a.scale as f32,
         kv: a.kv,
     };
+    // The split's keys, as `decode_split_len` defines them.
     let keys = e.minsi(e.add_k(pos, 1), capacity);
-    if f.gpu_schedule && split_keys(head_dim) {
-        decode_warp(e, f, &head, keys);
-        return;
-    }
-    if f.lanes > 1 {
-        // The GPU schedule: a thread per output element, each computing every score (the
-        // same loads across the head's threads) and accumulating its element.
-        let d = f.lane;
-        let blocks = e.mul_k(e.divui(keys, e.index(KEYS as i64)), KEYS);
-        let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0), e.f32(0.0)];
-        let state = e.for_(
-            e.index(0),
-            blocks,
-            e.index(KEYS as i64),
-            &start,
-            |e, j, state| key_block_lane(e, &head, j, KEYS, state, d),
-        );
-        let state = e.for_(blocks, keys, e.index(1), &state, |e, j, state| {
-            key_block_lane(e, &head, j, 1, state, d)
-        });
-        e.store(e.divf(state[2], state[1]), out, e.addi(row, d));
-        return;
-    }
-    attend(e, &head, keys);
+    let even = e.divui(e.add_k(keys, splits - 1), e.index(splits as i64));
+    let len = e.maxsi(even, e.index(DECODE_SPLIT_MIN_KEYS as i64));
+    let len = e.mul_k(
+        e.divui(
+            e.add_k(len, DECODE_SPLIT_ALIGN - 1),
+            e.index(DECODE_SPLIT_ALIGN as i64),
+        ),
+        DECODE_SPLIT_ALIGN,
+    );
+    let first = e.minsi(e.muli(split, len), keys);
+    let last = e.minsi(e.addi(first, len), keys);
+    let stats = if f.gpu_schedule {
+        decode_warp(e, f, &head, first, last)
+    } else {
+        attend_range(e, &head, first, last)
+    };
+    let first_lane = first_lane(e, f);
+    e.when(first_lane, |e| {
+        e.store(stats[0], partial, prow);
+        e.store(stats[1], partial, e.add_k(prow, 1));
+    });
 }
 
-/// `out = softmax(q·Kᵀ·scale)·V` over the first `keys` cached keys of `head`, the output
-/// row accumulated in place.
+/// [`zambac_engine::KernelKind::AttentionCombine`]: head `h`'s output from its splits'
+/// partial rows, each rescaled to the largest maximum. On the GPU a warp's lanes split the
+/// output elements (each computes the maximum and the sum itself).
+pub(crate) fn combine<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head_dim: usize, splits: usize) {
+    let (partial, out) = (f.view(Role::Partial), f.view(Role::Out));
+    let width = head_dim + 2;
+    let first = e.mul_k(f.item, splits * width);
+    let row = |e: &Emitter<'c, '_>, s: V<'c>| e.addi(first, e.mul_k(s, width));
+    let max = e.for_k(0, splits, 1, &[e.f32(f32::NEG_INFINITY)], |e, s, m| {
+        vec![e.maxf(m[0], e.load(partial, row(e, s)))]
+    })[0];
+    // A split with no keys has max −∞: its weight exp(−∞ − max) is 0 (split 0 always has
+    // keys, so `max` is finite).
+    let weight =
+        |e: &Emitter<'c, '_>, s: V<'c>| e.math("exp", e.subf(e.load(partial, row(e, s)), max));
+    let sum = e.for_k(0, splits, 1, &[e.f32(0.0)], |e, s, l| {
+        let l_s = e.load(partial, e.add_k(row(e, s), 1));
+        vec![e.fma(l_s, weight(e, s), l[0])]
+    })[0];
+    // Split by split, each weight computed once: `out = Σ_s (exp(m_s − max) / sum)·o_s`,
+    // with one division (on the GPU each `div.rn` brings a slow-path call that spills).
+    let inverse = e.divf(e.f32(1.0), sum);
+    let orow = e.mul_k(f.item, head_dim);
+    split_chunks(e, f, head_dim, 1, |e, offset, w| {
+        e.vstore(e.f32_splat(0.0, w), out, e.addi(orow, offset));
+    });
+    e.for_k(0, splits, 1, &[], |e, s, _| {
+        let scale = e.mulf(weight(e, s), inverse);
+        split_chunks(e, f, head_dim, 1, |e, offset, w| {
+            let at = e.addi(orow, offset);
+            let part = load_f32(
+                e,
+                partial,
+                e.addi(e.add_k(row(e, s), 2), offset),
+                w,
+                Elem::F32,
+            );
+            let o = load_f32(e, out, at, w, Elem::F32);
+            e.vstore(e.fma(e.splat(scale, w), part, o), out, at);
+        });
+        vec![]
+    });
+}
+
+/// `softmax(q·Kᵀ·scale)·V` over the first `keys` cached keys of `head`, normalised, the
+/// output row accumulated in place.
 fn attend<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, keys: V<'c>) {
     let (out, row) = head.out;
-    let hd = head.head_dim;
-    for_chunks(e, hd, 1, |e, offset, width| {
-        e.vstore(e.f32_splat(0.0, width), out, e.addi(row, offset));
-    });
-    let blocks = e.mul_k(e.divui(keys, e.index(KEYS as i64)), KEYS);
-    let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
-    let state = e.for_(
-        e.index(0),
-        blocks,
-        e.index(KEYS as i64),
-        &start,
-        |e, j, state| key_block(e, head, j, KEYS, state),
-    );
-    let state = e.for_(blocks, keys, e.index(1), &state, |e, j, state| {
-        key_block(e, head, j, 1, state)
-    });
+    let state = attend_range(e, head, e.index(0), keys);
     let sum = state[1];
-    for_chunks(e, hd, 1, |e, offset, width| {
+    for_chunks(e, head.head_dim, 1, |e, offset, width| {
         let at = e.addi(row, offset);
         let o = load_f32(e, out, at, width, Elem::F32);
         e.vstore(e.divf(o, e.splat(sum, width)), out, at);
     });
 }
 
-/// Whether decode attention's GPU schedule splits the keys between a warp's lanes
-/// ([`decode_warp`]): when the head dim is whole vectors; else a thread per output element.
-pub(crate) fn split_keys(head_dim: usize) -> bool {
-    head_dim > 0 && head_dim.is_multiple_of(VW)
-}
-
-/// Private f32 elements of [`decode_warp`]: a thread's accumulator on the GPU; on the host
-/// the warp's exchange buffer, then each lane's running max, sum and accumulator.
-pub(crate) fn decode_warp_stack(head_dim: usize, on_gpu: bool) -> usize {
-    if on_gpu {
-        head_dim
-    } else {
-        WARP + WARP * (head_dim + 2)
-    }
-}
-
-/// Decode attention's GPU schedule (flash-decoding within a warp): the head's warp splits
-/// the keys, lane `l` taking keys `l, l + 32, …` with its own running max and sum (in
-/// registers) and output accumulator (in its private buffer: a 128-wide accumulator in
-/// registers spills); the warp then combines them — the max of the maxima, each lane's sum
-/// and accumulator rescaled to it and summed ([`warp_reduce`]) — and the first lane stores
-/// the row. On the host the lanes run one after another, each leaving its state in the
-/// iteration's buffer for the combine.
-fn decode_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, keys: V<'c>) {
-    let hd = head.head_dim;
-    let (q, qrow) = head.q;
-    let Some(buffer) = f.stack else {
-        unreachable!("decode attention's GPU schedule has a stack buffer")
-    };
-    let width = hd + 2;
-    // Where lane `lane`'s max, sum and accumulator live in the buffer: the thread's own
-    // buffer on the GPU (max and sum stay in registers there), a slice per lane on the host.
-    let slot = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| {
-        if f.warp_threads {
-            e.index((i - 2) as i64)
-        } else {
-            e.add_k(e.mul_k(lane, width), WARP + i)
-        }
-    };
-    let lane_state = |e: &Emitter<'c, '_>, lane: V<'c>| -> Vec<V<'c>> {
-        let o = slot(e, lane, 2);
-        e.for_k(0, hd, VW, &[], |e, c, _| {
-            e.vstore(e.f32_splat(0.0, VW), buffer, e.addi(o, c));
-            vec![]
-        });
-        let init = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
-        e.for_(lane, keys, e.index(WARP as i64), &init, |e, j, st| {
-            let base = e.addi(head.kv_base, e.mul_k(j, hd));
-            // Loops over the head dim, not unrolled chunks: unrolled, a 128-wide head's
-            // loads are all scheduled first and spill.
-            let acc = e.for_k(0, hd, VW, &[e.f32_splat(0.0, VW)], |e, c, acc| {
-                let qv = load_f32(e, q, e.addi(qrow, c), VW, Elem::F32);
-                let kv = load_f32(e, head.k, e.addi(base, c), VW, head.kv);
-                vec![e.fma(qv, kv, acc[0])]
-            })[0];
-            let score = e.mulf(e.reduce("add", acc), e.f32(head.scale));
-            let max = e.maxf(st[0], score);
-            let correction = e.math("exp", e.subf(st[0], max));
-            let weight = e.math("exp", e.subf(score, max));
-            e.for_k(0, hd, VW, &[], |e, c, _| {
-                let at = e.addi(o, c);
-                let v = load_f32(e, head.v, e.addi(base, c), VW, head.kv);
-                let kept = e.mulf(
-                    load_f32(e, buffer, at, VW, Elem::F32),
-                    e.splat(correction, VW),
-                );
-                e.vstore(e.fma(e.splat(weight, VW), v, kept), buffer, at);
-                vec![]
-            });
-            vec![max, e.fma(st[1], correction, weight)]
-        })
-    };
+/// Folds cached keys `[first, last)` of `head` into its output row (zeroed first): leaves
+/// `Σ exp(score − max)·v` there and returns `[max, Σ exp(score − max)]` — `[−∞, 0]` and a
+/// zero row for an empty range.
+fn attend_range<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, last: V<'c>) -> Vec<V<'c>> {
     let (out, row) = head.out;
-    let element =
-        |e: &Emitter<'c, '_>, lane: V<'c>, d: V<'c>| e.load(buffer, e.addi(slot(e, lane, 2), d));
-    if f.warp_threads {
-        let st = lane_state(e, f.lane);
-        combine_lanes(e, f, out, row, hd, |_, _| (st[0], st[1]), element);
-        return;
-    }
-    e.for_k(0, WARP, 1, &[], |e, lane, _| {
-        let st = lane_state(e, lane);
-        e.store(st[0], buffer, slot(e, lane, 0));
-        e.store(st[1], buffer, slot(e, lane, 1));
-        vec![]
+    for_chunks(e, head.head_dim, 1, |e, offset, width| {
+        e.vstore(e.f32_splat(0.0, width), out, e.addi(row, offset));
     });
-    combine_lanes(
-        e,
-        f,
-        out,
-        row,
-        hd,
-        |e, lane| {
-            (
-                e.load(buffer, slot(e, lane, 0)),
-                e.load(buffer, slot(e, lane, 1)),
-            )
-        },
-        element,
-    );
+    let start = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
+    for_key_steps(e, (first, last), KEYS, &start, |e, j, n, state| {
+        key_block(e, head, j, n, state)
+    })
 }
 
-/// The combine of [`decode_warp`]: `stats(lane)` gives a lane's max and sum, `element(lane,
-/// d)` element `d` of its accumulator; the first lane stores `out[row + d]`.
-fn combine_lanes<'c>(
+/// Folds keys `[first, last)` into loop-carried `state`: `body(e, j, n, state)` over steps of
+/// `n = step` keys from `first`, then of one key for the rest.
+fn for_key_steps<'c>(
+    e: &Emitter<'c, '_>,
+    (first, last): (V<'c>, V<'c>),
+    step: usize,
+    state: &[V<'c>],
+    body: impl Fn(&Emitter<'c, '_>, V<'c>, usize, &[V<'c>]) -> Vec<V<'c>>,
+) -> Vec<V<'c>> {
+    let count = e.subi(last, first);
+    let steps_end = e.addi(first, e.mul_k(e.divui(count, e.index(step as i64)), step));
+    let state = e.for_(first, steps_end, e.index(step as i64), state, |e, j, st| {
+        body(e, j, step, st)
+    });
+    e.for_(steps_end, last, e.index(1), &state, |e, j, st| {
+        body(e, j, 1, st)
+    })
+}
+
+/// Keys a warp folds per step of [`decode_warp`]: independent score reductions in flight.
+const WARP_KEYS: usize = 4;
+
+/// Output elements a lane of [`decode_warp`] owns: `lane + 32·i` for `i < ⌈hd / 32⌉`.
+fn lane_elements(head_dim: usize) -> usize {
+    head_dim.div_ceil(WARP)
+}
+
+/// Private f32 elements of [`decode_warp`] on the host, where the warp is a loop: the warp's
+/// exchange buffer, then each lane's output elements (on the GPU they are registers).
+pub(crate) fn decode_warp_stack(head_dim: usize) -> usize {
+    WARP + WARP * lane_elements(head_dim)
+}
+
+/// Decode attention's GPU schedule over keys `[first, last)`: a warp whose lanes split the
+/// head dim — lane `l` owns elements `l, l + 32, …` of q, of each key and value row (the
+/// warp reads whole rows, coalesced) and of the output. Per step of [`WARP_KEYS`] keys each
+/// lane forms its part of every score, a butterfly ([`warp_sum`]) completes them in every
+/// lane, and every lane applies the same online-softmax update to its own elements, so the
+/// running max and sum agree across the warp without exchange. Returns `[max, sum]`; each
+/// lane stores its unnormalised output elements. On the host the lanes are loops and their
+/// elements live in the stack buffer.
+fn decode_warp<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
-    out: V<'c>,
-    row: V<'c>,
-    hd: usize,
-    stats: impl Fn(&Emitter<'c, '_>, V<'c>) -> (V<'c>, V<'c>),
-    element: impl Fn(&Emitter<'c, '_>, V<'c>, V<'c>) -> V<'c>,
-) {
-    let max = warp_reduce(e, f, Combine::Max, |e, lane| stats(e, lane).0);
-    // A lane that took no key has max −∞ and weight exp(−∞) = 0.
-    let scale = |e: &Emitter<'c, '_>, lane: V<'c>| e.math("exp", e.subf(stats(e, lane).0, max));
-    let sum = warp_sum(e, f, |e, lane| e.mulf(stats(e, lane).1, scale(e, lane)));
-    let first = first_lane(e, f);
-    // A loop, not `hd` unrolled sums: unrolled, the GPU keeps every lane's element live.
-    e.for_k(0, hd, 1, &[], |e, d, _| {
-        let o = warp_sum(e, f, |e, lane| e.mulf(element(e, lane, d), scale(e, lane)));
-        e.when(first, |e| {
-            e.store(e.divf(o, sum), out, e.addi(row, d));
+    head: &Head<'c>,
+    first: V<'c>,
+    last: V<'c>,
+) -> Vec<V<'c>> {
+    let hd = head.head_dim;
+    let per = lane_elements(hd);
+    let (q, qrow) = head.q;
+    let (out, orow) = head.out;
+    // Element `i` of `lane`, clamped into the row (a lane past the head dim reads the last
+    // element and contributes nothing), and whether it is real.
+    let element = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| -> (V<'c>, Option<V<'c>>) {
+        let d = e.add_k(lane, i * WARP);
+        if (i + 1) * WARP <= hd {
+            (d, None)
+        } else {
+            let real = e.cmpi(CmpiPredicate::Slt, d, e.index(hd as i64));
+            (e.minsi(d, e.index(hd as i64 - 1)), Some(real))
+        }
+    };
+    let value = |e: &Emitter<'c, '_>, m: V<'c>, at: V<'c>, elem: Elem| {
+        e.extract(load_f32(e, m, at, 1, elem), 0)
+    };
+    // On the GPU a lane loads its elements of q once, into registers; on the host each
+    // lane of the loop reads them again.
+    let q_own: Vec<V<'c>> = if f.warp_threads {
+        (0..per)
+            .map(|i| value(e, q, e.addi(qrow, element(e, f.lane, i).0), Elem::F32))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let q_at = |e: &Emitter<'c, '_>, i: usize, d: V<'c>| match q_own.get(i) {
+        Some(v) => *v,
+        None => value(e, q, e.addi(qrow, d), Elem::F32),
+    };
+    // Lane `lane`'s part of key `j`'s score.
+    let part = |e: &Emitter<'c, '_>, j: V<'c>, lane: V<'c>| {
+        let base = e.addi(head.kv_base, e.mul_k(j, hd));
+        let mut acc = e.f32(0.0);
+        for i in 0..per {
+            let (d, real) = element(e, lane, i);
+            let p = e.mulf(q_at(e, i, d), value(e, head.k, e.addi(base, d), head.kv));
+            let p = match real {
+                Some(real) => e.select(real, p, e.f32(0.0)),
+                None => p,
+            };
+            acc = e.addf(acc, p);
+        }
+        acc
+    };
+    // One step over keys `[j, j + n)`: the scores, the new max, the rescale of what was
+    // accumulated and each key's weight.
+    let step = |e: &Emitter<'c, '_>, j: V<'c>, n: usize, max: V<'c>, sum: V<'c>| {
+        let scores: Vec<V<'c>> = (0..n)
+            .map(|b| {
+                let s = warp_sum(e, f, |e, lane| part(e, e.add_k(j, b), lane));
+                e.mulf(s, e.f32(head.scale))
+            })
+            .collect();
+        let new_max = scores.iter().fold(max, |m, s| e.maxf(m, *s));
+        let correction = e.math("exp", e.subf(max, new_max));
+        let weights: Vec<V<'c>> = scores
+            .iter()
+            .map(|s| e.math("exp", e.subf(*s, new_max)))
+            .collect();
+        let new_sum = weights
+            .iter()
+            .fold(e.mulf(sum, correction), |l, w| e.addf(l, *w));
+        (new_max, correction, weights, new_sum)
+    };
+    // Element `i` of `lane` after the step: `acc·correction + Σ_b weight_b·v[j + b]`.
+    let update = |e: &Emitter<'c, '_>,
+                  j: V<'c>,
+                  lane: V<'c>,
+                  i: usize,
+                  acc: V<'c>,
+                  correction: V<'c>,
+                  weights: &[V<'c>]| {
+        let (d, _) = element(e, lane, i);
+        weights
+            .iter()
+            .enumerate()
+            .fold(e.mulf(acc, correction), |o, (b, w)| {
+                let base = e.addi(head.kv_base, e.mul_k(e.add_k(j, b), hd));
+                e.fma(*w, value(e, head.v, e.addi(base, d), head.kv), o)
+            })
+    };
+    let store = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize, acc: V<'c>| {
+        let (d, real) = element(e, lane, i);
+        let at = e.addi(orow, d);
+        match real {
+            Some(real) => e.when(real, |e| e.store(acc, out, at)),
+            None => e.store(acc, out, at),
+        }
+    };
+    if f.warp_threads {
+        // The lane's elements are registers carried by the key loops.
+        let mut init = vec![e.f32(f32::NEG_INFINITY), e.f32(0.0)];
+        init.extend((0..per).map(|_| e.f32(0.0)));
+        let st = for_key_steps(e, (first, last), WARP_KEYS, &init, |e, j, n, st| {
+            let (max, correction, weights, sum) = step(e, j, n, st[0], st[1]);
+            let mut next = vec![max, sum];
+            next.extend((0..per).map(|i| update(e, j, f.lane, i, st[2 + i], correction, &weights)));
+            next
         });
-        vec![]
+        for i in 0..per {
+            store(e, f.lane, i, st[2 + i]);
+        }
+        return st[..2].to_vec();
+    }
+    let Some(buffer) = f.stack else {
+        unreachable!("decode attention's GPU schedule has a stack buffer on the host")
+    };
+    let slot = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| e.add_k(e.mul_k(lane, per), WARP + i);
+    for_lanes(e, f, |e, lane| {
+        for i in 0..per {
+            e.store(e.f32(0.0), buffer, slot(e, lane, i));
+        }
     });
+    let init = [e.f32(f32::NEG_INFINITY), e.f32(0.0)];
+    let st = for_key_steps(e, (first, last), WARP_KEYS, &init, |e, j, n, st| {
+        let (max, correction, weights, sum) = step(e, j, n, st[0], st[1]);
+        for_lanes(e, f, |e, lane| {
+            for i in 0..per {
+                let at = slot(e, lane, i);
+                let acc = e.load(buffer, at);
+                e.store(update(e, j, lane, i, acc, correction, &weights), buffer, at);
+            }
+        });
+        vec![max, sum]
+    });
+    for_lanes(e, f, |e, lane| {
+        for i in 0..per {
+            store(e, lane, i, e.load(buffer, slot(e, lane, i)));
+        }
+    });
+    st
 }
 
 /// One step of the online softmax over keys `[first, first + n)`: the new running max, the
@@ -332,25 +433,6 @@ fn key_block<'c>(
         e.vstore(o, out, at);
     });
     vec![step.max, step.sum]
-}
-
-/// As [`key_block`] for the thread of output element `d` (the GPU schedule): the
-/// accumulator is that one element, carried in a register (`state[2]`).
-fn key_block_lane<'c>(
-    e: &Emitter<'c, '_>,
-    head: &Head<'c>,
-    first: V<'c>,
-    n: usize,
-    state: &[V<'c>],
-    d: V<'c>,
-) -> Vec<V<'c>> {
-    let step = softmax_step(e, head, first, n, (state[0], state[1]));
-    let mut o = e.mulf(state[2], step.correction);
-    for (b, base) in step.bases.iter().enumerate() {
-        let value = e.extract(load_f32(e, head.v, e.addi(*base, d), 1, head.kv), 0);
-        o = e.fma(step.weights[b], value, o);
-    }
-    vec![step.max, step.sum, o]
 }
 
 /// The scores `q · K[base_b]` of a full block of `VW` keys as one vector: one accumulator

@@ -152,29 +152,25 @@ pub(crate) fn chunk_kind(kind: &KernelKind) -> bool {
             | KernelKind::RowScale { .. }
             | KernelKind::Epilogue { .. }
             | KernelKind::KvWrite { .. }
+            | KernelKind::AttentionCombine { .. }
     )
 }
 
-/// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s on the GPU (on
-/// the host the warp's lanes are a loop inside one iteration), a warp per state row for the
-/// Mamba2 scan (rows are independent; the lanes split a row's columns), one per output
-/// element for decode attention (each computes every score itself), else one.
+/// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s and decode
+/// attention on the GPU (on the host the warp's lanes are a loop inside one iteration), a
+/// warp per state row for the Mamba2 scan (rows are independent; the lanes split a row's
+/// columns), else one.
 pub fn lanes(kind: &KernelKind, target: Target) -> usize {
     match (target, kind) {
         (Target::Host, _) => 1,
         // A warp per state row on the GPU; on the host each row is an iteration whose
         // warp is a loop.
         (Target::Gpu, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1) * WARP,
-        // Decode attention: a warp splitting the keys (its lanes a loop on the host), or,
-        // for a head dim of no whole vectors, a thread per output element.
-        (Target::Gpu, KernelKind::AttentionDecode { head_dim, .. })
-            if attention::split_keys(*head_dim) =>
-        {
-            WARP
-        }
-        (_, KernelKind::AttentionDecode { head_dim, .. }) if attention::split_keys(*head_dim) => 1,
-        (_, KernelKind::Mamba2Scan { head_dim, .. })
-        | (_, KernelKind::AttentionDecode { head_dim, .. }) => (*head_dim).max(1),
+        // Decode attention: a warp per split whose lanes split the head dim (on the host
+        // the warp is a loop).
+        (Target::Gpu, KernelKind::AttentionDecode { .. }) => WARP,
+        (_, KernelKind::AttentionDecode { .. }) => 1,
+        (_, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1),
         (Target::Gpu, k) if warp_kind(k) => WARP,
         (_, k) if chunk_kind(k) => WARP,
         _ => 1,
@@ -201,10 +197,8 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
         return WARP;
     }
     match kind {
-        KernelKind::AttentionDecode { head_dim, .. }
-            if target.gpu_schedule() && attention::split_keys(*head_dim) =>
-        {
-            attention::decode_warp_stack(*head_dim, target == Target::Gpu)
+        KernelKind::AttentionDecode { head_dim, .. } if target == Target::HostWithGpuSchedule => {
+            attention::decode_warp_stack(*head_dim)
         }
         KernelKind::AttentionPrefill { head_dim, .. } => {
             // The GPU schedule keeps no blocks of queries (one query per thread).
@@ -259,11 +253,16 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             head_dim,
             scale,
             kv,
+            splits,
         } => attention::decode(
             e,
             f,
             &attention::Heads::new(*heads, *kv_heads, *head_dim, *scale, *kv),
+            *splits,
         ),
+        K::AttentionCombine {
+            head_dim, splits, ..
+        } => attention::combine(e, f, *head_dim, *splits),
         K::Mamba2Conv {
             width,
             di,

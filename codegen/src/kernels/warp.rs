@@ -16,22 +16,6 @@ use super::{Frame, WARP};
 /// `2·o` lanes whose indices agree with `l` above bit `o`.
 const OFFSETS: [usize; 5] = [16, 8, 4, 2, 1];
 
-/// How a warp combines its lanes' values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Combine {
-    Sum,
-    Max,
-}
-
-impl Combine {
-    fn apply<'c>(self, e: &Emitter<'c, '_>, a: V<'c>, b: V<'c>) -> V<'c> {
-        match self {
-            Combine::Sum => e.addf(a, b),
-            Combine::Max => e.maxf(a, b),
-        }
-    }
-}
-
 /// `Σ_lane partial(lane)` over the warp's 32 lanes, in every lane. `partial` must depend
 /// on nothing but its lane (and values computed before the call).
 pub(crate) fn warp_sum<'c>(
@@ -39,21 +23,11 @@ pub(crate) fn warp_sum<'c>(
     f: &Frame<'c, '_>,
     partial: impl Fn(&Emitter<'c, '_>, V<'c>) -> V<'c>,
 ) -> V<'c> {
-    warp_reduce(e, f, Combine::Sum, partial)
-}
-
-/// [`warp_sum`] with the combining operation `op`.
-pub(crate) fn warp_reduce<'c>(
-    e: &Emitter<'c, '_>,
-    f: &Frame<'c, '_>,
-    op: Combine,
-    partial: impl Fn(&Emitter<'c, '_>, V<'c>) -> V<'c>,
-) -> V<'c> {
     if f.warp_threads {
         let mut value = partial(e, f.lane);
         for offset in OFFSETS {
             let other = shuffle_xor(e, value, offset);
-            value = op.apply(e, value, other);
+            value = e.addf(value, other);
         }
         return value;
     }
@@ -71,7 +45,7 @@ pub(crate) fn warp_reduce<'c>(
         .collect();
     for offset in OFFSETS {
         lanes = (0..WARP)
-            .map(|l| op.apply(e, lanes[l], lanes[l ^ offset]))
+            .map(|l| e.addf(lanes[l], lanes[l ^ offset]))
             .collect();
     }
     lanes[0]

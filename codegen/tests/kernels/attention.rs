@@ -3,12 +3,13 @@
 
 use super::harness::{Buf, Lib, assert_within_scale, check_with, random, to_bf16};
 use zambac_codegen::HostTarget;
-use zambac_engine::{Elem, Kernel, KernelKind};
+use zambac_engine::{Elem, Kernel, KernelKind, decode_split_len};
 use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
 
 fn decode(heads: usize, kv_heads: usize, head_dim: usize, capacity: usize, pos: usize) {
-    decode_stored(heads, kv_heads, head_dim, capacity, pos, Elem::F32);
+    decode_stored(heads, kv_heads, head_dim, capacity, pos, Elem::F32, 1);
+    decode_stored(heads, kv_heads, head_dim, capacity, pos, Elem::F32, 3);
 }
 
 /// The caches as a kernel reads them (`kv`) and as the reference does (their values).
@@ -22,6 +23,9 @@ fn caches(k: Vec<f32>, v: Vec<f32>, kv: Elem) -> ((Buf, Buf), (Vec<f32>, Vec<f32
     }
 }
 
+/// Decode attention split `splits` ways, then combined, against the reference; both
+/// schedules, each kernel run over its whole grid and in two ranges. The partial rows of the
+/// splits that [`decode_split_len`] leaves without keys must be `(−∞, 0, 0…)`.
 fn decode_stored(
     heads: usize,
     kv_heads: usize,
@@ -29,6 +33,7 @@ fn decode_stored(
     capacity: usize,
     pos: usize,
     kv: Elem,
+    splits: usize,
 ) {
     let scale = (head_dim as f64 / 2.0).powf(-0.5);
     let q = random(heads * head_dim, 50, -1.0, 1.0);
@@ -43,18 +48,62 @@ fn decode_stored(
         scale,
         pos,
     );
-    let bufs = [q_buf(q), kbuf, vbuf, Buf::F32(vec![0.0; heads * head_dim])];
-    let kind = KernelKind::AttentionDecode {
-        heads,
-        kv_heads,
-        head_dim,
-        scale,
-        kv,
-    };
+    let width = head_dim + 2;
+    // Garbage in the partials: every element must be written.
+    let partial = Buf::F32(vec![f32::NAN; heads * splits * width]);
+    let bufs = [q_buf(q), kbuf, vbuf, partial];
+    let kernels = [
+        Kernel {
+            symbol: "part".into(),
+            kind: KernelKind::AttentionDecode {
+                heads,
+                kv_heads,
+                head_dim,
+                scale,
+                kv,
+                splits,
+            },
+        },
+        Kernel {
+            symbol: "combine".into(),
+            kind: KernelKind::AttentionCombine {
+                heads,
+                head_dim,
+                splits,
+            },
+        },
+    ];
+    let keys = (pos + 1).min(capacity);
+    let busy = keys.div_ceil(decode_split_len(keys, splits));
     let ints = [pos as i64, capacity as i64];
-    check_with(kind, &bufs, &ints, heads, &[(3, want.data)], |g, w, l| {
-        assert_within_scale(g, w, ATTENTION_ATOL, l)
-    });
+    for (schedule, lib) in [
+        ("host", Lib::build(&kernels)),
+        ("GPU schedule", Lib::build_gpu_schedule(&kernels)),
+    ] {
+        for (run, parts) in lib
+            .run_both("part", &bufs, &ints, heads * splits)
+            .iter()
+            .enumerate()
+        {
+            let label = format!(
+                "decode {heads}/{kv_heads}×{head_dim} at {pos} of {capacity}, {splits} splits, \
+                 {kv:?} ({schedule}, {})",
+                ["whole", "split"][run]
+            );
+            let rows = parts[3].f32();
+            for (i, row) in rows.chunks(width).enumerate() {
+                if i % splits >= busy {
+                    assert_eq!(row[0], f32::NEG_INFINITY, "{label}: split {i} max");
+                    assert!(row[1..].iter().all(|x| *x == 0.0), "{label}: split {i}");
+                } else {
+                    assert!(row.iter().all(|x| x.is_finite()), "{label}: split {i}");
+                }
+            }
+            let mut out = [parts[3].clone(), Buf::F32(vec![f32::NAN; heads * head_dim])];
+            lib.call("combine", &mut out, &[], 0, heads);
+            assert_within_scale(out[1].f32(), &want.data, ATTENTION_ATOL, &label);
+        }
+    }
 }
 
 #[test]
@@ -69,6 +118,21 @@ fn grouped_query_heads_share_their_kv_head() {
     decode(4, 2, 24, 32, 19);
     decode(8, 1, 40, 24, 5);
     decode(6, 3, 160, 64, 50);
+}
+
+/// Splits take at least 64 keys, in multiples of 16: caches on both sides of those
+/// boundaries, with more splits than there are keys to fill them and fewer, and head dims
+/// that do not fill a warp's lanes evenly (24, 40, 72) or do (32, 128).
+#[test]
+fn split_decode_attention_covers_every_key_once() {
+    for pos in [0, 15, 16, 63, 64, 65, 127, 128, 200, 255, 256, 300, 700] {
+        decode_stored(2, 1, 24, 704, pos, Elem::F32, 4);
+    }
+    for (splits, pos) in [(1, 500), (2, 129), (7, 450), (16, 1100), (5, 64)] {
+        decode_stored(2, 2, 32, 1200, pos, Elem::F32, splits);
+    }
+    decode_stored(3, 3, 72, 300, 299, Elem::F32, 3);
+    decode_stored(2, 1, 128, 520, 517, Elem::Bf16, 6);
 }
 
 /// One prompt of `rows` queries at positions `pos ..` over a cache of `capacity` rows whose
@@ -229,8 +293,8 @@ fn q_buf(q: Vec<f32>) -> Buf {
 /// rounded values.
 #[test]
 fn bf16_caches_are_read_as_their_values() {
-    decode_stored(4, 2, 24, 32, 19, Elem::Bf16);
-    decode_stored(2, 2, 20, 40, 39, Elem::Bf16);
+    decode_stored(4, 2, 24, 32, 19, Elem::Bf16, 2);
+    decode_stored(2, 2, 20, 40, 39, Elem::Bf16, 1);
     for (rows, pos) in [(1, 0), (17, 5), (70, 0), (65, 64)] {
         let mut p = prompt(4, 2, 24, pos, rows);
         p.kv = Elem::Bf16;

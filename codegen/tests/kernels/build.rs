@@ -109,6 +109,7 @@ fn invalid_kernels_are_typed_errors_naming_the_kernel() {
         head_dim: 8,
         scale: 1.0,
         kv: Elem::F32,
+        splits: 2,
     };
     let error =
         compile_host(&[kernel("attn", gqa)], &target, None, None).expect_err("6 heads, 4 kv");

@@ -206,6 +206,15 @@ pub fn all() -> Vec<Kernel> {
                 head_dim: 24,
                 scale: 0.25,
                 kv: Elem::F32,
+                splits: 3,
+            },
+        ),
+        (
+            "attention_combine",
+            K::AttentionCombine {
+                heads: 4,
+                head_dim: 24,
+                splits: 3,
             },
         ),
         (
@@ -234,6 +243,7 @@ pub fn all() -> Vec<Kernel> {
                 head_dim: 24,
                 scale: 0.25,
                 kv: Elem::Bf16,
+                splits: 3,
             },
         ),
         (
@@ -401,6 +411,12 @@ pub fn released_sizes() -> Vec<Kernel> {
                 head_dim: hd,
                 scale: (hd as f64 / 2.0).powf(-0.5),
                 kv: Elem::F32,
+                splits: 8,
+            },
+            K::AttentionCombine {
+                heads: ah,
+                head_dim: hd,
+                splits: 8,
             },
             K::AttentionPrefill {
                 heads: ah,

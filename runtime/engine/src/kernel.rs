@@ -82,9 +82,14 @@ pub enum KernelKind {
         #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         kv: Elem,
     },
-    /// One-token attention over a cache: views `[q [heads·hd], K [kvh,C,hd],
-    /// V [kvh,C,hd], out [heads·hd]]`; ints `[pos, C]`; grid heads: head `h` attends keys
-    /// `0 ..= pos` of KV head `h / (heads/kvh)` with `scale`.
+    /// One-token attention over a cache, split along the sequence (flash-decoding): views
+    /// `[q [heads·hd], K [kvh,C,hd], V [kvh,C,hd], partial [heads·splits, hd+2]]`; ints
+    /// `[pos, C]`; grid `heads · splits`. Grid index `h·splits + s` takes keys
+    /// `[s·L, min((s+1)·L, n))` of KV head `h / (heads/kvh)`, where `n = min(pos+1, C)` and
+    /// `L` = [`decode_split_len`]`(n, splits)`, and writes to its partial row the maximum
+    /// `m` of its scores `q·k·scale`, the sum `Σ exp(score − m)` and the unnormalised output
+    /// `Σ exp(score − m)·v` — `(−∞, 0, 0…)` for a split with no keys.
+    /// [`KernelKind::AttentionCombine`] turns the partials into the output.
     AttentionDecode {
         heads: usize,
         kv_heads: usize,
@@ -93,6 +98,16 @@ pub enum KernelKind {
         /// How the caches are stored (f32 or bf16).
         #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         kv: Elem,
+        /// Parts each head's keys are split into (at most [`MAX_DECODE_SPLITS`]).
+        splits: usize,
+    },
+    /// The second pass of split decode attention: views `[partial [heads·splits, hd+2],
+    /// out [heads·hd]]`; grid heads. With `M` the largest maximum of head `h`'s splits,
+    /// `out[h] = Σ_s exp(m_s − M)·o_s / Σ_s exp(m_s − M)·l_s`.
+    AttentionCombine {
+        heads: usize,
+        head_dim: usize,
+        splits: usize,
     },
     /// Mamba2 conv over the xBC columns `[di, di+cd)` of `zx [rows, width]`: views
     /// `[zx, w [cd,1,K], b [cd], state [cd,K-1], out [rows, cd]]`; ints `[rows]`;
@@ -159,6 +174,28 @@ pub enum KernelKind {
     },
 }
 
+/// The most parts [`KernelKind::AttentionDecode`] may split a head's keys into.
+pub const MAX_DECODE_SPLITS: usize = 256;
+
+/// The fewest keys a split of decode attention takes (but for the last): below it a split's
+/// fixed cost (its partial row, its share of the combine) outweighs the keys it reads, so
+/// short caches use fewer splits than the kernel has.
+pub const DECODE_SPLIT_MIN_KEYS: usize = 64;
+
+/// Split lengths are multiples of this: whole vectors of keys for the host code.
+pub const DECODE_SPLIT_ALIGN: usize = 16;
+
+/// Keys per split of decode attention over `keys` cached keys cut into at most `splits`
+/// parts: `⌈keys / splits⌉`, at least [`DECODE_SPLIT_MIN_KEYS`], rounded up to a multiple of
+/// [`DECODE_SPLIT_ALIGN`]. Split `s` takes keys `[s·L, min((s+1)·L, keys))`, so the first
+/// `⌈keys / L⌉` splits are non-empty and together take every key once.
+pub fn decode_split_len(keys: usize, splits: usize) -> usize {
+    let even = keys.div_ceil(splits.max(1));
+    even.max(DECODE_SPLIT_MIN_KEYS)
+        .div_ceil(DECODE_SPLIT_ALIGN)
+        .saturating_mul(DECODE_SPLIT_ALIGN)
+}
+
 impl KernelKind {
     /// A 64-bit digest of everything the kind says (its variant and every size), the same
     /// on every machine and in every build that reads this format.
@@ -183,6 +220,7 @@ impl KernelKind {
             KernelKind::KvWrite { .. } => "KvWrite",
             KernelKind::AttentionPrefill { .. } => "AttentionPrefill",
             KernelKind::AttentionDecode { .. } => "AttentionDecode",
+            KernelKind::AttentionCombine { .. } => "AttentionCombine",
             KernelKind::Mamba2Conv { .. } => "Mamba2Conv",
             KernelKind::Mamba2Scan { .. } => "Mamba2Scan",
             KernelKind::Mamba2GateNorm { .. } => "Mamba2GateNorm",
@@ -251,4 +289,33 @@ pub enum ActKind {
 pub struct Kernel {
     pub symbol: String,
     pub kind: KernelKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key in exactly one split, splits aligned and never shorter than the minimum
+    /// (but the last busy one), and no more busy splits than there are.
+    #[test]
+    fn decode_splits_take_every_key_once() {
+        for splits in [1, 2, 3, 7, 16, 64, MAX_DECODE_SPLITS] {
+            for keys in (1..2000).chain([4095, 4096, 4097, 32768, 1 << 20]) {
+                let len = decode_split_len(keys, splits);
+                assert!(len >= DECODE_SPLIT_MIN_KEYS && len.is_multiple_of(DECODE_SPLIT_ALIGN));
+                let mut covered = 0;
+                for s in 0..splits {
+                    let first = (s * len).min(keys);
+                    let last = (first + len).min(keys);
+                    assert_eq!(first, covered, "{keys} keys, {splits} splits: split {s}");
+                    covered = last;
+                }
+                assert_eq!(covered, keys, "{keys} keys, {splits} splits");
+                // Short caches leave splits idle rather than cut them below the minimum.
+                if keys <= DECODE_SPLIT_MIN_KEYS {
+                    assert_eq!(len, DECODE_SPLIT_MIN_KEYS);
+                }
+            }
+        }
+    }
 }

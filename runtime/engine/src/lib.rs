@@ -52,7 +52,10 @@ pub use elem::{Elem, bf16_bits, widen_bf16};
 pub use error::EngineError;
 pub use expr::{Domain, Expr, Point};
 pub use gpu::{GpuCode, GpuEntry, GpuParam};
-pub use kernel::{ActKind, BinOp, EpilogueOp, Kernel, KernelKind};
+pub use kernel::{
+    ActKind, BinOp, DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, EpilogueOp, Kernel, KernelKind,
+    MAX_DECODE_SPLITS, decode_split_len,
+};
 pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, TargetCpu, WeightEntry};
 pub use model::{GenerationInfo, ModelInfo, StateRole, StateSpec};
 pub use open::{Engine, Verify, WeightView};
@@ -70,8 +73,10 @@ pub use writer::{Companions, EngineWriter, GpuFiles, WriteProgress};
 /// prefill attention is one kernel (`AttentionPrefill`, online softmax over key tiles)
 /// instead of per-head products around a `Softmax` kernel over a T×T workspace. Version 5:
 /// the GPU code (`gpu`: the PTX file, its chip and each entry's launch parameters) replaces
-/// the bare `ptx` file reference, which said nothing a launcher could use.
-pub const FORMAT_VERSION: u32 = 5;
+/// the bare `ptx` file reference, which said nothing a launcher could use. Version 6: decode
+/// attention is split along the sequence (`AttentionDecode` writes per-split partials,
+/// `AttentionCombine` merges them), so one head's keys are read by many threads.
+pub const FORMAT_VERSION: u32 = 6;
 /// Alignment of every tensor in `weights.bin`: a cache line, and enough for any SIMD load.
 pub const WEIGHT_ALIGN: u64 = 64;
 

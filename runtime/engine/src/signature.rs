@@ -54,6 +54,8 @@ pub enum Role {
     ConvB,
     /// A recurrent state, read and updated in place.
     State,
+    /// Per-split partial results of decode attention (max, sum, unnormalised output).
+    Partial,
     /// Weight of part `q` of a multi-part Gemv.
     PartW(u16),
     /// Output of part `q` of a multi-part Gemv.
@@ -102,6 +104,7 @@ impl std::fmt::Display for Role {
             Role::ConvW => "conv_w",
             Role::ConvB => "conv_b",
             Role::State => "state",
+            Role::Partial => "partial",
             Role::PartW(q) => return write!(f, "w[{q}]"),
             Role::PartY(q) => return write!(f, "y[{q}]"),
         };
@@ -441,13 +444,27 @@ impl KernelKind {
                 kv_heads,
                 head_dim,
                 kv,
+                splits,
                 ..
-            } => Sig::new(Exactly(*heads), &[I::Pos, I::Capacity])
+            } => Sig::new(Exactly(m(*heads, *splits)), &[I::Pos, I::Capacity])
                 .read(R::Q, Extent::of(m(*heads, *head_dim)))
                 .view(R::K, *kv, Access::Read, rows_of(1, m(*kv_heads, *head_dim)))
                 .view(R::V, *kv, Access::Read, rows_of(1, m(*kv_heads, *head_dim)))
-                .write(R::Out, Extent::of(m(*heads, *head_dim)))
+                .write(
+                    R::Partial,
+                    Extent::of(m(m(*heads, *splits), head_dim.saturating_add(2))),
+                )
                 .requires(Extent::per(Int(0), 1).plus(1), rows_of(1, 1)),
+            K::AttentionCombine {
+                heads,
+                head_dim,
+                splits,
+            } => Sig::new(Exactly(*heads), &[])
+                .read(
+                    R::Partial,
+                    Extent::of(m(m(*heads, *splits), head_dim.saturating_add(2))),
+                )
+                .write(R::Out, Extent::of(m(*heads, *head_dim))),
             K::Mamba2Conv {
                 width, di, cd, k, ..
             } => Sig::new(Exactly(*cd), &[I::Rows])
@@ -585,6 +602,12 @@ mod tests {
                 head_dim: 4,
                 scale: 0.5,
                 kv: Elem::F32,
+                splits: 3,
+            },
+            K::AttentionCombine {
+                heads: 4,
+                head_dim: 4,
+                splits: 3,
             },
             K::Mamba2Conv {
                 width: 40,
@@ -698,7 +721,16 @@ mod tests {
             head_dim: 4,
             scale: 1.0,
             kv: Elem::F32,
+            splits: 1,
         };
         assert!(bad.signature().unwrap_err().contains("kv_heads"));
+        for splits in [0, crate::MAX_DECODE_SPLITS + 1] {
+            let bad = KernelKind::AttentionCombine {
+                heads: 2,
+                head_dim: 4,
+                splits,
+            };
+            assert!(bad.signature().unwrap_err().contains("splits"), "{splits}");
+        }
     }
 }

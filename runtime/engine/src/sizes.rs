@@ -3,7 +3,7 @@
 //! builds no kernel, and the validator accepts no engine, whose kinds fail these checks.
 
 use crate::elem::Elem;
-use crate::kernel::{EpilogueOp, KernelKind};
+use crate::kernel::{EpilogueOp, KernelKind, MAX_DECODE_SPLITS};
 
 /// Whether `symbol` can be exported as `zk_<symbol>`: a C identifier.
 pub fn check_symbol(symbol: &str) -> Result<(), String> {
@@ -107,9 +107,25 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             kv_heads,
             head_dim,
             kv,
+            splits,
             ..
+        } => {
+            positive("head_dim", *head_dim)?;
+            positive("heads", *heads)?;
+            divides("kv_heads", *kv_heads, *heads)?;
+            split_count(*splits)?;
+            kv_cache(*kv)
         }
-        | K::AttentionPrefill {
+        K::AttentionCombine {
+            heads,
+            head_dim,
+            splits,
+        } => {
+            positive("head_dim", *head_dim)?;
+            positive("heads", *heads)?;
+            split_count(*splits)
+        }
+        K::AttentionPrefill {
             heads,
             kv_heads,
             head_dim,
@@ -185,5 +201,16 @@ fn kv_cache(e: Elem) -> Result<(), String> {
         other => Err(format!(
             "a KV cache is stored as f32 or bf16, not {other:?}"
         )),
+    }
+}
+
+/// Decode attention splits each head's keys into 1 ..= [`MAX_DECODE_SPLITS`] parts.
+fn split_count(splits: usize) -> Result<(), String> {
+    if (1..=MAX_DECODE_SPLITS).contains(&splits) {
+        Ok(())
+    } else {
+        Err(format!(
+            "splits ({splits}) must be between 1 and {MAX_DECODE_SPLITS}"
+        ))
     }
 }

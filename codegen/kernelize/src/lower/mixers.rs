@@ -9,6 +9,20 @@ use zambac_ir::{NodeId, ValueRef};
 use super::GraphLowering;
 use crate::{KernelizeError, matrix};
 
+/// Grid indices decode attention aims for: enough for every thread of a many-core host and
+/// for a few warps on every SM of a GPU, so that one long cache is read in parallel even
+/// when a model has few heads.
+const DECODE_ITEMS: usize = 256;
+
+/// The parts decode attention splits each head's keys into: `⌈DECODE_ITEMS / heads⌉`,
+/// within the contract's bounds. Short caches use fewer (each split takes at least
+/// [`zambac_engine::DECODE_SPLIT_MIN_KEYS`] keys).
+fn decode_splits(heads: usize) -> usize {
+    DECODE_ITEMS
+        .div_ceil(heads.max(1))
+        .clamp(1, zambac_engine::MAX_DECODE_SPLITS)
+}
+
 impl GraphLowering<'_> {
     pub(super) fn attention(
         &mut self,
@@ -26,20 +40,38 @@ impl GraphLowering<'_> {
             if t != Expr::k(1) {
                 return self.err("attention from a position is only generated for one token");
             }
+            // Split along the sequence (flash-decoding): every split of every head is a
+            // grid index writing a partial row, and a second kernel combines each head's.
+            let splits = decode_splits(heads);
             let kind = KernelKind::AttentionDecode {
                 heads,
                 kv_heads: kvh,
                 head_dim: hd,
                 scale: a.scale,
                 kv: self.storage.kv,
+                splits,
             };
-            let grid = Expr::k(heads as i64);
+            let partial = self.new_scratch(Expr::k((heads * splits * (hd + 2)) as i64));
+            let mut views = views;
+            let out = std::mem::replace(&mut views[3], partial.clone());
             self.launch(
                 "attention_decode",
                 kind,
-                grid,
+                Expr::k((heads * splits) as i64),
                 views,
                 vec![Expr::POS, Expr::C],
+            );
+            let combine = KernelKind::AttentionCombine {
+                heads,
+                head_dim: hd,
+                splits,
+            };
+            self.launch(
+                "attention_combine",
+                combine,
+                Expr::k(heads as i64),
+                vec![partial, out],
+                vec![],
             );
         } else {
             // T tokens from `pos` (0 for a new prompt; the rows were written to the caches
