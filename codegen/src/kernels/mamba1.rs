@@ -4,11 +4,16 @@
 //! A channel's state is one row of `N` values with its own `A` row, so unlike Mamba2 the
 //! decay `exp(Δ·A)` is a vector per token. The state row and `A` stay in registers as
 //! `VW`-wide vectors for the whole token loop; B and C are read from the head's x_proj row.
+//!
+//! On the GPU each channel is a warp ([`scan_warp`]): its lanes split the state columns and
+//! a butterfly sums `S·C` per token, so a model's few thousand channels fill the GPU with
+//! warps instead of a few thousand lone threads.
 
-use super::Frame;
 use super::act::{silu, softplus};
 use super::emit::{Emitter, V, VW};
 use super::rows::{load_f32, tail_chunks};
+use super::warp::{first_lane, for_lanes, warp_sum};
+use super::{Frame, WARP};
 use zambac_engine::Elem;
 use zambac_engine::Role;
 
@@ -43,8 +48,28 @@ pub(crate) fn scan<'c>(
     let c = f.item;
     let n = s.state;
     let di = s.heads * s.head_dim;
-    let bc_width = s.dt_rank + 2 * n;
     let head = e.divui(c, e.index(s.head_dim as i64));
+    let channel = Channel {
+        x,
+        dt,
+        bc,
+        xz,
+        state,
+        y,
+        skip: e.load(d, c),
+        bias: e.load(dt_bias, c),
+        dt_min: dt_min.map(|min| e.f32(min as f32)),
+        c,
+        head,
+        di,
+        heads: s.heads,
+        dt_rank: s.dt_rank,
+        n,
+    };
+    if f.gpu_schedule {
+        scan_warp(e, f, &channel, a_log, rows, step);
+        return;
+    }
     let chunks = tail_chunks(0, n);
     let row = e.mul_k(c, n);
     let a: Vec<V<'c>> = chunks
@@ -64,20 +89,10 @@ pub(crate) fn scan<'c>(
             }
         })
         .collect();
-    let skip = e.load(d, c);
-    let bias = e.load(dt_bias, c);
-    let min = dt_min.map(|min| e.f32(min as f32));
     let last = e.for_(e.index(0), rows, e.index(1), &initial, |e, t, states| {
-        let at = e.addi(e.mul_k(t, di), c);
-        let mut delta = softplus(e, e.addf(e.load(dt, at), bias));
-        if let Some(min) = min {
-            delta = e.maxf(delta, min);
-        }
-        let xv = e.load(x, at);
-        let dx = e.mulf(delta, xv);
-        let bc_row = e.mul_k(e.addi(e.mul_k(t, s.heads), head), bc_width);
-        let b_at = e.add_k(bc_row, s.dt_rank);
-        let c_at = e.add_k(b_at, n);
+        let token = channel.token(e, t);
+        let (delta, xv, dx) = (token.delta, token.x, token.dx);
+        let (b_at, c_at) = (token.b_at, token.c_at);
         let mut next = Vec::with_capacity(states.len());
         let mut acc = e.f32_splat(0.0, VW);
         let mut narrow = None;
@@ -97,12 +112,162 @@ pub(crate) fn scan<'c>(
         if let Some(part) = narrow {
             out = e.addf(out, e.reduce("add", part));
         }
-        out = e.fma(skip, xv, out);
-        let z = e.load(xz, e.add_k(e.addi(e.mul_k(t, 2 * di), e.mul_k(c, 2)), 1));
-        e.store(e.mulf(out, silu(e, z)), y, at);
+        channel.finish(e, t, xv, out);
         next
     });
     for (i, &(offset, _)) in chunks.iter().enumerate() {
         e.vstore(last[i], state, e.add_k(row, offset));
     }
+}
+
+/// What every token of one channel reads and writes.
+struct Channel<'c> {
+    x: V<'c>,
+    dt: V<'c>,
+    bc: V<'c>,
+    xz: V<'c>,
+    state: V<'c>,
+    y: V<'c>,
+    /// `D[c]`, `dt_bias[c]` and the Δ floor.
+    skip: V<'c>,
+    bias: V<'c>,
+    dt_min: Option<V<'c>>,
+    /// The channel and its head.
+    c: V<'c>,
+    head: V<'c>,
+    di: usize,
+    heads: usize,
+    dt_rank: usize,
+    n: usize,
+}
+
+/// One token of a channel: Δ, x, Δ·x and where its B and C start in the x_proj output.
+struct Token<'c> {
+    delta: V<'c>,
+    x: V<'c>,
+    dx: V<'c>,
+    b_at: V<'c>,
+    c_at: V<'c>,
+}
+
+impl<'c> Channel<'c> {
+    fn token(&self, e: &Emitter<'c, '_>, t: V<'c>) -> Token<'c> {
+        let at = e.addi(e.mul_k(t, self.di), self.c);
+        let mut delta = softplus(e, e.addf(e.load(self.dt, at), self.bias));
+        if let Some(min) = self.dt_min {
+            delta = e.maxf(delta, min);
+        }
+        let x = e.load(self.x, at);
+        let bc_row = e.mul_k(
+            e.addi(e.mul_k(t, self.heads), self.head),
+            self.dt_rank + 2 * self.n,
+        );
+        let b_at = e.add_k(bc_row, self.dt_rank);
+        Token {
+            delta,
+            x,
+            dx: e.mulf(delta, x),
+            b_at,
+            c_at: e.add_k(b_at, self.n),
+        }
+    }
+
+    /// Stores token `t`'s output from its x and `S·C`: `(S·C + D·x)·silu(z)`.
+    fn finish(&self, e: &Emitter<'c, '_>, t: V<'c>, x: V<'c>, sc: V<'c>) {
+        let at = e.addi(e.mul_k(t, self.di), self.c);
+        let out = e.fma(self.skip, x, sc);
+        let z_at = e.add_k(e.addi(e.mul_k(t, 2 * self.di), e.mul_k(self.c, 2)), 1);
+        let z = e.load(self.xz, z_at);
+        e.store(e.mulf(out, silu(e, z)), self.y, at);
+    }
+}
+
+/// The GPU schedule: a warp per channel, lane `l` owning state columns `l, l + 32, …` (with
+/// their `A`, held in registers on the GPU). Per token every lane updates its columns in the
+/// state row in memory — `S ← exp(Δ·A)·S + (Δ·x)·B` — and forms its part of `S·C`; a
+/// butterfly ([`warp_sum`]) completes it and the first lane stores the gated output. On the
+/// host the lanes are a loop (see [`warp_sum`]).
+fn scan_warp<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    ch: &Channel<'c>,
+    a_log: V<'c>,
+    rows: V<'c>,
+    step: bool,
+) {
+    let n = ch.n;
+    let row = e.mul_k(ch.c, n);
+    let column = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| e.add_k(lane, i * WARP);
+    // Column `i` of `lane` exists when it is below N; only the last may not.
+    let per = n.div_ceil(WARP);
+    let exists = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| {
+        ((i + 1) * WARP > n).then(|| {
+            e.cmpi(
+                melior::dialect::arith::CmpiPredicate::Slt,
+                column(e, lane, i),
+                e.index(n as i64),
+            )
+        })
+    };
+    let each =
+        |e: &Emitter<'c, '_>, lane: V<'c>, i: usize, body: &dyn Fn(&Emitter<'c, '_>)| match exists(
+            e, lane, i,
+        ) {
+            Some(real) => e.when(real, |e| body(e)),
+            None => body(e),
+        };
+    let a_of = |e: &Emitter<'c, '_>, at: V<'c>| e.negf(e.math("exp", e.load(a_log, at)));
+    // On the GPU a lane reads its A values once (a lane past N reads column N − 1 and
+    // never uses it); on the host each lane of the loop reads them per token.
+    let a_own: Vec<V<'c>> = if f.warp_threads {
+        (0..per)
+            .map(|i| {
+                let col = e.minsi(column(e, f.lane, i), e.index(n as i64 - 1));
+                a_of(e, e.addi(row, col))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if !step {
+        for_lanes(e, f, |e, lane| {
+            for i in 0..per {
+                each(e, lane, i, &|e| {
+                    e.store(e.f32(0.0), ch.state, e.addi(row, column(e, lane, i)));
+                });
+            }
+        });
+    }
+    e.for_(e.index(0), rows, e.index(1), &[], |e, t, _| {
+        let token = ch.token(e, t);
+        let sc = warp_sum(e, f, |e, lane| {
+            let mut acc = e.f32(0.0);
+            for i in 0..per {
+                let col = e.minsi(column(e, lane, i), e.index(n as i64 - 1));
+                let at = e.addi(row, col);
+                let a = match a_own.get(i) {
+                    Some(a) => *a,
+                    None => a_of(e, at),
+                };
+                let decay = e.math("exp", e.mulf(token.delta, a));
+                let b = e.load(ch.bc, e.addi(token.b_at, col));
+                let s = e.fma(b, token.dx, e.mulf(e.load(ch.state, at), decay));
+                let cv = e.load(ch.bc, e.addi(token.c_at, col));
+                let part = e.mulf(s, cv);
+                match exists(e, lane, i) {
+                    Some(real) => {
+                        e.when(real, |e| e.store(s, ch.state, at));
+                        acc = e.addf(acc, e.select(real, part, e.f32(0.0)));
+                    }
+                    None => {
+                        e.store(s, ch.state, at);
+                        acc = e.addf(acc, part);
+                    }
+                }
+            }
+            acc
+        });
+        e.when(first_lane(e, f), |e| ch.finish(e, t, token.x, sc));
+        vec![]
+    });
 }

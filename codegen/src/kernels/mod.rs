@@ -156,10 +156,10 @@ pub(crate) fn chunk_kind(kind: &KernelKind) -> bool {
     )
 }
 
-/// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s and decode
-/// attention on the GPU (on the host the warp's lanes are a loop inside one iteration), a
-/// warp per state row for the Mamba2 scan (rows are independent; the lanes split a row's
-/// columns), else one.
+/// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s, decode
+/// attention and the Mamba1 scan's channels on the GPU (on the host the warp's lanes are a
+/// loop inside one iteration), a warp per state row for the Mamba2 scan (rows are
+/// independent; the lanes split a row's columns), else one.
 pub fn lanes(kind: &KernelKind, target: Target) -> usize {
     match (target, kind) {
         (Target::Host, _) => 1,
@@ -171,6 +171,9 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
         (Target::Gpu, KernelKind::AttentionDecode { .. }) => WARP,
         (_, KernelKind::AttentionDecode { .. }) => 1,
         (_, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1),
+        // A warp per channel on the GPU (its lanes split the state columns); on the host
+        // each channel is an iteration whose warp is a loop.
+        (Target::Gpu, KernelKind::Mamba1Scan { .. }) => WARP,
         (Target::Gpu, k) if warp_kind(k) => WARP,
         (_, k) if chunk_kind(k) => WARP,
         _ => 1,
@@ -192,7 +195,11 @@ pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
 /// f32 elements of private working memory one call of `kind` needs (0: none).
 pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
     if target == Target::HostWithGpuSchedule
-        && (warp_kind(kind) || matches!(kind, KernelKind::Mamba2Scan { .. }))
+        && (warp_kind(kind)
+            || matches!(
+                kind,
+                KernelKind::Mamba2Scan { .. } | KernelKind::Mamba1Scan { .. }
+            ))
     {
         return WARP;
     }

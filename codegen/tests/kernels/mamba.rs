@@ -330,3 +330,11 @@ fn mamba1_scan_prefill_and_step_with_the_gate() {
     mamba1_scan(2, 6, 16, 1, None, true);
     mamba1_scan(3, 4, 16, 3, Some(0.01), true);
 }
+
+/// State rows wider than a warp: the GPU schedule's lanes take several columns each, the
+/// last round only partly (40), or whole rounds (64).
+#[test]
+fn mamba1_scan_takes_states_wider_than_a_warp() {
+    mamba1_scan(2, 3, 40, 5, None, false);
+    mamba1_scan(1, 2, 64, 3, Some(0.01), true);
+}
