@@ -4,8 +4,10 @@
 //! On the host each grid iteration computes [`Frame::block`] rows of one part together, one
 //! from each of `block` contiguous stripes of the range (see [`strided_blocks`]): every
 //! `VW`-chunk of `x` is loaded once and multiplied into all of them, each row keeps its own
-//! accumulator, and bf16/f16 weights are widened to f32 in registers (bf16: zero-extend to
-//! i32, shift left 16, bitcast). On the GPU a warp computes one row ([`warp_rows`]): its
+//! accumulator, and bf16/f16 weights are widened to f32 in registers (bf16: 16 values read
+//! as eight 32-bit lanes whose shifted and masked halves are the even and odd elements,
+//! multiplied by `x`'s even and odd elements; f16: `extf`). On the GPU a warp computes one
+//! row ([`warp_rows`]): its
 //! loads of the row are one coalesced stretch, and shuffles add the lanes' sums.
 
 use super::emit::{Emitter, V, VW};

@@ -161,6 +161,30 @@ pub(crate) fn sum_chunks<'c>(
     }
 }
 
+/// `2·VW` bf16 values at `w[index]` read as `VW` 32-bit lanes and widened without a
+/// shuffle: lane `i` holds elements `2i` (low half) and `2i + 1` (high half), so `lane << 16`
+/// is the even elements as f32 and `lane & 0xffff0000` (−0x10000 as i32) the odd ones — two
+/// ALU operations per 16 values instead of a zero-extension (a shuffle) and a shift per 8.
+fn bf16_pairs<'c>(e: &Emitter<'c, '_>, w: V<'c>, index: V<'c>) -> (V<'c>, V<'c>) {
+    let bits = e.vload(w, index, 2 * VW, e.int_t(16));
+    let lanes = e.emit1("vector.bitcast", &[bits], e.vec_t(VW, e.int_t(32)), &[]);
+    let even = e.shli(lanes, e.int_splat(16, 32, VW));
+    let odd = e.andi(lanes, e.int_splat(-0x1_0000, 32, VW));
+    (
+        e.cast("bitcast", even, e.vf32(VW)),
+        e.cast("bitcast", odd, e.vf32(VW)),
+    )
+}
+
+/// The `2·VW` f32 values at `x[index]` as their even and their odd elements, matching
+/// [`bf16_pairs`].
+fn even_odd<'c>(e: &Emitter<'c, '_>, x: V<'c>, index: V<'c>) -> (V<'c>, V<'c>) {
+    let a = load_f32(e, x, index, VW, Elem::F32);
+    let b = load_f32(e, x, e.add_k(index, VW), VW, Elem::F32);
+    let pick = |odd: i64| -> Vec<i64> { (0..VW as i64).map(|i| 2 * i + odd).collect() };
+    (e.shuffle(a, b, &pick(0)), e.shuffle(a, b, &pick(1)))
+}
+
 /// Dot products of one vector with several rows: `x[xbase ..][..len] · w[base_r ..][..len]`
 /// for each `base_r` (rows of `w` stored as `elem`). Each chunk of `x` is loaded once for all
 /// rows, and each row keeps `unroll` accumulators in the main loop.
@@ -173,14 +197,25 @@ pub(crate) fn dots<'c>(
     unroll: usize,
 ) -> Vec<V<'c>> {
     let n = bases.len();
-    let step = VW * unroll;
+    // bf16 rows are read two elements per 32-bit lane (see `bf16_pairs`).
+    let chunk = if elem == Elem::Bf16 { 2 * VW } else { VW };
+    let step = chunk * unroll;
     let main = len / step * step;
     let mut accs = vec![e.f32_splat(0.0, VW); n * unroll];
     if main > 0 {
         accs = e.for_k(0, main, step, &accs, |e, j, accs| {
             let mut next = accs.to_vec();
             for u in 0..unroll {
-                let at = e.add_k(j, u * VW);
+                let at = e.add_k(j, u * chunk);
+                if elem == Elem::Bf16 {
+                    let (even, odd) = even_odd(e, x, e.addi(xbase, at));
+                    for (r, base) in bases.iter().enumerate() {
+                        let (lo, hi) = bf16_pairs(e, w, e.addi(*base, at));
+                        let acc = e.fma(even, lo, next[r * unroll + u]);
+                        next[r * unroll + u] = e.fma(odd, hi, acc);
+                    }
+                    continue;
+                }
                 let xv = load_f32(e, x, e.addi(xbase, at), VW, Elem::F32);
                 for (r, base) in bases.iter().enumerate() {
                     let wv = load_f32(e, w, e.addi(*base, at), VW, elem);
