@@ -22,6 +22,7 @@ import json
 import os
 import random
 import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -316,16 +317,20 @@ def main():
     args = ap.parse_args()
     args.zambac_run = os.path.join(args.dir, "bin", "zambac-run")
     os.makedirs(args.out, exist_ok=True)
+    # The work directory holds the 2.4 GB of regenerated weights: removed however the run ends.
     args.work = tempfile.mkdtemp(prefix="gpu-check-")
     RESULTS["backend"] = args.backend
     only = args.only.split(",")
     t0 = time.time()
-    if "fixtures" in only:
-        fixtures(args)
-    if "cpu" in only:
-        against_cpu(args)
-    if "bench" in only:
-        bench(args)
+    try:
+        if "fixtures" in only:
+            fixtures(args)
+        if "cpu" in only:
+            against_cpu(args)
+        if "bench" in only:
+            bench(args)
+    finally:
+        shutil.rmtree(args.work, ignore_errors=True)
     RESULTS["seconds"] = time.time() - t0
     RESULTS["failed"] = FAILED
     with open(os.path.join(args.out, "report.json"), "w") as f:
