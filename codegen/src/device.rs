@@ -1,7 +1,7 @@
 //! Compiling a program's kernels into one PTX module for the GPU.
 //!
 //! Each kernel's grid function is built for [`Target::Gpu`] (one grid index per thread) and
-//! mapped to the GPU on its own ([`pipelines::GPU_MAPPING`]); the outlined kernel is renamed
+//! mapped to the GPU on its own ([`pipelines::gpu_mapping`], with its kind's block size); the outlined kernel is renamed
 //! `zk_<symbol>` — the host entry's name — and moved into one shared `gpu.module`, which the
 //! device pipeline turns into a single PTX text with one `.entry` per kernel. The parameter
 //! order of each entry is read back from the launch the outliner produced ([`GpuParam`]).
@@ -66,7 +66,8 @@ pub fn compile_gpu(
     for kernel in kernels {
         let mut module = build_module(mlir.context(), kernel, Target::Gpu, VectorMath::Ops)?;
         mlir.verify(&module, "before GPU mapping")?;
-        mlir.run_pipeline(&mut module, pipelines::GPU_MAPPING)?;
+        let block_size = crate::kernels::gpu_block_size(&kernel.kind);
+        mlir.run_pipeline(&mut module, &pipelines::gpu_mapping(block_size))?;
         dumps.write(&format!("{}.gpu.mlir", kernel.symbol), || {
             module.as_operation().to_string()
         })?;
@@ -77,7 +78,7 @@ pub fn compile_gpu(
             entry,
             params,
             lanes: crate::kernels::lanes(&kernel.kind, Target::Gpu) as u32,
-            block_size: pipelines::GPU_BLOCK_SIZE,
+            block_size,
         });
     }
     let ptx = if kernels.is_empty() {

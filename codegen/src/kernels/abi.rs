@@ -200,7 +200,7 @@ fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature, lanes: u
 }
 
 /// Reads the parameters of the kernel outlined from `kernel`'s grid function in `module`
-/// (after [`crate::pipelines::GPU_MAPPING`]): each operand of its `gpu.launch_func` must be an
+/// (after [`crate::pipelines::gpu_mapping`]): each operand of its `gpu.launch_func` must be an
 /// argument of the grid function, which says what it is.
 pub fn gpu_params(module: &Module, kernel: &Kernel) -> Result<Vec<GpuParam>, CodegenError> {
     let abi_error = |detail: &str| CodegenError::GpuAbi {

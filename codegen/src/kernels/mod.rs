@@ -180,6 +180,16 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
     }
 }
 
+/// Threads per block of `kind`'s GPU kernel: [`crate::pipelines::GPU_BLOCK_SIZE`], but two
+/// warps for decode attention, whose few hundred warps (heads × splits, 256 for the 1.2B)
+/// would otherwise fill only 32 blocks — 32 of an H100's 132 SMs.
+pub fn gpu_block_size(kind: &KernelKind) -> u32 {
+    match kind {
+        KernelKind::AttentionDecode { .. } => 2 * WARP as u32,
+        _ => crate::pipelines::GPU_BLOCK_SIZE,
+    }
+}
+
 /// Grid indices per iteration of `kind` on `target`.
 pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
     match (target, kind) {

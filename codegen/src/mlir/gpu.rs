@@ -48,7 +48,7 @@ pub struct GpuBinary {
 }
 
 /// Maps every `scf.parallel` of `module` onto GPU blocks and threads
-/// ([`pipelines::GPU_MAPPING`]), lowers the outlined kernels with `target`'s device pipeline,
+/// ([`pipelines::gpu_mapping`], blocks of [`pipelines::GPU_BLOCK_SIZE`]), lowers the outlined kernels with `target`'s device pipeline,
 /// and returns their PTX. `module` is rewritten in place; its host side keeps the
 /// `gpu.launch_func` ops, which record each kernel's launch shape.
 pub fn lower_to_ptx(
@@ -58,7 +58,7 @@ pub fn lower_to_ptx(
 ) -> Result<Vec<GpuBinary>, CodegenError> {
     let device_pipeline = target.device_pipeline()?;
     mlir.verify(module, "before GPU lowering")?;
-    mlir.run_pipeline(module, pipelines::GPU_MAPPING)?;
+    mlir.run_pipeline(module, &pipelines::gpu_mapping(pipelines::GPU_BLOCK_SIZE))?;
     mlir.run_pipeline(module, &device_pipeline)?;
     extract_ptx(module)
 }

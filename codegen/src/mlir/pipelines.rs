@@ -29,9 +29,9 @@ convert-cf-to-llvm,\
 convert-func-to-llvm,\
 reconcile-unrealized-casts)";
 
-/// GPU mapping: each `scf.parallel` is tiled by [`GPU_BLOCK_SIZE`], the tile loop is mapped to
-/// blocks and the intra-tile loop to threads, and the resulting `gpu.launch` bodies are
-/// outlined into one `gpu.module` per kernel.
+/// GPU mapping: each `scf.parallel` is tiled by `block` (threads per block), the tile loop is
+/// mapped to blocks and the intra-tile loop to threads, and the resulting `gpu.launch`
+/// bodies are outlined into one `gpu.module` per kernel.
 ///
 /// `no-min-max-bounds=true` is required: without it the intra-tile bound is an `affine.min`
 /// and `convert-parallel-loops-to-gpu` silently leaves the loops unconverted. With it, the
@@ -42,16 +42,21 @@ reconcile-unrealized-casts)";
 /// `canonicalize` folds the launch-size arithmetic and `gpu-launch-sink-index-computations`
 /// moves constants into the launch body, so that the outlined kernel captures only the
 /// function's own arguments (its parameters are then a stable ABI).
-pub const GPU_MAPPING: &str = "builtin.module(\
+pub fn gpu_mapping(block: u32) -> String {
+    format!(
+        "builtin.module(\
 func.func(\
-scf-parallel-loop-tiling{parallel-loop-tile-sizes=256 no-min-max-bounds=true},\
+scf-parallel-loop-tiling{{parallel-loop-tile-sizes={block} no-min-max-bounds=true}},\
 gpu-map-parallel-loops,\
 convert-parallel-loops-to-gpu,\
 canonicalize,\
 gpu-launch-sink-index-computations),\
-gpu-kernel-outlining)";
+gpu-kernel-outlining)"
+    )
+}
 
-/// Threads per block used by [`GPU_MAPPING`].
+/// Threads per block of [`gpu_mapping`] unless a kind asks for fewer
+/// (`kernels::gpu_block_size`).
 pub const GPU_BLOCK_SIZE: u32 = 256;
 
 /// The passes run inside each `gpu.module` before serialization: the same `vector`/`scf`/
