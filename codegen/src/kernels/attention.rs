@@ -14,7 +14,10 @@
 
 use super::emit::{Emitter, V, VW};
 use super::rows::{dots, for_chunks, load_f32, load_scalar_f32};
-use super::warp::{first_lane, for_lanes, split_chunks, warp_sum};
+use super::warp::{
+    LaneValues, first_lane, for_lanes, lane_element, lane_elements, real_or_zero, split_chunks,
+    warp_sum, when_real,
+};
 use super::{Frame, WARP};
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
 use zambac_engine::{DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, Elem, Role};
@@ -208,11 +211,6 @@ fn for_key_steps<'c>(
 /// Keys a warp folds per step of [`decode_warp`]: independent score reductions in flight.
 const WARP_KEYS: usize = 4;
 
-/// Output elements a lane of [`decode_warp`] owns: `lane + 32·i` for `i < ⌈hd / 32⌉`.
-fn lane_elements(head_dim: usize) -> usize {
-    head_dim.div_ceil(WARP)
-}
-
 /// Private f32 elements of [`decode_warp`] on the host, where the warp is a loop: the warp's
 /// exchange buffer, then each lane's output elements (on the GPU they are registers).
 pub(crate) fn decode_warp_stack(head_dim: usize) -> usize {
@@ -238,45 +236,24 @@ fn decode_warp<'c>(
     let per = lane_elements(hd);
     let (q, qrow) = head.q;
     let (out, orow) = head.out;
-    // Element `i` of `lane`, clamped into the row (a lane past the head dim reads the last
-    // element and contributes nothing), and whether it is real.
-    let element = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| -> (V<'c>, Option<V<'c>>) {
-        let d = e.add_k(lane, i * WARP);
-        if (i + 1) * WARP <= hd {
-            (d, None)
-        } else {
-            let real = e.cmpi(CmpiPredicate::Slt, d, e.index(hd as i64));
-            (e.minsi(d, e.index(hd as i64 - 1)), Some(real))
-        }
-    };
+    let element = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| lane_element(e, lane, i, hd);
     let value = |e: &Emitter<'c, '_>, m: V<'c>, at: V<'c>, elem: Elem| {
         e.extract(load_f32(e, m, at, 1, elem), 0)
     };
-    // On the GPU a lane loads its elements of q once, into registers; on the host each
-    // lane of the loop reads them again.
-    let q_own: Vec<V<'c>> = if f.warp_threads {
-        (0..per)
-            .map(|i| value(e, q, e.addi(qrow, element(e, f.lane, i).0), Elem::F32))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let q_at = |e: &Emitter<'c, '_>, i: usize, d: V<'c>| match q_own.get(i) {
-        Some(v) => *v,
-        None => value(e, q, e.addi(qrow, d), Elem::F32),
-    };
+    let q_own = LaneValues::new(e, f, per, |e, lane, i| {
+        value(e, q, e.addi(qrow, element(e, lane, i).0), Elem::F32)
+    });
     // Lane `lane`'s part of key `j`'s score.
     let part = |e: &Emitter<'c, '_>, j: V<'c>, lane: V<'c>| {
         let base = e.addi(head.kv_base, e.mul_k(j, hd));
         let mut acc = e.f32(0.0);
         for i in 0..per {
             let (d, real) = element(e, lane, i);
-            let p = e.mulf(q_at(e, i, d), value(e, head.k, e.addi(base, d), head.kv));
-            let p = match real {
-                Some(real) => e.select(real, p, e.f32(0.0)),
-                None => p,
-            };
-            acc = e.addf(acc, p);
+            let p = e.mulf(
+                q_own.get(e, lane, i),
+                value(e, head.k, e.addi(base, d), head.kv),
+            );
+            acc = e.addf(acc, real_or_zero(e, real, p));
         }
         acc
     };
@@ -319,11 +296,7 @@ fn decode_warp<'c>(
     };
     let store = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize, acc: V<'c>| {
         let (d, real) = element(e, lane, i);
-        let at = e.addi(orow, d);
-        match real {
-            Some(real) => e.when(real, |e| e.store(acc, out, at)),
-            None => e.store(acc, out, at),
-        }
+        when_real(e, real, |e| e.store(acc, out, e.addi(orow, d)));
     };
     if f.warp_threads {
         // The lane's elements are registers carried by the key loops.

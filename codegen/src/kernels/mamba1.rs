@@ -9,11 +9,14 @@
 //! a butterfly sums `S·C` per token, so a model's few thousand channels fill the GPU with
 //! warps instead of a few thousand lone threads.
 
+use super::Frame;
 use super::act::{silu, softplus};
 use super::emit::{Emitter, V, VW};
 use super::rows::{load_f32, tail_chunks};
-use super::warp::{first_lane, for_lanes, warp_sum};
-use super::{Frame, WARP};
+use super::warp::{
+    LaneValues, first_lane, for_lanes, lane_element, lane_elements, real_or_zero, warp_sum,
+    when_real,
+};
 use zambac_engine::Elem;
 use zambac_engine::Role;
 
@@ -197,44 +200,17 @@ fn scan_warp<'c>(
 ) {
     let n = ch.n;
     let row = e.mul_k(ch.c, n);
-    let column = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| e.add_k(lane, i * WARP);
-    // Column `i` of `lane` exists when it is below N; only the last may not.
-    let per = n.div_ceil(WARP);
-    let exists = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| {
-        ((i + 1) * WARP > n).then(|| {
-            e.cmpi(
-                melior::dialect::arith::CmpiPredicate::Slt,
-                column(e, lane, i),
-                e.index(n as i64),
-            )
-        })
-    };
-    let each =
-        |e: &Emitter<'c, '_>, lane: V<'c>, i: usize, body: &dyn Fn(&Emitter<'c, '_>)| match exists(
-            e, lane, i,
-        ) {
-            Some(real) => e.when(real, |e| body(e)),
-            None => body(e),
-        };
-    let a_of = |e: &Emitter<'c, '_>, at: V<'c>| e.negf(e.math("exp", e.load(a_log, at)));
-    // On the GPU a lane reads its A values once (a lane past N reads column N − 1 and
-    // never uses it); on the host each lane of the loop reads them per token.
-    let a_own: Vec<V<'c>> = if f.warp_threads {
-        (0..per)
-            .map(|i| {
-                let col = e.minsi(column(e, f.lane, i), e.index(n as i64 - 1));
-                a_of(e, e.addi(row, col))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let per = lane_elements(n);
+    let column = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| lane_element(e, lane, i, n);
+    let a = LaneValues::new(e, f, per, |e, lane, i| {
+        let at = e.addi(row, column(e, lane, i).0);
+        e.negf(e.math("exp", e.load(a_log, at)))
+    });
     if !step {
         for_lanes(e, f, |e, lane| {
             for i in 0..per {
-                each(e, lane, i, &|e| {
-                    e.store(e.f32(0.0), ch.state, e.addi(row, column(e, lane, i)));
-                });
+                let (col, real) = column(e, lane, i);
+                when_real(e, real, |e| e.store(e.f32(0.0), ch.state, e.addi(row, col)));
             }
         });
     }
@@ -243,27 +219,14 @@ fn scan_warp<'c>(
         let sc = warp_sum(e, f, |e, lane| {
             let mut acc = e.f32(0.0);
             for i in 0..per {
-                let col = e.minsi(column(e, lane, i), e.index(n as i64 - 1));
+                let (col, real) = column(e, lane, i);
                 let at = e.addi(row, col);
-                let a = match a_own.get(i) {
-                    Some(a) => *a,
-                    None => a_of(e, at),
-                };
-                let decay = e.math("exp", e.mulf(token.delta, a));
+                let decay = e.math("exp", e.mulf(token.delta, a.get(e, lane, i)));
                 let b = e.load(ch.bc, e.addi(token.b_at, col));
                 let s = e.fma(b, token.dx, e.mulf(e.load(ch.state, at), decay));
+                when_real(e, real, |e| e.store(s, ch.state, at));
                 let cv = e.load(ch.bc, e.addi(token.c_at, col));
-                let part = e.mulf(s, cv);
-                match exists(e, lane, i) {
-                    Some(real) => {
-                        e.when(real, |e| e.store(s, ch.state, at));
-                        acc = e.addf(acc, e.select(real, part, e.f32(0.0)));
-                    }
-                    None => {
-                        e.store(s, ch.state, at);
-                        acc = e.addf(acc, part);
-                    }
-                }
+                acc = e.addf(acc, real_or_zero(e, real, e.mulf(s, cv)));
             }
             acc
         });

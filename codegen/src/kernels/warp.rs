@@ -202,3 +202,76 @@ pub(crate) fn split_range<'c>(
         },
     );
 }
+
+/// Elements a lane owns when a warp shares `[0, len)` one element apiece: `lane + 32·i` for
+/// `i < ⌈len / 32⌉` (the last round may be partial).
+pub(crate) fn lane_elements(len: usize) -> usize {
+    len.div_ceil(WARP)
+}
+
+/// Element `i` of `lane`'s share of `[0, len)` ([`lane_elements`]), clamped into the range (a
+/// lane past its end reads the last element and must not use it), and, in a partial round,
+/// whether the element is real.
+pub(crate) fn lane_element<'c>(
+    e: &Emitter<'c, '_>,
+    lane: V<'c>,
+    i: usize,
+    len: usize,
+) -> (V<'c>, Option<V<'c>>) {
+    let d = e.add_k(lane, i * WARP);
+    if (i + 1) * WARP <= len {
+        return (d, None);
+    }
+    let last = e.index(len as i64 - 1);
+    let real = e.cmpi(melior::dialect::arith::CmpiPredicate::Sle, d, last);
+    (e.minsi(d, last), Some(real))
+}
+
+/// `value` for a real element ([`lane_element`]), zero for one past the end.
+pub(crate) fn real_or_zero<'c>(e: &Emitter<'c, '_>, real: Option<V<'c>>, value: V<'c>) -> V<'c> {
+    match real {
+        Some(real) => e.select(real, value, e.f32(0.0)),
+        None => value,
+    }
+}
+
+/// Runs `body` for a real element only ([`lane_element`]).
+pub(crate) fn when_real<'c>(
+    e: &Emitter<'c, '_>,
+    real: Option<V<'c>>,
+    body: impl FnOnce(&Emitter<'c, '_>),
+) {
+    match real {
+        Some(real) => e.when(real, body),
+        None => body(e),
+    }
+}
+
+/// Values of a lane's elements that stay fixed through a kernel (q in decode attention, `A`
+/// in the Mamba1 scan): on the GPU this thread computes its lane's once, into registers; on
+/// the host, where the lanes are a loop, [`LaneValues::get`] computes them where they are
+/// used.
+pub(crate) struct LaneValues<'c, F> {
+    own: Vec<V<'c>>,
+    value: F,
+}
+
+impl<'c, F: Fn(&Emitter<'c, '_>, V<'c>, usize) -> V<'c>> LaneValues<'c, F> {
+    /// `value(e, lane, i)` for element `i` of `lane`, for `count` elements per lane.
+    pub(crate) fn new(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, count: usize, value: F) -> Self {
+        let own = if f.warp_threads {
+            (0..count).map(|i| value(e, f.lane, i)).collect()
+        } else {
+            Vec::new()
+        };
+        LaneValues { own, value }
+    }
+
+    /// Element `i` of `lane` (on the GPU, `lane` is this thread's).
+    pub(crate) fn get(&self, e: &Emitter<'c, '_>, lane: V<'c>, i: usize) -> V<'c> {
+        match self.own.get(i) {
+            Some(v) => *v,
+            None => (self.value)(e, lane, i),
+        }
+    }
+}
