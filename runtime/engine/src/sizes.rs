@@ -107,13 +107,21 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             kv_heads,
             head_dim,
             kv,
-            splits,
+            ..
+        }
+        | K::AttentionPrefill {
+            heads,
+            kv_heads,
+            head_dim,
+            kv,
             ..
         } => {
             positive("head_dim", *head_dim)?;
             positive("heads", *heads)?;
             divides("kv_heads", *kv_heads, *heads)?;
-            split_count(*splits)?;
+            if let K::AttentionDecode { splits, .. } = kind {
+                split_count(*splits)?;
+            }
             kv_cache(*kv)
         }
         K::AttentionCombine {
@@ -124,18 +132,6 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             positive("head_dim", *head_dim)?;
             positive("heads", *heads)?;
             split_count(*splits)
-        }
-        K::AttentionPrefill {
-            heads,
-            kv_heads,
-            head_dim,
-            kv,
-            ..
-        } => {
-            positive("head_dim", *head_dim)?;
-            positive("heads", *heads)?;
-            divides("kv_heads", *kv_heads, *heads)?;
-            kv_cache(*kv)
         }
         K::Mamba2Conv {
             width, di, cd, k, ..
