@@ -23,7 +23,8 @@ fn main() {
     println!("machine: {} threads available", threads_available());
     engine_io(tmp.path(), &host);
     launch_overhead(tmp.path(), &host);
-    for m in [512, 64, 1] {
+    // 32 and 16 rows: a batched decode step (bf16 weights: the few-row kernel).
+    for m in [512, 64, 32, 16, 1] {
         for elem in [Elem::F32, Elem::Bf16] {
             gemm_throughput(tmp.path(), &host, elem, m, 2048, 8192);
         }
