@@ -106,7 +106,7 @@ pub(crate) fn decode<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads, spli
     let first = e.minsi(e.muli(split, len), keys);
     let last = e.minsi(e.addi(first, len), keys);
     let stats = if f.gpu_schedule {
-        decode_warp(e, f, &head, first, last)
+        decode_warp(e, f, &head, (first, last), false)
     } else {
         attend_range(e, &head, first, last)
     };
@@ -162,19 +162,6 @@ pub(crate) fn combine<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head_dim: usiz
     });
 }
 
-/// `softmax(q·Kᵀ·scale)·V` over the first `keys` cached keys of `head`, normalised, the
-/// output row accumulated in place.
-fn attend<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, keys: V<'c>) {
-    let (out, row) = head.out;
-    let state = attend_range(e, head, e.index(0), keys);
-    let sum = state[1];
-    for_chunks(e, head.head_dim, 1, |e, offset, width| {
-        let at = e.addi(row, offset);
-        let o = load_f32(e, out, at, width, Elem::F32);
-        e.vstore(e.divf(o, e.splat(sum, width)), out, at);
-    });
-}
-
 /// Folds cached keys `[first, last)` of `head` into its output row (zeroed first): leaves
 /// `Σ exp(score − max)·v` there and returns `[max, Σ exp(score − max)]` — `[−∞, 0]` and a
 /// zero row for an empty range.
@@ -223,14 +210,15 @@ pub(crate) fn decode_warp_stack(head_dim: usize) -> usize {
 /// lane forms its part of every score, a butterfly ([`warp_sum`]) completes them in every
 /// lane, and every lane applies the same online-softmax update to its own elements, so the
 /// running max and sum agree across the warp without exchange. Returns `[max, sum]`; each
-/// lane stores its unnormalised output elements. On the host the lanes are loops and their
-/// elements live in the stack buffer.
+/// lane stores its output elements, unnormalised (a split's partial row) or, with
+/// `normalise`, divided by the sum (a whole row; one reciprocal per lane). On the host the
+/// lanes are loops and their elements live in the stack buffer.
 fn decode_warp<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
     head: &Head<'c>,
-    first: V<'c>,
-    last: V<'c>,
+    (first, last): (V<'c>, V<'c>),
+    normalise: bool,
 ) -> Vec<V<'c>> {
     let hd = head.head_dim;
     let per = lane_elements(hd);
@@ -294,10 +282,13 @@ fn decode_warp<'c>(
                 e.fma(*w, value(e, head.v, e.addi(base, d), head.kv), o)
             })
     };
-    let store = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize, acc: V<'c>| {
+    // `scale`: 1 / sum when normalising, else none.
+    let store = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize, acc: V<'c>, scale: Option<V<'c>>| {
         let (d, real) = element(e, lane, i);
+        let acc = scale.map_or(acc, |s| e.mulf(acc, s));
         when_real(e, real, |e| e.store(acc, out, e.addi(orow, d)));
     };
+    let reciprocal = |e: &Emitter<'c, '_>, sum: V<'c>| normalise.then(|| e.divf(e.f32(1.0), sum));
     if f.warp_threads {
         // The lane's elements are registers carried by the key loops.
         let mut init = vec![e.f32(f32::NEG_INFINITY), e.f32(0.0)];
@@ -308,8 +299,9 @@ fn decode_warp<'c>(
             next.extend((0..per).map(|i| update(e, j, f.lane, i, st[2 + i], correction, &weights)));
             next
         });
+        let scale = reciprocal(e, st[1]);
         for i in 0..per {
-            store(e, f.lane, i, st[2 + i]);
+            store(e, f.lane, i, st[2 + i], scale);
         }
         return st[..2].to_vec();
     }
@@ -334,9 +326,10 @@ fn decode_warp<'c>(
         });
         vec![max, sum]
     });
+    let scale = reciprocal(e, st[1]);
     for_lanes(e, f, |e, lane| {
         for i in 0..per {
-            store(e, lane, i, e.load(buffer, slot(e, lane, i)));
+            store(e, lane, i, e.load(buffer, slot(e, lane, i)), scale);
         }
     });
     st
@@ -574,11 +567,12 @@ pub(crate) fn prefill<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
     });
 }
 
-/// The GPU schedule of prompt attention: grid index `h·rows + r` is a thread of its own for
-/// query `r` of head `h`, which runs the decode loop ([`key_block`]) over the keys up to its
-/// position. Every grid index works (the host schedule's blocks of 16 queries would leave 15
-/// of every 16 threads of a warp idle), the threads of a warp read the same key and value
-/// rows at once, and nothing but the output row is kept.
+/// The GPU schedule of prompt attention: grid index `h·rows + r` is a warp of its own for
+/// query `r` of head `h`, which runs decode attention's warp loop ([`decode_warp`]: the
+/// lanes split the head dim, q and the output row stay in registers, the warp reads each
+/// key and value row whole, coalesced) over the keys up to its position, then stores the
+/// row divided by its sum. Before, a thread per query ran the host's loop, rescaling and
+/// rewriting its output row in memory after every 8 keys.
 fn prefill_row<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
@@ -601,7 +595,7 @@ fn prefill_row<'c>(
         kv: a.kv,
     };
     let keys = e.minsi(e.addi(e.add_k(pos, 1), r), capacity);
-    attend(e, &head, keys);
+    decode_warp(e, f, &head, (e.index(0), keys), true);
 }
 
 /// Private f32 elements of a prefill call: for each block, `Qᵀ`, `Oᵀ`, the running maximum

@@ -156,8 +156,8 @@ pub(crate) fn chunk_kind(kind: &KernelKind) -> bool {
     )
 }
 
-/// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s, decode
-/// attention and the Mamba1 scan's channels on the GPU (on the host the warp's lanes are a
+/// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s, decode and
+/// prompt attention and the Mamba1 scan's channels on the GPU (on the host the warp's lanes are a
 /// loop inside one iteration), a warp per state row for the Mamba2 scan (rows are
 /// independent; the lanes split a row's columns), else one.
 pub fn lanes(kind: &KernelKind, target: Target) -> usize {
@@ -170,6 +170,9 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
         // the warp is a loop).
         (Target::Gpu, KernelKind::AttentionDecode { .. }) => WARP,
         (_, KernelKind::AttentionDecode { .. }) => 1,
+        // Prompt attention: a warp per query row, the same warp loop.
+        (Target::Gpu, KernelKind::AttentionPrefill { .. }) => WARP,
+        (_, KernelKind::AttentionPrefill { .. }) => 1,
         (_, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1),
         // A warp per channel on the GPU (its lanes split the state columns); on the host
         // each channel is an iteration whose warp is a loop.
@@ -217,14 +220,13 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
         KernelKind::AttentionDecode { head_dim, .. } if target == Target::HostWithGpuSchedule => {
             attention::decode_warp_stack(*head_dim)
         }
-        KernelKind::AttentionPrefill { head_dim, .. } => {
-            // The GPU schedule keeps no blocks of queries (one query per thread).
-            if target.gpu_schedule() {
-                0
-            } else {
-                attention::prefill_stack(*head_dim, attention::Blocking::new())
-            }
-        }
+        KernelKind::AttentionPrefill { head_dim, .. } => match target {
+            // The GPU schedule keeps no blocks of queries (a warp per query, its lanes'
+            // elements in registers; on the host, where the warp is a loop, in the stack).
+            Target::Gpu => 0,
+            Target::HostWithGpuSchedule => attention::decode_warp_stack(*head_dim),
+            Target::Host => attention::prefill_stack(*head_dim, attention::Blocking::new()),
+        },
         _ => 0,
     }
 }

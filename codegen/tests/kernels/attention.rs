@@ -214,9 +214,9 @@ fn prompt(heads: usize, kv_heads: usize, head_dim: usize, pos: usize, rows: usiz
     }
 }
 
-/// Query blocks are 16 rows (four to a grid index on the host, one on the GPU), key groups
-/// 6 keys (4 on the GPU) and key tiles 60 keys (40): lengths on both sides of each boundary,
-/// from position 0 and continuing a sequence.
+/// Query blocks are 16 rows (four to a grid index on the host; on the GPU a warp per
+/// query), key groups 6 keys (4 per step of the GPU's warp loop) and key tiles 60 keys
+/// (40): lengths on both sides of each boundary, from position 0 and continuing a sequence.
 #[test]
 fn prompt_attention_equals_the_reference_across_block_and_tile_boundaries() {
     for rows in [
