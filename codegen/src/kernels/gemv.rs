@@ -136,10 +136,14 @@ fn strided_blocks<'c>(
     });
 }
 
-/// The GPU schedule: the warp of grid index `row` computes that row. Lane `l` takes the
-/// `VW`-chunks `l, l + 32, l + 64, …` of the row, so each round of the warp's loads is one
-/// contiguous stretch of `32·VW` weights, then the elements past the last whole round one
-/// apiece; [`warp_sum`] adds the 32 partial sums and the first lane stores the row.
+/// The GPU schedule: the warp of grid index `row` computes that row. The row is read in
+/// rounds of `32·VW` elements; in each, lane `l` takes elements `l, l + 32, …, l + 32·(VW−1)`,
+/// so each of the warp's load instructions reads 32 consecutive elements — 128 bytes of f32,
+/// 64 of bf16, whole sectors — whatever the row's alignment; then the elements past the last
+/// whole round one apiece. [`warp_sum`] adds the 32 partial sums and the first lane stores
+/// the row. (Before, lane `l` took the `VW`-chunk `l` of each round: the loads of a chunk,
+/// which the backend cannot widen without knowing the alignment, became `VW` scalar loads
+/// each touching 32 sectors, one element of each.)
 fn warp_rows<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, shape: &Shape<'c>, parts: &[Part<'c>]) {
     let row = f.item;
     let one = |e: &Emitter<'c, '_>, part: &Part<'c>| {
@@ -174,14 +178,20 @@ fn lane_dot<'c>(
     let rounds = shape.k / round;
     let mut sum = e.f32(0.0);
     if rounds > 0 {
-        let first = e.mul_k(lane, VW);
-        let acc = e.for_k(0, rounds, 1, &[e.f32_splat(0.0, VW)], |e, r, acc| {
-            let at = e.addi(e.mul_k(r, round), first);
-            let xv = load_f32(e, shape.x, at, VW, Elem::F32);
-            let wv = load_f32(e, part.w, e.addi(base, at), VW, shape.elem);
-            vec![e.fma(xv, wv, acc[0])]
+        // One accumulator per load of the round: VW independent FMA chains.
+        let zero = vec![e.f32(0.0); VW];
+        let accs = e.for_k(0, rounds, 1, &zero, |e, r, accs| {
+            let first = e.addi(e.mul_k(r, round), lane);
+            (0..VW)
+                .map(|i| {
+                    let at = e.add_k(first, i * WARP);
+                    let xv = e.load(shape.x, at);
+                    let wv = e.extract(load_f32(e, part.w, e.addi(base, at), 1, shape.elem), 0);
+                    e.fma(xv, wv, accs[i])
+                })
+                .collect()
         });
-        sum = e.reduce("add", acc[0]);
+        sum = accs[1..].iter().fold(accs[0], |t, a| e.addf(t, *a));
     }
     let tail = rounds * round;
     if tail < shape.k {
