@@ -12,7 +12,9 @@ no Rust toolchain, no network. With `--backend cpu` the same checks run on the c
   (c) a Zamba2-1.2B-shaped bf16 engine, its weights regenerated here from the seed:
       prefill of 512 and 4096 tokens and decode tokens/s, beside Hugging Face transformers
       on the same device in the same run, with decode's fraction of the memory roofline
-      (weight bytes read per token over a copy bandwidth measured here).
+      (weight bytes read per token over a copy bandwidth measured here);
+  (d) batched decode: each of 4 sequences decoded in one batch generates the tokens it
+      generates alone (f32 random models of both families);
 
 Prints a report and writes it to OUT/report.json; exits 1 when a check fails.
 """
@@ -149,6 +151,36 @@ def against_cpu(args):
             summary = [l.strip() for l in p.stderr.splitlines() if "cuda-verify" in l or l.startswith("  step")]
             record(label + " (step by step, --cuda-verify)", p.returncode == 0,
                    (summary[0] if summary else p.stderr.strip()[-300:]) + f"; end to end: {detail}")
+
+
+def batched(args):
+    """(d) Batched decode on the backend: `bench --batch 4` against each of its prompts decoded
+    alone (`--batch 1 --seed i`), on the f32 engines of the random models — every sequence's
+    greedy tokens must be the same."""
+    engines = sorted(e for e in os.listdir(os.path.join(args.dir, "engines"))
+                     if e.startswith("random-") and e.endswith(".f32"))
+    for e in engines:
+        engine = os.path.join(args.dir, "engines", e)
+        label = f"batched decode == alone on {e} ({args.backend})"
+        try:
+            common = ("--prompt-len", "23", "--new-tokens", "12", "--prefill-runs", "0")
+            many = zambac_bench_raw(args, engine, (*common, "--batch", "4"))["tokens"]
+            alone = [zambac_bench_raw(args, engine, (*common, "--seed", str(i)))["tokens"][0]
+                     for i in range(4)]
+        except (RuntimeError, KeyError, ValueError) as err:
+            record(label, False, str(err)[-600:])
+            continue
+        same = sum(int(a == b) for a, b in zip(many, alone))
+        record(label, same == 4 and len(many) == 4,
+               f"{same}/4 sequences generated the tokens they generate alone")
+
+
+def zambac_bench_raw(args, engine, extra):
+    cmd = [args.zambac_run, "bench", engine, "--backend", args.backend, "--json", *extra]
+    p, _ = run(cmd, timeout=200)
+    if p.returncode != 0:
+        raise RuntimeError(f"zambac-run bench: {p.stderr.strip()[-800:]}")
+    return json.loads(p.stdout)
 
 
 def bandwidth(device):
@@ -313,7 +345,7 @@ def main():
     ap.add_argument("--out", default="/tmp/gpu-check-out")
     ap.add_argument("--quick", action="store_true", help="short prompts for a rehearsal")
     ap.add_argument("--no-verify", dest="verify", action="store_false")
-    ap.add_argument("--only", default="fixtures,cpu,bench")
+    ap.add_argument("--only", default="fixtures,cpu,batch,bench")
     args = ap.parse_args()
     args.zambac_run = os.path.join(args.dir, "bin", "zambac-run")
     os.makedirs(args.out, exist_ok=True)
@@ -327,6 +359,8 @@ def main():
             fixtures(args)
         if "cpu" in only:
             against_cpu(args)
+        if "batch" in only:
+            batched(args)
         if "bench" in only:
             bench(args)
     finally:

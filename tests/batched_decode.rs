@@ -266,6 +266,31 @@ fn bench_batch_reports_the_tokens_of_every_sequence() {
         v["decode_tok_per_s"].as_f64().is_some_and(|x| x > 0.0),
         "{v}"
     );
+    // Each sequence's greedy tokens (the first and one per step) are those its prompt
+    // (seed 0, 1, 2) gives decoded alone.
+    let tokens = |v: &serde_json::Value| -> Vec<Vec<i64>> {
+        serde_json::from_value(v["tokens"].clone()).unwrap()
+    };
+    let batched = tokens(&v);
+    assert_eq!(batched.len(), 3, "{v}");
+    for (seed, seq) in batched.iter().enumerate() {
+        assert_eq!(seq.len(), 6, "{v}");
+        let seed = seed.to_string();
+        let o = zambac_run(&[
+            "bench",
+            e,
+            "--prompt-len",
+            "9",
+            "--new-tokens",
+            "5",
+            "--seed",
+            &seed,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let alone: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(tokens(&alone), vec![seq.clone()], "seed {seed}");
+    }
     let text = bench(&[]);
     assert!(
         stdout(&text).contains("for 3 sequences"),

@@ -78,6 +78,9 @@ pub struct BenchReport {
     /// Tokens decoded per second after the prompts, those of all `batch` sequences counted
     /// (0 when no token is decoded).
     pub decode_tok_per_s: f64,
+    /// The greedy tokens each sequence generated — its first token (from the prompt's
+    /// logits), then one per decode step —, to compare backends, builds or batch sizes.
+    pub tokens: Vec<Vec<i64>>,
     /// The process's peak resident memory (`VmHWM`), 0 where the OS does not report it.
     pub peak_rss_bytes: u64,
 }
@@ -138,6 +141,7 @@ pub fn run(
         prefill_s: generating_prefill_s,
         ttft_s,
         decode_s,
+        tokens,
     } = generated;
     if times.is_empty() {
         times.push(generating_prefill_s);
@@ -163,11 +167,12 @@ pub fn run(
             (batch * new_tokens) as f64 / decode_s
         },
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+        tokens,
     })
 }
 
-/// Wall times of one [`prefill_then_decode`], in seconds.
-#[derive(Clone, Copy, Debug)]
+/// Wall times of one [`prefill_then_decode`], in seconds, and what it generated.
+#[derive(Clone, Debug)]
 pub struct Generated {
     /// The (first) prompt's prefill.
     pub prefill_s: f64,
@@ -175,6 +180,8 @@ pub struct Generated {
     pub ttft_s: f64,
     /// All decode steps.
     pub decode_s: f64,
+    /// Each sequence's greedy tokens: the first, then one per decode step.
+    pub tokens: Vec<Vec<i64>>,
 }
 
 /// A generating user's run: `prefill_last` over `prompt`, the greedy first token, then
@@ -195,15 +202,19 @@ pub fn prefill_then_decode<B: Backend + ?Sized>(
     let ttft_s = t0.elapsed().as_secs_f64();
     after_prefill(backend);
 
+    let mut generated = Vec::with_capacity(new_tokens + 1);
+    generated.push(token);
     let t0 = Instant::now();
     for _ in 0..new_tokens {
         let logits = backend.decode(token, &mut state)?;
         token = argmax(logits.row(0)) as i64;
+        generated.push(token);
     }
     Ok(Generated {
         prefill_s,
         ttft_s,
         decode_s: t0.elapsed().as_secs_f64(),
+        tokens: vec![generated],
     })
 }
 
@@ -235,18 +246,21 @@ pub fn prefill_then_decode_batch<B: Backend + ?Sized>(
         states.push(state);
     }
     after_prefill(backend);
+    let mut generated: Vec<Vec<i64>> = tokens.iter().map(|t| vec![*t]).collect();
     let t0 = Instant::now();
     for _ in 0..new_tokens {
         let mut refs: Vec<&mut crate::session::State> = states.iter_mut().collect();
         let logits = backend.decode_batch(&tokens, &mut refs)?;
-        for (i, t) in tokens.iter_mut().enumerate() {
+        for (i, (t, g)) in tokens.iter_mut().zip(&mut generated).enumerate() {
             *t = argmax(logits.row(i)) as i64;
+            g.push(*t);
         }
     }
     Ok(Generated {
         prefill_s,
         ttft_s,
         decode_s: t0.elapsed().as_secs_f64(),
+        tokens: generated,
     })
 }
 

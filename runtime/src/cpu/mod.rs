@@ -25,6 +25,7 @@ use crate::error::RuntimeError;
 use crate::session::{Backend, State, check_room, check_room_for, check_tokens};
 use crate::tensor::Tensor;
 pub(crate) use exec::Dims;
+pub(crate) use exec::GemvShape;
 pub(crate) use exec::buffer_sizes as exec_buffer_sizes;
 use exec::{CallBuffers, Executor, Region};
 use library::HostLibrary;

@@ -12,6 +12,7 @@
 //! held by the [`State`]); only the logits come back. All work goes to one stream, in
 //! program order; the copy of the logits to the host is the call's one synchronisation.
 
+mod batch;
 mod blas;
 mod driver;
 mod graph;
@@ -29,9 +30,11 @@ use zambac_engine::{
 };
 
 use crate::cpu::plan::{Buf, Output, PStep, PView, Plan};
-use crate::cpu::{Dims, ProfileRow};
+use crate::cpu::{Dims, GemvShape, ProfileRow};
 use crate::error::RuntimeError;
-use crate::session::{Backend, DeviceState, State, check_room, check_room_for, check_tokens};
+use crate::session::{
+    Backend, DeviceState, State, check_batch, check_room, check_room_for, check_tokens,
+};
 use crate::tensor::Tensor;
 use blas::Blas;
 pub use driver::probe;
@@ -112,6 +115,11 @@ pub struct CudaBackend {
     slots: Pool,
     scratch: Pool,
     io: Pool,
+    /// Buffers of batched decode steps.
+    batch: batch::BatchPools,
+    /// The shape of each kernel that is a Gemv (indexed like the kernel table): batched
+    /// decode runs those as one product for all the sequences.
+    gemv: Vec<Option<GemvShape>>,
     prefill: Plan,
     prefill_last: Option<Plan>,
     decode: Plan,
@@ -197,6 +205,8 @@ impl CudaBackend {
             slots: Pool::default(),
             scratch: Pool::default(),
             io: Pool::default(),
+            batch: batch::BatchPools::default(),
+            gemv: m.kernels.iter().map(|k| GemvShape::of(&k.kind)).collect(),
             prefill,
             prefill_last,
             decode,
@@ -388,7 +398,8 @@ impl CudaBackend {
         let &[tokens_at, pos_at, logits_at] = io.as_slice() else {
             return Err(internal("the input buffers vanished".into()));
         };
-        upload_inputs(&mut self.io, &stream, tokens, pos).map_err(|e| internal(e.to_string()))?;
+        upload_inputs(&mut self.io, &stream, tokens, &[pos])
+            .map_err(|e| internal(e.to_string()))?;
         let call = Bound {
             weights: &self.weight_regions,
             tokens: DRegion {
@@ -686,21 +697,20 @@ fn run_graph(
     Ok(())
 }
 
-/// Copies the call's tokens and position into the first two buffers of `io`.
+/// Copies the call's tokens and positions (one per sequence) into the first two buffers of
+/// `io`.
 fn upload_inputs(
     io: &mut Pool,
     stream: &Arc<CudaStream>,
     tokens: &[i64],
-    pos: i64,
+    positions: &[i64],
 ) -> Result<(), DriverError> {
-    let token_bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-    if let Some(Some(buf)) = io.bufs.get_mut(0) {
-        let mut view = buf.slice_mut(..token_bytes.len());
-        stream.memcpy_htod(&token_bytes, &mut view)?;
-    }
-    if let Some(Some(buf)) = io.bufs.get_mut(1) {
-        let mut view = buf.slice_mut(..8);
-        stream.memcpy_htod(&pos.to_le_bytes(), &mut view)?;
+    for (i, values) in [tokens, positions].into_iter().enumerate() {
+        let bytes: Vec<u8> = values.iter().flat_map(|t| t.to_le_bytes()).collect();
+        if let Some(Some(buf)) = io.bufs.get_mut(i) {
+            let mut view = buf.slice_mut(..bytes.len());
+            stream.memcpy_htod(&bytes, &mut view)?;
+        }
     }
     Ok(())
 }
@@ -856,6 +866,32 @@ impl Backend for CudaBackend {
         check_room(state)?;
         let logits = self.run(ProgramName::Decode, &[token], state)?;
         state.advance(1);
+        Ok(logits)
+    }
+
+    /// Several sequences as one batched step ([`batch`]); one sequence, or any number while
+    /// steps are being verified, as single decodes.
+    fn decode_batch(
+        &mut self,
+        tokens: &[i64],
+        states: &mut [&mut State],
+    ) -> Result<Tensor, RuntimeError> {
+        check_batch(tokens, states.len())?;
+        if states.len() < 2 || self.verify.is_some() {
+            let mut rows = Vec::with_capacity(tokens.len() * self.vocab);
+            for (t, s) in tokens.iter().zip(states.iter_mut()) {
+                rows.extend_from_slice(&self.decode(*t, s)?.data);
+            }
+            return Ok(Tensor::new(vec![tokens.len(), self.vocab], rows));
+        }
+        check_tokens(tokens, self.vocab)?;
+        for s in states.iter() {
+            check_room(s)?;
+        }
+        let logits = self.run_batch(tokens, states)?;
+        for s in states.iter_mut() {
+            s.advance(1);
+        }
         Ok(logits)
     }
 }

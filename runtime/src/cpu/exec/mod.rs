@@ -10,7 +10,7 @@ use zambac_engine::{Elem, Expr};
 mod batch;
 
 use super::plan::checked_offset;
-pub use batch::SeqCall;
+pub use batch::{GemvShape, SeqCall};
 
 use super::arena::{AlignedBuf, Arena};
 use super::dnnl::Dnnl;

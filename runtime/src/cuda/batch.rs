@@ -1,0 +1,397 @@
+//! Batched decode on the GPU: one step of the decode program for B sequences, each with its
+//! own token, position, KV capacity and state, as the cpu backend batches them
+//! (`cpu::exec::batch`).
+//!
+//! Every slot and workspace of the program is allocated once for the whole batch, each
+//! sequence's copy at a fixed stride from the one before. A Gemv's input and output copies
+//! are then the rows of two matrices, and the Gemv runs as one cuBLAS product `Y[B, n] =
+//! X[B, k]·Wᵀ` whose leading dimensions are those strides: the weights are read once for
+//! all the sequences, with no gather or scatter (with bf16 weights the inputs are rounded
+//! to bf16, as in every product with bf16 weights here and in the cpu backend's batches).
+//! Every other kernel — norms, epilogues, the Mamba conv and scan steps, attention over each
+//! sequence's own cache — is launched once per sequence on that sequence's buffers. The
+//! logits of all sequences come back in one copy. Batched steps launch kernel by kernel (no
+//! CUDA graph: a batch's composition changes from step to step in a server).
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaStream};
+use zambac_engine::{Elem, MANIFEST_FILE};
+
+use super::blas::{self, Operand, Product};
+use super::state::DeviceTensors;
+use super::{Bound, CudaBackend, DRegion, Pool, buffer_bytes, launch, launch_params};
+use crate::cpu::plan::{Output, PStep, PView};
+use crate::cpu::{Dims, GemvShape};
+use crate::error::RuntimeError;
+use crate::session::{DeviceState, State};
+use crate::tensor::Tensor;
+
+/// Bytes a sequence's copy of a buffer is aligned to within a batch's allocation.
+const ROW_ALIGN: usize = 256;
+
+/// The device buffers of batched steps (kept apart from the single-sequence ones, whose
+/// addresses a captured decode graph holds).
+#[derive(Default)]
+pub(super) struct BatchPools {
+    slots: Pool,
+    scratch: Pool,
+    io: Pool,
+}
+
+/// For each buffer, the bytes between consecutive sequences' copies: the largest size any
+/// sequence needs (`per_seq[b][i]` bytes of buffer `i` for sequence `b`), rounded up to
+/// [`ROW_ALIGN`].
+pub(super) fn strides<'a>(per_seq: impl Iterator<Item = &'a [usize]>) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for sizes in per_seq {
+        if out.len() < sizes.len() {
+            out.resize(sizes.len(), 0);
+        }
+        for (o, &s) in out.iter_mut().zip(sizes) {
+            *o = (*o).max(s);
+        }
+    }
+    out.iter()
+        .map(|&s| s.max(1).div_ceil(ROW_ALIGN) * ROW_ALIGN)
+        .collect()
+}
+
+/// The distance between consecutive addresses when they are evenly spaced, a whole number
+/// of f32s apart and at least `row_bytes` apart (rows of a matrix that do not overlap);
+/// `None` otherwise. Fewer than two addresses have no stride.
+pub(super) fn even_stride(addrs: &[u64], row_bytes: u64) -> Option<u64> {
+    let (&first, &second) = (addrs.first()?, addrs.get(1)?);
+    let stride = second.checked_sub(first)?;
+    let even = addrs
+        .iter()
+        .zip(addrs.iter().skip(1))
+        .all(|(a, b)| b.checked_sub(*a) == Some(stride));
+    (even && stride % 4 == 0 && stride >= row_bytes.max(1)).then_some(stride)
+}
+
+/// A Gemv launch of every sequence as one product per part, when each part's input and
+/// output copies are evenly spaced rows (they are, in the batch's layout, unless a view's
+/// offset depends on the sequence); `None` to launch the Gemv once per sequence instead.
+fn batched_products(
+    shape: &GemvShape,
+    views: &[PView],
+    bounds: &[Bound<'_>],
+    dims: &[Dims],
+) -> Result<Option<Vec<Product>>, String> {
+    let parts = shape.rows.len();
+    if views.len() != 1 + 2 * parts {
+        return Err(format!("a Gemv of {parts} parts has {} views", views.len()));
+    }
+    let (Some(x_view), Some(first), Some(&d0)) = (views.first(), bounds.first(), dims.first())
+    else {
+        return Ok(None);
+    };
+    let addrs = |v: &PView| -> Result<Vec<u64>, String> {
+        bounds
+            .iter()
+            .zip(dims)
+            .map(|(b, d)| b.view(v, *d))
+            .collect()
+    };
+    let Some(sx) = even_stride(&addrs(x_view)?, 4 * shape.k as u64) else {
+        return Ok(None);
+    };
+    let x0 = first.view(x_view, d0)?;
+    let mut products = Vec::with_capacity(parts);
+    for (q, &rows) in shape.rows.iter().enumerate() {
+        let (Some(w_view), Some(y_view)) = (views.get(1 + q), views.get(1 + parts + q)) else {
+            return Err(format!("Gemv part {q} has no weight or output view"));
+        };
+        let ys = addrs(y_view)?;
+        let Some(sy) = even_stride(&ys, 4 * rows as u64) else {
+            return Ok(None);
+        };
+        let (w, off) = first.region_at(w_view, d0)?;
+        let need = rows.saturating_sub(1) * shape.ld + shape.k;
+        if rows > 0 && off + need > w.len {
+            return Err(format!(
+                "Gemv part {q}: {rows} rows of {} elements, {} apart, run past the weight",
+                shape.k, shape.ld
+            ));
+        }
+        if w.elem != shape.elem {
+            return Err(format!(
+                "Gemv part {q}: the weight is {}, the kernel reads {}",
+                w.elem, shape.elem
+            ));
+        }
+        let y0 = ys.first().copied().ok_or("a batch without sequences")?;
+        products.push(Product::new(
+            (dims.len(), rows, shape.k),
+            Operand::new(x0, Elem::F32, (sx / 4) as usize, 1),
+            Operand::new(w.addr + (off * w.elem.size()) as u64, w.elem, 1, shape.ld),
+            Operand::new(y0, Elem::F32, (sy / 4) as usize, 1),
+            shape.accumulate,
+        ));
+    }
+    Ok(Some(products))
+}
+
+impl CudaBackend {
+    /// One decode step for every sequence of `states` (at least two), `tokens[b]` to
+    /// `states[b]`; returns the logits `[B, V]`. The states are not advanced here.
+    pub(super) fn run_batch(
+        &mut self,
+        tokens: &[i64],
+        states: &mut [&mut State],
+    ) -> Result<Tensor, RuntimeError> {
+        let n = tokens.len();
+        let vocab = self.vocab;
+        let held: Vec<Arc<dyn DeviceState>> = states
+            .iter_mut()
+            .map(|s| self.device_state(s))
+            .collect::<Result<_, _>>()?;
+        let dims: Vec<Dims> = states
+            .iter()
+            .map(|s| Dims {
+                t: 1,
+                c: s.capacity(),
+                pos: s.position(),
+            })
+            .collect();
+        let plan = &self.decode;
+        let name = plan.name;
+        let manifest_file = self.engine.dir().join(MANIFEST_FILE).display().to_string();
+        let manifest = |e: String| {
+            RuntimeError::load(
+                manifest_file.clone(),
+                None,
+                format!("program `{name}` (a batch of {n}), {e}"),
+            )
+        };
+        let internal =
+            |e: String| RuntimeError::Internal(format!("program `{name}` (a batch of {n}), {e}"));
+        // Each sequence's state outputs (its own device tensors) and logits row.
+        let mut state_outputs = Vec::with_capacity(n);
+        for (h, d) in held.iter().zip(&dims) {
+            let tensors = h.as_any().downcast_ref::<DeviceTensors>().ok_or_else(|| {
+                RuntimeError::Internal("the device state is not this backend's".into())
+            })?;
+            let mut outs = Vec::with_capacity(plan.outputs.len());
+            for (what, shape) in &plan.outputs {
+                let shape = shape
+                    .iter()
+                    .map(|e| d.size(e))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| manifest(format!("output: {e}")))?;
+                match what {
+                    Output::Logits => {
+                        if shape.iter().product::<usize>() != vocab {
+                            return Err(manifest(format!(
+                                "decode logits of shape {shape:?}, not one row of {vocab}"
+                            )));
+                        }
+                        outs.push(None);
+                    }
+                    Output::State(role) => outs.push(Some(tensors.region(*role, &shape)?)),
+                }
+            }
+            state_outputs.push(outs);
+        }
+        let sizes = dims
+            .iter()
+            .map(|d| buffer_bytes(plan, *d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(manifest)?;
+        let slot_stride = strides(sizes.iter().map(|s| s.0.as_slice()));
+        let scratch_stride = strides(sizes.iter().map(|s| s.1.as_slice()));
+        let whole = |strides: &[usize]| {
+            strides
+                .iter()
+                .map(|s| {
+                    s.checked_mul(n)
+                        .ok_or_else(|| internal(format!("{s} bytes × {n}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let stream = self.stream.clone();
+        let slots = self
+            .batch
+            .slots
+            .prepare(&stream, &whole(&slot_stride)?)
+            .map_err(internal)?;
+        let scratch = self
+            .batch
+            .scratch
+            .prepare(&stream, &whole(&scratch_stride)?)
+            .map_err(internal)?;
+        let io = self
+            .batch
+            .io
+            .prepare(&stream, &[n * 8, n * 8, n * vocab * 4])
+            .map_err(internal)?;
+        let &[tokens_at, pos_at, logits_at] = io.as_slice() else {
+            return Err(internal("the input buffers vanished".into()));
+        };
+        let positions = dims
+            .iter()
+            .map(|d| {
+                i64::try_from(d.pos)
+                    .map_err(|_| RuntimeError::Input(format!("position {} is too large", d.pos)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        super::upload_inputs(&mut self.batch.io, &stream, tokens, &positions)
+            .map_err(|e| internal(e.to_string()))?;
+        let at = |bases: &[u64], strides: &[usize], b: usize| -> Vec<u64> {
+            bases
+                .iter()
+                .zip(strides)
+                .map(|(base, s)| base + (b * s) as u64)
+                .collect()
+        };
+        let seq_slots: Vec<Vec<u64>> = (0..n).map(|b| at(&slots, &slot_stride, b)).collect();
+        let seq_scratch: Vec<Vec<u64>> = (0..n).map(|b| at(&scratch, &scratch_stride, b)).collect();
+        let bounds: Vec<Bound<'_>> = (0..n)
+            .zip(&state_outputs)
+            .zip(seq_slots.iter().zip(&seq_scratch))
+            .map(|((b, outs), (sl, sc))| Bound {
+                weights: &self.weight_regions,
+                tokens: DRegion {
+                    addr: tokens_at + 8 * b as u64,
+                    len: 1,
+                    elem: Elem::I64,
+                },
+                pos: DRegion {
+                    addr: pos_at + 8 * b as u64,
+                    len: 1,
+                    elem: Elem::I64,
+                },
+                outputs: outs
+                    .iter()
+                    .map(|o| {
+                        o.unwrap_or(DRegion {
+                            addr: logits_at + (4 * vocab * b) as u64,
+                            len: vocab,
+                            elem: Elem::F32,
+                        })
+                    })
+                    .collect(),
+                slots: sl,
+                slot_bytes: &slot_stride,
+                scratch: sc,
+                scratch_bytes: &scratch_stride,
+            })
+            .collect();
+        let mut marks: Vec<(usize, f64, CudaEvent, CudaEvent)> = Vec::new();
+        let event = |stream: &Arc<CudaStream>| {
+            stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| internal(format!("cannot record a CUDA event: {e}")))
+        };
+        for (i, step) in plan.steps.iter().enumerate() {
+            let start = match self.profile {
+                Some(_) => Some(event(&stream)?),
+                None => None,
+            };
+            let at = |e: String| manifest(format!("step {i}: {e}"));
+            let failed = |e: String| internal(format!("step {i}: {e}"));
+            let (slot, flops) = match step {
+                PStep::Launch {
+                    kernel,
+                    grid,
+                    views,
+                    ints,
+                } => {
+                    let entry = self
+                        .entries
+                        .get(*kernel)
+                        .ok_or_else(|| at(format!("kernel #{kernel} is not loaded")))?;
+                    let products = match self.gemv.get(*kernel) {
+                        Some(Some(shape)) => {
+                            batched_products(shape, views, &bounds, &dims).map_err(at)?
+                        }
+                        _ => None,
+                    };
+                    let mut flops = 0.0;
+                    if let Some(products) = products {
+                        for p in &products {
+                            flops += p.flops();
+                            self.blas.run(p).map_err(failed)?;
+                        }
+                    } else {
+                        for (b, d) in bounds.iter().zip(&dims) {
+                            let Some((values, cfg)) =
+                                launch_params(entry, grid, views, ints, b, *d).map_err(at)?
+                            else {
+                                continue;
+                            };
+                            launch(&stream, entry, &values, cfg)
+                                .map_err(|e| failed(format!("launch failed: {e}")))?;
+                        }
+                    }
+                    (*kernel, flops)
+                }
+                PStep::Gemm(g) => {
+                    let mut flops = 0.0;
+                    for (b, d) in bounds.iter().zip(&dims) {
+                        let p = blas::bind(g, b, *d).map_err(at)?;
+                        flops += p.flops();
+                        self.blas.run(&p).map_err(failed)?;
+                    }
+                    (self.entries.len(), flops)
+                }
+            };
+            if let Some(start) = start {
+                marks.push((slot, flops, start, event(&stream)?));
+            }
+        }
+        let logits = self
+            .batch
+            .io
+            .bufs
+            .get(2)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| internal("the logits buffer vanished".into()))?;
+        let mut bytes = vec![0u8; n * vocab * 4];
+        stream
+            .memcpy_dtoh(&logits.slice(..n * vocab * 4), &mut bytes)
+            .map_err(|e| super::device_failure(name, e))?;
+        let data: Vec<f32> = super::le_f32s(&bytes).collect();
+        if let Some(times) = self.profile.as_mut() {
+            for (slot, flops, start, end) in marks {
+                let ms = start.elapsed_ms(&end).map_err(|e| {
+                    RuntimeError::Internal(format!("cannot read a CUDA event: {e}"))
+                })?;
+                if let Some(t) = times.get_mut(slot) {
+                    *t = (t.0 + 1, t.1 + f64::from(ms) / 1e3, t.2 + flops);
+                }
+            }
+        }
+        Ok(Tensor::new(vec![n, vocab], data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strides_hold_every_sequence_aligned() {
+        let a = [10usize, 0, 512];
+        let b = [300usize, 4];
+        assert_eq!(
+            strides([a.as_slice(), b.as_slice()].into_iter()),
+            vec![512, 256, 512]
+        );
+        assert_eq!(strides(std::iter::empty()), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn only_evenly_spaced_rows_that_do_not_overlap_have_a_stride() {
+        assert_eq!(even_stride(&[1000, 1512, 2024], 400), Some(512));
+        // Uneven, overlapping, not a whole number of f32s, or too few rows.
+        assert_eq!(even_stride(&[1000, 1512, 2000], 400), None);
+        assert_eq!(even_stride(&[1000, 1256, 1512], 400), None);
+        assert_eq!(even_stride(&[1000, 1002, 1004], 2), None);
+        assert_eq!(even_stride(&[1000], 4), None);
+        // Decreasing addresses are not rows of a matrix with a positive stride.
+        assert_eq!(even_stride(&[2000, 1000], 4), None);
+    }
+}
