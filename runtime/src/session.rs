@@ -251,12 +251,7 @@ pub trait Backend {
         tokens: &[i64],
         states: &mut [&mut State],
     ) -> Result<Tensor, RuntimeError> {
-        check_batch(tokens, states.len())?;
-        let mut rows = Vec::with_capacity(tokens.len() * self.vocab_size());
-        for (t, s) in tokens.iter().zip(states.iter_mut()) {
-            rows.extend_from_slice(&self.decode(*t, s)?.data);
-        }
-        Ok(Tensor::new(vec![tokens.len(), self.vocab_size()], rows))
+        decode_each(self, tokens, states)
     }
 
     /// Host bytes of one sequence's state (recurrent states and KV caches) with caches of
@@ -356,6 +351,20 @@ pub fn check_fits(backend: &dyn Backend, what: &str, f: Footprint) -> Result<(),
 /// Checks that a state can take one more token: its caches have room.
 pub fn check_room(state: &State) -> Result<(), RuntimeError> {
     check_room_for(state, 1)
+}
+
+/// [`Backend::decode_batch`] as single decodes, one sequence after the other.
+pub fn decode_each<B: Backend + ?Sized>(
+    backend: &mut B,
+    tokens: &[i64],
+    states: &mut [&mut State],
+) -> Result<Tensor, RuntimeError> {
+    check_batch(tokens, states.len())?;
+    let mut rows = Vec::with_capacity(tokens.len() * backend.vocab_size());
+    for (t, s) in tokens.iter().zip(states.iter_mut()) {
+        rows.extend_from_slice(&backend.decode(*t, s)?.data);
+    }
+    Ok(Tensor::new(vec![tokens.len(), backend.vocab_size()], rows))
 }
 
 /// Checks that a batched step has one token per sequence.

@@ -15,8 +15,8 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::CudaStream;
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, CudaStream};
 use zambac_engine::{Elem, MANIFEST_FILE};
 
 use super::blas::{self, Operand, Product};
@@ -279,7 +279,7 @@ impl CudaBackend {
                 scratch_bytes: &scratch_stride,
             })
             .collect();
-        let mut marks: Vec<(usize, f64, CudaEvent, CudaEvent)> = Vec::new();
+        let mut marks: Vec<super::Mark> = Vec::new();
         let event = |stream: &Arc<CudaStream>| {
             stream
                 .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
@@ -342,28 +342,8 @@ impl CudaBackend {
                 marks.push((slot, flops, start, event(&stream)?));
             }
         }
-        let logits = self
-            .batch
-            .io
-            .bufs
-            .get(2)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| internal("the logits buffer vanished".into()))?;
-        let mut bytes = vec![0u8; n * vocab * 4];
-        stream
-            .memcpy_dtoh(&logits.slice(..n * vocab * 4), &mut bytes)
-            .map_err(|e| super::device_failure(name, e))?;
-        let data: Vec<f32> = super::le_f32s(&bytes).collect();
-        if let Some(times) = self.profile.as_mut() {
-            for (slot, flops, start, end) in marks {
-                let ms = start.elapsed_ms(&end).map_err(|e| {
-                    RuntimeError::Internal(format!("cannot read a CUDA event: {e}"))
-                })?;
-                if let Some(t) = times.get_mut(slot) {
-                    *t = (t.0 + 1, t.1 + f64::from(ms) / 1e3, t.2 + flops);
-                }
-            }
-        }
+        let data = super::download_logits(&self.batch.io, &stream, n * vocab, name)?;
+        super::add_times(&mut self.profile, marks)?;
         Ok(Tensor::new(vec![n, vocab], data))
     }
 }

@@ -33,7 +33,7 @@ use crate::cpu::plan::{Buf, Output, PStep, PView, Plan};
 use crate::cpu::{Dims, GemvShape, ProfileRow};
 use crate::error::RuntimeError;
 use crate::session::{
-    Backend, DeviceState, State, check_batch, check_room, check_room_for, check_tokens,
+    Backend, DeviceState, State, check_batch, check_room, check_room_for, check_tokens, decode_each,
 };
 use crate::tensor::Tensor;
 use blas::Blas;
@@ -427,7 +427,7 @@ impl CudaBackend {
             scratch: &scratch,
             scratch_bytes: &sizes.1,
         };
-        let mut marks: Vec<(usize, f64, CudaEvent, CudaEvent)> = Vec::new();
+        let mut marks: Vec<Mark> = Vec::new();
         let event = || {
             stream
                 .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
@@ -523,33 +523,53 @@ impl CudaBackend {
                 .map_err(|e| internal(format!("step {i}: checking: {e}")))?;
             }
         }
-        let mut data = vec![0f32; logits_len];
-        let logits = self
-            .io
-            .bufs
-            .get(2)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| RuntimeError::Internal("the logits buffer vanished".into()))?;
-        let view = logits.slice(..logits_len * 4);
-        let mut bytes = vec![0u8; logits_len * 4];
-        stream
-            .memcpy_dtoh(&view, &mut bytes)
-            .map_err(|e| device_failure(name, e))?;
-        for (x, b) in data.iter_mut().zip(le_f32s(&bytes)) {
-            *x = b;
-        }
-        if let Some(times) = self.profile.as_mut() {
-            for (slot, flops, start, end) in marks {
-                let ms = start.elapsed_ms(&end).map_err(|e| {
-                    RuntimeError::Internal(format!("cannot read a CUDA event: {e}"))
-                })?;
-                if let Some(t) = times.get_mut(slot) {
-                    *t = (t.0 + 1, t.1 + f64::from(ms) / 1e3, t.2 + flops);
-                }
-            }
-        }
+        let data = download_logits(&self.io, &stream, logits_len, name)?;
+        add_times(&mut self.profile, marks)?;
         Ok(Tensor::new(logits_shape, data))
     }
+}
+
+/// A step's GPU time between two events: `(slot, flops, start, end)`, the slot a kernel's
+/// index (the products: one past the last).
+type Mark = (usize, f64, CudaEvent, CudaEvent);
+
+/// Adds each mark's time (and flops) to its slot of the profile, when profiling.
+fn add_times(
+    profile: &mut Option<Vec<(u64, f64, f64)>>,
+    marks: Vec<Mark>,
+) -> Result<(), RuntimeError> {
+    let Some(times) = profile.as_mut() else {
+        return Ok(());
+    };
+    for (slot, flops, start, end) in marks {
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| RuntimeError::Internal(format!("cannot read a CUDA event: {e}")))?;
+        if let Some(t) = times.get_mut(slot) {
+            *t = (t.0 + 1, t.1 + f64::from(ms) / 1e3, t.2 + flops);
+        }
+    }
+    Ok(())
+}
+
+/// The first `len` f32 logits of `io`'s third buffer, copied to the host: the call's one
+/// synchronisation, where a kernel that faulted is reported.
+fn download_logits(
+    io: &Pool,
+    stream: &Arc<CudaStream>,
+    len: usize,
+    program: ProgramName,
+) -> Result<Vec<f32>, RuntimeError> {
+    let logits = io
+        .bufs
+        .get(2)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| RuntimeError::Internal("the logits buffer vanished".into()))?;
+    let mut bytes = vec![0u8; len * 4];
+    stream
+        .memcpy_dtoh(&logits.slice(..len * 4), &mut bytes)
+        .map_err(|e| device_failure(program, e))?;
+    Ok(le_f32s(&bytes).collect())
 }
 
 /// The parameter values and launch shape of a launch of `entry` at `d`, or `None` when its
@@ -878,11 +898,7 @@ impl Backend for CudaBackend {
     ) -> Result<Tensor, RuntimeError> {
         check_batch(tokens, states.len())?;
         if states.len() < 2 || self.verify.is_some() {
-            let mut rows = Vec::with_capacity(tokens.len() * self.vocab);
-            for (t, s) in tokens.iter().zip(states.iter_mut()) {
-                rows.extend_from_slice(&self.decode(*t, s)?.data);
-            }
-            return Ok(Tensor::new(vec![tokens.len(), self.vocab], rows));
+            return decode_each(self, tokens, states);
         }
         check_tokens(tokens, self.vocab)?;
         for s in states.iter() {
