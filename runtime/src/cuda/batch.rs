@@ -299,10 +299,7 @@ impl CudaBackend {
                     views,
                     ints,
                 } => {
-                    let entry = self
-                        .entries
-                        .get(*kernel)
-                        .ok_or_else(|| at(format!("kernel #{kernel} is not loaded")))?;
+                    let entry = super::entry(&self.entries, *kernel).map_err(at)?;
                     let products = match self.gemv.get(*kernel) {
                         Some(Some(shape)) => {
                             batched_products(shape, views, &bounds, &dims).map_err(at)?

@@ -465,10 +465,7 @@ impl CudaBackend {
                     views,
                     ints,
                 } => {
-                    let entry = self
-                        .entries
-                        .get(*kernel)
-                        .ok_or_else(|| at(format!("kernel #{kernel} is not loaded")))?;
+                    let entry = entry(&self.entries, *kernel).map_err(at)?;
                     let Some((values, cfg)) =
                         launch_params(entry, grid, views, ints, &call, d).map_err(at)?
                     else {
@@ -623,6 +620,13 @@ fn launch_params(
     )))
 }
 
+/// The loaded entry of kernel `kernel`.
+fn entry(entries: &[Entry], kernel: usize) -> Result<&Entry, String> {
+    entries
+        .get(kernel)
+        .ok_or_else(|| format!("kernel #{kernel} is not loaded"))
+}
+
 /// Queues one launch of `entry` on `stream`.
 fn launch(
     stream: &Arc<CudaStream>,
@@ -663,9 +667,7 @@ fn run_graph(
         else {
             return Err(format!("step {i} is not a launch"));
         };
-        let entry = entries
-            .get(*kernel)
-            .ok_or_else(|| format!("kernel #{kernel} is not loaded"))?;
+        let entry = entry(entries, *kernel)?;
         Ok(launch_params(entry, grid, views, ints, call, d)?.map(|(v, c)| (entry, v, c)))
     };
     if let Some(g) = slot.as_ref().filter(|g| g.key == key) {
