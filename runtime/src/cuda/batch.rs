@@ -22,7 +22,7 @@ use zambac_engine::{Elem, MANIFEST_FILE};
 use super::blas::{self, Operand, Product};
 use super::state::DeviceTensors;
 use super::{Bound, CudaBackend, DRegion, Pool, buffer_bytes, launch, launch_params};
-use crate::cpu::plan::{Output, PStep, PView};
+use crate::cpu::plan::{PStep, PView};
 use crate::cpu::{Dims, GemvShape};
 use crate::error::RuntimeError;
 use crate::session::{DeviceState, State};
@@ -174,24 +174,13 @@ impl CudaBackend {
             let tensors = h.as_any().downcast_ref::<DeviceTensors>().ok_or_else(|| {
                 RuntimeError::Internal("the device state is not this backend's".into())
             })?;
-            let mut outs = Vec::with_capacity(plan.outputs.len());
-            for (what, shape) in &plan.outputs {
-                let shape = shape
-                    .iter()
-                    .map(|e| d.size(e))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| manifest(format!("output: {e}")))?;
-                match what {
-                    Output::Logits => {
-                        if shape.iter().product::<usize>() != vocab {
-                            return Err(manifest(format!(
-                                "decode logits of shape {shape:?}, not one row of {vocab}"
-                            )));
-                        }
-                        outs.push(None);
-                    }
-                    Output::State(role) => outs.push(Some(tensors.region(*role, &shape)?)),
-                }
+            let (outs, logits) =
+                super::program_outputs(plan, *d, tensors, |e| manifest(format!("output: {e}")))?;
+            let logits = logits.ok_or_else(|| manifest("no logits".into()))?;
+            if logits.iter().product::<usize>() != vocab {
+                return Err(manifest(format!(
+                    "decode logits of shape {logits:?}, not one row of {vocab}"
+                )));
             }
             state_outputs.push(outs);
         }

@@ -364,22 +364,9 @@ impl CudaBackend {
         let name = plan.name;
         let in_program = |e: String| format!("program `{name}`, {e}");
         // The logits' shape, and every state output checked against the device copy.
-        let mut logits_shape = None;
-        let mut outputs = Vec::with_capacity(plan.outputs.len());
-        for (what, dims) in &plan.outputs {
-            let shape = dims
-                .iter()
-                .map(|e| d.size(e))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| self.manifest_error(in_program(format!("output: {e}"))))?;
-            match what {
-                Output::Logits => {
-                    logits_shape = Some(shape);
-                    outputs.push(None);
-                }
-                Output::State(role) => outputs.push(Some(tensors.region(*role, &shape)?)),
-            }
-        }
+        let (outputs, logits_shape) = program_outputs(plan, d, tensors, |e| {
+            self.manifest_error(in_program(format!("output: {e}")))
+        })?;
         let logits_shape =
             logits_shape.ok_or_else(|| self.manifest_error(in_program("no logits".into())))?;
         let logits_len: usize = logits_shape.iter().product();
@@ -524,6 +511,37 @@ impl CudaBackend {
         add_times(&mut self.profile, marks)?;
         Ok(Tensor::new(logits_shape, data))
     }
+}
+
+/// A program's state output regions (`None` for the logits) and its logits' shape.
+type ProgramOutputs = (Vec<Option<DRegion>>, Option<Vec<usize>>);
+
+/// The regions of `plan`'s state outputs at `d` in `tensors` (`None` for the logits, each
+/// checked against the shape the program gives it) and the logits' shape; `bad` reports an
+/// output shape the program cannot evaluate.
+fn program_outputs(
+    plan: &Plan,
+    d: Dims,
+    tensors: &DeviceTensors,
+    bad: impl Fn(String) -> RuntimeError,
+) -> Result<ProgramOutputs, RuntimeError> {
+    let mut logits_shape = None;
+    let mut outputs = Vec::with_capacity(plan.outputs.len());
+    for (what, dims) in &plan.outputs {
+        let shape = dims
+            .iter()
+            .map(|e| d.size(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&bad)?;
+        match what {
+            Output::Logits => {
+                logits_shape = Some(shape);
+                outputs.push(None);
+            }
+            Output::State(role) => outputs.push(Some(tensors.region(*role, &shape)?)),
+        }
+    }
+    Ok((outputs, logits_shape))
 }
 
 /// A step's GPU time between two events: `(slot, flops, start, end)`, the slot a kernel's
