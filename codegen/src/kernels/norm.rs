@@ -3,46 +3,52 @@
 //!
 //! Each row is read twice — once for the sum of squares, once to scale — in `VW`-wide
 //! chunks; the second pass hits L1/L2 because a row is at most a few KiB. On the GPU a warp
-//! takes a row: each lane sums the squares of its chunks ([`lane_sum_chunks`]), a
-//! [`warp_sum`] gives every lane the row's total, and each lane scales the chunks it read.
+//! takes a row: each lane sums the squares of its elements (every 32nd, so that the warp
+//! reads consecutive elements: [`lane_sum_chunks`]), a [`warp_sum`] gives every lane the
+//! row's total, and each lane scales the elements it read.
 
 use super::Frame;
 use super::act::silu;
-use super::emit::{Emitter, V};
+use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32, sum_chunks};
 use super::warp::{first_lane, for_lanes, lane_chunks, lane_sum_chunks, warp_sum};
 use zambac_engine::Elem;
 use zambac_engine::Role;
 
 /// `Σ` over a row of `n` elements of what `body(e, offset, width, acc)` accumulates: by one
-/// thread on the host, by the lanes of a warp and a [`warp_sum`] in a GPU schedule.
+/// thread on the host, by the lanes of a warp and a [`warp_sum`] in a GPU schedule, each
+/// lane taking `per` elements per round ([`lane_sum_chunks`]).
 fn row_sum<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
-    n: usize,
+    (n, per): (usize, usize),
     body: impl Fn(&Emitter<'c, '_>, V<'c>, usize, V<'c>) -> V<'c>,
 ) -> V<'c> {
     if f.gpu_schedule {
-        warp_sum(e, f, |e, lane| lane_sum_chunks(e, n, lane, &body))
+        warp_sum(e, f, |e, lane| lane_sum_chunks(e, (n, per), lane, &body))
     } else {
         sum_chunks(e, n, UNROLL, body)
     }
 }
 
-/// `body(e, offset, width)` over a row of `n` elements, split as [`row_sum`] splits it (each
-/// lane the chunks it summed).
+/// `body(e, offset, width)` over a row of `n` elements, split as [`row_sum`] splits it with
+/// the same `per` (each lane the elements it summed: a lane reads back only what it wrote).
 fn row_each<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
-    n: usize,
+    (n, per): (usize, usize),
     body: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
 ) {
     if f.gpu_schedule {
-        for_lanes(e, f, |e, lane| lane_chunks(e, n, lane, &body));
+        for_lanes(e, f, |e, lane| lane_chunks(e, (n, per), lane, &body));
     } else {
         for_chunks(e, n, 2, body);
     }
 }
+
+/// Elements per lane and round of the gate norm's GPU schedule (see [`lane_sum_chunks`]):
+/// one — the warp still reads 32 consecutive elements per step.
+const GATE_PER_LANE: usize = 1;
 
 /// Accumulators of the sum-of-squares loop: enough independent chains to hide FMA latency.
 const UNROLL: usize = 4;
@@ -66,13 +72,14 @@ fn sum_squares<'c>(
     base: V<'c>,
     n: usize,
 ) -> V<'c> {
-    row_sum(e, f, n, |e, offset, width, acc| {
+    row_sum(e, f, (n, VW), |e, offset, width, acc| {
         let v = load(e, x, base, offset, width);
         e.fma(v, v, acc)
     })
 }
 
-/// `out[obase + j] = src[sbase + j] · inv · w[wbase + j]` for `j < n`.
+/// `out[obase + j] = src[sbase + j] · inv · w[wbase + j]` for `j < n`, split as a
+/// [`row_sum`] with `per`.
 fn scale_row<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
@@ -80,9 +87,9 @@ fn scale_row<'c>(
     (w, wbase): (V<'c>, V<'c>),
     (out, obase): (V<'c>, V<'c>),
     inv: V<'c>,
-    n: usize,
+    (n, per): (usize, usize),
 ) {
-    row_each(e, f, n, |e, offset, width| {
+    row_each(e, f, (n, per), |e, offset, width| {
         let v = load(e, src, sbase, offset, width);
         let s = load(e, w, wbase, offset, width);
         let y = e.mulf(e.mulf(v, e.splat(inv, width)), s);
@@ -105,7 +112,7 @@ pub(crate) fn rms_norm<'c>(
         let wbase = e.mul_k(g, gw);
         let base = e.addi(row, wbase);
         let inv = inv_rms(e, sum_squares(e, f, x, base, gw), gw, eps);
-        scale_row(e, f, (x, base), (w, wbase), (out, base), inv, gw);
+        scale_row(e, f, (x, base), (w, wbase), (out, base), inv, (gw, VW));
         vec![]
     });
 }
@@ -121,7 +128,7 @@ pub(crate) fn add_rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, d: usize,
         f.view(Role::Out),
     );
     let row = e.mul_k(f.item, d);
-    let ss = row_sum(e, f, d, |e, offset, width, acc| {
+    let ss = row_sum(e, f, (d, VW), |e, offset, width, acc| {
         let s = e.addf(
             load(e, a, row, offset, width),
             load(e, b, row, offset, width),
@@ -130,7 +137,7 @@ pub(crate) fn add_rms_norm<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, d: usize,
         e.fma(s, s, acc)
     });
     let inv = inv_rms(e, ss, d, eps);
-    scale_row(e, f, (sum, row), (w, e.index(0)), (out, row), inv, d);
+    scale_row(e, f, (sum, row), (w, e.index(0)), (out, row), inv, (d, VW));
 }
 
 /// [`zambac_engine::KernelKind::ConcatRmsNorm`].
@@ -151,11 +158,11 @@ pub(crate) fn concat_rms_norm<'c>(
     let orow = e.mul_k(f.item, da + db);
     let inv = concat_inv_rms(e, f, (a, arow, da), (b, brow, db), eps);
     if da > 0 {
-        scale_row(e, f, (a, arow), (w, e.index(0)), (out, orow), inv, da);
+        scale_row(e, f, (a, arow), (w, e.index(0)), (out, orow), inv, (da, VW));
     }
     if db > 0 {
         let (wb, ob) = (e.index(da as i64), e.add_k(orow, da));
-        scale_row(e, f, (b, brow), (w, wb), (out, ob), inv, db);
+        scale_row(e, f, (b, brow), (w, wb), (out, ob), inv, (db, VW));
     }
 }
 
@@ -218,15 +225,25 @@ pub(crate) fn gate_norm<'c>(
         let wbase = e.mul_k(g, gw);
         let (ybase, zbase) = (e.addi(yrow, wbase), e.addi(zrow, wbase));
         // One chunk per iteration: SiLU's exponential already gives each iteration enough
-        // independent work, and four unrolled chunks of it spill on the GPU.
-        let ss = row_sum(e, f, gw, |e, offset, lanes, acc| {
+        // independent work, and four unrolled chunks of it spill on the GPU — as did 2, 4 or
+        // 8 elements per lane and round there for one released config or another (ptxas
+        // kept the kernel to 32–40 registers and spilled 8–20 bytes).
+        let ss = row_sum(e, f, (gw, GATE_PER_LANE), |e, offset, lanes, acc| {
             let z = load(e, zx, zbase, offset, lanes);
             let gated = e.mulf(load(e, y, ybase, offset, lanes), silu(e, z));
             e.vstore(gated, out, e.addi(ybase, offset));
             e.fma(gated, gated, acc)
         });
         let inv = inv_rms(e, ss, gw, eps);
-        scale_row(e, f, (out, ybase), (w, wbase), (out, ybase), inv, gw);
+        scale_row(
+            e,
+            f,
+            (out, ybase),
+            (w, wbase),
+            (out, ybase),
+            inv,
+            (gw, GATE_PER_LANE),
+        );
         vec![]
     });
 }

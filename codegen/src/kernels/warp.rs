@@ -94,21 +94,27 @@ pub(crate) fn for_lanes<'c>(
     });
 }
 
-/// A lane's share of `[0, len)`: the `VW`-chunks at `lane·VW + r·32·VW` of every whole round
-/// `r` (a warp's chunks of one round are contiguous), then the elements past the last round
-/// one apiece, at `rounds·32·VW + lane + 32·t`. Calls `f(e, offset, width)` for each.
+/// A lane's share of `[0, len)`: in every whole round `r` of `32·per` elements, the elements
+/// `r·32·per + lane + 32·i` for `i < per` — so each step of the warp reads 32 consecutive
+/// elements, whole sectors, whatever the row's alignment (lanes taking `VW`-chunks instead
+/// made each of a chunk's `VW` scalar loads touch 32 sectors) — then the elements past the
+/// last round one apiece, at `rounds·32·per + lane + 32·t`. Calls `f(e, offset, 1)` for
+/// each. `per` ([`VW`] unless a kernel's body needs fewer registers) sets the independent
+/// work in flight per round.
 pub(crate) fn lane_chunks<'c>(
     e: &Emitter<'c, '_>,
-    len: usize,
+    (len, per): (usize, usize),
     lane: V<'c>,
     f: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
 ) {
-    let round = WARP * VW;
+    let round = WARP * per;
     let rounds = len / round;
     if rounds > 0 {
-        let first = e.mul_k(lane, VW);
         e.for_k(0, rounds, 1, &[], |e, r, _| {
-            f(e, e.addi(e.mul_k(r, round), first), VW);
+            let first = e.addi(e.mul_k(r, round), lane);
+            for i in 0..per {
+                f(e, e.add_k(first, i * WARP), 1);
+            }
             vec![]
         });
     }
@@ -129,22 +135,26 @@ pub(crate) fn lane_chunks<'c>(
 }
 
 /// As [`lane_chunks`], summing what `f(e, offset, width, acc)` accumulates into `acc` (a
-/// `vector<width x f32>`); returns the lane's f32 total.
+/// `vector<width x f32>`, here of one lane: `per` independent accumulators per round);
+/// returns the lane's f32 total.
 pub(crate) fn lane_sum_chunks<'c>(
     e: &Emitter<'c, '_>,
-    len: usize,
+    (len, per): (usize, usize),
     lane: V<'c>,
     f: impl Fn(&Emitter<'c, '_>, V<'c>, usize, V<'c>) -> V<'c>,
 ) -> V<'c> {
-    let round = WARP * VW;
+    let round = WARP * per;
     let rounds = len / round;
-    let mut sum = e.f32(0.0);
+    let mut total = e.f32_splat(0.0, 1);
     if rounds > 0 {
-        let first = e.mul_k(lane, VW);
-        let acc = e.for_k(0, rounds, 1, &[e.f32_splat(0.0, VW)], |e, r, acc| {
-            vec![f(e, e.addi(e.mul_k(r, round), first), VW, acc[0])]
+        let zero = vec![e.f32_splat(0.0, 1); per];
+        let accs = e.for_k(0, rounds, 1, &zero, |e, r, acc| {
+            let first = e.addi(e.mul_k(r, round), lane);
+            (0..per)
+                .map(|i| f(e, e.add_k(first, i * WARP), 1, acc[i]))
+                .collect()
         });
-        sum = e.reduce("add", acc[0]);
+        total = accs.iter().fold(total, |t, a| e.addf(t, *a));
     }
     let tail = rounds * round;
     if tail < len {
@@ -156,9 +166,9 @@ pub(crate) fn lane_sum_chunks<'c>(
             &[e.f32_splat(0.0, 1)],
             |e, j, acc| vec![f(e, j, 1, acc[0])],
         );
-        sum = e.addf(sum, e.reduce("add", acc[0]));
+        total = e.addf(total, acc[0]);
     }
-    sum
+    e.reduce("add", total)
 }
 
 /// `f(e, offset, width)` over `[0, len)`: every chunk in this iteration ([`for_chunks`]), or,
@@ -172,7 +182,7 @@ pub(crate) fn split_chunks<'c>(
     body: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
 ) {
     if f.lanes > 1 {
-        lane_chunks(e, len, f.lane, body);
+        lane_chunks(e, (len, VW), f.lane, body);
     } else {
         super::rows::for_chunks(e, len, unroll, body);
     }
