@@ -186,10 +186,11 @@ impl<'c> Channel<'c> {
 }
 
 /// The GPU schedule: a warp per channel, lane `l` owning state columns `l, l + 32, …` (with
-/// their `A`, held in registers on the GPU). Per token every lane updates its columns in the
-/// state row in memory — `S ← exp(Δ·A)·S + (Δ·x)·B` — and forms its part of `S·C`; a
-/// butterfly ([`warp_sum`]) completes it and the first lane stores the gated output. On the
-/// host the lanes are a loop (see [`warp_sum`]).
+/// their `A`). Per token every lane updates its columns — `S ← exp(Δ·A)·S + (Δ·x)·B` — and
+/// forms its part of `S·C`; a butterfly ([`warp_sum`]) completes it and the first lane stores
+/// the gated output. On the GPU a lane's columns and their `A` stay in registers for the
+/// whole scan (the state is loaded once when continuing and stored once at the end); on the
+/// host the lanes are a loop (see [`warp_sum`]) and the columns live in the state row.
 fn scan_warp<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
@@ -206,6 +207,53 @@ fn scan_warp<'c>(
         let at = e.addi(row, column(e, lane, i).0);
         e.negf(e.math("exp", e.load(a_log, at)))
     });
+    // Element `i` of `lane` after a token (its Δ, Δ·x and where its B and C start), from
+    // `s`; and its part of `S·C` (zero for a lane past the last column).
+    let update = |e: &Emitter<'c, '_>,
+                  (delta, dx, b_at, c_at): (V<'c>, V<'c>, V<'c>, V<'c>),
+                  lane: V<'c>,
+                  i: usize,
+                  s: V<'c>| {
+        let (col, real) = column(e, lane, i);
+        let decay = e.math("exp", e.mulf(delta, a.get(e, lane, i)));
+        let b = e.load(ch.bc, e.addi(b_at, col));
+        let s = e.fma(b, dx, e.mulf(s, decay));
+        let cv = e.load(ch.bc, e.addi(c_at, col));
+        (s, real_or_zero(e, real, e.mulf(s, cv)))
+    };
+    if f.warp_threads {
+        // On the GPU a lane's columns stay in registers from the first token to the last.
+        let init: Vec<V<'c>> = (0..per)
+            .map(|i| {
+                if step {
+                    let (col, real) = column(e, f.lane, i);
+                    real_or_zero(e, real, e.load(ch.state, e.addi(row, col)))
+                } else {
+                    e.f32(0.0)
+                }
+            })
+            .collect();
+        let last = e.for_(e.index(0), rows, e.index(1), &init, |e, t, s| {
+            let token = ch.token(e, t);
+            let parts = (token.delta, token.dx, token.b_at, token.c_at);
+            let mut acc = e.f32(0.0);
+            let next: Vec<V<'c>> = (0..per)
+                .map(|i| {
+                    let (s, part) = update(e, parts, f.lane, i, s[i]);
+                    acc = e.addf(acc, part);
+                    s
+                })
+                .collect();
+            let sc = warp_sum(e, f, |_, _| acc);
+            e.when(first_lane(e, f), |e| ch.finish(e, t, token.x, sc));
+            next
+        });
+        for (i, s) in last.iter().enumerate() {
+            let (col, real) = column(e, f.lane, i);
+            when_real(e, real, |e| e.store(*s, ch.state, e.addi(row, col)));
+        }
+        return;
+    }
     if !step {
         for_lanes(e, f, |e, lane| {
             for i in 0..per {
@@ -216,17 +264,15 @@ fn scan_warp<'c>(
     }
     e.for_(e.index(0), rows, e.index(1), &[], |e, t, _| {
         let token = ch.token(e, t);
+        let parts = (token.delta, token.dx, token.b_at, token.c_at);
         let sc = warp_sum(e, f, |e, lane| {
             let mut acc = e.f32(0.0);
             for i in 0..per {
                 let (col, real) = column(e, lane, i);
                 let at = e.addi(row, col);
-                let decay = e.math("exp", e.mulf(token.delta, a.get(e, lane, i)));
-                let b = e.load(ch.bc, e.addi(token.b_at, col));
-                let s = e.fma(b, token.dx, e.mulf(e.load(ch.state, at), decay));
+                let (s, part) = update(e, parts, lane, i, e.load(ch.state, at));
                 when_real(e, real, |e| e.store(s, ch.state, at));
-                let cv = e.load(ch.bc, e.addi(token.c_at, col));
-                acc = e.addf(acc, real_or_zero(e, real, e.mulf(s, cv)));
+                acc = e.addf(acc, part);
             }
             acc
         });

@@ -15,7 +15,9 @@
 use super::act::softplus;
 use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32, tail_chunks};
-use super::warp::{first_lane, for_lanes, warp_sum};
+use super::warp::{
+    first_lane, for_lanes, lane_element, lane_elements, real_or_zero, warp_sum, when_real,
+};
 use super::{Frame, WARP};
 use zambac_engine::Elem;
 use zambac_engine::Role;
@@ -197,10 +199,12 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
 }
 
 /// The GPU schedule: a warp per state row `p` of a head, its 32 lanes taking the state
-/// columns `n ≡ lane (mod 32)`. For each token every lane updates its columns in place
+/// columns `n ≡ lane (mod 32)`. For each token every lane updates its columns
 /// (`S ← decay·S + (Δ·x)·B`) and sums its part of `S·C`; a [`warp_sum`] gives the row's
 /// `y`, which the first lane stores with the `D` skip. Δ, the decay and x are the same for
-/// the whole warp and each lane computes them itself.
+/// the whole warp and each lane computes them itself. On the GPU a lane's columns stay in
+/// registers from the first token to the last (loaded once when continuing a state, stored
+/// once at the end); on the host, where the warp is a loop, they live in the state buffer.
 fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: V<'c>, step: bool) {
     // On the GPU the grid index has `P·32` threads: lane `l` is row `l / 32`, column lane
     // `l % 32`; on the host an iteration is a row and its warp a loop (see `warp_sum`).
@@ -209,20 +213,15 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
     } else {
         f.lane
     };
-    let column = |e: &Emitter<'c, '_>, lane: V<'c>| e.remui(lane, e.index(WARP as i64));
+    let per = lane_elements(head.n);
+    // Element `i` of `lane`: its state column, and whether it is one (see `lane_element`).
+    let column = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| {
+        lane_element(e, e.remui(lane, e.index(WARP as i64)), i, head.n)
+    };
     let row = e.addi(head.state_base, e.mul_k(p, head.n));
-    let n = e.index(head.n as i64);
-    let warp = e.index(WARP as i64);
-    if !step {
-        for_lanes(e, f, |e, lane| {
-            e.for_(column(e, lane), n, warp, &[], |e, c, _| {
-                e.store(e.f32(0.0), head.state, e.addi(row, c));
-                vec![]
-            });
-        });
-    }
     let x_at = e.addi(head.x_column, p);
-    e.for_(e.index(0), rows, e.index(1), &[], |e, t, _| {
+    // Token `t`'s decay, Δ·x, x, and where its B and C start.
+    let token = |e: &Emitter<'c, '_>, t: V<'c>| {
         let raw = e.load(head.zx, e.addi(e.mul_k(t, head.width), head.dt_column));
         let mut delta = softplus(e, e.addf(raw, head.dt_bias));
         if let Some(min) = head.dt_min {
@@ -231,24 +230,83 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
         let decay = e.math("exp", e.mulf(delta, head.a));
         let xbc_row = e.mul_k(t, head.cd);
         let x = e.load(head.xbc, e.addi(xbc_row, x_at));
-        let dbx = e.mulf(delta, x);
         let b_at = e.addi(xbc_row, head.b_column);
         let c_at = e.addi(xbc_row, head.c_column);
-        let y = warp_sum(e, f, |e, lane| {
-            let acc = e.for_(column(e, lane), n, warp, &[e.f32(0.0)], |e, c, acc| {
-                let at = e.addi(row, c);
-                let b = e.load(head.xbc, e.addi(b_at, c));
-                let s = e.fma(b, dbx, e.mulf(e.load(head.state, at), decay));
-                e.store(s, head.state, at);
-                let cv = e.load(head.xbc, e.addi(c_at, c));
-                vec![e.fma(s, cv, acc[0])]
-            });
-            acc[0]
-        });
+        (decay, e.mulf(delta, x), x, b_at, c_at)
+    };
+    // Element `i` of `lane` after token `(decay, dbx, _, b_at, c_at)`, from `s`; and its part
+    // of `S·C` (zero for a lane past the last column).
+    let update = |e: &Emitter<'c, '_>,
+                  (decay, dbx, b_at, c_at): (V<'c>, V<'c>, V<'c>, V<'c>),
+                  lane: V<'c>,
+                  i: usize,
+                  s: V<'c>| {
+        let (c, real) = column(e, lane, i);
+        let b = e.load(head.xbc, e.addi(b_at, c));
+        let s = e.fma(b, dbx, e.mulf(s, decay));
+        let cv = e.load(head.xbc, e.addi(c_at, c));
+        (s, real_or_zero(e, real, e.mulf(s, cv)))
+    };
+    let finish = |e: &Emitter<'c, '_>, t: V<'c>, x: V<'c>, y: V<'c>| {
         e.when(first_lane(e, f), |e| {
             let y_at = e.addi(e.mul_k(t, head.di), x_at);
             e.store(e.fma(head.d, x, y), head.y, y_at);
         });
+    };
+    if f.warp_threads {
+        let init: Vec<V<'c>> = (0..per)
+            .map(|i| {
+                if step {
+                    let (c, real) = column(e, f.lane, i);
+                    real_or_zero(e, real, e.load(head.state, e.addi(row, c)))
+                } else {
+                    e.f32(0.0)
+                }
+            })
+            .collect();
+        let last = e.for_(e.index(0), rows, e.index(1), &init, |e, t, s| {
+            let (decay, dbx, x, b_at, c_at) = token(e, t);
+            let mut acc = e.f32(0.0);
+            let next: Vec<V<'c>> = (0..per)
+                .map(|i| {
+                    let (s, part) = update(e, (decay, dbx, b_at, c_at), f.lane, i, s[i]);
+                    acc = e.addf(acc, part);
+                    s
+                })
+                .collect();
+            let y = warp_sum(e, f, |_, _| acc);
+            finish(e, t, x, y);
+            next
+        });
+        for (i, s) in last.iter().enumerate() {
+            let (c, real) = column(e, f.lane, i);
+            when_real(e, real, |e| e.store(*s, head.state, e.addi(row, c)));
+        }
+        return;
+    }
+    if !step {
+        for_lanes(e, f, |e, lane| {
+            for i in 0..per {
+                let (c, real) = column(e, lane, i);
+                when_real(e, real, |e| e.store(e.f32(0.0), head.state, e.addi(row, c)));
+            }
+        });
+    }
+    e.for_(e.index(0), rows, e.index(1), &[], |e, t, _| {
+        let (decay, dbx, x, b_at, c_at) = token(e, t);
+        let y = warp_sum(e, f, |e, lane| {
+            let mut acc = e.f32(0.0);
+            for i in 0..per {
+                let (c, real) = column(e, lane, i);
+                let at = e.addi(row, c);
+                let (s, part) =
+                    update(e, (decay, dbx, b_at, c_at), lane, i, e.load(head.state, at));
+                when_real(e, real, |e| e.store(s, head.state, at));
+                acc = e.addf(acc, part);
+            }
+            acc
+        });
+        finish(e, t, x, y);
         vec![]
     });
 }
