@@ -493,7 +493,7 @@ impl Blocking {
     /// blocks of queries per grid index: one block streamed each head's keys and values
     /// from memory once per 16 queries, which held 16k-token prefills of the 100M engine to
     /// 134 GFLOP/s in attention against 165 at 4k. (The GPU schedule blocks nothing: a
-    /// thread per query, [`prefill_row`].)
+    /// warp per query, [`prefill_row`].)
     pub(crate) fn new() -> Blocking {
         let (keys, columns, sub) = (6, 6, 4);
         Blocking {
