@@ -51,10 +51,11 @@ fn program(name: ProgramName, steps: Vec<Step>, slots: Vec<Vec<Expr>>) -> Progra
     }
 }
 
-/// The toy's dimensions without its state.
-fn model() -> ModelInfo {
+/// The toy's dimensions without its state; `weight_elem` as its weights are stored.
+fn model(weight_elem: Elem) -> ModelInfo {
     ModelInfo {
         state: vec![],
+        weight_elem,
         ..common::model()
     }
 }
@@ -91,9 +92,10 @@ fn engine(
             op: EpilogueOp::None,
         },
     }];
+    let elem = weights.first().map_or(Elem::F32, |w| w.3);
     let parts = ManifestParts {
         zambac_version: "bench".into(),
-        model: model(),
+        model: model(elem),
         source: serde_json::Value::Null,
         kernels,
         programs: vec![prefill, decode],
@@ -133,7 +135,7 @@ fn engine_io(dir: &Path, host: &[u8]) {
         let bytes = w.bytes_written() as f64;
         let parts = ManifestParts {
             zambac_version: "bench".into(),
-            model: model(),
+            model: model(elem),
             source: serde_json::Value::Null,
             kernels: vec![],
             programs: vec![
@@ -220,13 +222,28 @@ fn gemm_throughput(dir: &Path, host: &[u8], elem: Elem, m: usize, k: usize, n: u
     );
     let mut b = CpuBackend::new(e, 0).unwrap();
     let tokens = vec![1i64; m];
-    let s = time_prefill(&mut b, &tokens, 5);
     let flops = 2.0 * (m * n * k) as f64;
-    println!(
-        "GEMM {m}×{k}×{n}, B {}, {} threads: {:.1} ms, {:.1} GFLOP/s",
-        elem.name(),
-        b.threads(),
-        s * 1e3,
-        flops / s / 1e9
-    );
+    // bf16 weights: widened to f32 (exact), then — where the CPU has AVX-512 BF16 — as bf16
+    // products (oneDNN from 64 rows, the few-row kernel below that).
+    let modes: &[(bool, &str)] = match elem {
+        Elem::Bf16 => &[(false, " (widened)"), (true, " (bf16 products)")],
+        _ => &[(false, "")],
+    };
+    for &(bf16, label) in modes {
+        if b.set_bf16_products(bf16).is_err() {
+            println!(
+                "GEMM {m}×{k}×{n}, B {}{label}: not available here",
+                elem.name()
+            );
+            continue;
+        }
+        let s = time_prefill(&mut b, &tokens, 5);
+        println!(
+            "GEMM {m}×{k}×{n}, B {}{label}, {} threads: {:.1} ms, {:.1} GFLOP/s",
+            elem.name(),
+            b.threads(),
+            s * 1e3,
+            flops / s / 1e9
+        );
+    }
 }
