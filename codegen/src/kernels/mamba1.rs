@@ -13,10 +13,7 @@ use super::Frame;
 use super::act::{silu, softplus};
 use super::emit::{Emitter, V, VW};
 use super::rows::{load_f32, tail_chunks};
-use super::warp::{
-    LaneValues, first_lane, for_lanes, lane_element, lane_elements, real_or_zero, warp_sum,
-    when_real,
-};
+use super::warp::{ColumnScan, LaneValues, column_scan, lane_element, lane_elements, real_or_zero};
 use zambac_engine::Elem;
 use zambac_engine::Role;
 
@@ -207,76 +204,29 @@ fn scan_warp<'c>(
         let at = e.addi(row, column(e, lane, i).0);
         e.negf(e.math("exp", e.load(a_log, at)))
     });
-    // Element `i` of `lane` after a token (its Δ, Δ·x and where its B and C start), from
-    // `s`; and its part of `S·C` (zero for a lane past the last column).
-    let update = |e: &Emitter<'c, '_>,
-                  (delta, dx, b_at, c_at): (V<'c>, V<'c>, V<'c>, V<'c>),
-                  lane: V<'c>,
-                  i: usize,
-                  s: V<'c>| {
+    // Element `i` of `lane` after `token`, from `s`; and its part of `S·C` (zero for a lane
+    // past the last column).
+    let update = |e: &Emitter<'c, '_>, token: &Token<'c>, lane: V<'c>, i: usize, s: V<'c>| {
         let (col, real) = column(e, lane, i);
-        let decay = e.math("exp", e.mulf(delta, a.get(e, lane, i)));
-        let b = e.load(ch.bc, e.addi(b_at, col));
-        let s = e.fma(b, dx, e.mulf(s, decay));
-        let cv = e.load(ch.bc, e.addi(c_at, col));
+        let decay = e.math("exp", e.mulf(token.delta, a.get(e, lane, i)));
+        let b = e.load(ch.bc, e.addi(token.b_at, col));
+        let s = e.fma(b, token.dx, e.mulf(s, decay));
+        let cv = e.load(ch.bc, e.addi(token.c_at, col));
         (s, real_or_zero(e, real, e.mulf(s, cv)))
     };
-    if f.warp_threads {
-        // On the GPU a lane's columns stay in registers from the first token to the last.
-        let init: Vec<V<'c>> = (0..per)
-            .map(|i| {
-                if step {
-                    let (col, real) = column(e, f.lane, i);
-                    real_or_zero(e, real, e.load(ch.state, e.addi(row, col)))
-                } else {
-                    e.f32(0.0)
-                }
-            })
-            .collect();
-        let last = e.for_(e.index(0), rows, e.index(1), &init, |e, t, s| {
-            let token = ch.token(e, t);
-            let parts = (token.delta, token.dx, token.b_at, token.c_at);
-            let mut acc = e.f32(0.0);
-            let next: Vec<V<'c>> = (0..per)
-                .map(|i| {
-                    let (s, part) = update(e, parts, f.lane, i, s[i]);
-                    acc = e.addf(acc, part);
-                    s
-                })
-                .collect();
-            let sc = warp_sum(e, f, |_, _| acc);
-            e.when(first_lane(e, f), |e| ch.finish(e, t, token.x, sc));
-            next
-        });
-        for (i, s) in last.iter().enumerate() {
-            let (col, real) = column(e, f.lane, i);
-            when_real(e, real, |e| e.store(*s, ch.state, e.addi(row, col)));
-        }
-        return;
-    }
-    if !step {
-        for_lanes(e, f, |e, lane| {
-            for i in 0..per {
-                let (col, real) = column(e, lane, i);
-                when_real(e, real, |e| e.store(e.f32(0.0), ch.state, e.addi(row, col)));
-            }
-        });
-    }
-    e.for_(e.index(0), rows, e.index(1), &[], |e, t, _| {
-        let token = ch.token(e, t);
-        let parts = (token.delta, token.dx, token.b_at, token.c_at);
-        let sc = warp_sum(e, f, |e, lane| {
-            let mut acc = e.f32(0.0);
-            for i in 0..per {
-                let (col, real) = column(e, lane, i);
-                let at = e.addi(row, col);
-                let (s, part) = update(e, parts, lane, i, e.load(ch.state, at));
-                when_real(e, real, |e| e.store(s, ch.state, at));
-                acc = e.addf(acc, part);
-            }
-            acc
-        });
-        e.when(first_lane(e, f), |e| ch.finish(e, t, token.x, sc));
-        vec![]
-    });
+    let scan = ColumnScan {
+        state: (ch.state, row),
+        per,
+        rows,
+        step,
+    };
+    column_scan(
+        e,
+        f,
+        &scan,
+        column,
+        |e, t| ch.token(e, t),
+        update,
+        |e, t, token, sc| ch.finish(e, t, token.x, sc),
+    );
 }

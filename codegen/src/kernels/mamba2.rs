@@ -15,9 +15,7 @@
 use super::act::softplus;
 use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32, tail_chunks};
-use super::warp::{
-    first_lane, for_lanes, lane_element, lane_elements, real_or_zero, warp_sum, when_real,
-};
+use super::warp::{ColumnScan, column_scan, lane_element, lane_elements, real_or_zero};
 use super::{Frame, WARP};
 use zambac_engine::Elem;
 use zambac_engine::Role;
@@ -237,7 +235,7 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
     // Element `i` of `lane` after token `(decay, dbx, _, b_at, c_at)`, from `s`; and its part
     // of `S·C` (zero for a lane past the last column).
     let update = |e: &Emitter<'c, '_>,
-                  (decay, dbx, b_at, c_at): (V<'c>, V<'c>, V<'c>, V<'c>),
+                  &(decay, dbx, _, b_at, c_at): &(V<'c>, V<'c>, V<'c>, V<'c>, V<'c>),
                   lane: V<'c>,
                   i: usize,
                   s: V<'c>| {
@@ -247,66 +245,22 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
         let cv = e.load(head.xbc, e.addi(c_at, c));
         (s, real_or_zero(e, real, e.mulf(s, cv)))
     };
-    let finish = |e: &Emitter<'c, '_>, t: V<'c>, x: V<'c>, y: V<'c>| {
-        e.when(first_lane(e, f), |e| {
+    let scan = ColumnScan {
+        state: (head.state, row),
+        per,
+        rows,
+        step,
+    };
+    column_scan(
+        e,
+        f,
+        &scan,
+        column,
+        token,
+        update,
+        |e, t, &(_, _, x, _, _), y| {
             let y_at = e.addi(e.mul_k(t, head.di), x_at);
             e.store(e.fma(head.d, x, y), head.y, y_at);
-        });
-    };
-    if f.warp_threads {
-        let init: Vec<V<'c>> = (0..per)
-            .map(|i| {
-                if step {
-                    let (c, real) = column(e, f.lane, i);
-                    real_or_zero(e, real, e.load(head.state, e.addi(row, c)))
-                } else {
-                    e.f32(0.0)
-                }
-            })
-            .collect();
-        let last = e.for_(e.index(0), rows, e.index(1), &init, |e, t, s| {
-            let (decay, dbx, x, b_at, c_at) = token(e, t);
-            let mut acc = e.f32(0.0);
-            let next: Vec<V<'c>> = (0..per)
-                .map(|i| {
-                    let (s, part) = update(e, (decay, dbx, b_at, c_at), f.lane, i, s[i]);
-                    acc = e.addf(acc, part);
-                    s
-                })
-                .collect();
-            let y = warp_sum(e, f, |_, _| acc);
-            finish(e, t, x, y);
-            next
-        });
-        for (i, s) in last.iter().enumerate() {
-            let (c, real) = column(e, f.lane, i);
-            when_real(e, real, |e| e.store(*s, head.state, e.addi(row, c)));
-        }
-        return;
-    }
-    if !step {
-        for_lanes(e, f, |e, lane| {
-            for i in 0..per {
-                let (c, real) = column(e, lane, i);
-                when_real(e, real, |e| e.store(e.f32(0.0), head.state, e.addi(row, c)));
-            }
-        });
-    }
-    e.for_(e.index(0), rows, e.index(1), &[], |e, t, _| {
-        let (decay, dbx, x, b_at, c_at) = token(e, t);
-        let y = warp_sum(e, f, |e, lane| {
-            let mut acc = e.f32(0.0);
-            for i in 0..per {
-                let (c, real) = column(e, lane, i);
-                let at = e.addi(row, c);
-                let (s, part) =
-                    update(e, (decay, dbx, b_at, c_at), lane, i, e.load(head.state, at));
-                when_real(e, real, |e| e.store(s, head.state, at));
-                acc = e.addf(acc, part);
-            }
-            acc
-        });
-        finish(e, t, x, y);
-        vec![]
-    });
+        },
+    );
 }

@@ -257,6 +257,96 @@ pub(crate) fn when_real<'c>(
     }
 }
 
+/// What a warp scan over tokens needs ([`column_scan`]).
+pub(crate) struct ColumnScan<'c> {
+    /// The state buffer and the first element of the warp's state row.
+    pub state: (V<'c>, V<'c>),
+    /// State columns per lane ([`lane_elements`]).
+    pub per: usize,
+    /// Tokens to take.
+    pub rows: V<'c>,
+    /// Whether the scan continues the state in the buffer (else it starts from zero).
+    pub step: bool,
+}
+
+/// A warp's scan over tokens `0 .. rows`, its lanes owning the state columns
+/// `column(e, lane, i)` (`i < per`, with [`lane_element`]'s mask) of one state row: per token
+/// `token(e, t)` gives what the token's update reads, `update(e, &token, lane, i, s)` the
+/// column's new value and its part of the token's output sum, and `finish(e, t, &token, sum)`
+/// — in the first lane — stores the output from the warp's sum ([`warp_sum`]). On the GPU a
+/// lane's columns are registers from the first token to the last (loaded once when
+/// continuing, stored once at the end); on the host, where the warp is a loop, they live in
+/// the state row.
+pub(crate) fn column_scan<'c, T>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    scan: &ColumnScan<'c>,
+    column: impl Fn(&Emitter<'c, '_>, V<'c>, usize) -> (V<'c>, Option<V<'c>>),
+    token: impl Fn(&Emitter<'c, '_>, V<'c>) -> T,
+    update: impl Fn(&Emitter<'c, '_>, &T, V<'c>, usize, V<'c>) -> (V<'c>, V<'c>),
+    finish: impl Fn(&Emitter<'c, '_>, V<'c>, &T, V<'c>),
+) {
+    let (state, row) = scan.state;
+    let at = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| {
+        let (c, real) = column(e, lane, i);
+        (e.addi(row, c), real)
+    };
+    if f.warp_threads {
+        let init: Vec<V<'c>> = (0..scan.per)
+            .map(|i| {
+                if scan.step {
+                    let (a, real) = at(e, f.lane, i);
+                    real_or_zero(e, real, e.load(state, a))
+                } else {
+                    e.f32(0.0)
+                }
+            })
+            .collect();
+        let last = e.for_(e.index(0), scan.rows, e.index(1), &init, |e, t, s| {
+            let tok = token(e, t);
+            let mut sum = e.f32(0.0);
+            let next = (0..scan.per)
+                .map(|i| {
+                    let (value, part) = update(e, &tok, f.lane, i, s[i]);
+                    sum = e.addf(sum, part);
+                    value
+                })
+                .collect();
+            let total = warp_sum(e, f, |_, _| sum);
+            e.when(first_lane(e, f), |e| finish(e, t, &tok, total));
+            next
+        });
+        for (i, value) in last.iter().enumerate() {
+            let (a, real) = at(e, f.lane, i);
+            when_real(e, real, |e| e.store(*value, state, a));
+        }
+        return;
+    }
+    if !scan.step {
+        for_lanes(e, f, |e, lane| {
+            for i in 0..scan.per {
+                let (a, real) = at(e, lane, i);
+                when_real(e, real, |e| e.store(e.f32(0.0), state, a));
+            }
+        });
+    }
+    e.for_(e.index(0), scan.rows, e.index(1), &[], |e, t, _| {
+        let tok = token(e, t);
+        let total = warp_sum(e, f, |e, lane| {
+            let mut sum = e.f32(0.0);
+            for i in 0..scan.per {
+                let (a, real) = at(e, lane, i);
+                let (value, part) = update(e, &tok, lane, i, e.load(state, a));
+                when_real(e, real, |e| e.store(value, state, a));
+                sum = e.addf(sum, part);
+            }
+            sum
+        });
+        e.when(first_lane(e, f), |e| finish(e, t, &tok, total));
+        vec![]
+    });
+}
+
 /// Values of a lane's elements that stay fixed through a kernel (q in decode attention, `A`
 /// in the Mamba1 scan): on the GPU this thread computes its lane's once, into registers; on
 /// the host, where the lanes are a loop, [`LaneValues::get`] computes them where they are
