@@ -160,38 +160,19 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
     // SAFETY: 32 elements from `kk < whole` lie inside each row.
     unsafe {
         while kk < whole {
-            let wv: [__m512bh; NR_] = std::array::from_fn(|r| bh(load(w.add(r * ldw + kk))));
             let mut r = pf.first;
             while r < NR_ {
                 _mm_prefetch::<_MM_HINT_T0>(pf.rows.wrapping_add(r * pf.ldw + kk).cast());
                 r += pf.step;
             }
-            for s in 0..MR_ {
-                let av = bh(load(a.add(s * k + kk)));
-                for (row, wr) in acc.iter_mut().zip(&wv) {
-                    if let Some(slot) = row.get_mut(s) {
-                        *slot = _mm512_dpbf16_ps(*slot, *wr, av);
-                    }
-                }
-            }
+            step(&mut acc, (a, k), (w, ldw), kk, None);
             kk += 32;
         }
     }
     if kk < k {
-        let mask = (1u32 << (k - kk)) - 1;
-        // SAFETY: `k - kk` elements from `kk` lie inside each row; the masked load reads no
+        // SAFETY: `k - kk` elements from `kk` lie inside each row; the masked loads read no
         // further.
-        unsafe {
-            for s in 0..MR_ {
-                let av = bh(load_masked(a.add(s * k + kk), mask));
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let wr = bh(load_masked(w.add(r * ldw + kk), mask));
-                    if let Some(slot) = row.get_mut(s) {
-                        *slot = _mm512_dpbf16_ps(*slot, wr, av);
-                    }
-                }
-            }
-        }
+        unsafe { step(&mut acc, (a, k), (w, ldw), kk, Some((1u32 << (k - kk)) - 1)) };
     }
     for (r, row) in acc.iter().enumerate() {
         for (s, v) in row.iter().enumerate() {
@@ -200,6 +181,38 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
                 let o = out.c.add(s * out.ldc + r);
                 let x = _mm512_reduce_add_ps(*v);
                 *o = if out.accumulate { *o + x } else { x };
+            }
+        }
+    }
+}
+
+/// One step of [`tile`]: the `NR_` weight rows' 32 elements from `kk` (`mask`: the lanes
+/// of a last, partial step) against each activation row's, into the accumulators.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn step<const NR_: usize, const MR_: usize>(
+    acc: &mut [[__m512; MR_]; NR_],
+    (a, k): (*const u16, usize),
+    (w, ldw): (*const u16, usize),
+    kk: usize,
+    mask: Option<u32>,
+) {
+    // SAFETY: the caller's elements (all 32, or the lanes of `mask`) lie inside each row.
+    let get = |p: *const u16| unsafe {
+        bh(match mask {
+            None => load(p),
+            Some(m) => load_masked(p, m),
+        })
+    };
+    // SAFETY: as above.
+    let wv: [__m512bh; NR_] = std::array::from_fn(|r| get(unsafe { w.add(r * ldw + kk) }));
+    for s in 0..MR_ {
+        // SAFETY: as above.
+        let av = get(unsafe { a.add(s * k + kk) });
+        for (row, wr) in acc.iter_mut().zip(&wv) {
+            if let Some(slot) = row.get_mut(s) {
+                *slot = _mm512_dpbf16_ps(*slot, *wr, av);
             }
         }
     }
