@@ -115,7 +115,6 @@ struct Prefetch {
 
 /// `mr ≤ MR` activation rows against `NR_` weight rows: a tile of exactly that size.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn rows<const NR_: usize>(
     mr: usize,
@@ -144,7 +143,6 @@ unsafe fn rows<const NR_: usize>(
 /// `NR_ × MR_` outputs, each a 16-lane accumulator summed at the end. The loop over whole
 /// 32-element steps loads without masks; the last partial step is masked.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn tile<const NR_: usize, const MR_: usize>(
     k: usize,
