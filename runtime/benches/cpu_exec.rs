@@ -29,6 +29,8 @@ fn main() {
             gemm_throughput(tmp.path(), &host, elem, m, 2048, 8192);
         }
     }
+    // A narrower model's batched decode step (the Zamba2-100M's in_proj).
+    gemm_throughput(tmp.path(), &host, Elem::Bf16, 16, 768, 3224);
 }
 
 fn threads_available() -> usize {

@@ -1,5 +1,6 @@
 //! bf16 products with few rows — a batched decode step's `C[m, n] (+)= A[m, k] · Wᵀ` with
-//! `m` up to a few dozen sequences — on AVX-512 BF16 (`vdpbf16ps`), without packing.
+//! `m` up to a few dozen sequences — on AVX-512 BF16 (`vdpbf16ps`), without packing the
+//! weights.
 //!
 //! oneDNN's GEMM packs the whole weight block before multiplying, a second and third pass
 //! over the weights that a product with 16 rows cannot amortise. Here the weights are
@@ -7,7 +8,9 @@
 //! by up to 8 activation rows at a time (one 16-lane accumulator per output, summed at the
 //! end), the weight rows staying in cache while each block of activation rows passes over
 //! them, and the blocks prefetch the next 4 weight rows between them so that memory never
-//! idles while a cached group is multiplied.
+//! idles while a cached group is multiplied. Only the activations — a few dozen rows,
+//! rounded to bf16 anyway — are laid out anew ([`pack`]), so that a tile reads them as one
+//! sequential stream.
 //!
 //! Measured on one Zen 4 core (2026-12-05; `k = 2048`, 4256 weight rows — one thread's half
 //! of the Zamba2-1.2B `in_proj` — streamed from a mapped file): the core executes one
@@ -28,12 +31,55 @@ const NR: usize = 4;
 /// Activation rows per tile.
 const MR: usize = 8;
 
-/// `C (+)= A · Wᵀ`: `A` is `m × k` bf16 (rows `k` apart), `W` is `n × k` bf16 (rows `ldw`
-/// apart, unit stride along `k`), `C` is `m × n` f32 (rows `ldc` apart).
+/// Elements of `m × k` activations in the layout [`product`] reads ([`pack`]).
+pub fn packed_len(m: usize, k: usize) -> usize {
+    m * k.div_ceil(32) * 32
+}
+
+/// Block `q` of the `blocks` blocks of activation rows that pass over a group of weight rows:
+/// its first row and its number of rows. Blocks of near-equal size (9 rows as 5 + 4, not
+/// 8 + 1: a tile of one row reads the weights for one product per load).
+fn block(q: usize, m: usize, blocks: usize) -> (usize, usize) {
+    let first = q * m / blocks;
+    (first, (q + 1) * m / blocks - first)
+}
+
+/// Rounds the `m` activation rows `row(0..m)` (each `k` long) to bf16 into `out` in the
+/// order [`product`] reads them: block by block (see [`block`]), and within a block, step by
+/// step of 32 elements, the block's rows one after another (zero past `k`). A tile's
+/// activation loads are then one sequential stream; read from the rows themselves they were
+/// `mr` streams a row apart, and rows 4 KiB apart (k = 2048) fall into the same L1 set, so
+/// the activation and weight lines of one step evicted one another. One core, m = 16, a
+/// weight of the 1.2B `in_proj`'s shape (8512 × 2048, 35 MB, from memory): 140 GFLOP/s from
+/// the rows, 163–168 packed; a whole 1.2B batch-16 decode step's products (`bench --batch
+/// 16 --profile`, three alternating rounds): 203 → 184 ms. At k = 768 and 1536 (the
+/// Zamba2-100M) the rows do not alias and packing changes nothing measurable.
+pub fn pack<'a>(m: usize, k: usize, row: impl Fn(usize) -> &'a [f32], out: &mut Vec<u16>) {
+    out.clear();
+    out.resize(packed_len(m, k), 0);
+    let steps = k.div_ceil(32);
+    let blocks = m.div_ceil(MR);
+    for q in 0..blocks {
+        let (first, mr) = block(q, m, blocks);
+        for t in 0..mr {
+            let src = row(first + t);
+            for (s, chunk) in src.chunks(32).take(steps).enumerate() {
+                let at = (first * steps + s * mr + t) * 32;
+                if let Some(dst) = out.get_mut(at..at + chunk.len()) {
+                    super::dnnl::to_bf16(chunk, dst);
+                }
+            }
+        }
+    }
+}
+
+/// `C (+)= A · Wᵀ`: `A` is `m × k` activations as [`pack`] lays them out, `W` is `n × k`
+/// bf16 (rows `ldw` apart, unit stride along `k`), `C` is `m × n` f32 (rows `ldc` apart).
 ///
 /// # Safety
-/// The CPU has AVX-512 F, BW and BF16 ([`super::dnnl::bf16_cpu`]); every pointer addresses
-/// the elements its shape and stride describe.
+/// The CPU has AVX-512 F, BW and BF16 ([`super::dnnl::bf16_cpu`]); `a` holds
+/// [`packed_len`]`(m, k)` elements; `w` and `c` address the elements their shapes and
+/// strides describe.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -51,14 +97,12 @@ pub unsafe fn product(
     // idle; so block `q` prefetches rows `q, q + blocks, …` of the next group: the next group
     // arrives while this one is multiplied, at an even rate, whatever the number of blocks.
     let blocks = m.div_ceil(MR);
+    let steps = k.div_ceil(32);
     let mut j = 0;
     while j < n {
         let nr = NR.min(n - j);
-        // Blocks of near-equal size (9 rows as 5 + 4, not 8 + 1: a tile of one row reads
-        // the weights for one product per load).
         for q in 0..blocks {
-            let i = q * m / blocks;
-            let mr = (q + 1) * m / blocks - i;
+            let (i, mr) = block(q, m, blocks);
             let out = Out {
                 c: c.wrapping_add(i * ldc + j),
                 ldc,
@@ -73,11 +117,11 @@ pub unsafe fn product(
                 first: if blocks > 1 { q } else { usize::MAX },
                 step: blocks,
             };
-            // SAFETY: rows j..j+nr of W, i..i+mr of A and the matching block of C lie inside
-            // the operands (the caller's contract).
+            // SAFETY: rows j..j+nr of W, block q of packed A and the matching block of C lie
+            // inside the operands (the caller's contract).
             unsafe {
                 let wj = w.add(j * ldw);
-                let ai = a.add(i * k);
+                let ai = a.add(i * steps * 32);
                 if nr == NR {
                     rows::<NR>(mr, k, ai, wj, ldw, out, pf);
                 } else {
@@ -125,7 +169,8 @@ unsafe fn rows<const NR_: usize>(
     out: Out,
     pf: Prefetch,
 ) {
-    // SAFETY: the caller's block (mr rows of A and C, NR_ rows of W).
+    // SAFETY: the caller's block (a packed block of mr rows of A, mr rows of C, NR_ rows of
+    // W).
     unsafe {
         match mr {
             8 => tile::<NR_, 8>(k, a, w, ldw, out, pf),
@@ -163,14 +208,14 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
                 _mm_prefetch::<_MM_HINT_T0>(pf.rows.wrapping_add(r * pf.ldw + kk).cast());
                 r += pf.step;
             }
-            step(&mut acc, (a, k), (w, ldw), kk, None);
+            step(&mut acc, a, (w, ldw), kk, None);
             kk += 32;
         }
     }
     if kk < k {
         // SAFETY: `k - kk` elements from `kk` lie inside each row; the masked loads read no
         // further.
-        unsafe { step(&mut acc, (a, k), (w, ldw), kk, Some((1u32 << (k - kk)) - 1)) };
+        unsafe { step(&mut acc, a, (w, ldw), kk, Some((1u32 << (k - kk)) - 1)) };
     }
     for (r, row) in acc.iter().enumerate() {
         for (s, v) in row.iter().enumerate() {
@@ -185,18 +230,20 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
 }
 
 /// One step of [`tile`]: the `NR_` weight rows' 32 elements from `kk` (`mask`: the lanes
-/// of a last, partial step) against each activation row's, into the accumulators.
+/// of a last, partial step) against each activation row's (packed, zero past `k`), into
+/// the accumulators.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn step<const NR_: usize, const MR_: usize>(
     acc: &mut [[__m512; MR_]; NR_],
-    (a, k): (*const u16, usize),
+    a: *const u16,
     (w, ldw): (*const u16, usize),
     kk: usize,
     mask: Option<u32>,
 ) {
-    // SAFETY: the caller's elements (all 32, or the lanes of `mask`) lie inside each row.
+    // SAFETY: the caller's elements (all 32, or the lanes of `mask`) lie inside each weight
+    // row.
     let get = |p: *const u16| unsafe {
         bh(match mask {
             None => load(p),
@@ -206,8 +253,8 @@ unsafe fn step<const NR_: usize, const MR_: usize>(
     // SAFETY: as above.
     let wv: [__m512bh; NR_] = std::array::from_fn(|r| get(unsafe { w.add(r * ldw + kk) }));
     for s in 0..MR_ {
-        // SAFETY: as above.
-        let av = get(unsafe { a.add(s * k + kk) });
+        // SAFETY: step `kk / 32` of the packed block holds 32 elements of each of its rows.
+        let av = bh(unsafe { load(a.add((kk / 32 * MR_ + s) * 32)) });
         for (row, wr) in acc.iter_mut().zip(&wv) {
             if let Some(slot) = row.get_mut(s) {
                 *slot = _mm512_dpbf16_ps(*slot, *wr, av);
@@ -267,6 +314,9 @@ mod tests {
             (4, 10, 300, 300, 12),
             (2, 6, 64, 70, 6),
             (36, 5, 129, 129, 5),
+            // Rows of several KiB, as in the released models.
+            (16, 9, 2100, 2110, 12),
+            (9, 5, 1537, 1537, 5),
         ] {
             let a: Vec<u16> = (0..m * k)
                 .map(|i| bits(((i * 7919 % 1000) as f32 - 500.0) * 1e-3))
@@ -277,11 +327,18 @@ mod tests {
             for accumulate in [false, true] {
                 let before: Vec<f32> = (0..m * ldc).map(|i| (i % 13) as f32 * 0.25).collect();
                 let mut c = before.clone();
+                let rows: Vec<Vec<f32>> = a
+                    .chunks(k)
+                    .map(|r| r.iter().map(|&b| widen(b)).collect())
+                    .collect();
+                let mut packed = vec![7; 3];
+                pack(m, k, |r| &rows[r], &mut packed);
+                assert_eq!(packed.len(), packed_len(m, k));
                 // SAFETY: this CPU has the extensions; the buffers hold the shapes.
                 unsafe {
                     product(
                         (m, n, k),
-                        a.as_ptr(),
+                        packed.as_ptr(),
                         w.as_ptr(),
                         ldw,
                         c.as_mut_ptr(),

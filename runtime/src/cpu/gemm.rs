@@ -230,13 +230,11 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
         };
         let result = ROWS.with(|buf| {
             let mut buf = buf.borrow_mut();
-            buf.resize(rows * g.k, 0);
-            for (r, out) in buf.chunks_exact_mut(g.k.max(1)).take(rows).enumerate() {
+            let row = |r: usize| {
                 let a = g.a.at(row0 + r, 0).ptr.cast::<f32>().cast_const();
                 // SAFETY: row `row0 + r` of the bounds-checked A holds k unit-stride values.
-                let row = unsafe { std::slice::from_raw_parts(a, g.k) };
-                dnnl::to_bf16(row, out);
-            }
+                unsafe { std::slice::from_raw_parts(a, g.k) }
+            };
             let shape = dnnl::Shape {
                 m: rows,
                 n: cols,
@@ -249,8 +247,10 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
             let c = g.c.at(row0, col0).ptr.cast::<f32>();
             #[cfg(target_arch = "x86_64")]
             if by_cols && g.b.rs == 1 && g.b.cs > 0 {
+                bf16_rows::pack(rows, g.k, row, &mut buf);
                 // SAFETY: as below; `bf16_cpu` (oneDNN's bf16 products are only offered on
-                // such CPUs) guarantees the extensions; W's rows are `cs` apart along k.
+                // such CPUs) guarantees the extensions; `buf` holds A packed; W's rows are
+                // `cs` apart along k.
                 unsafe {
                     bf16_rows::product(
                         (rows, cols, g.k),
@@ -263,6 +263,10 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
                     )
                 };
                 return Ok(());
+            }
+            buf.resize(rows * g.k, 0);
+            for (r, out) in buf.chunks_exact_mut(g.k.max(1)).take(rows).enumerate() {
+                dnnl::to_bf16(row(r), out);
             }
             // SAFETY: A's rows are in `buf`; this thread's block of B and of C are blocks of
             // the bounds-checked operands, and no other thread writes this block of C.
