@@ -360,7 +360,7 @@ fn softmax_step<'c>(
     let scores = if n == VW && hd >= VW {
         block_scores(e, head, &bases)
     } else {
-        e.vector_of(&dots(e, head.q, (head.k, head.kv), &bases, hd, 1))
+        e.vector_of(&dots(e, head.q, (head.k, head.kv), &bases, (hd, 0), 1))
     };
     let scores = e.mulf(scores, e.f32_splat(head.scale, n));
     let new_max = e.maxf(max, e.reduce("maximumf", scores));

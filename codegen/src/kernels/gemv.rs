@@ -6,7 +6,8 @@
 //! `VW`-chunk of `x` is loaded once and multiplied into all of them, each row keeps its own
 //! accumulator, and bf16/f16 weights are widened to f32 in registers (bf16: 16 values read
 //! as eight 32-bit lanes whose shifted and masked halves are the even and odd elements,
-//! multiplied by `x`'s even and odd elements; f16: `extf`). On the GPU a warp computes one
+//! multiplied by `x`'s even and odd elements; f16: `extf`), and bf16 rows are prefetched
+//! into L2 2 KiB ahead of the loads ([`ahead`]). On the GPU a warp computes one
 //! row ([`warp_rows`]): its
 //! loads of the row are one coalesced stretch, and shuffles add the lanes' sums.
 
@@ -22,6 +23,19 @@ use zambac_engine::Role;
 /// [`super::GEMV_ROWS`] rows per block, one chunk per row already gives eight independent
 /// FMA chains; more unrolling (LLVM unrolls this loop again) only adds spills.
 const UNROLL: usize = 1;
+
+/// How far ahead (in elements) the host loop prefetches each weight row into L2: 2 KiB of
+/// bf16 rows; none for other element types. One Zen 4 VM, the Zamba2-1.2B bf16 decode's
+/// Gemv kernels per token (`bench --profile`, six alternating runs, 2026-12-05): 68–95 ms,
+/// median 76, against 74–99, median 86, without; into L1 (`prefetcht0`) the same distance
+/// lost (110–121 against 78–88 ms per token), as every distance did in an earlier session.
+/// f32 rows were measured too, but that run's noise (116–196 ms either way) showed nothing.
+fn ahead(elem: Elem) -> usize {
+    match elem {
+        Elem::Bf16 => 1024,
+        _ => 0,
+    }
+}
 
 /// One part of a Gemv: its weight, output and first grid index.
 #[derive(Clone, Copy)]
@@ -241,7 +255,14 @@ fn single_row<'c>(e: &Emitter<'c, '_>, shape: &Shape<'c>, parts: &[Part<'c>], ro
 fn row_block<'c>(e: &Emitter<'c, '_>, shape: &Shape<'c>, part: &Part<'c>, rows: &[V<'c>]) {
     let bases: Vec<V<'c>> = rows.iter().map(|row| e.mul_k(*row, shape.ld)).collect();
     let x = (shape.x, e.index(0));
-    let sums = dots(e, x, (part.w, shape.elem), &bases, shape.k, UNROLL);
+    let sums = dots(
+        e,
+        x,
+        (part.w, shape.elem),
+        &bases,
+        (shape.k, ahead(shape.elem)),
+        UNROLL,
+    );
     for (row, mut sum) in rows.iter().zip(sums) {
         if shape.accumulate {
             sum = e.addf(e.load(part.y, *row), sum);

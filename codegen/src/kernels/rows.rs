@@ -187,13 +187,14 @@ fn even_odd<'c>(e: &Emitter<'c, '_>, x: V<'c>, index: V<'c>) -> (V<'c>, V<'c>) {
 
 /// Dot products of one vector with several rows: `x[xbase ..][..len] · w[base_r ..][..len]`
 /// for each `base_r` (rows of `w` stored as `elem`). Each chunk of `x` is loaded once for all
-/// rows, and each row keeps `unroll` accumulators in the main loop.
+/// rows, and each row keeps `unroll` accumulators in the main loop. With `ahead > 0` the
+/// main loop also prefetches each row `ahead` elements past the chunk it reads, into L2.
 pub(crate) fn dots<'c>(
     e: &Emitter<'c, '_>,
     (x, xbase): (V<'c>, V<'c>),
     (w, elem): (V<'c>, Elem),
     bases: &[V<'c>],
-    len: usize,
+    (len, ahead): (usize, usize),
     unroll: usize,
 ) -> Vec<V<'c>> {
     let n = bases.len();
@@ -207,6 +208,11 @@ pub(crate) fn dots<'c>(
             let mut next = accs.to_vec();
             for u in 0..unroll {
                 let at = e.add_k(j, u * chunk);
+                if ahead > 0 {
+                    for base in bases {
+                        e.prefetch_l2(w, e.add_k(e.addi(*base, at), ahead));
+                    }
+                }
                 if elem == Elem::Bf16 {
                     let (even, odd) = even_odd(e, x, e.addi(xbase, at));
                     for (r, base) in bases.iter().enumerate() {

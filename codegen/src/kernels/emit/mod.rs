@@ -396,6 +396,23 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.append(memref::store(value, mem, &[index], self.loc));
     }
 
+    /// `memref.prefetch` of the line holding `mem[index]` for reading, into the second-level
+    /// cache (locality 2: `prefetcht1` on x86). An index past the memref is harmless: a
+    /// prefetch never faults.
+    pub(crate) fn prefetch_l2(&self, mem: V<'c>, index: V<'c>) {
+        let attr = |text: &str| Attribute::parse(self.cx, text).expect("a prefetch attribute");
+        self.emit(
+            "memref.prefetch",
+            &[mem, index],
+            &[],
+            &[
+                ("isWrite", attr("false")),
+                ("localityHint", attr("2 : i32")),
+                ("isDataCache", attr("true")),
+            ],
+        );
+    }
+
     // ---- vectors ----
 
     /// A scalar in every lane of a `vector<width>`.
