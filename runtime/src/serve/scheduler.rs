@@ -197,7 +197,16 @@ impl<B: Backend> Scheduler<B> {
             }
             let n = budget.min(len - s.fed);
             let part = s.job.prompt.get(s.fed..s.fed + n).unwrap_or_default();
-            match self.backend.extend(part, &mut s.state) {
+            // A chunk that leaves part of the prompt for later needs no logits: only the
+            // last row's head product is computed (the state is the same either way). The
+            // last chunk computes all its rows, as `zambac-run run` does, so that the first
+            // token is the one a single run samples.
+            let result = if s.fed + n < len {
+                self.backend.extend_last(part, &mut s.state)
+            } else {
+                self.backend.extend(part, &mut s.state)
+            };
+            match result {
                 Ok(logits) => {
                     s.fed += n;
                     budget -= n;
