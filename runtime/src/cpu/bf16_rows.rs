@@ -8,9 +8,9 @@
 //! by up to 8 activation rows at a time (one 16-lane accumulator per output, summed at the
 //! end), the weight rows staying in cache while each block of activation rows passes over
 //! them, and the blocks prefetch the next 4 weight rows between them (into L2) so that
-//! memory never idles while a cached group is multiplied. Only the activations — a few dozen rows,
-//! rounded to bf16 anyway — are laid out anew ([`pack`]), so that a tile reads them as one
-//! sequential stream.
+//! memory never idles while a cached group is multiplied. Only the activations — a few
+//! dozen rows, rounded to bf16 anyway — are laid out anew ([`pack`]), so that a tile reads
+//! them as one sequential stream.
 //!
 //! Measured on one Zen 4 core (2026-12-05; `k = 2048`, 4256 weight rows — one thread's half
 //! of the Zamba2-1.2B `in_proj` — streamed from a mapped file): the core executes one
