@@ -29,7 +29,9 @@ const UNROLL: usize = 1;
 /// Gemv kernels per token (`bench --profile`, six alternating runs, 2026-12-05): 68–95 ms,
 /// median 76, against 74–99, median 86, without; into L1 (`prefetcht0`) the same distance
 /// lost (110–121 against 78–88 ms per token), as every distance did in an earlier session.
-/// f32 rows were measured too, but that run's noise (116–196 ms either way) showed nothing.
+/// In a slower minute (five rounds, none / 2 KiB / 4 KiB): medians 97.2 / 95.0 / 95.5 ms.
+/// f32 rows 2 KiB ahead: 181 / 126 / 117 / 178 / 178 ms without against 181 / 122 / 118 /
+/// 181 / 175 with — nothing, so f32 rows are not prefetched.
 fn ahead(elem: Elem) -> usize {
     match elem {
         Elem::Bf16 => 1024,
