@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use zambac_ir::{Bindings, Elem, Module};
-use zambac_kernelize::{Lowered, kernelize_with};
+use zambac_kernelize::{Lowered, StateElems, kernelize_with};
 
 use crate::error::{CliError, CliResult};
 use crate::fmt::{bytes, count};
@@ -37,6 +37,12 @@ pub struct BuildArgs {
     /// step reads; every key and value rounded to bf16 when written).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub kv_dtype: String,
+    /// Storage of the Mamba layers' SSM states: `f32`, or `bf16` (half the state memory and
+    /// the state bytes each decode step reads and writes — what batched decode spends most on
+    /// after the weights; every value rounded to bf16 when a kernel stores it, as Hugging
+    /// Face keeps the state of a bf16 model and vLLM's `mamba_ssm_cache_dtype` does).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub state_dtype: String,
     /// Context length the summary reports memory for (tokens).
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
@@ -243,12 +249,19 @@ pub fn compile_input(input: Input, args: &BuildArgs) -> CliResult<Compiled> {
         c: args.context,
     };
     run_pipeline(&mut module, &args.passes, bind)?;
-    let kv = match args.kv_dtype.as_str() {
-        "bf16" => Elem::Bf16,
-        _ => Elem::F32,
+    let elem = |flag: &str| {
+        if flag == "bf16" {
+            Elem::Bf16
+        } else {
+            Elem::F32
+        }
     };
-    let lowered =
-        kernelize_with(&module, dtype, kv).map_err(|e| CliError::input(format!("error: {e}")))?;
+    let state = StateElems {
+        kv: elem(&args.kv_dtype),
+        ssm: elem(&args.state_dtype),
+    };
+    let lowered = kernelize_with(&module, dtype, state)
+        .map_err(|e| CliError::input(format!("error: {e}")))?;
     Ok(Compiled {
         input,
         sources,

@@ -113,6 +113,7 @@ pub fn compile_temporary(
         weights: weights.map(str::to_string),
         dtype: None,
         kv_dtype: "f32".into(),
+        state_dtype: "f32".into(),
         context: 4096,
         dt_clamp: dt_clamp.map(str::to_string),
         hf4_long_context: false,

@@ -32,3 +32,20 @@ fn the_gpu_schedule_matches_hf_with_bf16_kv_caches() {
         &["--host-schedule", "gpu", "--kv-dtype", "bf16"],
     );
 }
+
+/// bf16 SSM states through the GPU schedule, whose scans load a lane's state columns once
+/// and store them once (the host runs each token's update through the buffer, so it rounds
+/// them every token): the same tolerance as bf16 states get on the host schedule
+/// (tests/bf16_state.rs).
+#[test]
+fn the_gpu_schedule_matches_hf_with_bf16_ssm_states() {
+    for name in ["zamba2-tiny", "zamba1-tiny"] {
+        check_hf_dir_built(
+            &fixture(name),
+            name,
+            "cpu",
+            0.5,
+            &["--host-schedule", "gpu", "--state-dtype", "bf16"],
+        );
+    }
+}

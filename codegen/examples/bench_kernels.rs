@@ -188,6 +188,7 @@ fn bench_scan(threads: usize) -> f64 {
             state: n,
             dt_min: Some(0.001),
             step: false,
+            ssm: Elem::F32,
         },
     };
     let lib = Lib::build(&[kernel]);
@@ -329,6 +330,7 @@ fn decode_kernels() -> Vec<Kernel> {
             state: n,
             dt_min: None,
             step: true,
+            ssm: Elem::F32,
         },
         KernelKind::Mamba2Scan {
             width,
@@ -338,6 +340,7 @@ fn decode_kernels() -> Vec<Kernel> {
             state: n,
             dt_min: Some(0.001),
             step: false,
+            ssm: Elem::F32,
         },
         KernelKind::Mamba2GateNorm {
             width,

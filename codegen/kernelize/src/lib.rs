@@ -50,20 +50,44 @@ pub struct Lowered {
     pub state: Vec<StateSpec>,
 }
 
+/// How a sequence's state is stored: each of its KV caches as `kv`, each SSM state as `ssm`
+/// (f32, or bf16: half the memory and the bytes a step reads and writes, each value rounded
+/// to nearest even when a kernel stores it). Conv states are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateElems {
+    pub kv: Elem,
+    pub ssm: Elem,
+}
+
+impl Default for StateElems {
+    fn default() -> StateElems {
+        StateElems {
+            kv: Elem::F32,
+            ssm: Elem::F32,
+        }
+    }
+}
+
 /// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16), with
-/// f32 KV caches.
+/// an f32 state.
 pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
-    kernelize_with(m, dtype, Elem::F32)
+    kernelize_with(m, dtype, StateElems::default())
 }
 
 /// [`kernelize`] with the KV caches stored as `kv` (f32, or bf16: half the memory and the
 /// bytes decode reads, each key and value rounded to bf16 when written).
-pub fn kernelize_with(m: &Module, dtype: Elem, kv: Elem) -> Result<Lowered, KernelizeError> {
-    if !matches!(kv, Elem::F32 | Elem::Bf16) {
-        return Err(KernelizeError {
-            graph: "decode".into(),
-            msg: format!("KV caches are stored as f32 or bf16, not {kv:?}"),
-        });
+pub fn kernelize_with(
+    m: &Module,
+    dtype: Elem,
+    state: StateElems,
+) -> Result<Lowered, KernelizeError> {
+    for (what, elem) in [("KV caches", state.kv), ("SSM states", state.ssm)] {
+        if !matches!(elem, Elem::F32 | Elem::Bf16) {
+            return Err(KernelizeError {
+                graph: "decode".into(),
+                msg: format!("{what} are stored as f32 or bf16, not {elem:?}"),
+            });
+        }
     }
     let weight_elems = weight_elems(m, dtype)?;
     let weight_blocks = column_blocks(m);
@@ -81,7 +105,8 @@ pub fn kernelize_with(m: &Module, dtype: Elem, kv: Elem) -> Result<Lowered, Kern
         let storage = lower::Storage {
             elems: &weight_elems,
             blocks: &weight_blocks,
-            kv,
+            kv: state.kv,
+            ssm: state.ssm,
         };
         let mut lw = GraphLowering::new(g, storage, &mut kernels, last_only)?;
         lw.lower_all()?;
@@ -92,13 +117,13 @@ pub fn kernelize_with(m: &Module, dtype: Elem, kv: Elem) -> Result<Lowered, Kern
         programs,
         weight_elems,
         weight_blocks,
-        state: state_layout(m, kv)?,
+        state: state_layout(m, state)?,
     })
 }
 
 /// The decode graph's state outputs (every recurrent state and KV cache) as the contract's
 /// typed layout.
-fn state_layout(m: &Module, kv: Elem) -> Result<Vec<StateSpec>, KernelizeError> {
+fn state_layout(m: &Module, elems: StateElems) -> Result<Vec<StateSpec>, KernelizeError> {
     let err = |msg: String| KernelizeError {
         graph: "decode".into(),
         msg,
@@ -112,11 +137,16 @@ fn state_layout(m: &Module, kv: Elem) -> Result<Vec<StateSpec>, KernelizeError> 
             continue;
         };
         let shape: Vec<Expr> = g.ty(*v).dims.iter().map(|&d| dim_expr(d)).collect();
-        let elem = if role.is_cache() { kv } else { Elem::F32 };
+        let elem = match role {
+            _ if role.is_cache() => elems.kv,
+            StateRole::Ssm { .. } => elems.ssm,
+            _ => Elem::F32,
+        };
         let spec = StateSpec { role, shape, elem };
         if spec.dims(1).is_none() {
             return Err(err(format!(
-                "state `{role}` cannot be stored as {elem:?} (a bf16 cache needs an even head dim)"
+                "state `{role}` cannot be stored as {elem:?}: bf16 packs two values per word, \
+                 so its last dimension (a cache's head dim, an SSM state's size) must be even"
             )));
         }
         layout.push(spec);

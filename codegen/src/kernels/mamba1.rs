@@ -12,7 +12,7 @@
 use super::Frame;
 use super::act::{silu, softplus};
 use super::emit::{Emitter, V, VW};
-use super::rows::{load_f32, tail_chunks};
+use super::rows::{load_f32, store_f32_as, tail_chunks};
 use super::warp::{ColumnScan, LaneValues, column_scan, lane_element, lane_elements, real_or_zero};
 use zambac_engine::Elem;
 use zambac_engine::Role;
@@ -23,6 +23,8 @@ pub(crate) struct ScanShape {
     pub head_dim: usize,
     pub state: usize,
     pub dt_rank: usize,
+    /// How the state is stored (f32 or bf16).
+    pub ssm: Elem,
 }
 
 /// [`zambac_engine::KernelKind::Mamba1Scan`].
@@ -67,7 +69,7 @@ pub(crate) fn scan<'c>(
         n,
     };
     if f.gpu_schedule {
-        scan_warp(e, f, &channel, a_log, rows, step);
+        scan_warp(e, f, &channel, a_log, rows, (step, s.ssm));
         return;
     }
     let chunks = tail_chunks(0, n);
@@ -83,7 +85,7 @@ pub(crate) fn scan<'c>(
         .iter()
         .map(|&(offset, width)| {
             if step {
-                load_f32(e, state, e.add_k(row, offset), width, Elem::F32)
+                load_f32(e, state, e.add_k(row, offset), width, s.ssm)
             } else {
                 e.f32_splat(0.0, width)
             }
@@ -115,8 +117,8 @@ pub(crate) fn scan<'c>(
         channel.finish(e, t, xv, out);
         next
     });
-    for (i, &(offset, _)) in chunks.iter().enumerate() {
-        e.vstore(last[i], state, e.add_k(row, offset));
+    for (i, &(offset, width)) in chunks.iter().enumerate() {
+        store_f32_as(e, last[i], state, e.add_k(row, offset), width, s.ssm);
     }
 }
 
@@ -194,7 +196,7 @@ fn scan_warp<'c>(
     ch: &Channel<'c>,
     a_log: V<'c>,
     rows: V<'c>,
-    step: bool,
+    (step, elem): (bool, Elem),
 ) {
     let n = ch.n;
     let row = e.mul_k(ch.c, n);
@@ -216,6 +218,7 @@ fn scan_warp<'c>(
     };
     let scan = ColumnScan {
         state: (ch.state, row),
+        elem,
         per,
         rows,
         step,

@@ -14,7 +14,7 @@
 
 use super::act::softplus;
 use super::emit::{Emitter, V, VW};
-use super::rows::{for_chunks, load_f32, tail_chunks};
+use super::rows::{for_chunks, load_f32, store_f32_as, tail_chunks};
 use super::warp::{ColumnScan, column_scan, lane_element, lane_elements, real_or_zero};
 use super::{Frame, WARP};
 use zambac_engine::Elem;
@@ -34,6 +34,8 @@ pub(crate) struct ScanShape {
     pub head_dim: usize,
     pub groups: usize,
     pub state: usize,
+    /// How the state is stored (f32 or bf16).
+    pub ssm: Elem,
 }
 
 /// Everything one head's chunks read.
@@ -42,6 +44,8 @@ struct Head<'c> {
     xbc: V<'c>,
     y: V<'c>,
     state: V<'c>,
+    /// How `state` is stored.
+    ssm: Elem,
     /// `A = −exp(A_log[h])`, `D[h]`, `dt_bias[h]`.
     a: V<'c>,
     d: V<'c>,
@@ -91,6 +95,7 @@ pub(crate) fn scan<'c>(
         xbc,
         y,
         state,
+        ssm: s.ssm,
         a: e.negf(e.math("exp", e.load(a_log, h))),
         d: e.load(d, h),
         dt_bias: e.load(dt_bias, h),
@@ -113,7 +118,7 @@ pub(crate) fn scan<'c>(
     if !step {
         for_chunks(e, p * n, 2, |e, offset, width| {
             let at = e.addi(head.state_base, offset);
-            e.vstore(e.f32_splat(0.0, width), state, at);
+            store_f32_as(e, e.f32_splat(0.0, width), state, at, width, s.ssm);
         });
     }
     let full = e.mul_k(e.divui(rows, e.index(TOKENS as i64)), TOKENS);
@@ -156,7 +161,7 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
                 .iter()
                 .map(|&(offset, width)| {
                     let at = e.add_k(state_row, offset);
-                    load_f32(e, head.state, at, width, Elem::F32)
+                    load_f32(e, head.state, at, width, head.ssm)
                 })
                 .collect();
             for j in 0..count {
@@ -188,8 +193,9 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
                 };
                 e.store(out, head.y, y_at);
             }
-            for (i, &(offset, _)) in chunks.iter().enumerate() {
-                e.vstore(s[i], head.state, e.add_k(state_row, offset));
+            for (i, &(offset, width)) in chunks.iter().enumerate() {
+                let at = e.add_k(state_row, offset);
+                store_f32_as(e, s[i], head.state, at, width, head.ssm);
             }
         }
         vec![]
@@ -247,6 +253,7 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
     };
     let scan = ColumnScan {
         state: (head.state, row),
+        elem: head.ssm,
         per,
         rows,
         step,

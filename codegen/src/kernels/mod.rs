@@ -297,6 +297,7 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             state,
             dt_min,
             step,
+            ssm,
         } => mamba2::scan(
             e,
             f,
@@ -306,6 +307,7 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
                 head_dim: *head_dim,
                 groups: *groups,
                 state: *state,
+                ssm: *ssm,
             },
             *dt_min,
             *step,
@@ -324,6 +326,7 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             dt_rank,
             dt_min,
             step,
+            ssm,
         } => mamba1::scan(
             e,
             f,
@@ -332,6 +335,7 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
                 head_dim: *head_dim,
                 state: *state,
                 dt_rank: *dt_rank,
+                ssm: *ssm,
             },
             *dt_min,
             *step,

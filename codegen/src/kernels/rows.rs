@@ -68,6 +68,27 @@ pub(crate) fn store_f32_as<'c>(
     e.vstore(half, mem, index);
 }
 
+/// Stores the f32 scalar `v` at `mem[index]` as `elem`, rounded as [`store_f32_as`] rounds.
+pub(crate) fn store_scalar_as<'c>(
+    e: &Emitter<'c, '_>,
+    v: V<'c>,
+    mem: V<'c>,
+    index: V<'c>,
+    elem: Elem,
+) {
+    if elem != Elem::Bf16 {
+        e.store(v, mem, index);
+        return;
+    }
+    let i32_t = e.int_t(32);
+    let bits = e.cast("bitcast", v, i32_t);
+    let sixteen = e.int_const(16, i32_t);
+    let lsb = e.andi(e.shrui(bits, sixteen), e.int_const(1, i32_t));
+    let rounded = e.addi(e.addi(bits, e.int_const(0x7fff, i32_t)), lsb);
+    let half = e.cast("trunci", e.shrui(rounded, sixteen), e.int_t(16));
+    e.store(half, mem, index);
+}
+
 /// One element of a view stored as `elem`, as an f32 scalar.
 pub(crate) fn load_scalar_f32<'c>(
     e: &Emitter<'c, '_>,

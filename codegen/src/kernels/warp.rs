@@ -10,7 +10,9 @@
 use melior::ir::Attribute;
 
 use super::emit::{Emitter, V, VW};
+use super::rows::{load_scalar_f32, store_scalar_as};
 use super::{Frame, WARP};
+use zambac_engine::Elem;
 
 /// The butterfly's offsets: after the step with offset `o`, lane `l` holds the sum of the
 /// `2·o` lanes whose indices agree with `l` above bit `o`.
@@ -261,6 +263,8 @@ pub(crate) fn when_real<'c>(
 pub(crate) struct ColumnScan<'c> {
     /// The state buffer and the first element of the warp's state row.
     pub state: (V<'c>, V<'c>),
+    /// How the state buffer stores its values (f32 or bf16).
+    pub elem: Elem,
     /// State columns per lane ([`lane_elements`]).
     pub per: usize,
     /// Tokens to take.
@@ -296,7 +300,7 @@ pub(crate) fn column_scan<'c, T>(
             .map(|i| {
                 if scan.step {
                     let (a, real) = at(e, f.lane, i);
-                    real_or_zero(e, real, e.load(state, a))
+                    real_or_zero(e, real, load_scalar_f32(e, state, a, scan.elem))
                 } else {
                     e.f32(0.0)
                 }
@@ -318,7 +322,7 @@ pub(crate) fn column_scan<'c, T>(
         });
         for (i, value) in last.iter().enumerate() {
             let (a, real) = at(e, f.lane, i);
-            when_real(e, real, |e| e.store(*value, state, a));
+            when_real(e, real, |e| store_scalar_as(e, *value, state, a, scan.elem));
         }
         return;
     }
@@ -326,7 +330,9 @@ pub(crate) fn column_scan<'c, T>(
         for_lanes(e, f, |e, lane| {
             for i in 0..scan.per {
                 let (a, real) = at(e, lane, i);
-                when_real(e, real, |e| e.store(e.f32(0.0), state, a));
+                when_real(e, real, |e| {
+                    store_scalar_as(e, e.f32(0.0), state, a, scan.elem)
+                });
             }
         });
     }
@@ -336,8 +342,9 @@ pub(crate) fn column_scan<'c, T>(
             let mut sum = e.f32(0.0);
             for i in 0..scan.per {
                 let (a, real) = at(e, lane, i);
-                let (value, part) = update(e, &tok, lane, i, e.load(state, a));
-                when_real(e, real, |e| e.store(value, state, a));
+                let old = load_scalar_f32(e, state, a, scan.elem);
+                let (value, part) = update(e, &tok, lane, i, old);
+                when_real(e, real, |e| store_scalar_as(e, value, state, a, scan.elem));
                 sum = e.addf(sum, part);
             }
             sum

@@ -276,6 +276,7 @@ pub fn all() -> Vec<Kernel> {
                 state: 5,
                 dt_min: Some(0.01),
                 step: false,
+                ssm: Elem::F32,
             },
         ),
         (
@@ -288,6 +289,7 @@ pub fn all() -> Vec<Kernel> {
                 state: 5,
                 dt_min: None,
                 step: true,
+                ssm: Elem::F32,
             },
         ),
         (
@@ -326,6 +328,7 @@ pub fn all() -> Vec<Kernel> {
                 dt_rank: 3,
                 dt_min: None,
                 step: false,
+                ssm: Elem::F32,
             },
         ),
         (
@@ -337,6 +340,7 @@ pub fn all() -> Vec<Kernel> {
                 dt_rank: 3,
                 dt_min: Some(0.001),
                 step: true,
+                ssm: Elem::F32,
             },
         ),
     ];
@@ -440,6 +444,7 @@ pub fn released_sizes() -> Vec<Kernel> {
                 state: n,
                 dt_min: None,
                 step: true,
+                ssm: Elem::F32,
             },
             K::Mamba2Scan {
                 width,
@@ -449,6 +454,7 @@ pub fn released_sizes() -> Vec<Kernel> {
                 state: n,
                 dt_min: Some(0.001),
                 step: false,
+                ssm: Elem::F32,
             },
             K::Mamba2GateNorm {
                 width,
@@ -472,6 +478,7 @@ pub fn released_sizes() -> Vec<Kernel> {
             dt_rank: 232,
             dt_min: None,
             step: false,
+            ssm: Elem::F32,
         },
         K::Mamba1Scan {
             heads: 2,
@@ -480,6 +487,7 @@ pub fn released_sizes() -> Vec<Kernel> {
             dt_rank: 232,
             dt_min: None,
             step: true,
+            ssm: Elem::F32,
         },
     ]);
     kinds

@@ -43,6 +43,18 @@ impl Buf {
             other => panic!("expected an f32 buffer, found {other:?}"),
         }
     }
+
+    /// The values of an f32 or bf16 buffer as f32 (panics on other types: a test bug).
+    pub fn values(&self) -> Vec<f32> {
+        match self {
+            Buf::F32(v) => v.clone(),
+            Buf::Bf16(v) => v
+                .iter()
+                .map(|&b| f32::from_bits(u32::from(b) << 16))
+                .collect(),
+            other => panic!("expected an f32 or bf16 buffer, found {other:?}"),
+        }
+    }
 }
 
 /// A loaded `host.so`.
@@ -197,7 +209,7 @@ pub fn check_with(
                     kernel.kind,
                     ["whole", "split"][run]
                 );
-                compare(outputs[*view].f32(), want, &label);
+                compare(&outputs[*view].values(), want, &label);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The Mamba mixers' convolutions and scans against the reference primitives.
 
-use super::harness::{Buf, check, random};
-use zambac_engine::KernelKind;
+use super::harness::{Buf, assert_close, assert_within_scale, check, check_with, random, to_bf16};
+use zambac_engine::{Elem, KernelKind};
 use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
 
@@ -9,6 +9,81 @@ use zambac_runtime::Tensor;
 /// rounding accumulates over the sequence: elements far below the tensor's scale differ by up
 /// to ~2·10⁻⁵ of their value.
 const SCAN_RTOL: f32 = 1e-4;
+
+/// How far a scan over several tokens with a bf16 state may drift from the reference, in
+/// units of the tensor's scale: the state is rounded (2⁻⁹ relative at most) wherever a
+/// kernel stores it — every token in the GPU schedule run on the host; in the host
+/// schedule's Mamba2 prefill after every 16 tokens and each of the last `rows mod 16` — and
+/// the roundings accumulate over the tokens.
+const BF16_DRIFT: f32 = 2e-2;
+
+/// The state buffer a scan starts from, stored as `ssm`, and the values it holds.
+fn stored_state(s0: Vec<f32>, ssm: Elem) -> (Buf, Vec<f32>) {
+    match ssm {
+        Elem::Bf16 => {
+            let (bits, values) = to_bf16(&s0);
+            (Buf::Bf16(bits), values)
+        }
+        _ => (Buf::F32(s0.clone()), s0),
+    }
+}
+
+/// Checks a scan's output `y` (view `y_view`) and final state (view `state_view`) against
+/// the reference's. An f32 state within [`SCAN_RTOL`]. A bf16 state after one token: `y`
+/// (formed before the state is stored) within [`SCAN_RTOL`], and every state value the
+/// reference's rounded to nearest — within half a bf16 unit in the last place of it (a
+/// truncation or a wrong element would not be). After several tokens, both within
+/// [`BF16_DRIFT`] of the scale.
+fn check_scan(
+    kind: KernelKind,
+    bufs: &[Buf],
+    (rows, grid): (usize, usize),
+    (y_view, y): (usize, Vec<f32>),
+    (state_view, state): (usize, Vec<f32>),
+    ssm: Elem,
+) {
+    let ints = [rows as i64];
+    if ssm == Elem::F32 {
+        let expected = [(y_view, y), (state_view, state)];
+        check(kind, bufs, &ints, grid, &expected, SCAN_RTOL);
+        return;
+    }
+    if rows > 1 {
+        let expected = [(y_view, y), (state_view, state)];
+        check_with(kind, bufs, &ints, grid, &expected, |got, want, label| {
+            assert_within_scale(got, want, BF16_DRIFT, label)
+        });
+        return;
+    }
+    check_with(
+        kind.clone(),
+        bufs,
+        &ints,
+        grid,
+        &[(y_view, y)],
+        |got, want, label| assert_close(got, want, SCAN_RTOL, label),
+    );
+    check_with(
+        kind,
+        bufs,
+        &ints,
+        grid,
+        &[(state_view, state)],
+        |got, want, label| {
+            let scale = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                // Half a bf16 ulp of `w`: 2^(e − 8) for w in [2^e, 2^(e+1)).
+                let half_ulp = f32::from_bits(w.to_bits() & 0x7f80_0000) / 256.0;
+                let bound = half_ulp * 1.001 + 1e-6 * scale;
+                assert!(
+                    (g - w).abs() <= bound,
+                    "{label}: element {i}: got {g}, want {w} rounded to bf16 (|Δ| {} > {bound})",
+                    (g - w).abs()
+                );
+            }
+        },
+    );
+}
 
 /// Depthwise causal conv + SiLU over `x [rows, ch]` continuing from `state [ch, K−1]` (or
 /// zeros): the outputs and the new state, as the kernel contract defines them.
@@ -149,6 +224,10 @@ struct Ssd {
 }
 
 fn mamba2_scan(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool) {
+    mamba2_scan_stored(s, rows, dt_min, step, Elem::F32);
+}
+
+fn mamba2_scan_stored(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool, ssm: Elem) {
     let (h, p, g, n) = (s.heads, s.p, s.groups, s.n);
     let di = h * p;
     let cd = di + 2 * g * n;
@@ -158,7 +237,7 @@ fn mamba2_scan(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool) {
     let dt_bias = random(h, 72, -1.0, 0.5);
     let a_log = random(h, 73, -1.0, 1.5);
     let d = random(h, 74, 0.5, 1.5);
-    let s0 = random(h * p * n, 75, -1.0, 1.0);
+    let (s0_buf, s0) = stored_state(random(h * p * n, 75, -1.0, 1.0), ssm);
     let t = |data: Vec<f32>, cols: usize| Tensor::new(vec![rows, cols], data);
     let x = t(columns(&xbc, rows, cd, 0, di), di);
     let b = t(columns(&xbc, rows, cd, di, g * n), g * n);
@@ -191,7 +270,7 @@ fn mamba2_scan(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool) {
         Buf::F32(a_log),
         Buf::F32(d),
         Buf::F32(vec![0.0; rows * di]),
-        Buf::F32(s0),
+        s0_buf,
     ];
     let kind = KernelKind::Mamba2Scan {
         width,
@@ -201,15 +280,9 @@ fn mamba2_scan(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool) {
         state: n,
         dt_min,
         step,
+        ssm,
     };
-    check(
-        kind,
-        &bufs,
-        &[rows as i64],
-        h,
-        &[(5, y), (6, state.data)],
-        SCAN_RTOL,
-    );
+    check_scan(kind, &bufs, (rows, h), (5, y), (6, state.data), ssm);
 }
 
 #[test]
@@ -258,6 +331,16 @@ fn mamba2_scan_steps_continue_from_the_state() {
 }
 
 fn mamba1_scan(heads: usize, p: usize, n: usize, rows: usize, dt_min: Option<f64>, step: bool) {
+    mamba1_scan_stored((heads, p, n), rows, dt_min, step, Elem::F32);
+}
+
+fn mamba1_scan_stored(
+    (heads, p, n): (usize, usize, usize),
+    rows: usize,
+    dt_min: Option<f64>,
+    step: bool,
+    ssm: Elem,
+) {
     let r = 3;
     let di = heads * p;
     let bw = r + 2 * n;
@@ -268,7 +351,7 @@ fn mamba1_scan(heads: usize, p: usize, n: usize, rows: usize, dt_min: Option<f64
     let bc = random(rows * heads * bw, 84, -1.0, 1.0);
     let d = random(di, 85, 0.5, 1.5);
     let xz = random(rows * 2 * di, 86, -3.0, 3.0);
-    let s0 = random(di * n, 87, -1.0, 1.0);
+    let (s0_buf, s0) = stored_state(random(di * n, 87, -1.0, 1.0), ssm);
     let delta: Vec<f32> = dt
         .iter()
         .enumerate()
@@ -302,7 +385,7 @@ fn mamba1_scan(heads: usize, p: usize, n: usize, rows: usize, dt_min: Option<f64
         Buf::F32(bc),
         Buf::F32(d),
         Buf::F32(xz),
-        Buf::F32(s0),
+        s0_buf,
         Buf::F32(vec![0.0; rows * di]),
     ];
     let kind = KernelKind::Mamba1Scan {
@@ -312,15 +395,9 @@ fn mamba1_scan(heads: usize, p: usize, n: usize, rows: usize, dt_min: Option<f64
         dt_rank: r,
         dt_min,
         step,
+        ssm,
     };
-    check(
-        kind,
-        &bufs,
-        &[rows as i64],
-        di,
-        &[(8, y), (7, state.data)],
-        SCAN_RTOL,
-    );
+    check_scan(kind, &bufs, (rows, di), (8, y), (7, state.data), ssm);
 }
 
 #[test]
@@ -337,4 +414,30 @@ fn mamba1_scan_prefill_and_step_with_the_gate() {
 fn mamba1_scan_takes_states_wider_than_a_warp() {
     mamba1_scan(2, 3, 40, 5, None, false);
     mamba1_scan(1, 2, 64, 3, Some(0.01), true);
+}
+
+/// A bf16 SSM state (`--state-dtype bf16`): read as its values, every stored value rounded
+/// to nearest even, in steps and prefills, with state rows that are whole vectors (64), end
+/// in a narrower one (40) or are wider than a warp.
+#[test]
+fn bf16_states_are_read_as_their_values_and_stored_rounded() {
+    let typical = Ssd {
+        heads: 2,
+        p: 8,
+        groups: 2,
+        n: 64,
+    };
+    mamba2_scan_stored(&typical, 1, None, true, Elem::Bf16);
+    mamba2_scan_stored(&typical, 37, Some(0.01), false, Elem::Bf16);
+    let narrow = Ssd {
+        heads: 4,
+        p: 4,
+        groups: 1,
+        n: 40,
+    };
+    mamba2_scan_stored(&narrow, 1, Some(0.01), true, Elem::Bf16);
+    mamba2_scan_stored(&narrow, 5, None, true, Elem::Bf16);
+    mamba1_scan_stored((2, 6, 16), 1, None, true, Elem::Bf16);
+    mamba1_scan_stored((2, 3, 40), 9, Some(0.001), false, Elem::Bf16);
+    mamba1_scan_stored((1, 2, 64), 3, None, true, Elem::Bf16);
 }

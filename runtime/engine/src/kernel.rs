@@ -138,6 +138,10 @@ pub enum KernelKind {
         state: usize,
         dt_min: Option<f64>,
         step: bool,
+        /// How `state` is stored: f32, or bf16 (`--state-dtype bf16`), rounded to nearest
+        /// even wherever the kernel stores it.
+        #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
+        ssm: Elem,
     },
     /// Mamba2 gate and gated group norm: views `[y [rows,di], zx [rows,width],
     /// w [di], out [rows,di]]`; grid rows:
@@ -171,6 +175,9 @@ pub enum KernelKind {
         dt_rank: usize,
         dt_min: Option<f64>,
         step: bool,
+        /// How `state` is stored, as for [`KernelKind::Mamba2Scan`].
+        #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
+        ssm: Elem,
     },
 }
 

@@ -479,6 +479,7 @@ impl KernelKind {
                 head_dim,
                 groups,
                 state,
+                ssm,
                 ..
             } => {
                 let di = m(*heads, *head_dim);
@@ -491,7 +492,7 @@ impl KernelKind {
                     .read(R::ALog, Extent::of(*heads))
                     .read(R::D, Extent::of(*heads))
                     .write(R::Y, rows_of(0, di))
-                    .update(R::State, Extent::of(m(di, *state)))
+                    .view(R::State, *ssm, Access::ReadWrite, Extent::of(m(di, *state)))
             }
             K::Mamba2GateNorm { width, di, .. } => Sig::new(Rows, &[])
                 .read(R::Y, rows(*di))
@@ -509,6 +510,7 @@ impl KernelKind {
                 head_dim,
                 state,
                 dt_rank,
+                ssm,
                 ..
             } => {
                 let di = m(*heads, *head_dim);
@@ -521,7 +523,7 @@ impl KernelKind {
                     .read(R::Bc, rows_of(0, bc))
                     .read(R::D, Extent::of(di))
                     .read(R::Xz, rows_of(0, m(2, di)))
-                    .update(R::State, Extent::of(m(di, *state)))
+                    .view(R::State, *ssm, Access::ReadWrite, Extent::of(m(di, *state)))
                     .write(R::Y, rows_of(0, di))
             }
         }
@@ -624,6 +626,7 @@ mod tests {
                 state: 4,
                 dt_min: None,
                 step: true,
+                ssm: Elem::F32,
             },
             K::Mamba2GateNorm {
                 width: 36,
@@ -644,6 +647,7 @@ mod tests {
                 dt_rank: 2,
                 dt_min: Some(1e-3),
                 step: false,
+                ssm: Elem::Bf16,
             },
         ]
     }

@@ -146,8 +146,10 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             head_dim,
             groups,
             state,
+            ssm,
             ..
         } => {
+            ssm_state(*ssm)?;
             positive("head_dim", *head_dim)?;
             positive("state", *state)?;
             positive("heads", *heads)?;
@@ -173,8 +175,10 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             heads,
             head_dim,
             state,
+            ssm,
             ..
-        } => positive("heads", *heads)
+        } => ssm_state(*ssm)
+            .and(positive("heads", *heads))
             .and(positive("head_dim", *head_dim))
             .and(positive("state", *state)),
     }
@@ -196,6 +200,16 @@ fn kv_cache(e: Elem) -> Result<(), String> {
         Elem::F32 | Elem::Bf16 => Ok(()),
         other => Err(format!(
             "a KV cache is stored as f32 or bf16, not {other:?}"
+        )),
+    }
+}
+
+/// SSM states are stored f32 or bf16.
+fn ssm_state(e: Elem) -> Result<(), String> {
+    match e {
+        Elem::F32 | Elem::Bf16 => Ok(()),
+        other => Err(format!(
+            "an SSM state is stored as f32 or bf16, not {other:?}"
         )),
     }
 }

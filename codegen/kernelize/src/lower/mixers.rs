@@ -138,6 +138,7 @@ impl GraphLowering<'_> {
             state: s.state,
             dt_min: m.dt_min,
             step: true,
+            ssm: self.storage.ssm,
         };
         let views = vec![
             self.view(zx),
@@ -235,6 +236,7 @@ impl GraphLowering<'_> {
             dt_rank: r,
             dt_min: m.dt_min,
             step: true,
+            ssm: self.storage.ssm,
         };
         let views = vec![
             xs,

@@ -21,6 +21,8 @@ pub(crate) struct Storage<'a> {
     pub blocks: &'a [Option<Vec<usize>>],
     /// How the KV caches are stored (f32 or bf16).
     pub kv: Elem,
+    /// How the SSM states are stored (f32 or bf16).
+    pub ssm: Elem,
 }
 
 pub(crate) struct GraphLowering<'a> {
