@@ -8,6 +8,10 @@
 #
 #   bench/serve.sh [config-name ...]     (default: zamba2-100m zamba2-1.2b)
 #
+# STATE_DTYPE=bf16 builds the engines with `--state-dtype bf16` (SSM states in bf16, half
+# the state bytes a batched step reads and writes); ROUNDS (3) and REQUESTS (2 per client)
+# set the lengths.
+#
 # Installs the `openai` package into a venv of its own (.venv-serve, skipped when present)
 # and builds zambac in release. Engines go to target/bench-engines/ (rebuilt each run from
 # the compile cache). Results: target/bench-engines/<name>.serve.json.
@@ -23,14 +27,16 @@ cargo build --release -q
 OUT=target/bench-engines
 mkdir -p "$OUT"
 ROUNDS=${ROUNDS:-3}
+STATE_DTYPE=${STATE_DTYPE:-f32}
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs"
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(zamba2-100m zamba2-1.2b)
 for n in "${names[@]}"; do
   {
     engine="$OUT/$n-bf16.engine"
-    target/release/zambac build "examples/$n.toml" --dtype bf16 -o "$engine" > /dev/null
-    echo "== $n (bf16): batched decode, prompt 64, 32 steps, $ROUNDS alternating rounds"
+    target/release/zambac build "examples/$n.toml" --dtype bf16 --state-dtype "$STATE_DTYPE" \
+      -o "$engine" > /dev/null
+    echo "== $n (bf16, $STATE_DTYPE SSM states): batched decode, prompt 64, 32 steps, $ROUNDS alternating rounds"
     for r in $(seq "$ROUNDS"); do
       for b in 1 16; do
         target/release/zambac-run bench "$engine" --prompt-len 64 --new-tokens 32 --batch "$b" --json \

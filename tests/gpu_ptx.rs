@@ -16,9 +16,14 @@ const SHARED_PER_BLOCK: u64 = 227 * 1024;
 
 /// Builds `input`'s GPU code and checks it; returns how many kernels it has.
 fn check_ptx(input: &str, name: &str) -> usize {
+    check_ptx_with(input, name, &[])
+}
+
+/// [`check_ptx`] with `extra` arguments to `zambac build`.
+fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ptx");
-    let built = zambac(&[
+    let mut args = vec![
         "build",
         input,
         "--target",
@@ -27,7 +32,9 @@ fn check_ptx(input: &str, name: &str) -> usize {
         "ptx",
         "-o",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(extra);
+    let built = zambac(&args);
     assert!(built.status.success(), "{name}: {}", stderr(&built));
     assert!(
         !out.join("weights.bin").exists(),
@@ -97,6 +104,21 @@ fn fixtures_and_released_configs_compile_to_ptx_the_launcher_agrees_with() {
             .join(name)
             .join("config.json");
         assert!(check_ptx(config.to_str().unwrap(), name) > 0);
+    }
+}
+
+/// Caches and SSM states stored in bf16 change the attention and scan kernels' loads and
+/// stores: the released configs' GPU code so built agrees with its launcher too (and, with
+/// ptxas, assembles without spills).
+#[test]
+fn released_configs_with_bf16_states_compile_to_ptx_the_launcher_agrees_with() {
+    let bf16 = ["--kv-dtype", "bf16", "--state-dtype", "bf16"];
+    for name in ["zamba2-1.2b", "zamba2-7b", "zamba-7b-v1"] {
+        let config = root()
+            .join("../shared/configs")
+            .join(name)
+            .join("config.json");
+        assert!(check_ptx_with(config.to_str().unwrap(), name, &bf16) > 0);
     }
 }
 
