@@ -31,7 +31,11 @@ const UNROLL: usize = 1;
 /// lost (110–121 against 78–88 ms per token), as every distance did in an earlier session.
 /// In a slower minute (five rounds, none / 2 KiB / 4 KiB): medians 97.2 / 95.0 / 95.5 ms.
 /// f32 rows 2 KiB ahead: 181 / 126 / 117 / 178 / 178 ms without against 181 / 122 / 118 /
-/// 181 / 175 with — nothing, so f32 rows are not prefetched.
+/// 181 / 175 with — nothing, so f32 rows are not prefetched. One prefetch per 64-byte line
+/// of each row ([`dots`] reads a line per iteration), where a prefetch per 32-byte chunk
+/// before issued every line's twice: the 100M bf16 engine's Gemv per token (five
+/// alternating runs) 6.63–7.17 ms, median 6.98, against 6.06–7.18, median 6.44; the 1.2B's
+/// unchanged within the noise (68–103 against 68–97 ms).
 fn ahead(elem: Elem) -> usize {
     match elem {
         Elem::Bf16 => 1024,

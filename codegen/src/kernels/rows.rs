@@ -221,15 +221,24 @@ pub(crate) fn dots<'c>(
     let n = bases.len();
     // bf16 rows are read two elements per 32-bit lane (see `bf16_pairs`).
     let chunk = if elem == Elem::Bf16 { 2 * VW } else { VW };
-    let step = chunk * unroll;
+    // With prefetching, an iteration reads whole 64-byte lines of each row (a line's chunks
+    // into the same accumulators) and prefetches each row once: one prefetch per line, not
+    // one per chunk.
+    let line = 64 / elem.size();
+    let lines = if ahead > 0 && line > chunk * unroll && line % (chunk * unroll) == 0 {
+        line / (chunk * unroll)
+    } else {
+        1
+    };
+    let step = chunk * unroll * lines;
     let main = len / step * step;
     let mut accs = vec![e.f32_splat(0.0, VW); n * unroll];
     if main > 0 {
         accs = e.for_k(0, main, step, &accs, |e, j, accs| {
             let mut next = accs.to_vec();
-            for u in 0..unroll {
-                let at = e.add_k(j, u * chunk);
-                if ahead > 0 {
+            for v in 0..unroll * lines {
+                let (u, at) = (v % unroll, e.add_k(j, v * chunk));
+                if ahead > 0 && v * chunk % line == 0 {
                     for base in bases {
                         e.prefetch_l2(w, e.add_k(e.addi(*base, at), ahead));
                     }
