@@ -37,19 +37,22 @@ impl CpuBackend {
         if let ([token], [state]) = (tokens, &mut *states) {
             return self.decode(*token, state);
         }
-        let mut logits = Vec::with_capacity(tokens.len());
+        // Every sequence's logits go straight into its row of the step's `[B, vocab]`.
+        let vocab = self.vocab;
+        let mut rows = Tensor::try_zeros(vec![tokens.len(), vocab])?;
         let mut outputs = Vec::with_capacity(tokens.len());
         let mut dims = Vec::with_capacity(tokens.len());
-        for s in states.iter_mut() {
+        for (s, row) in states
+            .iter_mut()
+            .zip(rows.data.chunks_exact_mut(vocab.max(1)))
+        {
             check_room(s)?;
             let d = Dims {
                 t: 1,
                 c: s.capacity(),
                 pos: s.position(),
             };
-            let (l, o) = self.outputs(&self.decode, d, s)?;
-            logits.push(l);
-            outputs.push(o);
+            outputs.push(self.outputs_into(&self.decode, d, s, Region::f32(row))?);
             dims.push(d);
         }
         let mut token_bufs: Vec<[i64; 1]> = tokens.iter().map(|&t| [t]).collect();
@@ -87,12 +90,7 @@ impl CpuBackend {
         for s in states.iter_mut() {
             s.advance(1);
         }
-        let vocab = self.vocab;
-        let mut rows = Vec::with_capacity(tokens.len() * vocab);
-        for l in &logits {
-            rows.extend_from_slice(&l.data);
-        }
-        Ok(Tensor::new(vec![tokens.len(), vocab], rows))
+        Ok(rows)
     }
 
     /// Refuses `batch` sequences of `capacity` tokens when their states and KV caches do not

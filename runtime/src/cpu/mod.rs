@@ -272,7 +272,34 @@ impl CpuBackend {
         d: Dims,
         state: &mut State,
     ) -> Result<(Tensor, Vec<Region>), RuntimeError> {
-        let mut logits = None;
+        let shape = self.logits_shape(plan, d)?;
+        let mut logits = Tensor::try_zeros(shape)?;
+        let outputs = self.outputs_into(plan, d, state, Region::f32(&mut logits.data))?;
+        Ok((logits, outputs))
+    }
+
+    /// The shape of `plan`'s logits for `d`.
+    fn logits_shape(&self, plan: &Plan, d: Dims) -> Result<Vec<usize>, RuntimeError> {
+        let dims = plan
+            .outputs
+            .iter()
+            .find_map(|(what, dims)| matches!(what, Output::Logits).then_some(dims))
+            .ok_or_else(|| self.manifest_error("no logits".into()))?;
+        dims.iter()
+            .map(|e| d.size(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.manifest_error(format!("`{}` output: {e}", plan.name)))
+    }
+
+    /// The output regions of `plan` for `d`: `logits` (which must hold the logits' shape)
+    /// and `state`'s tensors, checked against the shapes the plan gives them.
+    fn outputs_into(
+        &self,
+        plan: &Plan,
+        d: Dims,
+        state: &mut State,
+        logits: Region,
+    ) -> Result<Vec<Region>, RuntimeError> {
         for (what, dims) in &plan.outputs {
             let shape = dims
                 .iter()
@@ -280,7 +307,14 @@ impl CpuBackend {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| self.manifest_error(format!("`{}` output: {e}", plan.name)))?;
             match what {
-                Output::Logits => logits = Some(Tensor::try_zeros(shape)?),
+                Output::Logits => {
+                    if shape.iter().product::<usize>() != logits.len {
+                        return Err(RuntimeError::Internal(format!(
+                            "logits of shape {shape:?} given {} values",
+                            logits.len
+                        )));
+                    }
+                }
                 Output::State(role) => match state.get(*role) {
                     Some(t) if t.shape == self.stored_shape(*role, shape.clone()) => {}
                     Some(t) => {
@@ -297,11 +331,10 @@ impl CpuBackend {
                 },
             }
         }
-        let mut logits = logits.ok_or_else(|| self.manifest_error("no logits".into()))?;
         let mut outputs = Vec::with_capacity(plan.outputs.len());
         for (what, _) in &plan.outputs {
             let region = match what {
-                Output::Logits => Region::f32(&mut logits.data),
+                Output::Logits => logits,
                 Output::State(role) => match state.get_mut(*role) {
                     Some(t) => self.state_region(*role, t),
                     None => return Err(RuntimeError::Internal(format!("state `{role}` vanished"))),
@@ -309,7 +342,7 @@ impl CpuBackend {
             };
             outputs.push(region);
         }
-        Ok((logits, outputs))
+        Ok(outputs)
     }
 
     /// Runs `which` (a prefill program) on `tokens` from the state's position.
