@@ -45,8 +45,7 @@ pub(crate) fn load_f32<'c>(
 }
 
 /// Stores the f32 lanes `v` (`width` of them) at `mem[index]` as `elem`: f32 as they are,
-/// bf16 rounded to nearest even (`(bits + 0x7fff + lsb) >> 16`, as `to_bf16` in the tests and
-/// torch's `.to(bfloat16)` for finite values).
+/// bf16 rounded to nearest even (see [`bf16_bits`]).
 pub(crate) fn store_f32_as<'c>(
     e: &Emitter<'c, '_>,
     v: V<'c>,
@@ -59,13 +58,7 @@ pub(crate) fn store_f32_as<'c>(
         e.vstore(v, mem, index);
         return;
     }
-    let bits = e.cast("bitcast", v, e.vec_t(width, e.int_t(32)));
-    let sixteen = e.int_splat(16, 32, width);
-    let lsb = e.andi(e.shrui(bits, sixteen), e.int_splat(1, 32, width));
-    let rounded = e.addi(e.addi(bits, e.int_splat(0x7fff, 32, width)), lsb);
-    let high = e.shrui(rounded, sixteen);
-    let half = e.cast("trunci", high, e.vec_t(width, e.int_t(16)));
-    e.vstore(half, mem, index);
+    e.vstore(bf16_bits(e, v, Some(width)), mem, index);
 }
 
 /// Stores the f32 scalar `v` at `mem[index]` as `elem`, rounded as [`store_f32_as`] rounds.
@@ -80,13 +73,25 @@ pub(crate) fn store_scalar_as<'c>(
         e.store(v, mem, index);
         return;
     }
-    let i32_t = e.int_t(32);
-    let bits = e.cast("bitcast", v, i32_t);
-    let sixteen = e.int_const(16, i32_t);
-    let lsb = e.andi(e.shrui(bits, sixteen), e.int_const(1, i32_t));
-    let rounded = e.addi(e.addi(bits, e.int_const(0x7fff, i32_t)), lsb);
-    let half = e.cast("trunci", e.shrui(rounded, sixteen), e.int_t(16));
-    e.store(half, mem, index);
+    e.store(bf16_bits(e, v, None), mem, index);
+}
+
+/// The bf16 bits of f32 `v` — a vector of `width` lanes, or a scalar for `None` — rounded to
+/// nearest even: `(bits + 0x7fff + lsb) >> 16`, as `to_bf16` in the tests and torch's
+/// `.to(bfloat16)` for finite values.
+fn bf16_bits<'c>(e: &Emitter<'c, '_>, v: V<'c>, width: Option<usize>) -> V<'c> {
+    let ty = |bits: u32| match width {
+        Some(w) => e.vec_t(w, e.int_t(bits)),
+        None => e.int_t(bits),
+    };
+    let int = |value: i64| match width {
+        Some(w) => e.int_splat(value, 32, w),
+        None => e.int_const(value, e.int_t(32)),
+    };
+    let bits = e.cast("bitcast", v, ty(32));
+    let lsb = e.andi(e.shrui(bits, int(16)), int(1));
+    let rounded = e.addi(e.addi(bits, int(0x7fff)), lsb);
+    e.cast("trunci", e.shrui(rounded, int(16)), ty(16))
 }
 
 /// One element of a view stored as `elem`, as an f32 scalar.
