@@ -17,6 +17,7 @@ use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32, store_f32_as, tail_chunks};
 use super::warp::{ColumnScan, column_scan, lane_element, lane_elements, real_or_zero};
 use super::{Frame, WARP};
+use melior::dialect::arith::CmpiPredicate;
 use zambac_engine::Elem;
 use zambac_engine::Role;
 
@@ -39,6 +40,7 @@ pub(crate) struct ScanShape {
 }
 
 /// Everything one head's chunks read.
+#[derive(Clone, Copy)]
 struct Head<'c> {
     zx: V<'c>,
     xbc: V<'c>,
@@ -115,20 +117,70 @@ pub(crate) fn scan<'c>(
         scan_warp(e, f, &head, rows, step);
         return;
     }
+    // A bf16 state read by one token is stored once anyway; for more tokens it is carried
+    // through the call in an f32 copy of the head's rows (the stack), widened once and
+    // rounded once at the end, as the GPU schedule keeps it in registers: the rounding does
+    // not depend on how the tokens are blocked.
+    match f.stack {
+        Some(work) if s.ssm == Elem::Bf16 => {
+            let one = e.cmpi(CmpiPredicate::Eq, rows, e.index(1));
+            e.when(one, |e| in_place(e, &head, rows, step));
+            let more = e.cmpi(CmpiPredicate::Ne, rows, e.index(1));
+            e.when(more, |e| through_copy(e, &head, work, rows, step));
+        }
+        _ => in_place(e, &head, rows, step),
+    }
+}
+
+/// The scan over `rows` tokens with the state where it is stored (zeroed first for a new
+/// prompt).
+fn in_place<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, rows: V<'c>, step: bool) {
     if !step {
-        for_chunks(e, p * n, 2, |e, offset, width| {
+        for_chunks(e, head.p * head.n, 2, |e, offset, width| {
             let at = e.addi(head.state_base, offset);
-            store_f32_as(e, e.f32_splat(0.0, width), state, at, width, s.ssm);
+            store_f32_as(e, e.f32_splat(0.0, width), head.state, at, width, head.ssm);
         });
     }
     let full = e.mul_k(e.divui(rows, e.index(TOKENS as i64)), TOKENS);
     e.for_(e.index(0), full, e.index(TOKENS as i64), &[], |e, t, _| {
-        tokens(e, &head, t, TOKENS);
+        tokens(e, head, t, TOKENS);
         vec![]
     });
     e.for_(full, rows, e.index(1), &[], |e, t, _| {
-        tokens(e, &head, t, 1);
+        tokens(e, head, t, 1);
         vec![]
+    });
+}
+
+/// The scan with the state carried in `work` (`P × N` f32): widened from where it is stored
+/// (or zero), scanned in place there, and stored back rounded once.
+fn through_copy<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, work: V<'c>, rows: V<'c>, step: bool) {
+    let copy = Head {
+        state: work,
+        state_base: e.index(0),
+        ssm: Elem::F32,
+        ..*head
+    };
+    let len = head.p * head.n;
+    for_chunks(e, len, 2, |e, offset, width| {
+        let value = if step {
+            load_f32(
+                e,
+                head.state,
+                e.addi(head.state_base, offset),
+                width,
+                head.ssm,
+            )
+        } else {
+            e.f32_splat(0.0, width)
+        };
+        e.vstore(value, work, offset);
+    });
+    in_place(e, &copy, rows, true);
+    for_chunks(e, len, 2, |e, offset, width| {
+        let value = load_f32(e, work, offset, width, Elem::F32);
+        let at = e.addi(head.state_base, offset);
+        store_f32_as(e, value, head.state, at, width, head.ssm);
     });
 }
 

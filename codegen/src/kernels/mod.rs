@@ -217,6 +217,14 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
         return WARP;
     }
     match kind {
+        // The host's Mamba2 scan carries a bf16 state through a call in an f32 copy of the
+        // head's `P × N` values.
+        KernelKind::Mamba2Scan {
+            head_dim,
+            state,
+            ssm: zambac_engine::Elem::Bf16,
+            ..
+        } if target == Target::Host => head_dim * state,
         KernelKind::AttentionDecode { head_dim, .. } if target == Target::HostWithGpuSchedule => {
             attention::decode_warp_stack(*head_dim)
         }

@@ -12,9 +12,9 @@ const SCAN_RTOL: f32 = 1e-4;
 
 /// How far a scan over several tokens with a bf16 state may drift from the reference, in
 /// units of the tensor's scale: the state is rounded (2⁻⁹ relative at most) wherever a
-/// kernel stores it — every token in the GPU schedule run on the host; in the host
-/// schedule's Mamba2 prefill after every 16 tokens and each of the last `rows mod 16` — and
-/// the roundings accumulate over the tokens.
+/// kernel stores it — once per call in the host schedule (and on the GPU), but every token
+/// in the GPU schedule run on the host, whose lanes are a loop through the buffer — and the
+/// roundings accumulate over the tokens.
 const BF16_DRIFT: f32 = 2e-2;
 
 /// The state buffer a scan starts from, stored as `ssm`, and the values it holds.
