@@ -70,7 +70,8 @@ impl GenerationInfo {
 pub struct StateSpec {
     pub role: StateRole,
     pub shape: Vec<Expr>,
-    /// How its values are stored: f32, or bf16 (a KV cache built with `--kv-dtype bf16`).
+    /// How its values are stored: f32, or bf16 (a KV cache built with `--kv-dtype bf16`, an
+    /// SSM state built with `--state-dtype bf16`).
     #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
     pub elem: Elem,
 }
