@@ -1,6 +1,8 @@
 //! The Mamba mixers' convolutions and scans against the reference primitives.
 
-use super::harness::{Buf, assert_close, assert_within_scale, check, check_with, random, to_bf16};
+use super::harness::{
+    Buf, Lib, assert_close, assert_within_scale, check, check_with, random, to_bf16,
+};
 use zambac_engine::{Elem, KernelKind};
 use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
@@ -158,6 +160,72 @@ fn mamba2_conv_prefill_from_zeros_and_step_from_state() {
     mamba2_conv(1, true, 4);
     mamba2_conv(3, true, 4);
     mamba2_conv(5, false, 2);
+}
+
+/// A conv's channels are computed in blocks of 8 and a range's leftover channels one at a
+/// time, and which channels are left over depends on how a launch splits the grid among
+/// threads. Every channel must come out with the same bits either way (a sequence decoded
+/// in a batch runs each launch whole on one thread, decoded alone split across them).
+#[test]
+fn conv_channels_have_the_same_bits_however_the_grid_is_split() {
+    let (rows, kw, di, cd) = (3, 4, 16, 37);
+    let width = di + cd + 7;
+    let kinds = [
+        KernelKind::Mamba2Conv {
+            width,
+            di,
+            cd,
+            k: kw,
+            step: true,
+        },
+        KernelKind::Mamba1Conv {
+            di: cd,
+            k: kw,
+            bias: true,
+            step: true,
+        },
+    ];
+    for kind in kinds {
+        let mamba2 = matches!(kind, KernelKind::Mamba2Conv { .. });
+        // Inputs large enough that SiLU's exp is far from exact in every channel.
+        let input = random(rows * width.max(2 * cd), 70, -6.0, 6.0);
+        let bufs = vec![
+            Buf::F32(input),
+            Buf::F32(random(cd * kw, 71, -1.0, 1.0)),
+            Buf::F32(random(cd, 72, -0.5, 0.5)),
+            Buf::F32(random(cd * (kw - 1), 73, -3.0, 3.0)),
+            Buf::F32(vec![0.0; rows * cd]),
+        ];
+        let kernel = zambac_engine::Kernel {
+            symbol: "k".into(),
+            kind: kind.clone(),
+        };
+        let lib = Lib::build(std::slice::from_ref(&kernel));
+        let run = |cuts: &[usize]| {
+            let mut b = bufs.clone();
+            let mut from = 0;
+            for &to in cuts.iter().chain(std::iter::once(&cd)) {
+                lib.call("k", &mut b, &[rows as i64], from, to);
+                from = to;
+            }
+            b
+        };
+        let whole = run(&[]);
+        for cuts in [&[1][..], &[5], &[18], &[3, 11, 30], &[7, 8, 9, 36]] {
+            let split = run(cuts);
+            for view in [3, 4] {
+                let (w, s) = (whole[view].f32(), split[view].f32());
+                for (i, (a, b)) in w.iter().zip(s).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{} view {view} element {i}, grid cut at {cuts:?}: {a} whole, {b} split",
+                        if mamba2 { "Mamba2Conv" } else { "Mamba1Conv" }
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn mamba1_conv(rows: usize, step: bool, bias: bool, kw: usize) {

@@ -262,9 +262,23 @@ impl<'c, 'b> Emitter<'c, 'b> {
 
     /// A one-operand `math` op (`exp`, `log1p`, `erf`, `tanh`, `sin`, `cos`, `sqrt`). With
     /// libmvec enabled, `vector<8xf32>` operands of the ops it has go to its AVX2 variant
-    /// (LLVM would otherwise call the scalar libm function once per lane).
+    /// (LLVM would otherwise call the scalar libm function once per lane), and so do
+    /// narrower vectors, padded with zeros: every vector lane is then the same function of
+    /// its value whatever the vector's width, so a value does not change with the chunk it
+    /// falls in — a blocked kernel's leftover channels, which depend on how the launch split
+    /// the grid among threads, compute what a full block computes.
     pub(crate) fn math(&self, op: &str, a: V<'c>) -> V<'c> {
         let ty = a.r#type();
+        if self.vector_calls.is_some() && LIBMVEC_OPS.contains(&op) && ty.is_vector() {
+            let n = self.width_of(a);
+            if n < 8 && ty == self.vf32(n) {
+                let pad: Vec<i64> = (0..8).map(|i| i.min(n as i64)).collect();
+                let wide = self.shuffle(a, self.f32_splat(0.0, n), &pad);
+                let out = self.math(op, wide);
+                let lanes: Vec<i64> = (0..n as i64).collect();
+                return self.shuffle(out, out, &lanes);
+            }
+        }
         if let Some(calls) = self.vector_calls
             && LIBMVEC_OPS.contains(&op)
             && ty == self.vf32(8)
