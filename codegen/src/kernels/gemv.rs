@@ -276,3 +276,26 @@ fn row_block<'c>(e: &Emitter<'c, '_>, shape: &Shape<'c>, part: &Part<'c>, rows: 
         e.store(sum, part.y, *row);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::rows::main_step;
+    use zambac_engine::{GEMV_LANES, gemv_main_step};
+
+    /// The host Gemv sums each row as the engine contract says (`zambac_engine::
+    /// gemv_main_step`): batched decode reproduces that order to give each sequence the bits
+    /// it gets alone, so a change here must change the contract (and the runtime) with it.
+    #[test]
+    fn the_host_gemv_sums_rows_in_the_contracts_order() {
+        assert_eq!(VW, GEMV_LANES);
+        assert_eq!(UNROLL, 1, "the contract has one accumulator per row");
+        for elem in [Elem::F32, Elem::Bf16, Elem::F16] {
+            assert_eq!(
+                main_step(elem, ahead(elem), UNROLL),
+                gemv_main_step(elem),
+                "{elem}"
+            );
+        }
+    }
+}

@@ -211,6 +211,26 @@ fn even_odd<'c>(e: &Emitter<'c, '_>, x: V<'c>, index: V<'c>) -> (V<'c>, V<'c>) {
     (e.shuffle(a, b, &pick(0)), e.shuffle(a, b, &pick(1)))
 }
 
+/// Elements of a row [`dots`]' main loop takes per chunk: bf16 rows are read two elements
+/// per 32-bit lane (see [`bf16_pairs`]).
+fn pair_chunk(elem: Elem) -> usize {
+    if elem == Elem::Bf16 { 2 * VW } else { VW }
+}
+
+/// Elements of a row [`dots`]' main loop takes per iteration. With prefetching (`ahead >
+/// 0`), an iteration reads whole 64-byte lines of each row (a line's chunks into the same
+/// accumulators) and prefetches each row once: one prefetch per line, not one per chunk.
+pub(crate) fn main_step(elem: Elem, ahead: usize, unroll: usize) -> usize {
+    let chunk = pair_chunk(elem) * unroll;
+    let line = 64 / elem.size();
+    let lines = if ahead > 0 && line > chunk && line.is_multiple_of(chunk) {
+        line / chunk
+    } else {
+        1
+    };
+    chunk * lines
+}
+
 /// Dot products of one vector with several rows: `x[xbase ..][..len] · w[base_r ..][..len]`
 /// for each `base_r` (rows of `w` stored as `elem`). Each chunk of `x` is loaded once for all
 /// rows, and each row keeps `unroll` accumulators in the main loop. With `ahead > 0` the
@@ -224,18 +244,10 @@ pub(crate) fn dots<'c>(
     unroll: usize,
 ) -> Vec<V<'c>> {
     let n = bases.len();
-    // bf16 rows are read two elements per 32-bit lane (see `bf16_pairs`).
-    let chunk = if elem == Elem::Bf16 { 2 * VW } else { VW };
-    // With prefetching, an iteration reads whole 64-byte lines of each row (a line's chunks
-    // into the same accumulators) and prefetches each row once: one prefetch per line, not
-    // one per chunk.
+    let chunk = pair_chunk(elem);
     let line = 64 / elem.size();
-    let lines = if ahead > 0 && line > chunk * unroll && line % (chunk * unroll) == 0 {
-        line / (chunk * unroll)
-    } else {
-        1
-    };
-    let step = chunk * unroll * lines;
+    let step = main_step(elem, ahead, unroll);
+    let lines = step / (chunk * unroll);
     let main = len / step * step;
     let mut accs = vec![e.f32_splat(0.0, VW); n * unroll];
     if main > 0 {
@@ -243,7 +255,7 @@ pub(crate) fn dots<'c>(
             let mut next = accs.to_vec();
             for v in 0..unroll * lines {
                 let (u, at) = (v % unroll, e.add_k(j, v * chunk));
-                if ahead > 0 && v * chunk % line == 0 {
+                if ahead > 0 && (v * chunk).is_multiple_of(line) {
                     for base in bases {
                         e.prefetch_l2(w, e.add_k(e.addi(*base, at), ahead));
                     }

@@ -181,6 +181,34 @@ pub enum KernelKind {
     },
 }
 
+/// Lanes of a host [`KernelKind::Gemv`]'s accumulator: the width of the vectors its rows are
+/// summed in.
+pub const GEMV_LANES: usize = 8;
+
+/// How a host [`KernelKind::Gemv`] sums one row's products — part of the engine contract,
+/// because a batched decode step, which multiplies B sequences' inputs by the weights in one
+/// pass, must give each sequence exactly what decoding it alone gives (the same float
+/// operations in the same order, so the same bits):
+///
+/// 1. One accumulator `acc` of [`GEMV_LANES`] lanes, zero. The first
+///    `k / step · step` elements ([`gemv_main_step`]) are taken in chunks of `2·LANES` for
+///    bf16 weights — lane `i` gets `acc = fma(x[2i], w[2i], acc)` then
+///    `acc = fma(x[2i+1], w[2i+1], acc)`, element indices relative to the chunk — and of
+///    `LANES` otherwise (`acc = fma(x[i], w[i], acc)`).
+/// 2. The rest in chunks of `LANES` (`acc = fma(x[i], w[i], acc)`), the last one, when
+///    narrower, as plain products `p[i] = x[i]·w[i]` apart from `acc`.
+/// 3. `sum = ((0 + acc[0]) + acc[1]) + … + acc[LANES−1]`, then `+ ((0 + p[0]) + p[1] …)`
+///    when there is a narrow chunk; with `accumulate`, `y = y + sum`.
+///
+/// Weights are widened to f32 exactly. GPU kernels sum differently (a warp per row).
+pub fn gemv_main_step(elem: Elem) -> usize {
+    match elem {
+        // Whole 64-byte lines of bf16 per iteration (the loop prefetches one per line).
+        Elem::Bf16 => 4 * GEMV_LANES,
+        _ => GEMV_LANES,
+    }
+}
+
 /// The most parts [`KernelKind::AttentionDecode`] may split a head's keys into.
 pub const MAX_DECODE_SPLITS: usize = 256;
 

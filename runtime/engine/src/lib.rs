@@ -53,8 +53,8 @@ pub use error::EngineError;
 pub use expr::{Domain, Expr, Point};
 pub use gpu::{GpuCode, GpuEntry, GpuParam};
 pub use kernel::{
-    ActKind, BinOp, DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, EpilogueOp, Kernel, KernelKind,
-    MAX_DECODE_SPLITS, decode_split_len,
+    ActKind, BinOp, DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, EpilogueOp, GEMV_LANES, Kernel,
+    KernelKind, MAX_DECODE_SPLITS, decode_split_len, gemv_main_step,
 };
 pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, TargetCpu, WeightEntry};
 pub use model::{GenerationInfo, ModelInfo, StateRole, StateSpec};

@@ -33,10 +33,23 @@ impl CpuBackend {
         }
         check_tokens(tokens, self.vocab)?;
         // One sequence: the single-sequence decode (its Gemv kernels stream the weights at
-        // full speed; a one-row product would not).
-        if let ([token], [state]) = (tokens, &mut *states) {
+        // full speed; a one-row product would not) — but with bf16 products, which round
+        // the activations, the products of a batch of one (see `decode`).
+        if let ([token], [state]) = (tokens, &mut *states)
+            && !self.bf16
+        {
             return self.decode(*token, state);
         }
+        self.step_together(tokens, states)
+    }
+
+    /// [`Self::step_batch`] for checked tokens and host states: one step of the decode
+    /// program for all the sequences together, the weights read once.
+    pub(super) fn step_together(
+        &mut self,
+        tokens: &[i64],
+        states: &mut [&mut State],
+    ) -> Result<Tensor, RuntimeError> {
         // Every sequence's logits go straight into its row of the step's `[B, vocab]`.
         let vocab = self.vocab;
         let mut rows = Tensor::try_zeros(vec![tokens.len(), vocab])?;

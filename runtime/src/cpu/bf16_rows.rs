@@ -99,6 +99,11 @@ pub unsafe fn product(
     // Into L2 (`prefetcht1`), not L1: the 1.2B's batch-16 decode products took 176 ms per
     // step against 195 with `prefetcht0` (six alternating runs each) — in L1, presumably, the
     // next group displaced this group and the activations before their use.
+    if m == 1 {
+        // SAFETY: the caller's.
+        unsafe { stream((n, k), a, w, ldw, c, accumulate) };
+        return;
+    }
     let blocks = m.div_ceil(MR);
     let steps = k.div_ceil(32);
     let mut j = 0;
@@ -109,6 +114,7 @@ pub unsafe fn product(
             let out = Out {
                 c: c.wrapping_add(i * ldc + j),
                 ldc,
+                cs: 1,
                 accumulate,
             };
             // One block streams the rows itself (the hardware prefetcher follows it; software
@@ -142,11 +148,69 @@ pub unsafe fn product(
     }
 }
 
+/// Weight rows one sequence's tile reads at once, each a stream of its own.
+const STREAMS: usize = 8;
+
+/// How far ahead (elements) one sequence's tiles prefetch each row into L2: 2 KiB, as the
+/// generated Gemv does.
+const AHEAD: usize = 1024;
+
+/// [`product`] for one sequence (a decode step alone) at the speed of memory, the way the
+/// generated Gemv streams weights: the rows are cut into [`STREAMS`] contiguous stripes and
+/// a tile takes one row of each, so that every stream walks consecutive memory, and each
+/// row is prefetched [`AHEAD`] into L2. Each output is summed exactly as every other
+/// schedule sums it (one accumulator over the steps of 32, then its lanes), so a sequence
+/// gets the same bits alone as in a batch.
+///
+/// # Safety
+/// As [`product`] with `m = 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn stream(
+    (n, k): (usize, usize),
+    a: *const u16,
+    w: *const u16,
+    ldw: usize,
+    c: *mut f32,
+    accumulate: bool,
+) {
+    let stripe = n / STREAMS;
+    let pf = Prefetch {
+        rows: w,
+        ldw,
+        first: usize::MAX,
+        step: 1,
+    };
+    for i in 0..stripe {
+        let out = Out {
+            c: c.wrapping_add(i),
+            ldc: 0,
+            cs: stripe,
+            accumulate,
+        };
+        // SAFETY: rows i, i + stripe, … of W and the matching outputs lie inside the
+        // operands.
+        unsafe { tile::<STREAMS, 1, AHEAD>(k, a, w.add(i * ldw), stripe * ldw, out, pf) };
+    }
+    for r in stripe * STREAMS..n {
+        let out = Out {
+            c: c.wrapping_add(r),
+            ldc: 0,
+            cs: 1,
+            accumulate,
+        };
+        // SAFETY: row r of W and output r lie inside the operands.
+        unsafe { tile::<1, 1, AHEAD>(k, a, w.add(r * ldw), ldw, out, pf) };
+    }
+}
+
 /// Where a tile's outputs go: C's block, rows `ldc` apart, added to or overwritten.
 #[derive(Clone, Copy)]
 struct Out {
     c: *mut f32,
     ldc: usize,
+    /// Elements between the outputs of consecutive weight rows of the tile.
+    cs: usize,
     accumulate: bool,
 }
 
@@ -176,23 +240,24 @@ unsafe fn rows<const NR_: usize>(
     // W).
     unsafe {
         match mr {
-            8 => tile::<NR_, 8>(k, a, w, ldw, out, pf),
-            7 => tile::<NR_, 7>(k, a, w, ldw, out, pf),
-            6 => tile::<NR_, 6>(k, a, w, ldw, out, pf),
-            5 => tile::<NR_, 5>(k, a, w, ldw, out, pf),
-            4 => tile::<NR_, 4>(k, a, w, ldw, out, pf),
-            3 => tile::<NR_, 3>(k, a, w, ldw, out, pf),
-            2 => tile::<NR_, 2>(k, a, w, ldw, out, pf),
-            _ => tile::<NR_, 1>(k, a, w, ldw, out, pf),
+            8 => tile::<NR_, 8, 0>(k, a, w, ldw, out, pf),
+            7 => tile::<NR_, 7, 0>(k, a, w, ldw, out, pf),
+            6 => tile::<NR_, 6, 0>(k, a, w, ldw, out, pf),
+            5 => tile::<NR_, 5, 0>(k, a, w, ldw, out, pf),
+            4 => tile::<NR_, 4, 0>(k, a, w, ldw, out, pf),
+            3 => tile::<NR_, 3, 0>(k, a, w, ldw, out, pf),
+            2 => tile::<NR_, 2, 0>(k, a, w, ldw, out, pf),
+            _ => tile::<NR_, 1, 0>(k, a, w, ldw, out, pf),
         }
     }
 }
 
 /// `NR_ × MR_` outputs, each a 16-lane accumulator summed at the end. The loop over whole
-/// 32-element steps loads without masks; the last partial step is masked.
+/// 32-element steps loads without masks; the last partial step is masked. With `AHEAD_ > 0`
+/// the tile also prefetches each of its own rows that many elements ahead (see [`stream`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn tile<const NR_: usize, const MR_: usize>(
+unsafe fn tile<const NR_: usize, const MR_: usize, const AHEAD_: usize>(
     k: usize,
     a: *const u16,
     w: *const u16,
@@ -211,6 +276,11 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
                 _mm_prefetch::<_MM_HINT_T1>(pf.rows.wrapping_add(r * pf.ldw + kk).cast());
                 r += pf.step;
             }
+            if AHEAD_ > 0 {
+                for r in 0..NR_ {
+                    _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(r * ldw + kk + AHEAD_).cast());
+                }
+            }
             step(&mut acc, a, (w, ldw), kk, None);
             kk += 32;
         }
@@ -224,7 +294,7 @@ unsafe fn tile<const NR_: usize, const MR_: usize>(
         for (s, v) in row.iter().enumerate() {
             // SAFETY: output (s, r) of the block lies inside C.
             unsafe {
-                let o = out.c.add(s * out.ldc + r);
+                let o = out.c.add(s * out.ldc + r * out.cs);
                 let x = _mm512_reduce_add_ps(*v);
                 *o = if out.accumulate { *o + x } else { x };
             }
@@ -320,6 +390,9 @@ mod tests {
             // Rows of several KiB, as in the released models.
             (16, 9, 2100, 2110, 12),
             (9, 5, 1537, 1537, 5),
+            // One row (the streaming schedule): stripes with and without leftover rows.
+            (1, 37, 2100, 2110, 40),
+            (1, 64, 96, 96, 64),
         ] {
             let a: Vec<u16> = (0..m * k)
                 .map(|i| bits(((i * 7919 % 1000) as f32 - 500.0) * 1e-3))
@@ -370,6 +443,52 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// A row of A gets the same bits whatever the other rows and however many: one row
+    /// (the streaming schedule), a block of few, blocks of eight.
+    #[test]
+    fn each_row_gets_the_bits_it_gets_alone() {
+        if !super::super::dnnl::bf16_cpu() {
+            eprintln!("no AVX-512 BF16 on this CPU");
+            return;
+        }
+        let (n, k) = (75, 1000);
+        let w: Vec<u16> = (0..n * k)
+            .map(|i| zambac_engine::bf16_bits(((i * 104_729 % 997) as f32 - 498.0) * 2e-3))
+            .collect();
+        let rows: Vec<Vec<f32>> = (0..20)
+            .map(|r| {
+                (0..k)
+                    .map(|i| (((r * k + i) * 7919 % 1000) as f32 - 500.0) * 1e-3)
+                    .collect()
+            })
+            .collect();
+        let product_of = |m: usize| {
+            let mut packed = Vec::new();
+            pack(m, k, |r| &rows[r], &mut packed);
+            let mut c = vec![0.0f32; m * n];
+            // SAFETY: this CPU has the extensions; the buffers hold the shapes.
+            unsafe {
+                product(
+                    (m, n, k),
+                    packed.as_ptr(),
+                    w.as_ptr(),
+                    k,
+                    c.as_mut_ptr(),
+                    n,
+                    false,
+                )
+            };
+            c
+        };
+        let alone = product_of(1);
+        for m in [2, 3, 8, 9, 20] {
+            let c = product_of(m);
+            for j in 0..n {
+                assert_eq!(c[j].to_bits(), alone[j].to_bits(), "m = {m}, C[0,{j}]");
             }
         }
     }

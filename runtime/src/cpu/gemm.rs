@@ -130,7 +130,7 @@ pub fn run(
         && g.a.cs == 1
         && g.c.cs == 1
     {
-        return run_bf16(g, pool, dnnl);
+        return run_bf16(g, pool, dnnl, false);
     }
     let ok = match g.b.kind {
         Elem::F32 => {
@@ -195,9 +195,27 @@ pub fn run(
     }
 }
 
+/// `C (+)= A·B` for a bf16 weight B (`B[k, j]` at `j·cs`, unit stride along k) with bf16
+/// products, every row of C computed as it would be in a product of that row alone (a
+/// batched decode step's sequences get what each gets decoded alone): A's rows rounded to
+/// bf16, each output one accumulator over k in the same order whatever the other rows.
+pub fn run_bf16_rows(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
+    if g.a.kind != Elem::F32 || g.c.kind != Elem::F32 || g.b.kind != Elem::Bf16 {
+        return Err("a bf16 product needs f32 A and C and a bf16 B".into());
+    }
+    if g.a.cs != 1 || g.c.cs != 1 || g.b.rs != 1 || g.b.cs <= 0 {
+        return Err("a bf16 product of rows needs unit-stride rows".into());
+    }
+    if g.m == 0 || g.n == 0 {
+        return Ok(());
+    }
+    run_bf16(g, pool, dnnl, true)
+}
+
 /// `C (+)= A·B` for a bf16 weight B through oneDNN: each pool thread rounds its block of
-/// A's rows to bf16 and multiplies it by B with `vdpbf16ps` (f32 accumulation).
-fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
+/// A's rows to bf16 and multiplies it by B with `vdpbf16ps` (f32 accumulation). `row_invariant`:
+/// always by B's columns through [`bf16_rows`], whatever the number of A's rows.
+fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl, row_invariant: bool) -> Result<(), String> {
     thread_local! {
         /// This thread's rows of A in bf16, reused across products.
         static ROWS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -205,7 +223,7 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), String> {
     // Few rows (a batched decode step): every thread rounds all of A and multiplies it by
     // its own block of B's columns, so B — the weights — is read once in all. Many rows (a
     // prefill): each thread takes a block of A's rows and the whole of B.
-    let by_cols = g.m < BF16_ROWS_SPLIT;
+    let by_cols = row_invariant || g.m < BF16_ROWS_SPLIT;
     let len = if by_cols { g.n } else { g.m };
     let chunks = if by_cols {
         pool.threads().min(len.div_ceil(ALIGN))

@@ -14,6 +14,7 @@ pub mod blas;
 pub mod dnnl;
 mod exec;
 mod gemm;
+mod gemv_rows;
 pub(crate) mod library;
 pub mod machine;
 pub(crate) mod plan;
@@ -514,6 +515,12 @@ impl Backend for CpuBackend {
     fn decode(&mut self, token: i64, state: &mut State) -> Result<Tensor, RuntimeError> {
         check_tokens(&[token], self.vocab)?;
         check_room(state)?;
+        if self.bf16 {
+            // bf16 products round the activations to bf16: a batch of one, so that a
+            // sequence gets the same logits whether it decodes alone or in a batch.
+            state.to_host()?;
+            return self.step_together(&[token], &mut [state]);
+        }
         let logits = self.run(Which::Decode, &[token], state)?;
         state.advance(1);
         Ok(logits)

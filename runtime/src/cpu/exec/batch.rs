@@ -3,7 +3,10 @@
 //!
 //! The weights are read once per step for all of them: every Gemv of the program — the
 //! products that stream the weights — runs as one matrix product over the B sequences' rows
-//! (gathered into a `[B, k]` matrix, multiplied by the GEMM library, scattered back). Every
+//! (gathered into a `[B, k]` matrix, multiplied, scattered back), each row summed in the
+//! order the Gemv sums it alone ([`gemv_rows`]), or with bf16 products by the `vdpbf16ps`
+//! kernel a sequence decoding alone also runs (a batch of one): either way a sequence gets
+//! the bits it gets alone, whatever else is in the batch. Every
 //! other kernel (norms, epilogues, the Mamba conv and scan steps, attention over each
 //! sequence's own cache) runs once per sequence on that sequence's buffers, the sequences
 //! shared out among the pool's threads. The decode program itself is the one a single
@@ -16,7 +19,9 @@ use zambac_engine::{Elem, KernelKind};
 
 use super::{Bound, CallBuffers, Dims, Executor, Shared, bind_gemm, buffer_sizes, regions, split};
 use crate::cpu::arena::{AlignedBuf, Arena};
+use crate::cpu::dnnl::Dnnl;
 use crate::cpu::gemm::{self, Gemm, Operand};
+use crate::cpu::gemv_rows;
 use crate::cpu::plan::{PStep, PView, Plan};
 
 /// A Gemv kernel's shape: `y_q (+)= x·W_qᵀ` for each part `q`.
@@ -226,13 +231,28 @@ impl Executor {
         let (Some(first_bounds), Some(first_seq)) = (bounds.first(), seqs.first()) else {
             return Err("a batch without sequences".into());
         };
+        // With bf16 products (oneDNN's CPUs) the weights are bf16 and every product rounds
+        // the activations to bf16, as a prefill's do; otherwise each sequence's product is
+        // summed in the order of the Gemv that decodes it alone.
+        let bf16_products = self.bf16.filter(|_| shape.elem == Elem::Bf16);
         for (row, (b, s)) in bounds.iter().zip(seqs).enumerate() {
             let (src, kind) = checked(b, x_view, s, k)?;
             if kind != Elem::F32 {
                 return Err("a Gemv input is not f32".into());
             }
-            // SAFETY: `src` holds k f32s (checked); row `row` of X holds k.
-            unsafe { std::ptr::copy_nonoverlapping(src.cast::<f32>(), x.add(row * k), k) };
+            // SAFETY: `src` holds k f32s (checked); row `row` of X holds k, and does not
+            // overlap a sequence's buffers.
+            let (src, dst) = unsafe {
+                (
+                    std::slice::from_raw_parts(src.cast::<f32>(), k),
+                    std::slice::from_raw_parts_mut(x.add(row * k), k),
+                )
+            };
+            if bf16_products.is_some() {
+                dst.copy_from_slice(src);
+            } else {
+                gemv_rows::pack_row(src, shape.elem, dst);
+            }
         }
         for q in 0..parts {
             let (Some(&rows), Some(w_view), Some(y_view)) =
@@ -248,34 +268,15 @@ impl Executor {
             )?;
             self.batch.y.reserve(b_count * rows)?;
             let y = self.batch.y.as_mut_ptr();
-            let g = Gemm {
-                m: b_count,
-                n: rows,
-                k,
-                a: Operand {
-                    ptr: x.cast(),
-                    kind: Elem::F32,
-                    rs: k as isize,
-                    cs: 1,
-                },
-                b: Operand {
-                    ptr: w,
-                    kind: w_kind,
-                    rs: 1,
-                    cs: shape.ld as isize,
-                },
-                c: Operand {
-                    ptr: y.cast(),
-                    kind: Elem::F32,
-                    rs: rows as isize,
-                    cs: 1,
-                },
-                accumulate: false,
+            let w = gemv_rows::Weights {
+                ptr: w.cast_const(),
+                elem: w_kind,
+                ld: shape.ld,
             };
-            // A product like a prefill's: with bf16 products on (oneDNN), the activations
-            // are rounded to bf16 as they are in prefill; with them off, the weights are
-            // widened exactly and each sequence gets what decoding it alone gives.
-            gemm::run(&g, &self.launcher.pool, &mut self.widen, self.bf16)?;
+            match bf16_products {
+                Some(dnnl) => self.bf16_product((b_count, rows, k), x, w, y, dnnl)?,
+                None => self.ordered_product((b_count, rows, k), x, w, y)?,
+            }
             for (row, (b, s)) in bounds.iter().zip(seqs).enumerate() {
                 let (dst, _) = checked(b, y_view, s, rows)?;
                 let dst = dst.cast::<f32>();
@@ -289,5 +290,85 @@ impl Executor {
             }
         }
         Ok(())
+    }
+
+    /// `Y = X · Wᵀ` for B sequences' packed inputs ([`gemv_rows::pack_row`]), each row of
+    /// `Y` summed in the order of the Gemv: the pool's threads take contiguous blocks of
+    /// the weight rows.
+    fn ordered_product(
+        &mut self,
+        (m, n, k): (usize, usize, usize),
+        x: *mut f32,
+        w: gemv_rows::Weights,
+        y: *mut f32,
+    ) -> Result<(), String> {
+        let pool = &self.launcher.pool;
+        let chunks = pool.threads().min(n.div_ceil(gemv_rows::TILE_ROWS));
+        let (xs, ys, ws) = (Shared(x), Shared(y), Shared(w));
+        let failure = std::sync::Mutex::new(None);
+        let ok = pool.run(chunks, &|t| {
+            let (lo, hi) = split(n as i64, chunks as i64, t as i64);
+            // SAFETY: X holds m packed rows of k; the weight view was checked to hold n rows
+            // `ld` apart; Y holds m rows of n, of which each thread writes its own columns.
+            let r = unsafe {
+                gemv_rows::product(
+                    (m, k),
+                    lo as usize..hi as usize,
+                    xs.get(),
+                    ws.get(),
+                    ys.get(),
+                    n,
+                )
+            };
+            if let Err(e) = r
+                && let Ok(mut f) = failure.lock()
+            {
+                *f = Some(e);
+            }
+        });
+        if !ok {
+            return Err("a batched Gemv thread panicked".into());
+        }
+        match failure.into_inner() {
+            Ok(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// `Y = X · Wᵀ` for bf16 weights with bf16 products: the activations rounded to bf16 as
+    /// a prefill's are.
+    fn bf16_product(
+        &mut self,
+        (m, n, k): (usize, usize, usize),
+        x: *mut f32,
+        w: gemv_rows::Weights,
+        y: *mut f32,
+        dnnl: &'static Dnnl,
+    ) -> Result<(), String> {
+        let g = Gemm {
+            m,
+            n,
+            k,
+            a: Operand {
+                ptr: x.cast(),
+                kind: Elem::F32,
+                rs: k as isize,
+                cs: 1,
+            },
+            b: Operand {
+                ptr: w.ptr.cast_mut(),
+                kind: w.elem,
+                rs: 1,
+                cs: w.ld as isize,
+            },
+            c: Operand {
+                ptr: y.cast(),
+                kind: Elem::F32,
+                rs: n as isize,
+                cs: 1,
+            },
+            accumulate: false,
+        };
+        gemm::run_bf16_rows(&g, &self.launcher.pool, dnnl)
     }
 }
