@@ -230,8 +230,7 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl, row_invariant: bool) -> 
     } else {
         pool.threads().min(len)
     };
-    let failure = std::sync::Mutex::new(None);
-    let ok = pool.run(chunks, &|t| {
+    pool.try_run(chunks, "a GEMM thread panicked", &|t| {
         let (lo, hi) = if by_cols {
             aligned_split(len, chunks, t)
         } else {
@@ -239,14 +238,14 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl, row_invariant: bool) -> 
             (lo as usize, hi as usize)
         };
         if lo == hi {
-            return;
+            return Ok(());
         }
         let (row0, rows, col0, cols) = if by_cols {
             (0, g.m, lo, hi - lo)
         } else {
             (lo, hi - lo, 0, g.n)
         };
-        let result = ROWS.with(|buf| {
+        ROWS.with(|buf| {
             let mut buf = buf.borrow_mut();
             let row = |r: usize| {
                 let a = g.a.at(row0 + r, 0).ptr.cast::<f32>().cast_const();
@@ -289,20 +288,8 @@ fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl, row_invariant: bool) -> 
             // SAFETY: A's rows are in `buf`; this thread's block of B and of C are blocks of
             // the bounds-checked operands, and no other thread writes this block of C.
             unsafe { dnnl.gemm(shape, buf.as_ptr(), b, c) }
-        });
-        if let Err(e) = result
-            && let Ok(mut f) = failure.lock()
-        {
-            *f = Some(e);
-        }
-    });
-    if !ok {
-        return Err("a GEMM thread panicked".into());
-    }
-    match failure.into_inner() {
-        Ok(Some(e)) => Err(e),
-        _ => Ok(()),
-    }
+        })
+    })
 }
 
 /// Chunk `t` of `[0, len)` cut into `chunks` near-equal ranges whose inner bounds are

@@ -91,6 +91,31 @@ impl Pool {
         self.workers.len() + 1
     }
 
+    /// [`Pool::run`] for chunks that can fail: the first error a chunk returns, or
+    /// `panicked` if one panicked.
+    pub fn try_run(
+        &self,
+        chunks: usize,
+        panicked: &str,
+        f: &(dyn Fn(usize) -> Result<(), String> + Sync),
+    ) -> Result<(), String> {
+        let failure = std::sync::Mutex::new(None);
+        let ok = self.run(chunks, &|t| {
+            if let Err(e) = f(t)
+                && let Ok(mut first) = failure.lock()
+            {
+                first.get_or_insert(e);
+            }
+        });
+        if !ok {
+            return Err(panicked.into());
+        }
+        match failure.into_inner() {
+            Ok(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `f(0) … f(chunks-1)`, chunk `i` on thread `i`; returns when all are done.
     /// `chunks` is at most [`Pool::threads`]. Returns false if a chunk panicked.
     pub fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) -> bool {

@@ -305,12 +305,11 @@ impl Executor {
         let pool = &self.launcher.pool;
         let chunks = pool.threads().min(n.div_ceil(gemv_rows::TILE_ROWS));
         let (xs, ys, ws) = (Shared(x), Shared(y), Shared(w));
-        let failure = std::sync::Mutex::new(None);
-        let ok = pool.run(chunks, &|t| {
+        pool.try_run(chunks, "a batched Gemv thread panicked", &|t| {
             let (lo, hi) = split(n as i64, chunks as i64, t as i64);
             // SAFETY: X holds m packed rows of k; the weight view was checked to hold n rows
             // `ld` apart; Y holds m rows of n, of which each thread writes its own columns.
-            let r = unsafe {
+            unsafe {
                 gemv_rows::product(
                     (m, k),
                     lo as usize..hi as usize,
@@ -319,20 +318,8 @@ impl Executor {
                     ys.get(),
                     n,
                 )
-            };
-            if let Err(e) = r
-                && let Ok(mut f) = failure.lock()
-            {
-                *f = Some(e);
             }
-        });
-        if !ok {
-            return Err("a batched Gemv thread panicked".into());
-        }
-        match failure.into_inner() {
-            Ok(Some(e)) => Err(e),
-            _ => Ok(()),
-        }
+        })
     }
 
     /// `Y = X · Wᵀ` for bf16 weights with bf16 products: the activations rounded to bf16 as
