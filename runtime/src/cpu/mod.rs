@@ -133,7 +133,8 @@ impl CpuBackend {
         let f32 = blas::describe();
         match dnnl::dnnl() {
             Ok(d) if self.bf16 => format!(
-                "{f32}; bf16 weights: oneDNN {} (activations rounded to bf16)",
+                "{f32}; bf16 weights: oneDNN {} for 64 rows or more, zambac's vdpbf16ps \
+                 rows for fewer and for decode (activations rounded to bf16)",
                 d.implementation
             ),
             _ => f32,
