@@ -57,8 +57,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub cuda_graphs: String,
     /// Products with bf16 weights: `on` rounds the activations to bf16 for AVX-512 BF16
-    /// products (oneDNN), `off` keeps them f32, `auto` is `on` where the CPU and oneDNN
-    /// allow it.
+    /// products (oneDNN for 64 rows or more, zambac's `vdpbf16ps` kernel for fewer and for
+    /// decode, alone or batched alike), `off` keeps them f32 (exact, the same on every CPU),
+    /// `auto` is `on` where the CPU and oneDNN allow it.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub bf16_products: String,
     /// Skip hashing the weights when the engine is opened (their sizes, `manifest.json` and

@@ -44,8 +44,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Products with bf16 weights: `on` rounds the activations to bf16 for AVX-512 BF16
-    /// products (oneDNN), `off` keeps them f32 (exact, the same on every CPU), `auto` is
-    /// `on` where the CPU and oneDNN allow it.
+    /// products (oneDNN for 64 rows or more, zambac's `vdpbf16ps` kernel for fewer and for
+    /// decode, alone or batched alike), `off` keeps them f32 (exact, the same on every CPU),
+    /// `auto` is `on` where the CPU and oneDNN allow it.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub bf16_products: String,
     /// Prefill the prompt in chunks of this many tokens (a long prompt then needs workspace
