@@ -5,7 +5,7 @@
 //!
 //! The weights are streamed once for all sequences: a tile of weight rows is multiplied by
 //! a few sequences' inputs at a time (one 8-lane accumulator per output, the Gemv's), the
-//! rows staying in cache while the other tiles of sequences pass over them — 2 rows × 4
+//! rows staying in cache while the other tiles of sequences pass over them — 4 rows × 2
 //! sequences in AVX2's 16 vector registers, 4 × 4 where AVX-512 VL gives 32 ([`Path`]). The
 //! inputs are packed first ([`pack_row`]) so that the main loop reads bf16 rows as the Gemv
 //! does — 16 weights as eight 32-bit lanes, the even elements `lane << 16` and the odd ones
@@ -19,11 +19,12 @@ use zambac_engine::{Elem, GEMV_LANES, gemv_main_step};
 
 /// Lanes of an accumulator.
 const L: usize = GEMV_LANES;
-/// Weight rows per tile: a block of rows a thread takes is best a multiple of it.
-pub const TILE_ROWS: usize = 2;
+/// Weight rows per tile on the AVX2 path: a block of rows a thread takes is best a multiple
+/// of it.
+pub const TILE_ROWS: usize = 4;
 const R: usize = TILE_ROWS;
-/// Sequences per tile.
-const S: usize = 4;
+/// Sequences per tile on the AVX2 path.
+const S: usize = 2;
 
 /// Lays out one sequence's input `x` (`k` f32) in `out` as [`product`] reads it: for bf16
 /// weights each 16-element chunk of the main loop's range holds the chunk's eight even
@@ -81,14 +82,17 @@ pub unsafe fn product(
 enum Path {
     /// Plain arrays, for CPUs without AVX2 and FMA.
     Scalar,
-    /// AVX2 and FMA: tiles of [`R`] × [`S`] in the 16 vector registers.
+    /// AVX2 and FMA: tiles of [`R`] × [`S`] in the 16 vector registers. 4 × 2 rather than
+    /// 2 × 4 (each input read once per 4 weight rows; the path forced on this Zen 4,
+    /// `--batch 16 --bf16-products off --profile`, two rounds): the 1.2B f32 step's
+    /// products 618 / 643 → 565 / 592 ms, its exact bf16 ones 502 / 507 → 413 / 411, the
+    /// 100M f32's 52.7 / 53.1 → 45.7 / 48.0.
     Avx2,
     /// The same 8-lane code given AVX-512 VL's 32 registers: tiles of [`WIDE_R`] ×
-    /// [`WIDE_S`], which read each sequence's input once per 4 weight rows instead of 2.
-    /// Batch 16, exact products (`bench --batch 16 --bf16-products off --profile`, three
-    /// alternating rounds, Zen 4): the 1.2B f32 step's products 610–622 ms in 2 × 4 tiles
-    /// against 439–467 in 4 × 4 (OpenBLAS, before: 586–634), the 100M's 52–54 against
-    /// 44–45 (OpenBLAS 42–46).
+    /// [`WIDE_S`]. Batch 16, exact products (`bench --batch 16 --bf16-products off
+    /// --profile`, three alternating rounds, Zen 4): the 1.2B f32 step's products 610–622 ms
+    /// in 2 × 4 tiles against 439–467 in 4 × 4 (OpenBLAS, before: 586–634), the 100M's
+    /// 52–54 against 44–45 (OpenBLAS 42–46).
     Wide,
 }
 
@@ -301,12 +305,12 @@ unsafe fn tile_with<V: Lanes>(t: &Tile, nr: usize, ns: usize) {
     // SAFETY: the caller's.
     unsafe {
         match (nr, ns) {
-            (2, 4) => sized::<V, 2, 4>(t),
-            (2, 3) => sized::<V, 2, 3>(t),
+            (4, 2) => sized::<V, 4, 2>(t),
+            (4, _) => sized::<V, 4, 1>(t),
+            (3, 2) => sized::<V, 3, 2>(t),
+            (3, _) => sized::<V, 3, 1>(t),
             (2, 2) => sized::<V, 2, 2>(t),
             (2, _) => sized::<V, 2, 1>(t),
-            (_, 4) => sized::<V, 1, 4>(t),
-            (_, 3) => sized::<V, 1, 3>(t),
             (_, 2) => sized::<V, 1, 2>(t),
             _ => sized::<V, 1, 1>(t),
         }
@@ -328,14 +332,13 @@ unsafe fn tile_wide_with<V: Lanes>(t: &Tile, nr: usize, ns: usize) {
         match (nr, ns) {
             (4, 4) => sized::<V, 4, 4>(t),
             (4, 3) => sized::<V, 4, 3>(t),
-            (4, 2) => sized::<V, 4, 2>(t),
-            (4, _) => sized::<V, 4, 1>(t),
             (3, 4) => sized::<V, 3, 4>(t),
             (3, 3) => sized::<V, 3, 3>(t),
-            (3, 2) => sized::<V, 3, 2>(t),
-            (3, _) => sized::<V, 3, 1>(t),
-            (2, _) | (1, _) => tile_with::<V>(t, nr, ns.min(S)),
-            _ => {}
+            (2, 4) => sized::<V, 2, 4>(t),
+            (2, 3) => sized::<V, 2, 3>(t),
+            (1, 4) => sized::<V, 1, 4>(t),
+            (1, 3) => sized::<V, 1, 3>(t),
+            _ => tile_with::<V>(t, nr, ns),
         }
     }
 }
