@@ -10,14 +10,17 @@
 //! them, and the blocks prefetch the next 4 weight rows between them (into L2) so that
 //! memory never idles while a cached group is multiplied. Only the activations — a few
 //! dozen rows, rounded to bf16 anyway — are laid out anew ([`pack`]), so that a tile reads
-//! them as one sequential stream.
+//! them as one sequential stream. One row (a sequence decoding alone) streams the weights as
+//! the generated Gemv does instead ([`stream`]). Every schedule sums each output the same
+//! way, so a row of C has the same bits whatever the other rows: a sequence decodes the same
+//! alone and in a batch.
 //!
 //! Measured on one Zen 4 core (2026-12-05; `k = 2048`, 4256 weight rows — one thread's half
 //! of the Zamba2-1.2B `in_proj` — streamed from a mapped file): the core executes one
 //! 512-bit `vdpbf16ps` per cycle (235 GFLOP/s at 3.67 GHz; a loop of independent ones), and
 //! this kernel reaches 161 GFLOP/s at m = 16, 197 at m = 32 and 22 GB/s of weights at m = 1,
 //! against 128, 122 and 18 for the previous tiling (4 × 6 with the tail in every step's
-//! loads and the next group prefetched by every block).
+//! loads and the next group prefetched by every block); m = 1 has since streamed.
 //! Selected at run time on CPUs with AVX-512 BF16 only (the caller checks).
 
 #[cfg(target_arch = "x86_64")]

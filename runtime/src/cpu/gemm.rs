@@ -213,8 +213,8 @@ pub fn run_bf16_rows(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl) -> Result<(), S
 }
 
 /// `C (+)= A·B` for a bf16 weight B through oneDNN: each pool thread rounds its block of
-/// A's rows to bf16 and multiplies it by B with `vdpbf16ps` (f32 accumulation). `row_invariant`:
-/// always by B's columns through [`bf16_rows`], whatever the number of A's rows.
+/// A's rows to bf16 and multiplies it by B with `vdpbf16ps` (f32 accumulation). With
+/// `row_invariant`, always by B's columns through [`bf16_rows`], whatever A's rows.
 fn run_bf16(g: &Gemm, pool: &Pool, dnnl: &'static Dnnl, row_invariant: bool) -> Result<(), String> {
     thread_local! {
         /// This thread's rows of A in bf16, reused across products.
