@@ -7,20 +7,27 @@
 mod common;
 use common::*;
 
-use zambac_engine::gpu::ptx_entry_params;
+use zambac_engine::gpu::{barriers_reach_whole_blocks, ptx_entry_params, ptx_entry_text};
 use zambac_engine::{GpuCode, GpuParam};
 
 /// Registers per block and static shared memory per block an H100 allows.
 const REGISTERS_PER_BLOCK: u64 = 65_536;
 const SHARED_PER_BLOCK: u64 = 227 * 1024;
 
-/// Builds `input`'s GPU code and checks it; returns how many kernels it has.
-fn check_ptx(input: &str, name: &str) -> usize {
+/// What [`check_ptx`] counted.
+struct Counts {
+    kernels: usize,
+    /// Kernels that synchronise a block (a block per wide row).
+    barriers: usize,
+}
+
+/// Builds `input`'s GPU code and checks it.
+fn check_ptx(input: &str, name: &str) -> Counts {
     check_ptx_with(input, name, &[])
 }
 
 /// [`check_ptx`] with `extra` arguments to `zambac build`.
-fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> usize {
+fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> Counts {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ptx");
     let mut args = vec![
@@ -48,6 +55,7 @@ fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> usize {
         ptx.is_ascii(),
         "{name}: the driver's JIT refuses non-ASCII PTX"
     );
+    let mut barriers = 0;
     for k in &table.kernels {
         let entry = k.entry();
         let params = ptx_entry_params(&ptx, &entry)
@@ -69,6 +77,14 @@ fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> usize {
             k.block_size
         );
         assert!(k.block_size <= 1024 && k.lanes >= 1, "{name}: {entry}");
+        let text = ptx_entry_text(&ptx, &entry).expect("the entry exists");
+        assert!(
+            barriers_reach_whole_blocks(k, text),
+            "{name}: {entry}: barriers with {} lanes in blocks of {}",
+            k.lanes,
+            k.block_size
+        );
+        barriers += usize::from(text.contains("bar.sync"));
         if k.lanes > 1 && k.lanes % 32 == 0 {
             assert_eq!(
                 k.block_size % 32,
@@ -89,21 +105,26 @@ fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> usize {
             );
         }
     }
-    table.kernels.len()
+    Counts {
+        kernels: table.kernels.len(),
+        barriers,
+    }
 }
 
 #[test]
 fn fixtures_and_released_configs_compile_to_ptx_the_launcher_agrees_with() {
     for name in fixture_names() {
         let dir = fixture(&name);
-        assert!(check_ptx(dir.to_str().unwrap(), &name) > 0);
+        assert!(check_ptx(dir.to_str().unwrap(), &name).kernels > 0);
     }
     for name in ["zamba2-1.2b", "zamba2-2.7b", "zamba2-7b", "zamba-7b-v1"] {
         let config = root()
             .join("../shared/configs")
             .join(name)
             .join("config.json");
-        assert!(check_ptx(config.to_str().unwrap(), name) > 0);
+        let counts = check_ptx(config.to_str().unwrap(), name);
+        // Hidden sizes of 2048 and more: every norm takes a block per row.
+        assert!(counts.kernels > 0 && counts.barriers >= 3, "{name}");
     }
 }
 
@@ -118,7 +139,7 @@ fn released_configs_with_bf16_states_compile_to_ptx_the_launcher_agrees_with() {
             .join("../shared/configs")
             .join(name)
             .join("config.json");
-        assert!(check_ptx_with(config.to_str().unwrap(), name, &bf16) > 0);
+        assert!(check_ptx_with(config.to_str().unwrap(), name, &bf16).kernels > 0);
     }
 }
 

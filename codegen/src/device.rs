@@ -15,7 +15,7 @@ use crate::mlir::{GpuTarget, MlirContext, extract_ptx, pipelines};
 use crate::toolchain::{self, PtxasReport};
 use melior::ir::attribute::StringAttribute;
 use melior::ir::operation::{OperationLike, OperationMutLike};
-use melior::ir::{BlockLike, Module, Operation, RegionLike};
+use melior::ir::{BlockLike, Module, Operation, OperationRef, RegionLike};
 use std::path::Path;
 use zambac_engine::Kernel;
 
@@ -130,19 +130,33 @@ fn adopt_kernel(
         .first_operation()
         .filter(|op| op.name().as_string_ref().as_str() == Ok("gpu.func"))
         .ok_or_else(|| missing("no gpu.func"))?;
-    // SAFETY: `mlirOperationClone` returns a new operation that nothing owns yet; `Operation`
-    // takes ownership, and appending it to a block hands ownership to that block.
-    let mut clone = unsafe { Operation::from_raw(mlir_sys::mlirOperationClone(function.to_raw())) };
-    clone.set_attribute(
-        "sym_name",
-        StringAttribute::new(mlir.context(), entry).into(),
-    );
     let target = crate::kernels::top_level(combined, "gpu.module", GPU_MODULE)
         .and_then(|op| op.region(0).ok())
         .and_then(|region| region.first_block())
         .ok_or_else(|| missing("no shared gpu.module"))?;
+    // The kernel's workgroup arrays (`memref.global`s the outliner copied beside it, named
+    // after the kernel's symbol, so unique in the shared module) go with it.
+    let mut next = function.next_in_block();
+    while let Some(op) = next {
+        if op.name().as_string_ref().as_str() == Ok("memref.global") {
+            target.append_operation(clone_operation(op));
+        }
+        next = op.next_in_block();
+    }
+    let mut clone = clone_operation(function);
+    clone.set_attribute(
+        "sym_name",
+        StringAttribute::new(mlir.context(), entry).into(),
+    );
     target.append_operation(clone);
     Ok(())
+}
+
+/// A copy of `op` that nothing owns yet.
+fn clone_operation<'c>(op: OperationRef<'c, '_>) -> Operation<'c> {
+    // SAFETY: `mlirOperationClone` returns a new operation that nothing owns yet; `Operation`
+    // takes ownership, and appending it to a block hands ownership to that block.
+    unsafe { Operation::from_raw(mlir_sys::mlirOperationClone(op.to_raw())) }
 }
 
 /// Assembles `ptx` for `chip` and rejects spills, naming the kernels that spill.

@@ -116,6 +116,14 @@ fn grid<'c>(
     let name = grid_function(&kernel.symbol);
     let stack = super::stack_size(&kernel.kind, target);
     let alloca = |e: &Emitter<'c, '_>| (stack > 0).then(|| e.alloca_f32(stack));
+    // A team of several warps adds their totals through workgroup memory on the GPU.
+    let team = super::team(&kernel.kind);
+    let warps = team / super::WARP;
+    let shared = (target == Target::Gpu && super::warp_kind(&kernel.kind) && warps > 1)
+        .then(|| format!("zkw_{}", kernel.symbol));
+    if let Some(name) = &shared {
+        e.workgroup_global(name, warps);
+    }
     e.function(&name, &arguments, target.is_host(), |e, args| {
         let (begin, end) = (args[views + ints], args[views + ints + 1]);
         // The host's buffer sits in the function's entry block, reused by every iteration;
@@ -140,6 +148,7 @@ fn grid<'c>(
                 ),
             };
             let stack = host_stack.or_else(|| alloca(e));
+            let shared = shared.as_ref().map(|name| e.workgroup_buffer(name, warps));
             let memrefs = signature
                 .views
                 .iter()
@@ -160,6 +169,8 @@ fn grid<'c>(
                 lanes,
                 lane,
                 warp_threads: target == Target::Gpu,
+                team,
+                shared,
             };
             emit_kind(e, &frame, &kernel.kind);
             if let Some(role) = frame.missing.get() {

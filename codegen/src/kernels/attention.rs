@@ -16,7 +16,7 @@ use super::emit::{Emitter, V, VW};
 use super::rows::{dots, for_chunks, load_f32, load_scalar_f32};
 use super::warp::{
     LaneValues, first_lane, for_lanes, lane_element, lane_elements, real_or_zero, split_chunks,
-    warp_sum, when_real,
+    team_sum, when_real,
 };
 use super::{Frame, WARP};
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
@@ -207,7 +207,7 @@ pub(crate) fn decode_warp_stack(head_dim: usize) -> usize {
 /// Decode attention's GPU schedule over keys `[first, last)`: a warp whose lanes split the
 /// head dim — lane `l` owns elements `l, l + 32, …` of q, of each key and value row (the
 /// warp reads whole rows, coalesced) and of the output. Per step of [`WARP_KEYS`] keys each
-/// lane forms its part of every score, a butterfly ([`warp_sum`]) completes them in every
+/// lane forms its part of every score, a butterfly ([`team_sum`]) completes them in every
 /// lane, and every lane applies the same online-softmax update to its own elements, so the
 /// running max and sum agree across the warp without exchange. Returns `[max, sum]`; each
 /// lane stores its output elements, unnormalised (a split's partial row) or, with
@@ -250,7 +250,7 @@ fn decode_warp<'c>(
     let step = |e: &Emitter<'c, '_>, j: V<'c>, n: usize, max: V<'c>, sum: V<'c>| {
         let scores: Vec<V<'c>> = (0..n)
             .map(|b| {
-                let s = warp_sum(e, f, |e, lane| part(e, e.add_k(j, b), lane));
+                let s = team_sum(e, f, |e, lane| part(e, e.add_k(j, b), lane));
                 e.mulf(s, e.f32(head.scale))
             })
             .collect();

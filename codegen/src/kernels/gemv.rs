@@ -13,7 +13,7 @@
 
 use super::emit::{Emitter, V, VW};
 use super::rows::{dots, load_f32};
-use super::warp::{first_lane, warp_sum};
+use super::warp::{first_lane, team_sum};
 use super::{Frame, WARP};
 use melior::dialect::arith::CmpiPredicate;
 use zambac_engine::Elem;
@@ -160,7 +160,7 @@ fn strided_blocks<'c>(
 /// rounds of `32·VW` elements; in each, lane `l` takes elements `l, l + 32, …, l + 32·(VW−1)`,
 /// so each of the warp's load instructions reads 32 consecutive elements — 128 bytes of f32,
 /// 64 of bf16, whole sectors — whatever the row's alignment; then the elements past the last
-/// whole round one apiece. [`warp_sum`] adds the 32 partial sums and the first lane stores
+/// whole round one apiece. [`team_sum`] adds the 32 partial sums and the first lane stores
 /// the row. (Before, lane `l` took the `VW`-chunk `l` of each round: the loads of a chunk,
 /// which the backend cannot widen without knowing the alignment, became `VW` scalar loads
 /// each touching 32 sectors, one element of each.)
@@ -169,7 +169,7 @@ fn warp_rows<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, shape: &Shape<'c>, part
     let one = |e: &Emitter<'c, '_>, part: &Part<'c>| {
         let local = e.subi(row, e.index(part.first as i64));
         let base = e.mul_k(local, shape.ld);
-        let mut sum = warp_sum(e, f, |e, lane| lane_dot(e, shape, part, base, lane));
+        let mut sum = team_sum(e, f, |e, lane| lane_dot(e, shape, part, base, lane));
         e.when(first_lane(e, f), |e| {
             if shape.accumulate {
                 sum = e.addf(e.load(part.y, local), sum);

@@ -186,10 +186,10 @@ impl<'c> Channel<'c> {
 
 /// The GPU schedule: a warp per channel, lane `l` owning state columns `l, l + 32, …` (with
 /// their `A`). Per token every lane updates its columns — `S ← exp(Δ·A)·S + (Δ·x)·B` — and
-/// forms its part of `S·C`; a butterfly ([`warp_sum`]) completes it and the first lane stores
+/// forms its part of `S·C`; a butterfly ([`team_sum`]) completes it and the first lane stores
 /// the gated output. On the GPU a lane's columns and their `A` stay in registers for the
 /// whole scan (the state is loaded once when continuing and stored once at the end); on the
-/// host the lanes are a loop (see [`warp_sum`]) and the columns live in the state row.
+/// host the lanes are a loop (see [`team_sum`]) and the columns live in the state row.
 fn scan_warp<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,

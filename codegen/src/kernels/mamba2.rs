@@ -256,14 +256,14 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
 
 /// The GPU schedule: a warp per state row `p` of a head, its 32 lanes taking the state
 /// columns `n ≡ lane (mod 32)`. For each token every lane updates its columns
-/// (`S ← decay·S + (Δ·x)·B`) and sums its part of `S·C`; a [`warp_sum`] gives the row's
+/// (`S ← decay·S + (Δ·x)·B`) and sums its part of `S·C`; a [`team_sum`] gives the row's
 /// `y`, which the first lane stores with the `D` skip. Δ, the decay and x are the same for
 /// the whole warp and each lane computes them itself. On the GPU a lane's columns stay in
 /// registers from the first token to the last (loaded once when continuing a state, stored
 /// once at the end); on the host, where the warp is a loop, they live in the state buffer.
 fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: V<'c>, step: bool) {
     // On the GPU the grid index has `P·32` threads: lane `l` is row `l / 32`, column lane
-    // `l % 32`; on the host an iteration is a row and its warp a loop (see `warp_sum`).
+    // `l % 32`; on the host an iteration is a row and its warp a loop (see `team_sum`).
     let p = if f.warp_threads {
         e.divui(f.lane, e.index(WARP as i64))
     } else {

@@ -67,8 +67,14 @@ pub(crate) struct Frame<'c, 's> {
     pub lane: V<'c>,
     /// Whether the lanes of a warp run as threads that exchange values with shuffles (the
     /// GPU) rather than as a loop inside one iteration (the GPU schedule on the host); see
-    /// [`warp::warp_sum`].
+    /// [`warp::team_sum`].
     pub warp_threads: bool,
+    /// Threads that share one sum ([`team`]): a warp, or a block of [`BLOCK_ROW`] threads
+    /// for a row kernel over a wide row.
+    pub team: usize,
+    /// On the GPU, for a team of several warps: the block's workgroup memory, one f32 per
+    /// warp, through which [`warp::team_sum`] adds the warps' totals.
+    pub shared: Option<V<'c>>,
 }
 
 impl<'c> Frame<'c, '_> {
@@ -125,11 +131,54 @@ impl<'c> Frame<'c, '_> {
 const GEMV_ROWS: usize = 8;
 const CONV_CHANNELS: usize = 8;
 
-/// Threads of a warp: the lanes a [`warp::warp_sum`] combines.
+/// Threads of a warp: the lanes a butterfly of shuffles combines ([`warp::team_sum`]).
 pub(crate) const WARP: usize = 32;
 
-/// Whether `kind`'s GPU schedule gives each grid index a warp whose lanes split the work and
-/// combine it with [`warp::warp_sum`] (a row's dot product or sum of squares).
+/// Threads of the block that takes one row of a wide row kernel ([`block_row`]): the GPU
+/// block size, so that a block is exactly one row and every thread of it reaches the
+/// barriers of [`warp::team_sum`].
+pub(crate) const BLOCK_ROW: usize = crate::pipelines::GPU_BLOCK_SIZE as usize;
+
+/// Elements a row needs for a block to take it ([`block_row`]): two per thread. Narrower
+/// rows keep a warp — a block would leave most of its threads idle.
+pub(crate) const BLOCK_ROW_MIN: usize = 2 * BLOCK_ROW;
+
+/// The elements one grid index of a row kernel reduces or writes: a norm's (group's) width,
+/// an elementwise kind's row. `None` for kinds that are not row kernels.
+fn row_len(kind: &KernelKind) -> Option<usize> {
+    use KernelKind as K;
+    match kind {
+        K::RmsNorm { d, groups, .. } => Some(d / (*groups).max(1)),
+        K::AddRmsNorm { d, .. } => Some(*d),
+        K::ConcatRmsNorm { da, db, .. } | K::ConcatRmsScale { da, db, .. } => Some(da + db),
+        K::Mamba2GateNorm { di, groups, .. } => Some(di / (*groups).max(1)),
+        K::Embedding { hidden, .. } => Some(*hidden),
+        K::Binary { n, .. } | K::RowScale { n } => Some(*n),
+        K::Epilogue { n, op, .. } => match op {
+            // RoPE's lanes take whole heads: a warp has enough.
+            zambac_engine::EpilogueOp::Rope { .. } => None,
+            zambac_engine::EpilogueOp::Gate(_) => Some(n / 2),
+            _ => Some(*n),
+        },
+        _ => None,
+    }
+}
+
+/// Whether `kind`'s GPU schedule gives each row a block of [`BLOCK_ROW`] threads (a row
+/// kernel whose rows have at least [`BLOCK_ROW_MIN`] elements) rather than a warp: a decode
+/// step's single row is then read by 8 warps at once instead of one.
+pub(crate) fn block_row(kind: &KernelKind) -> bool {
+    row_len(kind).is_some_and(|len| len >= BLOCK_ROW_MIN)
+}
+
+/// Threads that share a grid index's sums ([`warp::team_sum`]) in `kind`'s GPU schedule.
+pub(crate) fn team(kind: &KernelKind) -> usize {
+    if block_row(kind) { BLOCK_ROW } else { WARP }
+}
+
+/// Whether `kind`'s GPU schedule gives each grid index a warp (or a block: [`block_row`])
+/// whose lanes split the work and combine it with [`warp::team_sum`] (a row's dot product
+/// or sum of squares).
 pub(crate) fn warp_kind(kind: &KernelKind) -> bool {
     matches!(
         kind,
@@ -156,10 +205,10 @@ pub(crate) fn chunk_kind(kind: &KernelKind) -> bool {
     )
 }
 
-/// Threads per grid index of `kind` on `target`: a warp for [`warp_kind`]s, decode and
-/// prompt attention and the Mamba1 scan's channels on the GPU (on the host the warp's lanes are a
-/// loop inside one iteration), a warp per state row for the Mamba2 scan (rows are
-/// independent; the lanes split a row's columns), else one.
+/// Threads per grid index of `kind` on `target`: a warp (or a block, [`block_row`]) for
+/// [`warp_kind`]s, decode and prompt attention and the Mamba1 scan's channels on the GPU
+/// (on the host the team's lanes are a loop inside one iteration), a warp per state row for
+/// the Mamba2 scan (rows are independent; the lanes split a row's columns), else one.
 pub fn lanes(kind: &KernelKind, target: Target) -> usize {
     match (target, kind) {
         (Target::Host, _) => 1,
@@ -177,8 +226,8 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
         // A warp per channel on the GPU (its lanes split the state columns); on the host
         // each channel is an iteration whose warp is a loop.
         (Target::Gpu, KernelKind::Mamba1Scan { .. }) => WARP,
-        (Target::Gpu, k) if warp_kind(k) => WARP,
-        (_, k) if chunk_kind(k) => WARP,
+        (Target::Gpu, k) if warp_kind(k) => team(k),
+        (_, k) if chunk_kind(k) => team(k),
         _ => 1,
     }
 }
@@ -207,14 +256,16 @@ pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
 
 /// f32 elements of private working memory one call of `kind` needs (0: none).
 pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
-    if target == Target::HostWithGpuSchedule
-        && (warp_kind(kind)
-            || matches!(
-                kind,
-                KernelKind::Mamba2Scan { .. } | KernelKind::Mamba1Scan { .. }
-            ))
-    {
-        return WARP;
+    if target == Target::HostWithGpuSchedule {
+        if warp_kind(kind) {
+            return warp::team_stack(team(kind));
+        }
+        if matches!(
+            kind,
+            KernelKind::Mamba2Scan { .. } | KernelKind::Mamba1Scan { .. }
+        ) {
+            return WARP;
+        }
     }
     match kind {
         // The host's Mamba2 scan carries a bf16 state through a call in an f32 copy of the

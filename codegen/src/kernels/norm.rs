@@ -3,20 +3,21 @@
 //!
 //! Each row is read twice — once for the sum of squares, once to scale — in `VW`-wide
 //! chunks; the second pass hits L1/L2 because a row is at most a few KiB. On the GPU a warp
-//! takes a row: each lane sums the squares of its elements (every 32nd, so that the warp
-//! reads consecutive elements: [`lane_sum_chunks`]), a [`warp_sum`] gives every lane the
-//! row's total, and each lane scales the elements it read.
+//! takes a row — a block of 8 warps when the row is wide ([`super::block_row`]): each lane
+//! sums the squares of its elements (every 32nd, or 256th, so that each warp reads
+//! consecutive elements: [`lane_sum_chunks`]), a [`team_sum`] gives every lane the row's
+//! total, and each lane scales the elements it read.
 
 use super::Frame;
 use super::act::silu;
 use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32, sum_chunks};
-use super::warp::{first_lane, for_lanes, lane_chunks, lane_sum_chunks, warp_sum};
+use super::warp::{for_lanes, lane_chunks, lane_sum_chunks, team_leader, team_sum};
 use zambac_engine::Elem;
 use zambac_engine::Role;
 
 /// `Σ` over a row of `n` elements of what `body(e, offset, width, acc)` accumulates: by one
-/// thread on the host, by the lanes of a warp and a [`warp_sum`] in a GPU schedule, each
+/// thread on the host, by the lanes of a warp or block and a [`team_sum`] in a GPU schedule, each
 /// lane taking `per` elements per round ([`lane_sum_chunks`]).
 fn row_sum<'c>(
     e: &Emitter<'c, '_>,
@@ -25,7 +26,9 @@ fn row_sum<'c>(
     body: impl Fn(&Emitter<'c, '_>, V<'c>, usize, V<'c>) -> V<'c>,
 ) -> V<'c> {
     if f.gpu_schedule {
-        warp_sum(e, f, |e, lane| lane_sum_chunks(e, (n, per), lane, &body))
+        team_sum(e, f, |e, lane| {
+            lane_sum_chunks(e, (n, per, f.team), lane, &body)
+        })
     } else {
         sum_chunks(e, n, UNROLL, body)
     }
@@ -40,7 +43,9 @@ fn row_each<'c>(
     body: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
 ) {
     if f.gpu_schedule {
-        for_lanes(e, f, |e, lane| lane_chunks(e, (n, per), lane, &body));
+        for_lanes(e, f, |e, lane| {
+            lane_chunks(e, (n, per, f.team), lane, &body)
+        });
     } else {
         for_chunks(e, n, 2, body);
     }
@@ -178,7 +183,7 @@ pub(crate) fn concat_rms_scale<'c>(
     let (arow, brow) = (e.mul_k(f.item, da), e.mul_k(f.item, db));
     let inv = concat_inv_rms(e, f, (a, arow, da), (b, brow, db), eps);
     if f.gpu_schedule {
-        e.when(first_lane(e, f), |e| e.store(inv, r, f.item));
+        e.when(team_leader(e, f), |e| e.store(inv, r, f.item));
     } else {
         e.store(inv, r, f.item);
     }

@@ -1,11 +1,16 @@
-//! Sums across the lanes of a warp, written once for both places a GPU schedule runs.
+//! Sums across the lanes of a warp — or of a block's warps — written once for both places a
+//! GPU schedule runs.
 //!
 //! On the GPU ([`Frame::warp_threads`]) each lane is a thread: it computes its own partial
-//! and a butterfly of `gpu.shuffle xor` (offsets 16, 8, 4, 2, 1) leaves the total in every
-//! lane. On the host the same schedule runs with the warp as a loop inside one grid
-//! iteration: the 32 partials are computed one after another into the iteration's private
-//! buffer, then combined by the same butterfly, pair by pair — the same additions in the
-//! same order, so the host run of a GPU schedule computes what the GPU computes.
+//! and a butterfly of `gpu.shuffle xor` (offsets 16, 8, 4, 2, 1) leaves the warp's total in
+//! every lane. A team of several warps (a block per row: [`super::block_row`]) then adds the
+//! warps' totals through workgroup memory: each warp's first lane writes its total to the
+//! warp's slot, a barrier, and every thread adds the slots in warp order (then a second
+//! barrier, so the next sum may reuse the slots). On the host the same schedule runs with
+//! the team as a loop inside one grid iteration: the partials are computed one after another
+//! into the iteration's private buffer, each warp's 32 are combined by the same butterfly,
+//! pair by pair, and the warps' totals are added in the same order — the same additions, so
+//! the host run of a GPU schedule computes what the GPU computes.
 
 use melior::ir::Attribute;
 
@@ -18,39 +23,87 @@ use zambac_engine::Elem;
 /// `2·o` lanes whose indices agree with `l` above bit `o`.
 const OFFSETS: [usize; 5] = [16, 8, 4, 2, 1];
 
-/// `Σ_lane partial(lane)` over the warp's 32 lanes, in every lane. `partial` must depend
-/// on nothing but its lane (and values computed before the call).
-pub(crate) fn warp_sum<'c>(
+/// f32 elements of the host buffer a [`team_sum`] over `team` lanes needs: the partials,
+/// then (for several warps) the warps' totals.
+pub(crate) fn team_stack(team: usize) -> usize {
+    let warps = team / WARP;
+    team + if warps > 1 { warps } else { 0 }
+}
+
+/// `Σ_lane partial(lane)` over the frame's team ([`Frame::team`] lanes: a warp, or a
+/// block's warps), in every lane. `partial` must depend on nothing but its lane (and values
+/// computed before the call). On the GPU every thread of the team must call it.
+pub(crate) fn team_sum<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
     partial: impl Fn(&Emitter<'c, '_>, V<'c>) -> V<'c>,
 ) -> V<'c> {
+    let warps = f.team / WARP;
     if f.warp_threads {
         let mut value = partial(e, f.lane);
         for offset in OFFSETS {
             let other = shuffle_xor(e, value, offset);
             value = e.addf(value, other);
         }
-        return value;
+        if warps <= 1 {
+            return value;
+        }
+        let Some(slots) = f.shared else {
+            // `grid` declares the slots for every team of several warps; without them the
+            // build is inconsistent, which the verifier reports on the unused value.
+            return value;
+        };
+        let warp = e.divui(f.lane, e.index(WARP as i64));
+        e.when(first_lane(e, f), |e| e.store(value, slots, warp));
+        e.barrier();
+        let total = (1..warps).fold(e.load(slots, e.index(0)), |total, w| {
+            e.addf(total, e.load(slots, e.index(w as i64)))
+        });
+        e.barrier();
+        return total;
     }
     let Some(buffer) = f.stack else {
         // `stack_size` gives every warp kind a buffer on the host; without one the build is
         // inconsistent, which the verifier would report on the missing value.
         return partial(e, e.index(0));
     };
-    e.for_k(0, WARP, 1, &[], |e, lane, _| {
+    e.for_k(0, f.team, 1, &[], |e, lane, _| {
         e.store(partial(e, lane), buffer, lane);
         vec![]
     });
-    let mut lanes: Vec<V<'c>> = (0..WARP)
-        .map(|l| e.load(buffer, e.index(l as i64)))
-        .collect();
-    for offset in OFFSETS {
-        lanes = (0..WARP)
-            .map(|l| e.addf(lanes[l], lanes[l ^ offset]))
+    // The butterfly of the warp whose lanes start at `base`, as lane 0 computes it.
+    let warp_total = |e: &Emitter<'c, '_>, base: V<'c>| {
+        let mut lanes: Vec<V<'c>> = (0..WARP)
+            .map(|l| e.load(buffer, e.add_k(base, l)))
             .collect();
+        for offset in OFFSETS {
+            lanes = (0..WARP)
+                .map(|l| e.addf(lanes[l], lanes[l ^ offset]))
+                .collect();
+        }
+        lanes[0]
+    };
+    if warps <= 1 {
+        return warp_total(e, e.index(0));
     }
-    lanes[0]
+    e.for_k(0, warps, 1, &[], |e, w, _| {
+        let total = warp_total(e, e.mul_k(w, WARP));
+        e.store(total, buffer, e.add_k(w, f.team));
+        vec![]
+    });
+    (1..warps).fold(e.load(buffer, e.index(f.team as i64)), |total, w| {
+        e.addf(total, e.load(buffer, e.index((f.team + w) as i64)))
+    })
+}
+
+/// Whether this thread is its team's first (on the GPU; on the host, where one iteration
+/// runs the whole team, always): the one that stores a value the whole team computed.
+pub(crate) fn team_leader<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>) -> V<'c> {
+    if !f.warp_threads {
+        return e.int_const(1, e.int_t(1));
+    }
+    let lane = e.remui(f.lane, e.index(f.team as i64));
+    e.cmpi(melior::dialect::arith::CmpiPredicate::Eq, lane, e.index(0))
 }
 
 /// Whether this thread stores its warp's result: the warp's first lane on the GPU; on the
@@ -78,8 +131,8 @@ fn shuffle_xor<'c>(e: &Emitter<'c, '_>, value: V<'c>, offset: usize) -> V<'c> {
     )[0]
 }
 
-/// Runs `body(e, lane)` for this thread's lane on the GPU, or for each of the warp's 32
-/// lanes in turn on the host: the second phase of a warp kernel, after a [`warp_sum`],
+/// Runs `body(e, lane)` for this thread's lane on the GPU, or for each of the team's lanes
+/// in turn on the host: the second phase of a warp (or block) kernel, after a [`team_sum`],
 /// where each lane finishes the elements it read in the first (no lane reads another's).
 pub(crate) fn for_lanes<'c>(
     e: &Emitter<'c, '_>,
@@ -90,32 +143,32 @@ pub(crate) fn for_lanes<'c>(
         body(e, f.lane);
         return;
     }
-    e.for_k(0, WARP, 1, &[], |e, lane, _| {
+    e.for_k(0, f.team, 1, &[], |e, lane, _| {
         body(e, lane);
         vec![]
     });
 }
 
-/// A lane's share of `[0, len)`: in every whole round `r` of `32·per` elements, the elements
-/// `r·32·per + lane + 32·i` for `i < per` — so each step of the warp reads 32 consecutive
-/// elements, whole sectors, whatever the row's alignment (lanes taking `VW`-chunks instead
-/// made each of a chunk's `VW` scalar loads touch 32 sectors) — then the elements past the
-/// last round one apiece, at `rounds·32·per + lane + 32·t`. Calls `f(e, offset, 1)` for
-/// each. `per` ([`VW`] unless a kernel's body needs fewer registers) sets the independent
-/// work in flight per round.
+/// A lane's share of `[0, len)` among `team` lanes: in every whole round `r` of `team·per`
+/// elements, the elements `r·team·per + lane + team·i` for `i < per` — so each step of a
+/// warp reads 32 consecutive elements, whole sectors, whatever the row's alignment (lanes
+/// taking `VW`-chunks instead made each of a chunk's `VW` scalar loads touch 32 sectors) —
+/// then the elements past the last round one apiece, at `rounds·team·per + lane + team·t`.
+/// Calls `f(e, offset, 1)` for each. `per` ([`VW`] unless a kernel's body needs fewer
+/// registers) sets the independent work in flight per round.
 pub(crate) fn lane_chunks<'c>(
     e: &Emitter<'c, '_>,
-    (len, per): (usize, usize),
+    (len, per, team): (usize, usize, usize),
     lane: V<'c>,
     f: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
 ) {
-    let round = WARP * per;
+    let round = team * per;
     let rounds = len / round;
     if rounds > 0 {
         e.for_k(0, rounds, 1, &[], |e, r, _| {
             let first = e.addi(e.mul_k(r, round), lane);
             for i in 0..per {
-                f(e, e.add_k(first, i * WARP), 1);
+                f(e, e.add_k(first, i * team), 1);
             }
             vec![]
         });
@@ -126,7 +179,7 @@ pub(crate) fn lane_chunks<'c>(
         e.for_(
             from,
             e.index(len as i64),
-            e.index(WARP as i64),
+            e.index(team as i64),
             &[],
             |e, j, _| {
                 f(e, j, 1);
@@ -141,11 +194,11 @@ pub(crate) fn lane_chunks<'c>(
 /// returns the lane's f32 total.
 pub(crate) fn lane_sum_chunks<'c>(
     e: &Emitter<'c, '_>,
-    (len, per): (usize, usize),
+    (len, per, team): (usize, usize, usize),
     lane: V<'c>,
     f: impl Fn(&Emitter<'c, '_>, V<'c>, usize, V<'c>) -> V<'c>,
 ) -> V<'c> {
-    let round = WARP * per;
+    let round = team * per;
     let rounds = len / round;
     let mut total = e.f32_splat(0.0, 1);
     if rounds > 0 {
@@ -153,7 +206,7 @@ pub(crate) fn lane_sum_chunks<'c>(
         let accs = e.for_k(0, rounds, 1, &zero, |e, r, acc| {
             let first = e.addi(e.mul_k(r, round), lane);
             (0..per)
-                .map(|i| f(e, e.add_k(first, i * WARP), 1, acc[i]))
+                .map(|i| f(e, e.add_k(first, i * team), 1, acc[i]))
                 .collect()
         });
         total = accs.iter().fold(total, |t, a| e.addf(t, *a));
@@ -164,7 +217,7 @@ pub(crate) fn lane_sum_chunks<'c>(
         let acc = e.for_(
             from,
             e.index(len as i64),
-            e.index(WARP as i64),
+            e.index(team as i64),
             &[e.f32_splat(0.0, 1)],
             |e, j, acc| vec![f(e, j, 1, acc[0])],
         );
@@ -174,8 +227,9 @@ pub(crate) fn lane_sum_chunks<'c>(
 }
 
 /// `f(e, offset, width)` over `[0, len)`: every chunk in this iteration ([`for_chunks`]), or,
-/// when the frame has several lanes, this lane's share of them ([`lane_chunks`]) — for
-/// kernels whose elements are independent, whose lanes need no exchange.
+/// when the frame has several lanes (a warp, or a block for a wide row), this lane's share
+/// of them ([`lane_chunks`]) — for kernels whose elements are independent, whose lanes need
+/// no exchange.
 pub(crate) fn split_chunks<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
@@ -184,7 +238,7 @@ pub(crate) fn split_chunks<'c>(
     body: impl Fn(&Emitter<'c, '_>, V<'c>, usize),
 ) {
     if f.lanes > 1 {
-        lane_chunks(e, (len, VW), f.lane, body);
+        lane_chunks(e, (len, VW, f.lanes), f.lane, body);
     } else {
         super::rows::for_chunks(e, len, unroll, body);
     }
@@ -277,7 +331,7 @@ pub(crate) struct ColumnScan<'c> {
 /// `column(e, lane, i)` (`i < per`, with [`lane_element`]'s mask) of one state row: per token
 /// `token(e, t)` gives what the token's update reads, `update(e, &token, lane, i, s)` the
 /// column's new value and its part of the token's output sum, and `finish(e, t, &token, sum)`
-/// — in the first lane — stores the output from the warp's sum ([`warp_sum`]). On the GPU a
+/// — in the first lane — stores the output from the warp's sum ([`team_sum`]). On the GPU a
 /// lane's columns are registers from the first token to the last (loaded once when
 /// continuing, stored once at the end); on the host, where the warp is a loop, they live in
 /// the state row.
@@ -316,7 +370,7 @@ pub(crate) fn column_scan<'c, T>(
                     value
                 })
                 .collect();
-            let total = warp_sum(e, f, |_, _| sum);
+            let total = team_sum(e, f, |_, _| sum);
             e.when(first_lane(e, f), |e| finish(e, t, &tok, total));
             next
         });
@@ -338,7 +392,7 @@ pub(crate) fn column_scan<'c, T>(
     }
     e.for_(e.index(0), scan.rows, e.index(1), &[], |e, t, _| {
         let tok = token(e, t);
-        let total = warp_sum(e, f, |e, lane| {
+        let total = team_sum(e, f, |e, lane| {
             let mut sum = e.f32(0.0);
             for i in 0..scan.per {
                 let (a, real) = at(e, lane, i);

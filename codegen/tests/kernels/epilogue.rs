@@ -92,6 +92,9 @@ fn bias_alone_and_each_activation_match_the_reference() {
         epilogue(30, false, EpilogueOp::Act(a), 3);
         epilogue(19, true, EpilogueOp::Act(a), 2);
     }
+    // Rows wide enough for a block per row in the GPU schedule.
+    epilogue(530, true, EpilogueOp::None, 2);
+    epilogue(1030, false, EpilogueOp::Act(ActKind::Silu), 2);
 }
 
 #[test]
@@ -100,12 +103,14 @@ fn gated_activation_multiplies_the_second_half() {
         epilogue(42, true, EpilogueOp::Gate(a), 3);
     }
     epilogue(40, false, EpilogueOp::Gate(ActKind::Gelu), 1);
+    epilogue(2 * 600, true, EpilogueOp::Gate(ActKind::Silu), 2);
 }
 
 #[test]
 fn product_with_another_tensor() {
     epilogue(30, true, EpilogueOp::Mul, 4);
     epilogue(17, false, EpilogueOp::Mul, 2);
+    epilogue(700, true, EpilogueOp::Mul, 2);
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::Instant;
 use zambac_codegen::kernels::GpuParam;
 use zambac_codegen::toolchain;
 use zambac_codegen::{GpuTarget, compile_gpu};
+use zambac_engine::gpu::ptx_entry_text;
 
 #[test]
 fn every_kind_assembles_for_sm_90_without_spills() {
@@ -40,6 +41,29 @@ fn every_kind_assembles_for_sm_90_without_spills() {
             entry.entry, resources.registers, resources.stack_frame_bytes, entry.params
         );
     }
+    // Row kernels over wide rows take a block per row and add its warps' sums through shared
+    // memory between barriers; nothing else synchronises a block.
+    let mut blocks = 0;
+    for (kernel, entry) in kernels.iter().zip(&module.kernels) {
+        let body = ptx_entry_text(&module.ptx, &entry.entry).expect("the entry exists");
+        let name = kernel.kind.name();
+        let block_sum = entry.lanes == 256 && (name.contains("Norm") || name.contains("RmsScale"));
+        blocks += usize::from(block_sum);
+        assert_eq!(
+            body.contains("bar.sync"),
+            block_sum,
+            "{} ({name}, {} lanes): barriers",
+            entry.entry,
+            entry.lanes
+        );
+        assert_eq!(
+            body.contains(".shared"),
+            block_sum,
+            "{} ({name}): shared memory",
+            entry.entry
+        );
+    }
+    assert!(blocks >= 5, "only {blocks} kernels sum across a block");
     assert!(dumps.path().join("kernels.ptx").is_file());
     assert!(dumps.path().join("attention.gpu.mlir").is_file());
 }

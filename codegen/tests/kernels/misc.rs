@@ -11,7 +11,8 @@ use zambac_runtime::Tensor;
 fn embedding_copies_the_rows_of_the_tokens_in_f32_and_widened_bf16() {
     let (vocab, rows) = (11, 6);
     let tokens: Vec<i64> = vec![3, 0, 10, 3, 7, 1];
-    for hidden in [37, 64] {
+    // 1100: wide enough for a block per row in the GPU schedule.
+    for hidden in [37, 64, 1100] {
         let table = random(vocab * hidden, 12, -1.0, 1.0);
         let (bits, rounded) = to_bf16(&table);
         let gather = |table: &[f32]| -> Vec<f32> {
@@ -42,7 +43,12 @@ fn embedding_copies_the_rows_of_the_tokens_in_f32_and_widened_bf16() {
 
 #[test]
 fn row_scale_multiplies_each_row_by_its_factor() {
-    let (n, rows) = (45, 5);
+    for n in [45, 777] {
+        row_scale(n, 5);
+    }
+}
+
+fn row_scale(n: usize, rows: usize) {
     let y = random(rows * n, 15, -2.0, 2.0);
     let r = random(rows, 16, 0.1, 3.0);
     let want: Vec<f32> = (0..rows * n).map(|i| r[i / n] * y[i]).collect();
@@ -59,7 +65,12 @@ fn row_scale_multiplies_each_row_by_its_factor() {
 
 #[test]
 fn binary_adds_and_multiplies_per_row_or_broadcast() {
-    let (n, rows) = (45, 5);
+    for n in [45, 1031] {
+        binary(n, 5);
+    }
+}
+
+fn binary(n: usize, rows: usize) {
     let a = random(rows * n, 13, -2.0, 2.0);
     for (op, b_rows) in [
         (BinOp::Add, true),

@@ -30,18 +30,29 @@ fn rms_norm(d: usize, groups: usize, rows: usize) {
 #[test]
 fn rms_norm_matches_the_reference() {
     rms_norm(96, 1, 5);
+    // Wide rows (a block per row in the GPU schedule): 2051 is one whole round of the
+    // block's 256 lanes × 8 and a partial one; 600 only a partial one.
     rms_norm(2051, 1, 3);
+    rms_norm(600, 1, 2);
 }
 
 #[test]
 fn grouped_rms_norm_normalises_each_group_alone() {
     rms_norm(100, 4, 6);
     rms_norm(64, 2, 1);
+    // Two wide groups: the block's sum runs once per group, its slots reused.
+    rms_norm(2 * 1030, 2, 2);
 }
 
 #[test]
 fn add_rms_norm_stores_the_sum_and_its_norm() {
-    let (d, rows, eps) = (77, 5, 1e-6);
+    for d in [77, 1037] {
+        add_rms_norm(d, 5);
+    }
+}
+
+fn add_rms_norm(d: usize, rows: usize) {
+    let eps = 1e-6;
     let a = random(rows * d, 3, -1.0, 1.0);
     let b = random(rows * d, 4, -1.0, 1.0);
     let w = random(d, 5, 0.5, 1.5);
@@ -61,7 +72,13 @@ fn add_rms_norm_stores_the_sum_and_its_norm() {
 
 #[test]
 fn concat_rms_norm_normalises_the_concatenation() {
-    let (da, db, rows, eps) = (40, 29, 4, 1e-5);
+    for (da, db) in [(40, 29), (600, 529)] {
+        concat_rms_norm(da, db, 4);
+    }
+}
+
+fn concat_rms_norm(da: usize, db: usize, rows: usize) {
+    let eps = 1e-5;
     let a = random(rows * da, 6, -1.0, 1.0);
     let b = random(rows * db, 7, -3.0, 3.0);
     let w = random(da + db, 8, 0.5, 1.5);
@@ -83,7 +100,8 @@ fn concat_rms_norm_normalises_the_concatenation() {
 
 #[test]
 fn mamba2_gate_norm_gates_with_silu_then_normalises_each_group() {
-    for (di, groups) in [(32, 2), (84, 1)] {
+    // (1030, 1) and (2 · 600, 2): a block per row (group) in the GPU schedule.
+    for (di, groups) in [(32, 2), (84, 1), (1030, 1), (1200, 2)] {
         let (width, rows, eps) = (di + 38, 3, 1e-5);
         let y = random(rows * di, 9, -2.0, 2.0);
         let zx = random(rows * width, 10, -4.0, 4.0);
@@ -110,7 +128,13 @@ fn mamba2_gate_norm_gates_with_silu_then_normalises_each_group() {
 
 #[test]
 fn concat_rms_scale_is_the_factor_concat_rms_norm_applies() {
-    let (da, db, rows, eps) = (40, 29, 5, 1e-5);
+    for (da, db) in [(40, 29), (700, 330)] {
+        concat_rms_scale(da, db, 5);
+    }
+}
+
+fn concat_rms_scale(da: usize, db: usize, rows: usize) {
+    let eps = 1e-5;
     let a = random(rows * da, 12, -1.0, 1.0);
     let b = random(rows * db, 13, -3.0, 3.0);
     let want = k::concat_rms_scale(

@@ -34,8 +34,8 @@ pub struct GpuEntry {
     /// The entry's parameters, in order.
     pub params: Vec<GpuParam>,
     /// Threads per grid index: a launch over `[begin, end)` runs `(end − begin) · lanes`
-    /// threads (a warp per row for a warp-reducing kernel, a thread per state row for the
-    /// Mamba2 scan).
+    /// threads (a warp per row for a warp-reducing kernel, a block for a row kernel over a
+    /// wide row, a warp per state row for the Mamba2 scan).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub lanes: u32,
     /// Threads per block: a launch runs `⌈threads / block_size⌉` blocks. The PTX says
@@ -111,6 +111,35 @@ pub fn ptx_entry_params(ptx: &str, name: &str) -> Option<Vec<String>> {
     }
 }
 
+/// The text of the `.entry name` of a PTX text, from its `.entry` to the next entry (or the
+/// end), or `None` when the text has no such entry.
+pub fn ptx_entry_text<'a>(ptx: &'a str, name: &str) -> Option<&'a str> {
+    let mut from = 0;
+    loop {
+        let at = from + ptx[from..].find(".entry")?;
+        let after = &ptx[at + ".entry".len()..];
+        let head = after.trim_start();
+        let named = head
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with('('));
+        if named {
+            let rest = &ptx[at..];
+            let end = rest[1..].find(".entry").map_or(rest.len(), |i| i + 1);
+            return Some(&rest[..end]);
+        }
+        from = at + ".entry".len();
+    }
+}
+
+/// Whether a launch of `entry` reaches every barrier of its PTX text with every thread of
+/// every block: a kernel that synchronises a block (`bar.sync`) must give each grid index
+/// whole blocks (its lanes a multiple of the block size), since the threads past the end of
+/// a launch's range skip the kernel's body and its barriers.
+pub fn barriers_reach_whole_blocks(entry: &GpuEntry, text: &str) -> bool {
+    !text.contains("bar.sync")
+        || (entry.block_size > 0 && entry.lanes.is_multiple_of(entry.block_size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +165,34 @@ mod tests {
         );
         assert_eq!(ptx_entry_params(PTX, "zk_ab"), Some(vec!["u32".into()]));
         assert_eq!(ptx_entry_params(PTX, "zk_b"), None);
+    }
+
+    #[test]
+    fn an_entrys_text_runs_to_the_next_entry() {
+        let a = ptx_entry_text(PTX, "zk_a").expect("zk_a");
+        assert!(a.starts_with(".entry zk_a(") && a.contains(".maxntid 256"));
+        assert!(!a.contains("zk_ab"));
+        let ab = ptx_entry_text(PTX, "zk_ab").expect("zk_ab");
+        assert!(ab.starts_with(".entry zk_ab(") && ab.ends_with("{ ret; }\n"));
+        assert_eq!(ptx_entry_text(PTX, "zk_b"), None);
+    }
+
+    #[test]
+    fn a_kernel_with_barriers_needs_whole_blocks_per_grid_index() {
+        let entry = |lanes, block_size| GpuEntry {
+            symbol: "a".into(),
+            params: vec![],
+            lanes,
+            block_size,
+            registers: None,
+            shared_bytes: None,
+        };
+        let synced = "{ bar.sync 0; ret; }";
+        assert!(barriers_reach_whole_blocks(&entry(256, 256), synced));
+        assert!(barriers_reach_whole_blocks(&entry(512, 256), synced));
+        assert!(!barriers_reach_whole_blocks(&entry(32, 256), synced));
+        assert!(!barriers_reach_whole_blocks(&entry(1, 256), synced));
+        assert!(barriers_reach_whole_blocks(&entry(32, 256), "{ ret; }"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 use cudarc::driver::{CudaEvent, DriverError, PushKernelArg};
 use zambac_engine::{
     Elem, Engine, Expr, GpuEntry, GpuParam, MANIFEST_FILE, PTX_FILE, ProgramName, StateSpec,
-    gpu::ptx_entry_params,
+    gpu::{barriers_reach_whole_blocks, ptx_entry_params, ptx_entry_text},
 };
 
 use crate::cpu::plan::{Buf, Output, PStep, PView, Plan};
@@ -773,7 +773,9 @@ fn device_failure(program: ProgramName, e: DriverError) -> RuntimeError {
 }
 
 /// Every entry of the launch table exists in the PTX with one `.u64` parameter per listed
-/// parameter: what the launcher passes is what the kernel reads.
+/// parameter: what the launcher passes is what the kernel reads; an entry that synchronises
+/// its block is launched with whole blocks per grid index, so every thread reaches its
+/// barriers.
 fn check_entries(ptx: &str, entries: &[GpuEntry]) -> Result<(), String> {
     if ptx.contains('\0') {
         return Err("the PTX text contains a NUL byte".into());
@@ -788,6 +790,14 @@ fn check_entries(ptx: &str, entries: &[GpuEntry]) -> Result<(), String> {
                  parameters",
                 found.join(", "),
                 e.params.len()
+            ));
+        }
+        let text = ptx_entry_text(ptx, &name).unwrap_or_default();
+        if !barriers_reach_whole_blocks(e, text) {
+            return Err(format!(
+                "entry `{name}` synchronises its block, but the manifest launches it with {} \
+                 threads per grid index in blocks of {}: some threads would skip its barriers",
+                e.lanes, e.block_size
             ));
         }
     }
@@ -929,5 +939,41 @@ impl Backend for CudaBackend {
             s.advance(1);
         }
         Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(symbol: &str, lanes: u32, block_size: u32) -> GpuEntry {
+        GpuEntry {
+            symbol: symbol.into(),
+            params: vec![GpuParam::Begin, GpuParam::End],
+            lanes,
+            block_size,
+            registers: None,
+            shared_bytes: None,
+        }
+    }
+
+    const PTX: &str = "\
+.visible .entry zk_norm(\n\t.param .u64 p0,\n\t.param .u64 p1\n)\n{ bar.sync 0; ret; }\n\
+.visible .entry zk_add(\n\t.param .u64 p0,\n\t.param .u64 p1\n)\n{ ret; }\n";
+
+    #[test]
+    fn the_loader_checks_parameters_and_whole_blocks_for_barriers() {
+        check_entries(PTX, &[entry("norm", 256, 256), entry("add", 32, 256)]).expect("agrees");
+        let error = check_entries(PTX, &[entry("norm", 32, 256)]).unwrap_err();
+        assert!(
+            error.contains("`zk_norm` synchronises its block"),
+            "{error}"
+        );
+        let mut three = entry("add", 32, 256);
+        three.params.push(GpuParam::Int(0));
+        let error = check_entries(PTX, &[three]).unwrap_err();
+        assert!(error.contains("3 8-byte"), "{error}");
+        let error = check_entries(PTX, &[entry("gone", 1, 256)]).unwrap_err();
+        assert!(error.contains("has no entry `zk_gone`"), "{error}");
     }
 }

@@ -180,6 +180,45 @@ impl<'c, 'b> Emitter<'c, 'b> {
         ))
     }
 
+    /// `memref<len x f32>` in the GPU's workgroup (shared) memory.
+    fn workgroup_t(&self, len: usize) -> melior::ir::r#type::MemRefType<'c> {
+        let space = self.parse_attr("#gpu.address_space<workgroup>");
+        melior::ir::r#type::MemRefType::new(self.f32_t(), &[len as i64], None, Some(space))
+    }
+
+    /// Declares `memref.global @name` of `len` f32 in workgroup memory (appended to the
+    /// current block, which must be a module's): a block's shared array. The GPU kernel
+    /// outliner copies it into the kernel's `gpu.module`, and the NVVM lowering makes it a
+    /// `.shared` array of the entry.
+    pub(crate) fn workgroup_global(&self, name: &str, len: usize) {
+        self.append(melior::dialect::memref::global(
+            self.cx,
+            name,
+            Some("private"),
+            self.workgroup_t(len),
+            None,
+            false,
+            None,
+            self.loc,
+        ));
+    }
+
+    /// The workgroup array `name` declared by [`Emitter::workgroup_global`].
+    pub(crate) fn workgroup_buffer(&self, name: &str, len: usize) -> V<'c> {
+        self.first(melior::dialect::memref::get_global(
+            self.cx,
+            name,
+            self.workgroup_t(len),
+            self.loc,
+        ))
+    }
+
+    /// `gpu.barrier`: every thread of the block waits until all have reached it, and the
+    /// workgroup memory written before it is visible to all after it.
+    pub(crate) fn barrier(&self) {
+        self.emit("gpu.barrier", &[], &[], &[]);
+    }
+
     // ---- functions ----
 
     /// Appends `func.func @name(arguments)` with no results; `body` fills its entry block
