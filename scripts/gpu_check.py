@@ -14,7 +14,8 @@ no Rust toolchain, no network. With `--backend cpu` the same checks run on the c
       on the same device in the same run, with decode's fraction of the memory roofline
       (weight bytes read per token over a copy bandwidth measured here);
   (d) batched decode: each of 4 sequences decoded in one batch generates the tokens it
-      generates alone (f32 random models of both families);
+      generates alone (random models of both families, f32 and bf16: a batch's Gemvs run
+      as their batched form, which gives each sequence the bits it gets alone);
 
 Prints a report and writes it to OUT/report.json; exits 1 when a check fails.
 """
@@ -155,10 +156,10 @@ def against_cpu(args):
 
 def batched(args):
     """(d) Batched decode on the backend: `bench --batch 4` against each of its prompts decoded
-    alone (`--batch 1 --seed i`), on the f32 engines of the random models — every sequence's
-    greedy tokens must be the same."""
+    alone (`--batch 1 --seed i`), on the engines of the random models, f32 and bf16 — every
+    sequence's greedy tokens must be the same (its logits are bit for bit the same)."""
     engines = sorted(e for e in os.listdir(os.path.join(args.dir, "engines"))
-                     if e.startswith("random-") and e.endswith(".f32"))
+                     if e.startswith("random-"))
     for e in engines:
         engine = os.path.join(args.dir, "engines", e)
         label = f"batched decode == alone on {e} ({args.backend})"

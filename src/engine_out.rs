@@ -266,6 +266,19 @@ fn gpu_entries(gpu: &zambac_codegen::GpuModule) -> Vec<GpuEntry> {
                 block_size: k.block_size,
                 registers: resources.map(|f| f.registers),
                 shared_bytes: resources.map(|f| f.shared_bytes),
+                batched: k.batched.as_ref().map(|params| {
+                    let name = zambac_engine::gpu::batched_entry(
+                        k.entry.strip_prefix("zk_").unwrap_or(&k.entry),
+                    );
+                    zambac_engine::GpuBatchedEntry {
+                        params: params.clone(),
+                        registers: gpu
+                            .ptxas
+                            .as_ref()
+                            .and_then(|r| r.kernels().find(|f| f.name == name))
+                            .map(|f| f.registers),
+                    }
+                }),
             }
         })
         .collect()

@@ -7,7 +7,9 @@
 mod common;
 use common::*;
 
-use zambac_engine::gpu::{barriers_reach_whole_blocks, ptx_entry_params, ptx_entry_text};
+use zambac_engine::gpu::{
+    barriers_reach_whole_blocks, batched_entry, ptx_entry_params, ptx_entry_text,
+};
 use zambac_engine::{GpuCode, GpuParam};
 
 /// Registers per block and static shared memory per block an H100 allows.
@@ -56,6 +58,7 @@ fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> Counts {
         "{name}: the driver's JIT refuses non-ASCII PTX"
     );
     let mut barriers = 0;
+    let mut batched = 0;
     for k in &table.kernels {
         let entry = k.entry();
         let params = ptx_entry_params(&ptx, &entry)
@@ -85,6 +88,31 @@ fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> Counts {
             k.block_size
         );
         barriers += usize::from(text.contains("bar.sync"));
+        // A Gemv's batched form: its own entry, the Gemv's views and grid plus the batch.
+        // (Symbols are named after their kind: `gemv_<digest>`.)
+        let is_gemv = k.symbol.rsplit_once('_').map(|(kind, _)| kind) == Some("gemv");
+        assert_eq!(
+            k.batched.is_some(),
+            is_gemv,
+            "{name}: {entry}: batched form"
+        );
+        if let Some(b) = &k.batched {
+            batched += 1;
+            let batched = batched_entry(&k.symbol);
+            let params = ptx_entry_params(&ptx, &batched)
+                .unwrap_or_else(|| panic!("{name}: no .entry {batched} in the PTX"));
+            assert_eq!(params.len(), b.params.len(), "{name}: {batched}");
+            for p in [
+                GpuParam::Sequences,
+                GpuParam::InputStride,
+                GpuParam::OutputStride,
+            ] {
+                assert!(b.params.contains(&p), "{name}: {batched} lacks {p:?}");
+            }
+            let views = b.params.iter().filter(|p| matches!(p, GpuParam::View(_)));
+            let single = k.params.iter().filter(|p| matches!(p, GpuParam::View(_)));
+            assert_eq!(views.count(), single.count(), "{name}: {batched}: views");
+        }
         if k.lanes > 1 && k.lanes % 32 == 0 {
             assert_eq!(
                 k.block_size % 32,
@@ -105,6 +133,10 @@ fn check_ptx_with(input: &str, name: &str, extra: &[&str]) -> Counts {
             );
         }
     }
+    assert!(
+        batched > 0,
+        "{name}: no Gemv has a batched form (decode has Gemvs)"
+    );
     Counts {
         kernels: table.kernels.len(),
         barriers,

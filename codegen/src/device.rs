@@ -10,7 +10,9 @@
 use crate::dump::Dumps;
 use crate::error::CodegenError;
 use crate::host::check_unique;
-use crate::kernels::{GpuParam, Target, VectorMath, build_module, gpu_params, grid_function};
+use crate::kernels::{
+    GpuParam, Target, Variant, VectorMath, build_module_variant, gpu_params_variant, grid_function,
+};
 use crate::mlir::{GpuTarget, MlirContext, extract_ptx, pipelines};
 use crate::toolchain::{self, PtxasReport};
 use melior::ir::attribute::StringAttribute;
@@ -34,6 +36,9 @@ pub struct GpuKernel {
     /// Threads per block; a launch over `[begin, end)` uses
     /// `⌈(end − begin) · lanes / block_size⌉` blocks.
     pub block_size: u32,
+    /// For a Gemv, the parameters of its batched form's entry
+    /// ([`zambac_engine::gpu::batched_entry`]; same lanes and block size).
+    pub batched: Option<Vec<GpuParam>>,
 }
 
 /// The PTX of a program's kernels.
@@ -64,21 +69,29 @@ pub fn compile_gpu(
     ))?;
     let mut entries = Vec::with_capacity(kernels.len());
     for kernel in kernels {
-        let mut module = build_module(mlir.context(), kernel, Target::Gpu, VectorMath::Ops)?;
-        mlir.verify(&module, "before GPU mapping")?;
         let block_size = crate::kernels::gpu_block_size(&kernel.kind);
-        mlir.run_pipeline(&mut module, &pipelines::gpu_mapping(block_size))?;
-        dumps.write(&format!("{}.gpu.mlir", kernel.symbol), || {
-            module.as_operation().to_string()
-        })?;
-        let params = gpu_params(&module, kernel)?;
         let entry = format!("zk_{}", kernel.symbol);
-        adopt_kernel(&mlir, &module, &combined, kernel, &entry)?;
+        let params = outline(&mlir, &combined, kernel, Variant::Single, &entry, &dumps)?;
+        let batched = match kernel.kind {
+            zambac_engine::KernelKind::Gemv { .. } => {
+                let name = zambac_engine::gpu::batched_entry(&kernel.symbol);
+                Some(outline(
+                    &mlir,
+                    &combined,
+                    kernel,
+                    Variant::Batched,
+                    &name,
+                    &dumps,
+                )?)
+            }
+            _ => None,
+        };
         entries.push(GpuKernel {
             entry,
             params,
             lanes: crate::kernels::lanes(&kernel.kind, Target::Gpu) as u32,
             block_size,
+            batched,
         });
     }
     let ptx = if kernels.is_empty() {
@@ -103,6 +116,39 @@ pub fn compile_gpu(
         kernels: entries,
         ptxas,
     })
+}
+
+/// Builds `variant` of `kernel` for the GPU, maps and outlines it, and moves the kernel into
+/// the shared `gpu.module` of `combined` as `entry`; returns the entry's parameters. With
+/// `dumps`, writes the module after mapping (`<symbol>.gpu.mlir`, `<symbol>.batched.gpu.mlir`).
+fn outline(
+    mlir: &MlirContext,
+    combined: &Module,
+    kernel: &Kernel,
+    variant: Variant,
+    entry: &str,
+    dumps: &Dumps,
+) -> Result<Vec<GpuParam>, CodegenError> {
+    let mut module = build_module_variant(
+        mlir.context(),
+        kernel,
+        Target::Gpu,
+        VectorMath::Ops,
+        variant,
+    )?;
+    mlir.verify(&module, "before GPU mapping")?;
+    let block_size = crate::kernels::gpu_block_size(&kernel.kind);
+    mlir.run_pipeline(&mut module, &pipelines::gpu_mapping(block_size))?;
+    let form = match variant {
+        Variant::Single => "",
+        Variant::Batched => ".batched",
+    };
+    dumps.write(&format!("{}{form}.gpu.mlir", kernel.symbol), || {
+        module.as_operation().to_string()
+    })?;
+    let params = gpu_params_variant(&module, kernel, variant)?;
+    adopt_kernel(mlir, &module, combined, kernel, entry)?;
+    Ok(params)
 }
 
 /// Copies the kernel outlined from `kernel`'s grid function into the shared `gpu.module` of

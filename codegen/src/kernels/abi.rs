@@ -64,6 +64,20 @@ pub fn grid_function(symbol: &str) -> String {
     format!("zkg_{symbol}")
 }
 
+/// Which form of a kernel a module holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// The kernel as the programs launch it.
+    Single,
+    /// A Gemv for a batch of sequences ([`zambac_engine::GpuBatchedEntry`]): after the
+    /// kind's integer arguments, three more — the number of sequences and the distances
+    /// between consecutive sequences' inputs and outputs, in elements.
+    Batched,
+}
+
+/// Integer arguments a [`Variant::Batched`] grid function takes after the kind's own.
+pub const BATCH_INTS: usize = 3;
+
 /// Builds the module of one kernel for `target`: the grid function, plus on the host the
 /// `zk_<symbol>` trampoline, with transcendental functions computed as `math` says.
 pub fn build_module<'c>(
@@ -72,14 +86,38 @@ pub fn build_module<'c>(
     target: Target,
     math: VectorMath,
 ) -> Result<Module<'c>, CodegenError> {
+    build_module_variant(cx, kernel, target, math, Variant::Single)
+}
+
+/// [`build_module`] for a form of the kernel; [`Variant::Batched`] only for a Gemv on a
+/// GPU schedule.
+pub fn build_module_variant<'c>(
+    cx: &'c Context,
+    kernel: &Kernel,
+    target: Target,
+    math: VectorMath,
+    variant: Variant,
+) -> Result<Module<'c>, CodegenError> {
     let signature = checked_signature(kernel)?;
+    if variant == Variant::Batched
+        && (!matches!(kernel.kind, zambac_engine::KernelKind::Gemv { .. })
+            || !target.gpu_schedule())
+    {
+        return Err(CodegenError::InvalidKernel {
+            symbol: kernel.symbol.clone(),
+            reason: format!(
+                "only a Gemv on a GPU schedule has a batched form, not {} for {target:?}",
+                kernel.kind.name()
+            ),
+        });
+    }
     let module = Module::new(Location::unknown(cx));
     let calls = VectorCalls::default();
     let libmvec = math == VectorMath::Libmvec && target.is_host();
     {
         let body = module.body();
         let e = Emitter::new(cx, &body, libmvec.then_some(&calls));
-        if let Some(role) = grid(&e, kernel, &signature, target) {
+        if let Some(role) = grid(&e, kernel, &signature, target, variant) {
             return Err(CodegenError::InvalidKernel {
                 symbol: kernel.symbol.clone(),
                 reason: format!(
@@ -90,7 +128,7 @@ pub fn build_module<'c>(
         }
         if target.is_host() {
             let lanes = super::lanes(&kernel.kind, target);
-            trampoline(&e, &kernel.symbol, &signature, lanes);
+            trampoline(&e, &kernel.symbol, &signature, lanes, variant);
         }
         for name in calls.borrow().iter() {
             e.declare_vector_function(name);
@@ -106,15 +144,19 @@ fn grid<'c>(
     kernel: &Kernel,
     signature: &Signature,
     target: Target,
+    variant: Variant,
 ) -> Option<zambac_engine::Role> {
     let views = signature.views.len();
-    let ints = signature.ints.len();
+    let ints = signature.ints.len() + extra_ints(variant);
     let missing = Cell::new(None);
     let mut arguments = vec![e.ptr_t(); views];
     arguments.extend(vec![e.index_t(); ints + 2]);
     let block = block_size(&kernel.kind, target);
     let name = grid_function(&kernel.symbol);
-    let stack = super::stack_size(&kernel.kind, target);
+    let stack = match variant {
+        Variant::Single => super::stack_size(&kernel.kind, target),
+        Variant::Batched => super::gemv::batched_stack(target),
+    };
     let alloca = |e: &Emitter<'c, '_>| (stack > 0).then(|| e.alloca_f32(stack));
     // A team of several warps adds their totals through workgroup memory on the GPU.
     let team = super::team(&kernel.kind);
@@ -159,7 +201,12 @@ fn grid<'c>(
                 views: memrefs,
                 signature,
                 missing: Cell::new(None),
-                ints: args[views..views + ints].to_vec(),
+                ints: args[views..views + ints - extra_ints(variant)].to_vec(),
+                batch: (variant == Variant::Batched).then(|| super::Batch {
+                    sequences: args[views + ints - BATCH_INTS],
+                    x_stride: args[views + ints - BATCH_INTS + 1],
+                    y_stride: args[views + ints - BATCH_INTS + 2],
+                }),
                 item,
                 begin,
                 end,
@@ -181,10 +228,24 @@ fn grid<'c>(
     missing.get()
 }
 
+/// Integer arguments `variant` adds to the kind's.
+fn extra_ints(variant: Variant) -> usize {
+    match variant {
+        Variant::Single => 0,
+        Variant::Batched => BATCH_INTS,
+    }
+}
+
 /// `zk_<symbol>(void *const *bufs, const int64_t *ints, int64_t begin, int64_t end)`: loads
 /// the view pointers and integers and calls the grid function, which LLVM then inlines; the
 /// grid range, in grid indices, becomes threads for a schedule with several `lanes`.
-fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature, lanes: usize) {
+fn trampoline(
+    e: &Emitter<'_, '_>,
+    symbol: &str,
+    signature: &Signature,
+    lanes: usize,
+    variant: Variant,
+) {
     let ptr = e.ptr_t();
     let i64_t = e.int_t(64);
     let grid = grid_function(symbol);
@@ -197,8 +258,8 @@ fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature, lanes: u
             let mut operands: Vec<_> = (0..signature.views.len())
                 .map(|j| e.load_slot(args[0], j, ptr))
                 .collect();
-            operands
-                .extend((0..signature.ints.len()).map(|i| index(e.load_slot(args[1], i, i64_t))));
+            let ints = signature.ints.len() + extra_ints(variant);
+            operands.extend((0..ints).map(|i| index(e.load_slot(args[1], i, i64_t))));
             let threads = |v| match lanes {
                 1 => index(v),
                 n => e.mul_k(index(v), n),
@@ -214,6 +275,15 @@ fn trampoline(e: &Emitter<'_, '_>, symbol: &str, signature: &Signature, lanes: u
 /// (after [`crate::pipelines::gpu_mapping`]): each operand of its `gpu.launch_func` must be an
 /// argument of the grid function, which says what it is.
 pub fn gpu_params(module: &Module, kernel: &Kernel) -> Result<Vec<GpuParam>, CodegenError> {
+    gpu_params_variant(module, kernel, Variant::Single)
+}
+
+/// [`gpu_params`] of a form of the kernel.
+pub fn gpu_params_variant(
+    module: &Module,
+    kernel: &Kernel,
+    variant: Variant,
+) -> Result<Vec<GpuParam>, CodegenError> {
     let abi_error = |detail: &str| CodegenError::GpuAbi {
         symbol: kernel.symbol.clone(),
         detail: detail.to_string(),
@@ -265,10 +335,16 @@ pub fn gpu_params(module: &Module, kernel: &Kernel) -> Result<Vec<GpuParam>, Cod
                 .map_err(|_| abi_error("operand index out of range"))?;
             let argument = BlockArgument::try_from(operand)
                 .map_err(|_| abi_error("the kernel captures a value computed on the host"))?;
+            let extra = extra_ints(variant);
             match argument.argument_number() {
                 j if j < views => Ok(GpuParam::View(j)),
                 i if i < views + ints => Ok(GpuParam::Int(i - views)),
-                b if b == views + ints => Ok(GpuParam::Begin),
+                i if i < views + ints + extra => Ok(match i - views - ints {
+                    0 => GpuParam::Sequences,
+                    1 => GpuParam::InputStride,
+                    _ => GpuParam::OutputStride,
+                }),
+                b if b == views + ints + extra => Ok(GpuParam::Begin),
                 _ => Ok(GpuParam::End),
             }
         })

@@ -13,8 +13,8 @@
 
 use super::emit::{Emitter, V, VW};
 use super::rows::{dots, load_f32};
-use super::warp::{first_lane, team_sum};
-use super::{Frame, WARP};
+use super::warp::{first_lane, team_stack, team_sums};
+use super::{Batch, Frame, Target, WARP};
 use melior::dialect::arith::CmpiPredicate;
 use zambac_engine::Elem;
 use zambac_engine::Role;
@@ -156,26 +156,46 @@ fn strided_blocks<'c>(
     });
 }
 
+/// Sequences of a batched Gemv ([`super::Variant::Batched`]) whose sums a warp forms in one
+/// pass over its weight row: `VW` accumulators per sequence per lane, 32 for 4 sequences.
+/// Larger batches take several passes, the later ones reading the row from cache.
+pub(crate) const BATCH_TILE: usize = 4;
+
+/// f32 elements of private memory a batched Gemv needs on `target` (the host run of the
+/// GPU schedule keeps every lane's partials of a pass).
+pub(crate) fn batched_stack(target: Target) -> usize {
+    match target {
+        Target::HostWithGpuSchedule => team_stack(WARP, BATCH_TILE),
+        _ => 0,
+    }
+}
+
 /// The GPU schedule: the warp of grid index `row` computes that row. The row is read in
 /// rounds of `32·VW` elements; in each, lane `l` takes elements `l, l + 32, …, l + 32·(VW−1)`,
 /// so each of the warp's load instructions reads 32 consecutive elements — 128 bytes of f32,
 /// 64 of bf16, whole sectors — whatever the row's alignment; then the elements past the last
-/// whole round one apiece. [`team_sum`] adds the 32 partial sums and the first lane stores
+/// whole round one apiece. [`team_sums`] adds the 32 partial sums and the first lane stores
 /// the row. (Before, lane `l` took the `VW`-chunk `l` of each round: the loads of a chunk,
 /// which the backend cannot widen without knowing the alignment, became `VW` scalar loads
 /// each touching 32 sectors, one element of each.)
+///
+/// The batched form does the same for [`BATCH_TILE`] sequences per pass over the row: each
+/// weight element loaded once is multiplied into every sequence's accumulators, and each
+/// sequence's partials are formed, folded and summed over the warp in exactly the order of
+/// the single form — so every sequence gets the bits it gets alone.
 fn warp_rows<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, shape: &Shape<'c>, parts: &[Part<'c>]) {
     let row = f.item;
     let one = |e: &Emitter<'c, '_>, part: &Part<'c>| {
         let local = e.subi(row, e.index(part.first as i64));
         let base = e.mul_k(local, shape.ld);
-        let mut sum = team_sum(e, f, |e, lane| lane_dot(e, shape, part, base, lane));
-        e.when(first_lane(e, f), |e| {
-            if shape.accumulate {
-                sum = e.addf(e.load(part.y, local), sum);
+        match &f.batch {
+            None => {
+                let x = [e.index(0)];
+                let sums = team_sums(e, f, 1, |e, lane| lane_dots(e, shape, part, base, &x, lane));
+                store_row(e, f, shape, part, (local, sums[0]), None);
             }
-            e.store(sum, part.y, local);
-        });
+            Some(batch) => batched_row(e, f, shape, part, (local, base), batch),
+        }
     };
     if let [part] = parts {
         one(e, part);
@@ -186,50 +206,116 @@ fn warp_rows<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, shape: &Shape<'c>, part
     }
 }
 
-/// One lane's share of `x · W[row]` for the row starting at `base` (see [`warp_rows`]).
-fn lane_dot<'c>(
+/// `y[at] (+)= sum` in the warp's first lane (and only for a real sequence, `real`).
+fn store_row<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    shape: &Shape<'c>,
+    part: &Part<'c>,
+    (at, sum): (V<'c>, V<'c>),
+    real: Option<V<'c>>,
+) {
+    let first = first_lane(e, f);
+    let store = match real {
+        Some(real) => e.andi(first, real),
+        None => first,
+    };
+    e.when(store, |e| {
+        let mut sum = sum;
+        if shape.accumulate {
+            sum = e.addf(e.load(part.y, at), sum);
+        }
+        e.store(sum, part.y, at);
+    });
+}
+
+/// Row `local` (starting at element `base` of the weight) for every sequence of `batch`,
+/// [`BATCH_TILE`] per pass; a pass past the last sequence recomputes the last one and
+/// stores nothing for it.
+fn batched_row<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    shape: &Shape<'c>,
+    part: &Part<'c>,
+    (local, base): (V<'c>, V<'c>),
+    batch: &Batch<'c>,
+) {
+    let step = e.index(BATCH_TILE as i64);
+    e.for_(e.index(0), batch.sequences, step, &[], |e, tile, _| {
+        let last = e.subi(batch.sequences, e.index(1));
+        let seqs: Vec<(V<'c>, V<'c>)> = (0..BATCH_TILE)
+            .map(|j| {
+                let b = e.add_k(tile, j);
+                (e.minsi(b, last), e.cmpi(CmpiPredicate::Sle, b, last))
+            })
+            .collect();
+        let xs: Vec<V<'c>> = seqs
+            .iter()
+            .map(|(b, _)| e.muli(*b, batch.x_stride))
+            .collect();
+        let sums = team_sums(e, f, BATCH_TILE, |e, lane| {
+            lane_dots(e, shape, part, base, &xs, lane)
+        });
+        for ((b, real), sum) in seqs.iter().zip(sums) {
+            let at = e.addi(e.muli(*b, batch.y_stride), local);
+            store_row(e, f, shape, part, (at, sum), Some(*real));
+        }
+        vec![]
+    });
+}
+
+/// One lane's share of `x · W[row]` for the row starting at `base`, for each input that
+/// starts at element `xs[j]` of `x` (see [`warp_rows`]): each weight element is loaded once
+/// and multiplied into every input's accumulators, and each input's sum is formed as for
+/// that input alone.
+fn lane_dots<'c>(
     e: &Emitter<'c, '_>,
     shape: &Shape<'c>,
     part: &Part<'c>,
     base: V<'c>,
+    xs: &[V<'c>],
     lane: V<'c>,
-) -> V<'c> {
+) -> Vec<V<'c>> {
     let round = WARP * VW;
     let rounds = shape.k / round;
-    let mut sum = e.f32(0.0);
+    let n = xs.len();
+    let x_at = |e: &Emitter<'c, '_>, j: usize, at: V<'c>| e.load(shape.x, e.addi(xs[j], at));
+    let mut sums = vec![e.f32(0.0); n];
     if rounds > 0 {
-        // One accumulator per load of the round: VW independent FMA chains.
-        let zero = vec![e.f32(0.0); VW];
+        // One accumulator per load of the round and input: VW independent FMA chains each.
+        let zero = vec![e.f32(0.0); VW * n];
         let accs = e.for_k(0, rounds, 1, &zero, |e, r, accs| {
             let first = e.addi(e.mul_k(r, round), lane);
-            (0..VW)
-                .map(|i| {
-                    let at = e.add_k(first, i * WARP);
-                    let xv = e.load(shape.x, at);
-                    let wv = e.extract(load_f32(e, part.w, e.addi(base, at), 1, shape.elem), 0);
-                    e.fma(xv, wv, accs[i])
-                })
-                .collect()
+            let mut next = accs.to_vec();
+            for i in 0..VW {
+                let at = e.add_k(first, i * WARP);
+                let wv = e.extract(load_f32(e, part.w, e.addi(base, at), 1, shape.elem), 0);
+                for j in 0..n {
+                    next[j * VW + i] = e.fma(x_at(e, j, at), wv, accs[j * VW + i]);
+                }
+            }
+            next
         });
-        sum = accs[1..].iter().fold(accs[0], |t, a| e.addf(t, *a));
+        for (j, sum) in sums.iter_mut().enumerate() {
+            let own = &accs[j * VW..(j + 1) * VW];
+            *sum = own[1..].iter().fold(own[0], |t, a| e.addf(t, *a));
+        }
     }
     let tail = rounds * round;
     if tail < shape.k {
         let from = e.add_k(lane, tail);
-        let rest = e.for_(
+        sums = e.for_(
             from,
             e.index(shape.k as i64),
             e.index(WARP as i64),
-            &[sum],
-            |e, j, acc| {
-                let xv = e.load(shape.x, j);
-                let wv = e.extract(load_f32(e, part.w, e.addi(base, j), 1, shape.elem), 0);
-                vec![e.fma(xv, wv, acc[0])]
+            &sums,
+            |e, at, acc| {
+                let wv = e.extract(load_f32(e, part.w, e.addi(base, at), 1, shape.elem), 0);
+                (0..n).map(|j| e.fma(x_at(e, j, at), wv, acc[j])).collect()
             },
         );
-        sum = rest[0];
     }
-    sum
+    sums
 }
 
 /// Whether grid rows `[row, row + n)` all belong to `part`.

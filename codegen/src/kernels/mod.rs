@@ -28,7 +28,10 @@ mod rows;
 mod warp;
 
 pub(crate) use abi::top_level;
-pub use abi::{GpuParam, Target, VectorMath, build_module, gpu_params, grid_function};
+pub use abi::{
+    BATCH_INTS, GpuParam, Target, Variant, VectorMath, build_module, build_module_variant,
+    gpu_params, gpu_params_variant, grid_function,
+};
 
 use std::cell::Cell;
 
@@ -75,6 +78,19 @@ pub(crate) struct Frame<'c, 's> {
     /// On the GPU, for a team of several warps: the block's workgroup memory, one f32 per
     /// warp, through which [`warp::team_sum`] adds the warps' totals.
     pub shared: Option<V<'c>>,
+    /// The batch of a [`Variant::Batched`] Gemv.
+    pub batch: Option<Batch<'c>>,
+}
+
+/// The run-time batch of a [`Variant::Batched`] kernel, as `index` values.
+#[derive(Clone, Copy)]
+pub(crate) struct Batch<'c> {
+    /// Sequences in the batch (at least one).
+    pub sequences: V<'c>,
+    /// Elements between consecutive sequences' inputs (`x`).
+    pub x_stride: V<'c>,
+    /// Elements between consecutive sequences' outputs (`y`).
+    pub y_stride: V<'c>,
 }
 
 impl<'c> Frame<'c, '_> {
@@ -258,7 +274,7 @@ pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
 pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
     if target == Target::HostWithGpuSchedule {
         if warp_kind(kind) {
-            return warp::team_stack(team(kind));
+            return warp::team_stack(team(kind), 1);
         }
         if matches!(
             kind,

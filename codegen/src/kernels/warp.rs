@@ -23,11 +23,11 @@ use zambac_engine::Elem;
 /// `2·o` lanes whose indices agree with `l` above bit `o`.
 const OFFSETS: [usize; 5] = [16, 8, 4, 2, 1];
 
-/// f32 elements of the host buffer a [`team_sum`] over `team` lanes needs: the partials,
-/// then (for several warps) the warps' totals.
-pub(crate) fn team_stack(team: usize) -> usize {
+/// f32 elements of the host buffer a [`team_sums`] of `count` values over `team` lanes
+/// needs: the partials, then (for several warps, one value) the warps' totals.
+pub(crate) fn team_stack(team: usize, count: usize) -> usize {
     let warps = team / WARP;
-    team + if warps > 1 { warps } else { 0 }
+    count * team + if warps > 1 { warps } else { 0 }
 }
 
 /// `Σ_lane partial(lane)` over the frame's team ([`Frame::team`] lanes: a warp, or a
@@ -38,37 +38,58 @@ pub(crate) fn team_sum<'c>(
     f: &Frame<'c, '_>,
     partial: impl Fn(&Emitter<'c, '_>, V<'c>) -> V<'c>,
 ) -> V<'c> {
+    team_sums(e, f, 1, |e, lane| vec![partial(e, lane)])[0]
+}
+
+/// [`team_sum`] of `count` values at once: `partials(e, lane)` gives a lane's `count`
+/// partials (computed together, e.g. in one pass over a weight row), and each is summed
+/// over the team exactly as [`team_sum`] sums one (a team of several warps passes the
+/// values through its workgroup slots one after another).
+pub(crate) fn team_sums<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    count: usize,
+    partials: impl Fn(&Emitter<'c, '_>, V<'c>) -> Vec<V<'c>>,
+) -> Vec<V<'c>> {
     let warps = f.team / WARP;
     if f.warp_threads {
-        let mut value = partial(e, f.lane);
-        for offset in OFFSETS {
-            let other = shuffle_xor(e, value, offset);
-            value = e.addf(value, other);
-        }
-        if warps <= 1 {
-            return value;
-        }
-        let Some(slots) = f.shared else {
-            // `grid` declares the slots for every team of several warps; without them the
-            // build is inconsistent, which the verifier reports on the unused value.
-            return value;
-        };
-        let warp = e.divui(f.lane, e.index(WARP as i64));
-        e.when(first_lane(e, f), |e| e.store(value, slots, warp));
-        e.barrier();
-        let total = (1..warps).fold(e.load(slots, e.index(0)), |total, w| {
-            e.addf(total, e.load(slots, e.index(w as i64)))
+        let values = partials(e, f.lane).into_iter().map(|mut value| {
+            for offset in OFFSETS {
+                let other = shuffle_xor(e, value, offset);
+                value = e.addf(value, other);
+            }
+            value
         });
-        e.barrier();
-        return total;
+        let values: Vec<V<'c>> = values.collect();
+        let Some(slots) = f.shared.filter(|_| warps > 1) else {
+            return values;
+        };
+        // The warps' totals of one value after another, through the same slots (the second
+        // barrier lets the next value overwrite them).
+        let warp = e.divui(f.lane, e.index(WARP as i64));
+        return values
+            .into_iter()
+            .map(|value| {
+                e.when(first_lane(e, f), |e| e.store(value, slots, warp));
+                e.barrier();
+                let total = (1..warps).fold(e.load(slots, e.index(0)), |total, w| {
+                    e.addf(total, e.load(slots, e.index(w as i64)))
+                });
+                e.barrier();
+                total
+            })
+            .collect();
     }
     let Some(buffer) = f.stack else {
         // `stack_size` gives every warp kind a buffer on the host; without one the build is
         // inconsistent, which the verifier would report on the missing value.
-        return partial(e, e.index(0));
+        return partials(e, e.index(0));
     };
+    // Partial `j` of lane `l` at `j·team + l`; a value's warp totals after all partials.
     e.for_k(0, f.team, 1, &[], |e, lane, _| {
-        e.store(partial(e, lane), buffer, lane);
+        for (j, value) in partials(e, lane).into_iter().enumerate() {
+            e.store(value, buffer, e.add_k(lane, j * f.team));
+        }
         vec![]
     });
     // The butterfly of the warp whose lanes start at `base`, as lane 0 computes it.
@@ -84,16 +105,23 @@ pub(crate) fn team_sum<'c>(
         lanes[0]
     };
     if warps <= 1 {
-        return warp_total(e, e.index(0));
+        return (0..count)
+            .map(|j| warp_total(e, e.index((j * f.team) as i64)))
+            .collect();
     }
-    e.for_k(0, warps, 1, &[], |e, w, _| {
-        let total = warp_total(e, e.mul_k(w, WARP));
-        e.store(total, buffer, e.add_k(w, f.team));
-        vec![]
-    });
-    (1..warps).fold(e.load(buffer, e.index(f.team as i64)), |total, w| {
-        e.addf(total, e.load(buffer, e.index((f.team + w) as i64)))
-    })
+    let totals = count * f.team;
+    (0..count)
+        .map(|j| {
+            e.for_k(0, warps, 1, &[], |e, w, _| {
+                let total = warp_total(e, e.add_k(e.mul_k(w, WARP), j * f.team));
+                e.store(total, buffer, e.add_k(w, totals));
+                vec![]
+            });
+            (1..warps).fold(e.load(buffer, e.index(totals as i64)), |total, w| {
+                e.addf(total, e.load(buffer, e.index((totals + w) as i64)))
+            })
+        })
+        .collect()
 }
 
 /// Whether this thread is its team's first (on the GPU; on the host, where one iteration

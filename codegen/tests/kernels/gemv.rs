@@ -1,8 +1,10 @@
 //! Gemv in f32, bf16 and f16, with one and two parts, with and without accumulation, and
 //! over a window of a wider weight.
 
-use super::harness::{Buf, check, f16_to_f32, random, to_bf16};
+use super::harness::{Buf, Lib, check, f16_to_f32, random, to_bf16};
+use zambac_codegen::kernels::Variant;
 use zambac_engine::Elem;
+use zambac_engine::Kernel;
 use zambac_engine::KernelKind;
 
 /// Weights of one part in the stored element type, and the f32 values they hold.
@@ -122,4 +124,123 @@ fn a_window_of_a_wider_weight_reads_rows_a_stride_apart() {
     windowed_gemv(96, 160, 0, 37, Elem::F32, false);
     windowed_gemv(64, 160, 96, 37, Elem::F32, true);
     windowed_gemv(40, 100, 60, 21, Elem::Bf16, true);
+}
+
+/// The batched form of a Gemv (one launch for `n` sequences, each weight row read once for
+/// all) gives every sequence the bits the single form gives it alone — the GPU schedule
+/// run on the host, so the same loops, lanes and butterflies as on the GPU.
+fn batched_gemv_matches_the_single_form_bit_for_bit(
+    k: usize,
+    rows: &[usize],
+    elem: Elem,
+    accumulate: bool,
+    row_stride: Option<usize>,
+) {
+    let kernel = Kernel {
+        symbol: "g".into(),
+        kind: KernelKind::Gemv {
+            k,
+            rows: rows.to_vec(),
+            elem,
+            accumulate,
+            row_stride,
+        },
+    };
+    let kernels = std::slice::from_ref(&kernel);
+    let single = Lib::build_gpu_schedule(kernels);
+    let batched = Lib::build_gpu_schedule_variant(kernels, Variant::Batched);
+    let ld = row_stride.unwrap_or(k);
+    let parts: Vec<Buf> = rows
+        .iter()
+        .enumerate()
+        .map(|(q, &n)| weights(elem, (n - 1) * ld + k, 40 + q as u64).0)
+        .collect();
+    let grid: usize = rows.iter().sum();
+    // Inputs and outputs at strides wider than a row, the gaps marked to catch stray writes.
+    let (xs, ys) = (k + 3, rows.iter().max().copied().unwrap_or(0) + 5);
+    for n in [1usize, 3, 4, 6, 9] {
+        let x = random(n * xs, 50 + n as u64, -1.0, 1.0);
+        let y0: Vec<Vec<f32>> = (0..rows.len())
+            .map(|q| random(n * ys, 60 + q as u64, -1.0, 1.0))
+            .collect();
+        let mut bufs = vec![Buf::F32(x.clone())];
+        bufs.extend(parts.iter().cloned());
+        bufs.extend(y0.iter().cloned().map(Buf::F32));
+        batched.call("g", &mut bufs, &[n as i64, xs as i64, ys as i64], 0, grid);
+        for b in 0..n {
+            let mut alone = vec![Buf::F32(x[b * xs..b * xs + k].to_vec())];
+            alone.extend(parts.iter().cloned());
+            alone.extend(
+                y0.iter()
+                    .zip(rows)
+                    .map(|(y, &r)| Buf::F32(y[b * ys..b * ys + r].to_vec())),
+            );
+            single.call("g", &mut alone, &[], 0, grid);
+            for (q, &r) in rows.iter().enumerate() {
+                let got = &bufs[1 + rows.len() + q].f32()[b * ys..(b + 1) * ys];
+                let want = alone[1 + rows.len() + q].f32();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got[..r]),
+                    bits(want),
+                    "k {k}, {elem}, part {q}, sequence {b} of {n}"
+                );
+                assert_eq!(
+                    bits(&got[r..]),
+                    bits(&y0[q][b * ys + r..(b + 1) * ys]),
+                    "k {k}, part {q}, sequence {b} of {n}: a write past the row"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batched_gemv_gives_each_sequence_the_bits_it_gets_alone() {
+    // Whole rounds of the warp (256 · 2), a tail only, rounds and a tail; two parts with
+    // accumulation; bf16 and f16 weights; a window of a wider weight.
+    batched_gemv_matches_the_single_form_bit_for_bit(512, &[7], Elem::F32, false, None);
+    batched_gemv_matches_the_single_form_bit_for_bit(37, &[5, 3], Elem::F32, true, None);
+    batched_gemv_matches_the_single_form_bit_for_bit(600, &[6], Elem::Bf16, false, None);
+    batched_gemv_matches_the_single_form_bit_for_bit(300, &[4, 2], Elem::F16, true, None);
+    batched_gemv_matches_the_single_form_bit_for_bit(260, &[3], Elem::Bf16, false, Some(700));
+}
+
+#[test]
+fn only_a_gemv_on_a_gpu_schedule_has_a_batched_form() {
+    let mlir = zambac_codegen::MlirContext::new();
+    let gemv = Kernel {
+        symbol: "g".into(),
+        kind: KernelKind::Gemv {
+            k: 8,
+            rows: vec![2],
+            elem: Elem::F32,
+            accumulate: false,
+            row_stride: None,
+        },
+    };
+    let norm = Kernel {
+        symbol: "n".into(),
+        kind: KernelKind::RmsNorm {
+            d: 8,
+            groups: 1,
+            eps: 1e-5,
+        },
+    };
+    use zambac_codegen::kernels::{Target, VectorMath, build_module_variant};
+    let build = |kernel: &Kernel, target| {
+        build_module_variant(
+            mlir.context(),
+            kernel,
+            target,
+            VectorMath::Ops,
+            Variant::Batched,
+        )
+        .map(|_| ())
+    };
+    assert!(build(&gemv, Target::Gpu).is_ok());
+    assert!(build(&gemv, Target::HostWithGpuSchedule).is_ok());
+    let error = build(&gemv, Target::Host).unwrap_err().to_string();
+    assert!(error.contains("only a Gemv on a GPU schedule"), "{error}");
+    assert!(build(&norm, Target::Gpu).is_err());
 }

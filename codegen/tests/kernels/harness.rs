@@ -8,7 +8,7 @@
 //! the GPU kernels' arithmetic is tested on a machine without a GPU.
 
 use libloading::Library;
-use zambac_codegen::kernels::{Target, VectorMath, build_module};
+use zambac_codegen::kernels::{Target, Variant, VectorMath, build_module_variant};
 use zambac_codegen::{
     HostTarget, MlirContext, compile_host, compile_host_object, link_shared_library, lower_to_host,
 };
@@ -84,15 +84,21 @@ impl Lib {
     /// Compiles `kernels` for this machine with the GPU's schedule (one grid index per
     /// iteration), from the crate's public stages, and loads the library.
     pub fn build_gpu_schedule(kernels: &[Kernel]) -> Lib {
+        Lib::build_gpu_schedule_variant(kernels, Variant::Single)
+    }
+
+    /// [`Lib::build_gpu_schedule`] of a form of the kernels (e.g. a Gemv's batched form).
+    pub fn build_gpu_schedule_variant(kernels: &[Kernel], variant: Variant) -> Lib {
         let mlir = MlirContext::new();
         let objects: Vec<Vec<u8>> = kernels
             .iter()
             .map(|kernel| {
-                let mut module = build_module(
+                let mut module = build_module_variant(
                     mlir.context(),
                     kernel,
                     Target::HostWithGpuSchedule,
                     VectorMath::Ops,
+                    variant,
                 )
                 .unwrap_or_else(|error| panic!("{error}"));
                 lower_to_host(&mlir, &mut module).unwrap_or_else(|error| panic!("{error}"));

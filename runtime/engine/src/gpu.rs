@@ -23,6 +23,32 @@ pub enum GpuParam {
     Begin,
     /// The end of the launch's range of threads: the end of its grid range × lanes.
     End,
+    /// A batched Gemv's ([`GpuEntry::batched`]) number of sequences.
+    Sequences,
+    /// A batched Gemv's distance between consecutive sequences' inputs, in f32 elements.
+    InputStride,
+    /// A batched Gemv's distance between consecutive sequences' outputs, in f32 elements.
+    OutputStride,
+}
+
+/// The batched form of a Gemv's entry: one launch computes the product for every sequence
+/// of a decode batch, each weight row read once for all of them, and each sequence's
+/// output bit for bit the single entry's for that sequence alone. Its views are the
+/// Gemv's, bound to the first sequence's buffers; the other sequences' inputs and outputs
+/// follow at [`GpuParam::InputStride`] and [`GpuParam::OutputStride`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuBatchedEntry {
+    /// The entry's parameters, in order.
+    pub params: Vec<GpuParam>,
+    /// Registers per thread, as `ptxas` reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registers: Option<u32>,
+}
+
+/// The PTX entry of the batched form of kernel `symbol`.
+pub fn batched_entry(symbol: &str) -> String {
+    format!("zk_{symbol}_batched")
 }
 
 /// How to launch one kernel's entry.
@@ -47,6 +73,10 @@ pub struct GpuEntry {
     /// Static shared memory per block in bytes, as `ptxas` reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_bytes: Option<u64>,
+    /// For a Gemv: the entry that computes it for a batch of sequences at once (same lanes
+    /// and block size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batched: Option<GpuBatchedEntry>,
 }
 
 fn one() -> u32 {
@@ -186,6 +216,7 @@ mod tests {
             block_size,
             registers: None,
             shared_bytes: None,
+            batched: None,
         };
         let synced = "{ bar.sync 0; ret; }";
         assert!(barriers_reach_whole_blocks(&entry(256, 256), synced));

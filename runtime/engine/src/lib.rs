@@ -51,7 +51,7 @@ mod writer;
 pub use elem::{Elem, bf16_bits, widen_bf16};
 pub use error::EngineError;
 pub use expr::{Domain, Expr, Point};
-pub use gpu::{GpuCode, GpuEntry, GpuParam};
+pub use gpu::{GpuBatchedEntry, GpuCode, GpuEntry, GpuParam};
 pub use kernel::{
     ActKind, BinOp, DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, EpilogueOp, GEMV_LANES, Kernel,
     KernelKind, MAX_DECODE_SPLITS, decode_split_len, gemv_main_step,
@@ -75,8 +75,10 @@ pub use writer::{Companions, EngineWriter, GpuFiles, WriteProgress};
 /// the GPU code (`gpu`: the PTX file, its chip and each entry's launch parameters) replaces
 /// the bare `ptx` file reference, which said nothing a launcher could use. Version 6: decode
 /// attention is split along the sequence (`AttentionDecode` writes per-split partials,
-/// `AttentionCombine` merges them), so one head's keys are read by many threads.
-pub const FORMAT_VERSION: u32 = 6;
+/// `AttentionCombine` merges them), so one head's keys are read by many threads. Version 7:
+/// a GPU Gemv entry may carry its batched form (`gpu.kernels[].batched`), which a version-6
+/// reader would refuse as an unknown field.
+pub const FORMAT_VERSION: u32 = 7;
 /// Alignment of every tensor in `weights.bin`: a cache line, and enough for any SIMD load.
 pub const WEIGHT_ALIGN: u64 = 64;
 

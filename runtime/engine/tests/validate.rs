@@ -364,6 +364,24 @@ fn a_negative_position_argument() {
     );
 }
 
+/// An edit of the toy engine's manifest.
+type Edit = fn(&mut Value);
+
+/// Each edit of the toy engine's launch table is refused with a `gpu: ` message that
+/// contains its expected text.
+fn refused_gpu_edits(broken: &[(&str, Edit)]) {
+    for (expect, edit) in broken {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("toy.engine");
+        write(&dir);
+        let msg = refused(&dir, edit);
+        assert!(
+            msg.starts_with("gpu: ") && msg.contains(expect),
+            "expected `{expect}`: {msg}"
+        );
+    }
+}
+
 /// The GPU launch table of the toy engine, as JSON.
 fn gpu_kernels(m: &mut Value) -> &mut Vec<Value> {
     m["gpu"]["kernels"].as_array_mut().unwrap()
@@ -371,7 +389,6 @@ fn gpu_kernels(m: &mut Value) -> &mut Vec<Value> {
 
 #[test]
 fn a_gpu_launch_table_that_disagrees_with_the_kernels_is_refused() {
-    type Edit = fn(&mut Value);
     let broken: [(&str, Edit); 5] = [
         ("launch entries for", |m| {
             gpu_kernels(m).pop();
@@ -393,16 +410,7 @@ fn a_gpu_launch_table_that_disagrees_with_the_kernels_is_refused() {
             gpu_kernels(m)[0]["block_size"] = 0.into()
         }),
     ];
-    for (expect, edit) in broken {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("toy.engine");
-        write(&dir);
-        let msg = refused(&dir, edit);
-        assert!(
-            msg.starts_with("gpu: ") && msg.contains(expect),
-            "expected `{expect}`: {msg}"
-        );
-    }
+    refused_gpu_edits(&broken);
 }
 
 #[test]
@@ -417,4 +425,62 @@ fn a_gpu_entry_without_the_grid_range_is_refused() {
             .retain(|p| p != "end");
     });
     assert!(msg.contains("lack the grid range"), "{msg}");
+}
+
+/// The index of the toy engine's first kernel of kind `kind`.
+fn kernel_of_kind(m: &Value, kind: &str) -> usize {
+    m["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|k| k["kind"].get(kind).is_some())
+        .unwrap_or_else(|| panic!("the toy engine has no {kind}"))
+}
+
+/// A well-formed batched entry for the toy engine's Gemv.
+fn batched() -> Value {
+    json!({
+        "params": ["begin", "end", {"view": 0}, "sequences", "input_stride", "output_stride"]
+    })
+}
+
+#[test]
+fn a_batched_entry_is_checked_like_an_entry() {
+    let broken: [(&str, Edit); 4] = [
+        ("only a Gemv has", |m| {
+            let i = kernel_of_kind(m, "Binary");
+            gpu_kernels(m)[i]["batched"] = batched();
+        }),
+        ("lack the batch", |m| {
+            let i = kernel_of_kind(m, "Gemv");
+            let mut b = batched();
+            b["params"].as_array_mut().unwrap().pop();
+            gpu_kernels(m)[i]["batched"] = b;
+        }),
+        ("batched entry parameter", |m| {
+            let i = kernel_of_kind(m, "Gemv");
+            let mut b = batched();
+            b["params"].as_array_mut().unwrap().push(json!({"int": 7}));
+            gpu_kernels(m)[i]["batched"] = b;
+        }),
+        // A single entry takes no batch.
+        ("is not one of its arguments", |m| {
+            let i = kernel_of_kind(m, "Gemv");
+            gpu_kernels(m)[i]["params"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("sequences"));
+        }),
+    ];
+    refused_gpu_edits(&broken);
+    // And a well-formed one is accepted.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("toy.engine");
+    write(&dir);
+    let path = dir.join(MANIFEST_FILE);
+    let mut m: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let i = kernel_of_kind(&m, "Gemv");
+    gpu_kernels(&mut m)[i]["batched"] = batched();
+    fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    Engine::open(&dir).expect("a Gemv with a batched form opens");
 }

@@ -3,15 +3,17 @@
 //! (`cpu::exec::batch`).
 //!
 //! Every slot and workspace of the program is allocated once for the whole batch, each
-//! sequence's copy at a fixed stride from the one before. A Gemv's input and output copies
-//! are then the rows of two matrices, and the Gemv runs as one cuBLAS product `Y[B, n] =
-//! X[B, k]·Wᵀ` whose leading dimensions are those strides: the weights are read once for
-//! all the sequences, with no gather or scatter (with bf16 weights the inputs are rounded
-//! to bf16, as in every product with bf16 weights here and in the cpu backend's batches).
-//! Every other kernel — norms, epilogues, the Mamba conv and scan steps, attention over each
-//! sequence's own cache — is launched once per sequence on that sequence's buffers. The
-//! logits of all sequences come back in one copy. Batched steps launch kernel by kernel (no
-//! CUDA graph: a batch's composition changes from step to step in a server).
+//! sequence's copy at one fixed stride from the one before (the same for every buffer). A
+//! Gemv's input and output copies are then evenly spaced rows, and the Gemv runs as one
+//! launch of its batched form (`zk_<symbol>_batched`, [`zambac_engine::GpuBatchedEntry`]):
+//! a warp per weight row reads the row once for every sequence, and each sequence's sum is
+//! formed in the order the single Gemv forms it — so a sequence decoded in a batch gets bit
+//! for bit the logits it gets alone, as on the cpu backend (before, the batch ran as a cuBLAS
+//! product, whose order of additions differs). Every other kernel — norms, epilogues, the
+//! Mamba conv and scan steps, attention over each sequence's own cache — is launched once
+//! per sequence on that sequence's buffers, the same kernels as alone. The logits of all
+//! sequences come back in one copy. Batched steps launch kernel by kernel (no CUDA graph: a
+//! batch's composition changes from step to step in a server).
 
 use std::sync::Arc;
 
@@ -19,9 +21,12 @@ use cudarc::driver::CudaStream;
 use cudarc::driver::sys::CUevent_flags;
 use zambac_engine::{Elem, MANIFEST_FILE};
 
-use super::blas::{self, Operand, Product};
+use super::blas;
 use super::state::DeviceTensors;
-use super::{Bound, CudaBackend, DRegion, Pool, buffer_bytes, launch, launch_params};
+use super::{
+    BatchArgs, Bound, CudaBackend, DRegion, Pool, buffer_bytes, launch, launch_function,
+    launch_params, launch_params_of,
+};
 use crate::cpu::plan::{PStep, PView};
 use crate::cpu::{Dims, GemvShape};
 use crate::error::RuntimeError;
@@ -58,6 +63,18 @@ pub(super) fn strides<'a>(per_seq: impl Iterator<Item = &'a [usize]>) -> Vec<usi
         .collect()
 }
 
+/// One stride for every slot and every workspace — the largest of `slots` and `scratch` —
+/// so that a Gemv's input and outputs, wherever they live, are rows at the same distance.
+fn uniform(slots: Vec<usize>, scratch: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
+    let largest = slots
+        .iter()
+        .chain(&scratch)
+        .copied()
+        .max()
+        .unwrap_or(ROW_ALIGN);
+    (vec![largest; slots.len()], vec![largest; scratch.len()])
+}
+
 /// The distance between consecutive addresses when they are evenly spaced, a whole number
 /// of f32s apart and at least `row_bytes` apart (rows of a matrix that do not overlap);
 /// `None` otherwise. Fewer than two addresses have no stride.
@@ -71,21 +88,21 @@ pub(super) fn even_stride(addrs: &[u64], row_bytes: u64) -> Option<u64> {
     (even && stride % 4 == 0 && stride >= row_bytes.max(1)).then_some(stride)
 }
 
-/// A Gemv launch of every sequence as one product per part, when each part's input and
-/// output copies are evenly spaced rows (they are, in the batch's layout, unless a view's
-/// offset depends on the sequence); `None` to launch the Gemv once per sequence instead.
-fn batched_products(
+/// The batch of a batched Gemv launch over every sequence, when each sequence's input and
+/// outputs are evenly spaced rows, every output part at the same stride (they are, in the
+/// batch's layout, unless a view's offset depends on the sequence); `None` to launch the
+/// single Gemv once per sequence instead (the same bits, the weights read once per sequence).
+fn gemv_batch(
     shape: &GemvShape,
     views: &[PView],
     bounds: &[Bound<'_>],
     dims: &[Dims],
-) -> Result<Option<Vec<Product>>, String> {
+) -> Result<Option<BatchArgs>, String> {
     let parts = shape.rows.len();
     if views.len() != 1 + 2 * parts {
         return Err(format!("a Gemv of {parts} parts has {} views", views.len()));
     }
-    let (Some(x_view), Some(first), Some(&d0)) = (views.first(), bounds.first(), dims.first())
-    else {
+    let Some(x_view) = views.first() else {
         return Ok(None);
     };
     let addrs = |v: &PView| -> Result<Vec<u64>, String> {
@@ -98,40 +115,26 @@ fn batched_products(
     let Some(sx) = even_stride(&addrs(x_view)?, 4 * shape.k as u64) else {
         return Ok(None);
     };
-    let x0 = first.view(x_view, d0)?;
-    let mut products = Vec::with_capacity(parts);
+    let mut sy = None;
     for (q, &rows) in shape.rows.iter().enumerate() {
-        let (Some(w_view), Some(y_view)) = (views.get(1 + q), views.get(1 + parts + q)) else {
-            return Err(format!("Gemv part {q} has no weight or output view"));
-        };
-        let ys = addrs(y_view)?;
-        let Some(sy) = even_stride(&ys, 4 * rows as u64) else {
-            return Ok(None);
-        };
-        let (w, off) = first.region_at(w_view, d0)?;
-        let need = rows.saturating_sub(1) * shape.ld + shape.k;
-        if rows > 0 && off + need > w.len {
-            return Err(format!(
-                "Gemv part {q}: {rows} rows of {} elements, {} apart, run past the weight",
-                shape.k, shape.ld
-            ));
+        let y_view = views
+            .get(1 + parts + q)
+            .ok_or_else(|| format!("Gemv part {q} has no output view"))?;
+        let stride = even_stride(&addrs(y_view)?, 4 * rows as u64);
+        match (stride, sy) {
+            (None, _) => return Ok(None),
+            (Some(s), Some(t)) if s != t => return Ok(None),
+            (Some(s), _) => sy = Some(s),
         }
-        if w.elem != shape.elem {
-            return Err(format!(
-                "Gemv part {q}: the weight is {}, the kernel reads {}",
-                w.elem, shape.elem
-            ));
-        }
-        let y0 = ys.first().copied().ok_or("a batch without sequences")?;
-        products.push(Product::new(
-            (dims.len(), rows, shape.k),
-            Operand::new(x0, Elem::F32, (sx / 4) as usize, 1),
-            Operand::new(w.addr + (off * w.elem.size()) as u64, w.elem, 1, shape.ld),
-            Operand::new(y0, Elem::F32, (sy / 4) as usize, 1),
-            shape.accumulate,
-        ));
     }
-    Ok(Some(products))
+    let Some(sy) = sy else {
+        return Ok(None);
+    };
+    Ok(Some(BatchArgs {
+        sequences: bounds.len() as u64,
+        x_stride: sx / 4,
+        y_stride: sy / 4,
+    }))
 }
 
 impl CudaBackend {
@@ -189,8 +192,10 @@ impl CudaBackend {
             .map(|d| buffer_bytes(plan, *d))
             .collect::<Result<Vec<_>, _>>()
             .map_err(manifest)?;
-        let slot_stride = strides(sizes.iter().map(|s| s.0.as_slice()));
-        let scratch_stride = strides(sizes.iter().map(|s| s.1.as_slice()));
+        let (slot_stride, scratch_stride) = uniform(
+            strides(sizes.iter().map(|s| s.0.as_slice())),
+            strides(sizes.iter().map(|s| s.1.as_slice())),
+        );
         let whole = |strides: &[usize]| {
             strides
                 .iter()
@@ -289,17 +294,22 @@ impl CudaBackend {
                     ints,
                 } => {
                     let entry = super::entry(&self.entries, *kernel).map_err(at)?;
-                    let products = match self.gemv.get(*kernel) {
-                        Some(Some(shape)) => {
-                            batched_products(shape, views, &bounds, &dims).map_err(at)?
-                        }
+                    let batched = match (self.gemv.get(*kernel), &entry.batched) {
+                        (Some(Some(shape)), Some(form)) => gemv_batch(shape, views, &bounds, &dims)
+                            .map_err(at)?
+                            .map(|args| (form, args)),
                         _ => None,
                     };
-                    let mut flops = 0.0;
-                    if let Some(products) = products {
-                        for p in &products {
-                            flops += p.flops();
-                            self.blas.run(p).map_err(failed)?;
+                    if let (Some(((func, params), args)), Some(first), Some(d0)) =
+                        (batched, bounds.first(), dims.first())
+                    {
+                        let shape = (grid, views.as_slice(), ints.as_slice());
+                        if let Some((values, cfg)) =
+                            launch_params_of(entry, params, Some(args), shape, first, *d0)
+                                .map_err(at)?
+                        {
+                            launch_function(&stream, func, &values, cfg)
+                                .map_err(|e| failed(format!("launch failed: {e}")))?;
                         }
                     } else {
                         for (b, d) in bounds.iter().zip(&dims) {
@@ -312,6 +322,12 @@ impl CudaBackend {
                                 .map_err(|e| failed(format!("launch failed: {e}")))?;
                         }
                     }
+                    let flops = match self.gemv.get(*kernel) {
+                        Some(Some(shape)) => {
+                            2.0 * (shape.k * shape.rows.iter().sum::<usize>() * bounds.len()) as f64
+                        }
+                        _ => 0.0,
+                    };
                     (*kernel, flops)
                 }
                 PStep::Gemm(g) => {
@@ -347,6 +363,15 @@ mod tests {
             vec![512, 256, 512]
         );
         assert_eq!(strides(std::iter::empty()), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn every_buffer_of_a_batch_gets_the_largest_stride() {
+        assert_eq!(
+            uniform(vec![512, 256], vec![1024]),
+            (vec![1024, 1024], vec![1024])
+        );
+        assert_eq!(uniform(vec![256], vec![]), (vec![256], vec![]));
     }
 
     #[test]

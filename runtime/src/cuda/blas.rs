@@ -34,12 +34,6 @@ pub(super) struct Operand {
     cs: usize,
 }
 
-impl Operand {
-    pub(super) fn new(addr: u64, elem: Elem, rs: usize, cs: usize) -> Operand {
-        Operand { addr, elem, rs, cs }
-    }
-}
-
 /// One product of a program, bound to device addresses.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Product {
@@ -53,26 +47,6 @@ pub(super) struct Product {
 }
 
 impl Product {
-    /// `C[m, n] (+)= A[m, k] · B[k, n]` on operands the caller has checked against their
-    /// buffers.
-    pub(super) fn new(
-        (m, n, k): (usize, usize, usize),
-        a: Operand,
-        b: Operand,
-        c: Operand,
-        accumulate: bool,
-    ) -> Product {
-        Product {
-            m,
-            n,
-            k,
-            a,
-            b,
-            c,
-            accumulate,
-        }
-    }
-
     /// Floating-point operations of the product.
     pub(super) fn flops(&self) -> f64 {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64

@@ -26,7 +26,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 use cudarc::driver::{CudaEvent, DriverError, PushKernelArg};
 use zambac_engine::{
     Elem, Engine, Expr, GpuEntry, GpuParam, MANIFEST_FILE, PTX_FILE, ProgramName, StateSpec,
-    gpu::{barriers_reach_whole_blocks, ptx_entry_params, ptx_entry_text},
+    gpu::{barriers_reach_whole_blocks, batched_entry, ptx_entry_params, ptx_entry_text},
 };
 
 use crate::cpu::plan::{Buf, Output, PStep, PView, Plan};
@@ -56,6 +56,8 @@ struct Entry {
     params: Vec<GpuParam>,
     lanes: u32,
     block: u32,
+    /// A Gemv's batched form: its function and parameters (same lanes and block).
+    batched: Option<(CudaFunction, Vec<GpuParam>)>,
 }
 
 /// Device buffers that grow to the largest size a call has needed.
@@ -153,21 +155,29 @@ impl CudaBackend {
         let (ctx, stream) = (device.ctx, device.stream);
         let module = driver::load_module(&ctx, &ptx)
             .map_err(|e| RuntimeError::load(ptx_path.display().to_string(), None, e))?;
+        let function = |name: &str| {
+            module.load_function(name).map_err(|err| {
+                RuntimeError::load(
+                    ptx_path.display().to_string(),
+                    None,
+                    format!("entry `{name}`: {err}"),
+                )
+            })
+        };
         let entries = gpu
             .kernels
             .iter()
             .map(|e| {
+                let batched = match &e.batched {
+                    Some(b) => Some((function(&batched_entry(&e.symbol))?, b.params.clone())),
+                    None => None,
+                };
                 Ok(Entry {
-                    func: module.load_function(&e.entry()).map_err(|err| {
-                        RuntimeError::load(
-                            ptx_path.display().to_string(),
-                            None,
-                            format!("entry `{}`: {err}", e.entry()),
-                        )
-                    })?,
+                    func: function(&e.entry())?,
                     params: e.params.clone(),
                     lanes: e.lanes,
                     block: e.block_size,
+                    batched,
                 })
             })
             .collect::<Result<Vec<_>, RuntimeError>>()?;
@@ -597,6 +607,28 @@ fn launch_params(
     call: &Bound<'_>,
     d: Dims,
 ) -> Result<Option<(Vec<u64>, LaunchConfig)>, String> {
+    launch_params_of(entry, &entry.params, None, (grid, views, ints), call, d)
+}
+
+/// A batched Gemv's batch: sequences, and the distances between consecutive sequences'
+/// inputs and outputs in f32 elements.
+#[derive(Clone, Copy, Debug)]
+struct BatchArgs {
+    sequences: u64,
+    x_stride: u64,
+    y_stride: u64,
+}
+
+/// [`launch_params`] for the entry whose parameters are `params` (`entry`'s own or its
+/// batched form's, which takes `batch`).
+fn launch_params_of(
+    entry: &Entry,
+    params: &[GpuParam],
+    batch: Option<BatchArgs>,
+    (grid, views, ints): (&Expr, &[PView], &[Expr]),
+    call: &Bound<'_>,
+    d: Dims,
+) -> Result<Option<(Vec<u64>, LaunchConfig)>, String> {
     let grid = d.size(grid)?;
     if grid == 0 {
         return Ok(None);
@@ -604,8 +636,9 @@ fn launch_params(
     let threads = grid
         .checked_mul(entry.lanes as usize)
         .ok_or_else(|| format!("a grid of {grid} overflows"))?;
-    let mut values = Vec::with_capacity(entry.params.len());
-    for p in &entry.params {
+    let batch = || batch.ok_or("a launch without a batch passes a batch parameter");
+    let mut values = Vec::with_capacity(params.len());
+    for p in params {
         values.push(match *p {
             GpuParam::View(j) => {
                 let v = views
@@ -622,6 +655,9 @@ fn launch_params(
             GpuParam::Begin => 0,
             // The entry's range counts threads: grid indices × lanes.
             GpuParam::End => threads as u64,
+            GpuParam::Sequences => batch()?.sequences,
+            GpuParam::InputStride => batch()?.x_stride,
+            GpuParam::OutputStride => batch()?.y_stride,
         });
     }
     let blocks = u32::try_from(threads.div_ceil(entry.block as usize))
@@ -652,7 +688,17 @@ fn launch(
     values: &[u64],
     cfg: LaunchConfig,
 ) -> Result<(), DriverError> {
-    let mut builder = stream.launch_builder(&entry.func);
+    launch_function(stream, &entry.func, values, cfg)
+}
+
+/// Queues one launch of `func` (an entry, or its batched form) on `stream`.
+fn launch_function(
+    stream: &Arc<CudaStream>,
+    func: &CudaFunction,
+    values: &[u64],
+    cfg: LaunchConfig,
+) -> Result<(), DriverError> {
+    let mut builder = stream.launch_builder(func);
     for v in values {
         builder.arg(v);
     }
@@ -781,25 +827,34 @@ fn check_entries(ptx: &str, entries: &[GpuEntry]) -> Result<(), String> {
         return Err("the PTX text contains a NUL byte".into());
     }
     for e in entries {
-        let name = e.entry();
-        let found = ptx_entry_params(ptx, &name)
-            .ok_or_else(|| format!("has no entry `{name}`, which the manifest lists"))?;
-        if found.len() != e.params.len() || found.iter().any(|t| t != "u64") {
-            return Err(format!(
-                "entry `{name}` takes ({}), but the manifest launches it with {} 8-byte \
-                 parameters",
-                found.join(", "),
-                e.params.len()
-            ));
+        check_entry(ptx, &e.entry(), &e.params, e)?;
+        if let Some(b) = &e.batched {
+            check_entry(ptx, &batched_entry(&e.symbol), &b.params, e)?;
         }
-        let text = ptx_entry_text(ptx, &name).unwrap_or_default();
-        if !barriers_reach_whole_blocks(e, text) {
-            return Err(format!(
-                "entry `{name}` synchronises its block, but the manifest launches it with {} \
-                 threads per grid index in blocks of {}: some threads would skip its barriers",
-                e.lanes, e.block_size
-            ));
-        }
+    }
+    Ok(())
+}
+
+/// The `.entry name` of `ptx` takes one `.u64` per parameter of `params`, and reaches its
+/// barriers with whole blocks when launched as `e` says.
+fn check_entry(ptx: &str, name: &str, params: &[GpuParam], e: &GpuEntry) -> Result<(), String> {
+    let found = ptx_entry_params(ptx, name)
+        .ok_or_else(|| format!("has no entry `{name}`, which the manifest lists"))?;
+    if found.len() != params.len() || found.iter().any(|t| t != "u64") {
+        return Err(format!(
+            "entry `{name}` takes ({}), but the manifest launches it with {} 8-byte \
+             parameters",
+            found.join(", "),
+            params.len()
+        ));
+    }
+    let text = ptx_entry_text(ptx, name).unwrap_or_default();
+    if !barriers_reach_whole_blocks(e, text) {
+        return Err(format!(
+            "entry `{name}` synchronises its block, but the manifest launches it with {} \
+             threads per grid index in blocks of {}: some threads would skip its barriers",
+            e.lanes, e.block_size
+        ));
     }
     Ok(())
 }
@@ -954,6 +1009,7 @@ mod tests {
             block_size,
             registers: None,
             shared_bytes: None,
+            batched: None,
         }
     }
 
@@ -975,5 +1031,13 @@ mod tests {
         assert!(error.contains("3 8-byte"), "{error}");
         let error = check_entries(PTX, &[entry("gone", 1, 256)]).unwrap_err();
         assert!(error.contains("has no entry `zk_gone`"), "{error}");
+        // A batched form is checked as its own entry.
+        let mut batched = entry("add", 32, 256);
+        batched.batched = Some(zambac_engine::GpuBatchedEntry {
+            params: vec![GpuParam::Begin, GpuParam::End, GpuParam::Sequences],
+            registers: None,
+        });
+        let error = check_entries(PTX, &[batched]).unwrap_err();
+        assert!(error.contains("no entry `zk_add_batched`"), "{error}");
     }
 }

@@ -104,33 +104,66 @@ fn gpu_table(gpu: &GpuCode, m: &Manifest) -> Result<(), String> {
                 k.symbol, e.block_size
             ));
         }
-        let mut seen = BTreeSet::new();
-        for p in &e.params {
-            let ok = match *p {
-                GpuParam::View(j) => j < sig.views.len(),
-                GpuParam::Int(i) => i < sig.ints.len(),
-                GpuParam::Begin | GpuParam::End => true,
-            };
-            if !ok || !seen.insert(*p) {
+        check_params(&k.symbol, &e.params, &sig, false)?;
+        if let Some(b) = &e.batched {
+            if !matches!(k.kind, KernelKind::Gemv { .. }) {
                 return Err(format!(
-                    "kernel `{}`: parameter {p:?} is {} (it has {} views and {} integers)",
+                    "kernel `{}` ({}) has a batched entry, which only a Gemv has",
                     k.symbol,
-                    if ok {
-                        "listed twice"
-                    } else {
-                        "not one of its arguments"
-                    },
-                    sig.views.len(),
-                    sig.ints.len()
+                    k.kind.name()
                 ));
             }
+            check_params(&k.symbol, &b.params, &sig, true)?;
         }
-        if !(seen.contains(&GpuParam::Begin) && seen.contains(&GpuParam::End)) {
+    }
+    Ok(())
+}
+
+/// Each parameter of an entry one of the kernel's arguments (a batched entry's also its
+/// batch), none twice, the grid range and (batched) the batch's three all there.
+fn check_params(
+    symbol: &str,
+    params: &[GpuParam],
+    sig: &Signature,
+    batched: bool,
+) -> Result<(), String> {
+    let what = if batched { "batched entry" } else { "entry" };
+    let mut seen = BTreeSet::new();
+    for p in params {
+        let ok = match *p {
+            GpuParam::View(j) => j < sig.views.len(),
+            GpuParam::Int(i) => i < sig.ints.len(),
+            GpuParam::Begin | GpuParam::End => true,
+            GpuParam::Sequences | GpuParam::InputStride | GpuParam::OutputStride => batched,
+        };
+        if !ok || !seen.insert(*p) {
             return Err(format!(
-                "kernel `{}`: the parameters lack the grid range (begin and end)",
-                k.symbol
+                "kernel `{symbol}`: {what} parameter {p:?} is {} (it has {} views and {} integers)",
+                if ok {
+                    "listed twice"
+                } else {
+                    "not one of its arguments"
+                },
+                sig.views.len(),
+                sig.ints.len()
             ));
         }
+    }
+    if !(seen.contains(&GpuParam::Begin) && seen.contains(&GpuParam::End)) {
+        return Err(format!(
+            "kernel `{symbol}`: the {what}'s parameters lack the grid range (begin and end)"
+        ));
+    }
+    let batch = [
+        GpuParam::Sequences,
+        GpuParam::InputStride,
+        GpuParam::OutputStride,
+    ];
+    if batched && !batch.iter().all(|p| seen.contains(p)) {
+        return Err(format!(
+            "kernel `{symbol}`: the {what}'s parameters lack the batch (sequences, input and \
+             output strides)"
+        ));
     }
     Ok(())
 }

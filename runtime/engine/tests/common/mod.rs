@@ -35,6 +35,7 @@ pub fn companions(kernels: &[Kernel]) -> Companions<'static> {
                 block_size: 256,
                 registers: Some(32),
                 shared_bytes: Some(0),
+                batched: None,
             }
         })
         .collect();
