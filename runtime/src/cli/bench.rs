@@ -52,8 +52,8 @@ pub struct BenchArgs {
     /// on an NVIDIA GPU, matrix products by cuBLAS).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     pub backend: String,
-    /// With `--backend cuda`: run each decode step as one captured CUDA graph (`on`) or
-    /// launch by launch (`off`).
+    /// With `--backend cuda`: run each decode step (batched steps too) as one captured CUDA
+    /// graph (`on`) or launch by launch (`off`).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub cuda_graphs: String,
     /// Products with bf16 weights: `on` rounds the activations to bf16 for AVX-512 BF16

@@ -12,8 +12,10 @@
 //! product, whose order of additions differs). Every other kernel — norms, epilogues, the
 //! Mamba conv and scan steps, attention over each sequence's own cache — is launched once
 //! per sequence on that sequence's buffers, the same kernels as alone. The logits of all
-//! sequences come back in one copy. Batched steps launch kernel by kernel (no CUDA graph: a
-//! batch's composition changes from step to step in a server).
+//! sequences come back in one copy. A batched step runs as a CUDA graph too (`graph.rs`),
+//! kept for as long as the batch holds the same sequences in the same order and its buffers
+//! stay where they are — a server's batch changes when a request joins or leaves, and each
+//! change captures the step again.
 
 use std::sync::Arc;
 
@@ -22,12 +24,13 @@ use cudarc::driver::sys::CUevent_flags;
 use zambac_engine::{Elem, MANIFEST_FILE};
 
 use super::blas;
+use super::graph::{self, GraphKey, LaunchId};
 use super::state::DeviceTensors;
 use super::{
-    BatchArgs, Bound, CudaBackend, DRegion, Pool, buffer_bytes, launch, launch_function,
-    launch_params, launch_params_of,
+    BatchArgs, Bound, CudaBackend, DRegion, Entry, Pool, Queued, StepLaunches, buffer_bytes,
+    launch_function, launch_params, launch_params_of, run_graph,
 };
-use crate::cpu::plan::{PStep, PView};
+use crate::cpu::plan::{PStep, PView, Plan};
 use crate::cpu::{Dims, GemvShape};
 use crate::error::RuntimeError;
 use crate::session::{DeviceState, State};
@@ -137,6 +140,62 @@ fn gemv_batch(
     }))
 }
 
+/// The launches of step `i` (a kernel launch) of a batched decode step: one launch of a
+/// Gemv's batched form for all the sequences when their buffers allow it (`gemv_batch`),
+/// else one launch per sequence on its own buffers. A step that is not a launch has none.
+fn step_launches<'a>(
+    entries: &'a [Entry],
+    gemv: &[Option<GemvShape>],
+    plan: &Plan,
+    i: usize,
+    bounds: &[Bound<'_>],
+    dims: &[Dims],
+) -> Result<Vec<Queued<'a>>, String> {
+    let Some(PStep::Launch {
+        kernel,
+        grid,
+        views,
+        ints,
+    }) = plan.steps.get(i)
+    else {
+        return Ok(Vec::new());
+    };
+    let entry = super::entry(entries, *kernel)?;
+    let batched = match (gemv.get(*kernel), &entry.batched) {
+        (Some(Some(shape)), Some(form)) => {
+            gemv_batch(shape, views, bounds, dims)?.map(|args| (form, args))
+        }
+        _ => None,
+    };
+    if let (Some(((func, params), args)), Some(first), Some(d0)) =
+        (batched, bounds.first(), dims.first())
+    {
+        let shape = (grid, views.as_slice(), ints.as_slice());
+        let launch = launch_params_of(entry, params, Some(args), shape, first, *d0)?;
+        return Ok(launch
+            .map(|(values, cfg)| Queued {
+                id: (i, None),
+                func,
+                values,
+                cfg,
+            })
+            .into_iter()
+            .collect());
+    }
+    let mut queued = Vec::with_capacity(bounds.len());
+    for (b, (call, d)) in bounds.iter().zip(dims).enumerate() {
+        if let Some((values, cfg)) = launch_params(entry, grid, views, ints, call, *d)? {
+            queued.push(Queued {
+                id: (i, Some(b)),
+                func: &entry.func,
+                values,
+                cfg,
+            });
+        }
+    }
+    Ok(queued)
+}
+
 impl CudaBackend {
     /// One decode step for every sequence of `states` (at least two), `tokens[b]` to
     /// `states[b]`; returns the logits `[B, V]`. The states are not advanced here.
@@ -173,10 +232,12 @@ impl CudaBackend {
             |e: String| RuntimeError::Internal(format!("program `{name}` (a batch of {n}), {e}"));
         // Each sequence's state outputs (its own device tensors) and logits row.
         let mut state_outputs = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
         for (h, d) in held.iter().zip(&dims) {
             let tensors = h.as_any().downcast_ref::<DeviceTensors>().ok_or_else(|| {
                 RuntimeError::Internal("the device state is not this backend's".into())
             })?;
+            ids.push(tensors.id);
             let (outs, logits) =
                 super::program_outputs(plan, *d, tensors, |e| manifest(format!("output: {e}")))?;
             let logits = logits.ok_or_else(|| manifest("no logits".into()))?;
@@ -279,69 +340,77 @@ impl CudaBackend {
                 .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| internal(format!("cannot record a CUDA event: {e}")))
         };
-        for (i, step) in plan.steps.iter().enumerate() {
-            let start = match self.profile {
-                Some(_) => Some(event(&stream)?),
-                None => None,
+        let graphable = self.graphs
+            && self.verify.is_none()
+            && self.profile.is_none()
+            && plan.steps.iter().all(|s| matches!(s, PStep::Launch { .. }));
+        let (entries, gemv) = (&self.entries, &self.gemv);
+        let launches_of = |i: usize| step_launches(entries, gemv, plan, i, &bounds, &dims);
+        if graphable {
+            let key = GraphKey {
+                states: ids,
+                capacities: dims.iter().map(|d| d.c).collect(),
+                buffers: self.batch.slots.allocations
+                    + self.batch.scratch.allocations
+                    + self.batch.io.allocations,
             };
-            let at = |e: String| manifest(format!("step {i}: {e}"));
-            let failed = |e: String| internal(format!("step {i}: {e}"));
-            let (slot, flops) = match step {
-                PStep::Launch {
-                    kernel,
-                    grid,
-                    views,
-                    ints,
-                } => {
-                    let entry = super::entry(&self.entries, *kernel).map_err(at)?;
-                    let batched = match (self.gemv.get(*kernel), &entry.batched) {
-                        (Some(Some(shape)), Some(form)) => gemv_batch(shape, views, &bounds, &dims)
-                            .map_err(at)?
-                            .map(|args| (form, args)),
-                        _ => None,
-                    };
-                    if let (Some(((func, params), args)), Some(first), Some(d0)) =
-                        (batched, bounds.first(), dims.first())
-                    {
-                        let shape = (grid, views.as_slice(), ints.as_slice());
-                        if let Some((values, cfg)) =
-                            launch_params_of(entry, params, Some(args), shape, first, *d0)
-                                .map_err(at)?
-                        {
-                            launch_function(&stream, func, &values, cfg)
+            let all = || {
+                let mut queued = Vec::new();
+                for i in 0..plan.steps.len() {
+                    queued.extend(launches_of(i)?);
+                }
+                Ok(queued)
+            };
+            let dynamic =
+                |(i, _): LaunchId| plan.steps.get(i).is_some_and(graph::depends_on_position);
+            let one = |id: LaunchId| {
+                launches_of(id.0)?
+                    .into_iter()
+                    .find(|q| q.id == id)
+                    .ok_or_else(|| format!("step {} has no launch {id:?} any more", id.0))
+            };
+            let step = StepLaunches {
+                all: &all,
+                dynamic: &dynamic,
+                one: &one,
+            };
+            run_graph(&mut self.batch_graph, &stream, key, &step)
+                .map_err(|e| internal(format!("decode graph: {e}")))?;
+        } else {
+            for (i, step) in plan.steps.iter().enumerate() {
+                let start = match self.profile {
+                    Some(_) => Some(event(&stream)?),
+                    None => None,
+                };
+                let at = |e: String| manifest(format!("step {i}: {e}"));
+                let failed = |e: String| internal(format!("step {i}: {e}"));
+                let (slot, flops) = match step {
+                    PStep::Launch { kernel, .. } => {
+                        for q in launches_of(i).map_err(at)? {
+                            launch_function(&stream, q.func, &q.values, q.cfg)
                                 .map_err(|e| failed(format!("launch failed: {e}")))?;
                         }
-                    } else {
+                        let flops = match gemv.get(*kernel) {
+                            Some(Some(shape)) => {
+                                2.0 * (shape.k * shape.rows.iter().sum::<usize>() * n) as f64
+                            }
+                            _ => 0.0,
+                        };
+                        (*kernel, flops)
+                    }
+                    PStep::Gemm(g) => {
+                        let mut flops = 0.0;
                         for (b, d) in bounds.iter().zip(&dims) {
-                            let Some((values, cfg)) =
-                                launch_params(entry, grid, views, ints, b, *d).map_err(at)?
-                            else {
-                                continue;
-                            };
-                            launch(&stream, entry, &values, cfg)
-                                .map_err(|e| failed(format!("launch failed: {e}")))?;
+                            let p = blas::bind(g, b, *d).map_err(at)?;
+                            flops += p.flops();
+                            self.blas.run(&p).map_err(failed)?;
                         }
+                        (entries.len(), flops)
                     }
-                    let flops = match self.gemv.get(*kernel) {
-                        Some(Some(shape)) => {
-                            2.0 * (shape.k * shape.rows.iter().sum::<usize>() * bounds.len()) as f64
-                        }
-                        _ => 0.0,
-                    };
-                    (*kernel, flops)
+                };
+                if let Some(start) = start {
+                    marks.push((slot, flops, start, event(&stream)?));
                 }
-                PStep::Gemm(g) => {
-                    let mut flops = 0.0;
-                    for (b, d) in bounds.iter().zip(&dims) {
-                        let p = blas::bind(g, b, *d).map_err(at)?;
-                        flops += p.flops();
-                        self.blas.run(&p).map_err(failed)?;
-                    }
-                    (self.entries.len(), flops)
-                }
-            };
-            if let Some(start) = start {
-                marks.push((slot, flops, start, event(&stream)?));
             }
         }
         let data = super::download_logits(&self.batch.io, &stream, n * vocab, name)?;

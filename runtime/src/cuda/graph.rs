@@ -19,23 +19,26 @@ use zambac_engine::Expr;
 use crate::cpu::plan::PStep;
 
 /// What a captured graph's baked-in addresses are valid for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct GraphKey {
-    /// The device state ([`super::DeviceTensors::id`]).
-    pub state: u64,
-    /// The KV capacity, which the kernels' parameters also contain.
-    pub capacity: usize,
+    /// The device state of each sequence, in order ([`super::DeviceTensors::id`]).
+    pub states: Vec<u64>,
+    /// Each sequence's KV capacity, which the kernels' parameters also contain.
+    pub capacities: Vec<usize>,
     /// The backend's count of activation-buffer reallocations.
     pub buffers: u64,
 }
+
+/// Which launch of a decode step: its program step, and the sequence of a batch it runs
+/// for (`None`: one launch for the whole call — a single sequence's, or a batched form's).
+pub(super) type LaunchId = (usize, Option<usize>);
 
 /// A captured decode step.
 pub(super) struct DecodeGraph {
     pub key: GraphKey,
     pub graph: CudaGraph,
-    /// The kernel node of every launch whose parameters depend on the position, with the
-    /// index of its program step.
-    pub dynamic: Vec<(usize, CUgraphNode)>,
+    /// The kernel node of every launch whose parameters depend on a position.
+    pub dynamic: Vec<(LaunchId, CUgraphNode)>,
 }
 
 /// Whether a value of `e` changes with the position.

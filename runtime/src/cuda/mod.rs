@@ -38,7 +38,7 @@ use crate::session::{
 use crate::tensor::Tensor;
 use blas::Blas;
 pub use driver::probe;
-use graph::{DecodeGraph, GraphKey};
+use graph::{DecodeGraph, GraphKey, LaunchId};
 use state::DeviceTensors;
 use verify::Verifier;
 
@@ -109,6 +109,8 @@ pub struct CudaBackend {
     /// Whether decode runs as a CUDA graph, and the graph captured last.
     graphs: bool,
     graph: Option<DecodeGraph>,
+    /// The batched decode step captured last (`batch.rs`).
+    batch_graph: Option<DecodeGraph>,
     blas: Blas,
     entries: Vec<Entry>,
     /// Owns the device memory `weight_regions` point into.
@@ -208,6 +210,7 @@ impl CudaBackend {
             profile: None,
             graphs: true,
             graph: None,
+            batch_graph: None,
             blas,
             entries,
             _weights: weights,
@@ -261,6 +264,7 @@ impl CudaBackend {
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs = on;
         self.graph = None;
+        self.batch_graph = None;
     }
 
     /// Starts or stops timing every step with CUDA events; starting clears the counters.
@@ -438,11 +442,50 @@ impl CudaBackend {
         let steps: &[PStep] = if graphable { &[] } else { &plan.steps };
         if graphable {
             let key = GraphKey {
-                state: tensors.id,
-                capacity: d.c,
+                states: vec![tensors.id],
+                capacities: vec![d.c],
                 buffers: self.slots.allocations + self.scratch.allocations + self.io.allocations,
             };
-            run_graph(&mut self.graph, &self.entries, &stream, plan, key, &call, d)
+            let entries = &self.entries;
+            let one = |(i, _): LaunchId| -> Result<Option<Queued<'_>>, String> {
+                let Some(PStep::Launch {
+                    kernel,
+                    grid,
+                    views,
+                    ints,
+                }) = plan.steps.get(i)
+                else {
+                    return Err(format!("step {i} is not a launch"));
+                };
+                let entry = entry(entries, *kernel)?;
+                Ok(
+                    launch_params(entry, grid, views, ints, &call, d)?.map(|(values, cfg)| {
+                        Queued {
+                            id: (i, None),
+                            func: &entry.func,
+                            values,
+                            cfg,
+                        }
+                    }),
+                )
+            };
+            let all = || {
+                let mut queued = Vec::with_capacity(plan.steps.len());
+                for i in 0..plan.steps.len() {
+                    queued.extend(one((i, None))?);
+                }
+                Ok(queued)
+            };
+            let dynamic =
+                |(i, _): LaunchId| plan.steps.get(i).is_some_and(graph::depends_on_position);
+            let fresh =
+                |id: LaunchId| one(id)?.ok_or_else(|| format!("step {}'s grid became empty", id.0));
+            let step = StepLaunches {
+                all: &all,
+                dynamic: &dynamic,
+                one: &fresh,
+            };
+            run_graph(&mut self.graph, &stream, key, &step)
                 .map_err(|e| internal(format!("decode graph: {e}")))?;
         }
         for (i, step) in steps.iter().enumerate() {
@@ -708,51 +751,48 @@ fn launch_function(
     unsafe { builder.launch(cfg) }.map(|_| ())
 }
 
+/// One launch of a decode step, ready to queue.
+struct Queued<'a> {
+    id: LaunchId,
+    func: &'a CudaFunction,
+    values: Vec<u64>,
+    cfg: LaunchConfig,
+}
+
+/// How to build a decode step's launches for [`run_graph`].
+struct StepLaunches<'f, 'a> {
+    /// Every launch of the step, in order.
+    all: &'f dyn Fn() -> Result<Vec<Queued<'a>>, String>,
+    /// Whether a launch's parameters change with a position.
+    dynamic: &'f dyn Fn(LaunchId) -> bool,
+    /// One launch's parameters, computed afresh.
+    one: &'f dyn Fn(LaunchId) -> Result<Queued<'a>, String>,
+}
+
 /// Runs a decode step through its captured graph: replays it (the position-dependent
 /// launches updated) when `key` says its addresses still hold, else captures the step's
 /// launches into a new graph and launches that.
 fn run_graph(
     slot: &mut Option<DecodeGraph>,
-    entries: &[Entry],
     stream: &Arc<CudaStream>,
-    plan: &Plan,
     key: GraphKey,
-    call: &Bound<'_>,
-    d: Dims,
+    step: &StepLaunches<'_, '_>,
 ) -> Result<(), String> {
-    type Launch<'a> = Option<(&'a Entry, Vec<u64>, LaunchConfig)>;
-    let params_of = |i: usize| -> Result<Launch<'_>, String> {
-        let Some(PStep::Launch {
-            kernel,
-            grid,
-            views,
-            ints,
-        }) = plan.steps.get(i)
-        else {
-            return Err(format!("step {i} is not a launch"));
-        };
-        let entry = entry(entries, *kernel)?;
-        Ok(launch_params(entry, grid, views, ints, call, d)?.map(|(v, c)| (entry, v, c)))
-    };
     if let Some(g) = slot.as_ref().filter(|g| g.key == key) {
-        for &(i, node) in &g.dynamic {
-            let (_, values, cfg) =
-                params_of(i)?.ok_or_else(|| format!("step {i}'s grid became empty"))?;
-            g.set_params(node, &values, &cfg)?;
+        for &(id, node) in &g.dynamic {
+            let q = (step.one)(id)?;
+            g.set_params(node, &q.values, &q.cfg)?;
         }
         return g.graph.launch().map_err(|e| format!("replay: {e}"));
     }
     *slot = None;
+    let launches = (step.all)()?;
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| format!("cannot start a capture: {e}"))?;
-    let mut launched = Vec::with_capacity(plan.steps.len());
-    let captured = (0..plan.steps.len()).try_for_each(|i| {
-        if let Some((entry, values, cfg)) = params_of(i)? {
-            launch(stream, entry, &values, cfg).map_err(|e| format!("step {i}: {e}"))?;
-            launched.push(i);
-        }
-        Ok::<(), String>(())
+    let captured = launches.iter().try_for_each(|q| {
+        launch_function(stream, q.func, &q.values, q.cfg)
+            .map_err(|e| format!("step {}: {e}", q.id.0))
     });
     // The capture ends whatever happened, or the stream stays unusable.
     let graph = stream.end_capture(CUgraphInstantiate_flags(0));
@@ -761,18 +801,18 @@ fn run_graph(
         .map_err(|e| format!("cannot instantiate the captured graph: {e}"))?
         .ok_or("the capture recorded nothing")?;
     let chain = graph::kernel_chain(graph.cu_graph())?;
-    if chain.len() != launched.len() {
+    if chain.len() != launches.len() {
         return Err(format!(
             "{} launches captured as {} nodes",
-            launched.len(),
+            launches.len(),
             chain.len()
         ));
     }
-    let dynamic = launched
+    let dynamic = launches
         .iter()
         .zip(&chain)
-        .filter(|(i, _)| plan.steps.get(**i).is_some_and(graph::depends_on_position))
-        .map(|(i, node)| (*i, *node))
+        .filter(|(q, _)| (step.dynamic)(q.id))
+        .map(|(q, node)| (q.id, *node))
         .collect();
     graph.launch().map_err(|e| format!("launch: {e}"))?;
     *slot = Some(DecodeGraph {
