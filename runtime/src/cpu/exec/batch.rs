@@ -296,7 +296,7 @@ impl Executor {
     /// `Y` summed in the order of the Gemv: the pool's threads take contiguous blocks of
     /// the weight rows.
     fn ordered_product(
-        &mut self,
+        &self,
         (m, n, k): (usize, usize, usize),
         x: *mut f32,
         w: gemv_rows::Weights,
@@ -325,7 +325,7 @@ impl Executor {
     /// `Y = X · Wᵀ` for bf16 weights with bf16 products: the activations rounded to bf16 as
     /// a prefill's are.
     fn bf16_product(
-        &mut self,
+        &self,
         (m, n, k): (usize, usize, usize),
         x: *mut f32,
         w: gemv_rows::Weights,
