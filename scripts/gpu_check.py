@@ -10,7 +10,7 @@ no Rust toolchain, no network. With `--backend cpu` the same checks run on the c
       2e-4 with identical greedy tokens; bf16 engines: greedy agreement reported;
   (b) the backend against the cpu backend on random models of both families;
   (c) a Zamba2-1.2B-shaped bf16 engine, its weights regenerated here from the seed:
-      prefill of 512 and 4096 tokens and decode tokens/s, beside Hugging Face transformers
+      prefill of 512 and 4096 tokens and decode tokens/s at batch 1 and 16, beside Hugging Face transformers
       on the same device in the same run, with decode's fraction of the memory roofline
       (weight bytes read per token over a copy bandwidth measured here);
   (d) batched decode: each of 4 sequences decoded in one batch generates the tokens it
@@ -212,7 +212,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def hf_bench(args, lengths, new_tokens, device):
+def hf_bench(args, lengths, new_tokens, batch, device):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg = AutoConfig.from_pretrained(os.path.join(args.dir, "configs", "zamba2-1.2b"))
@@ -247,6 +247,18 @@ def hf_bench(args, lengths, new_tokens, device):
         sync(device)
         total = time.time() - t0
         out["decode_tok_per_s"] = (new_tokens - 1) / max(total - first, 1e-9)
+        # The same for a batch of `batch` prompts decoded together (all their tokens).
+        ids = torch.randint(0, cfg.vocab_size, (batch, lengths[0]), generator=g).to(device)
+        sync(device)
+        t0 = time.time()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+        sync(device)
+        first = time.time() - t0
+        t0 = time.time()
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+        sync(device)
+        total = time.time() - t0
+        out[f"decode_batch{batch}_tok_per_s"] = batch * (new_tokens - 1) / max(total - first, 1e-9)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -278,6 +290,7 @@ def bench(args):
     m = json.load(open(os.path.join(engine, "manifest.json")))
     lengths = [64, 256] if args.quick else [512, 4096]
     new_tokens = 8 if args.quick else 128
+    batch = 4 if args.quick else 16
     z = {}
     try:
         for L in lengths:
@@ -293,14 +306,21 @@ def bench(args):
                 if args.backend == "cuda":
                     r = zambac_bench(args, engine, L, new_tokens, 0, ["--cuda-graphs", "off"])
                     z["decode_tok_per_s_without_graphs"] = r["decode_tok_per_s"]
+                r = zambac_bench(args, engine, L, new_tokens, 0, ["--batch", str(batch)])
+                z[f"decode_batch{batch}_tok_per_s"] = r["decode_tok_per_s"]
+                if args.backend == "cuda":
+                    r = zambac_bench(args, engine, L, new_tokens, 0,
+                                     ["--batch", str(batch), "--cuda-graphs", "off"])
+                    z[f"decode_batch{batch}_tok_per_s_without_graphs"] = r["decode_tok_per_s"]
     except Exception as e:  # noqa: BLE001 — reported, the rest of the check goes on
         record("zambac bench", False, str(e))
         return
     try:
-        h = hf_bench(args, lengths, new_tokens, device)
+        h = hf_bench(args, lengths, new_tokens, batch, device)
     except Exception as e:  # noqa: BLE001 — reported; zambac's numbers still are
         record("Hugging Face benchmark", False, repr(e)[-600:])
-        h = {"decode_tok_per_s": float("nan"), **{f"prefill_{L}_s": float("nan") for L in lengths}}
+        h = {"decode_tok_per_s": float("nan"), f"decode_batch{batch}_tok_per_s": float("nan"),
+             **{f"prefill_{L}_s": float("nan") for L in lengths}}
     bw = bandwidth(device)
     weight_bytes = decode_weight_bytes(m)
     roofline_s = weight_bytes / bw
@@ -310,6 +330,8 @@ def bench(args):
         "decode_weight_bytes_per_token": weight_bytes,
         "decode_roofline_fraction": roofline_s * z_tok,
         "decode_vs_hf": z_tok / h["decode_tok_per_s"],
+        f"decode_batch{batch}_vs_hf": z[f"decode_batch{batch}_tok_per_s"] / h[f"decode_batch{batch}_tok_per_s"],
+        f"decode_batch{batch}_vs_batch1": z[f"decode_batch{batch}_tok_per_s"] / z_tok,
     }
     for L in lengths:
         res[f"prefill_{L}_vs_hf"] = h[f"prefill_{L}_s"] / z[f"prefill_{L}_s"]
@@ -320,6 +342,11 @@ def bench(args):
         f"HF {h['decode_tok_per_s']:.1f} tok/s; ratio {res['decode_vs_hf']:.2f}x"
         + (f"; without CUDA graphs {z['decode_tok_per_s_without_graphs']:.1f} tok/s"
            if "decode_tok_per_s_without_graphs" in z else ""))
+    zb = z[f"decode_batch{batch}_tok_per_s"]
+    log(f"      batch {batch}: zambac {zb:.1f} tok/s ({res[f'decode_batch{batch}_vs_batch1']:.1f}x batch 1)"
+        + (f", without CUDA graphs {z[f'decode_batch{batch}_tok_per_s_without_graphs']:.1f}"
+           if f"decode_batch{batch}_tok_per_s_without_graphs" in z else "")
+        + f"; HF {h[f'decode_batch{batch}_tok_per_s']:.1f} tok/s; ratio {res[f'decode_batch{batch}_vs_hf']:.2f}x")
     p, _ = run([args.zambac_run, "bench", engine, "--backend", args.backend, "--prompt-len", str(lengths[0]),
                 "--new-tokens", "16", "--prefill-runs", "0", "--profile"], timeout=600)
     with open(os.path.join(args.out, "profile.txt"), "w") as f:
