@@ -235,8 +235,8 @@ pub fn write_ptx(c: &Compiled, args: &BuildArgs) -> CliResult<()> {
         "  {:<44} {:>6} {:>6} {:>9} {:>12}",
         "entry", "lanes", "block", "registers", "shared bytes"
     );
+    let show = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
     for k in &table.kernels {
-        let show = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
         println!(
             "  {:<44} {:>6} {:>6} {:>9} {:>12}",
             k.entry(),
@@ -245,6 +245,16 @@ pub fn write_ptx(c: &Compiled, args: &BuildArgs) -> CliResult<()> {
             show(k.registers.map(u64::from)),
             show(k.shared_bytes)
         );
+        if let Some(b) = &k.batched {
+            println!(
+                "  {:<44} {:>6} {:>6} {:>9} {:>12}",
+                zambac_engine::gpu::batched_entry(&k.symbol),
+                k.lanes,
+                k.block_size,
+                show(b.registers.map(u64::from)),
+                show(b.shared_bytes)
+            );
+        }
     }
     Ok(())
 }
@@ -270,13 +280,14 @@ fn gpu_entries(gpu: &zambac_codegen::GpuModule) -> Vec<GpuEntry> {
                     let name = zambac_engine::gpu::batched_entry(
                         k.entry.strip_prefix("zk_").unwrap_or(&k.entry),
                     );
+                    let resources = gpu
+                        .ptxas
+                        .as_ref()
+                        .and_then(|r| r.kernels().find(|f| f.name == name));
                     zambac_engine::GpuBatchedEntry {
                         params: params.clone(),
-                        registers: gpu
-                            .ptxas
-                            .as_ref()
-                            .and_then(|r| r.kernels().find(|f| f.name == name))
-                            .map(|f| f.registers),
+                        registers: resources.map(|f| f.registers),
+                        shared_bytes: resources.map(|f| f.shared_bytes),
                     }
                 }),
             }

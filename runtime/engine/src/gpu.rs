@@ -44,6 +44,9 @@ pub struct GpuBatchedEntry {
     /// Registers per thread, as `ptxas` reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registers: Option<u32>,
+    /// Static shared memory per block in bytes, as `ptxas` reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_bytes: Option<u64>,
 }
 
 /// The PTX entry of the batched form of kernel `symbol`.

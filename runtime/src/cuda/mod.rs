@@ -1076,6 +1076,7 @@ mod tests {
         batched.batched = Some(zambac_engine::GpuBatchedEntry {
             params: vec![GpuParam::Begin, GpuParam::End, GpuParam::Sequences],
             registers: None,
+            shared_bytes: None,
         });
         let error = check_entries(PTX, &[batched]).unwrap_err();
         assert!(error.contains("no entry `zk_add_batched`"), "{error}");
