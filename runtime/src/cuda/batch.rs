@@ -434,6 +434,71 @@ mod tests {
         assert_eq!(strides(std::iter::empty()), Vec::<usize>::new());
     }
 
+    /// Sequence `b`'s call: slot `i` at `base[i] + b·stride` (`stride` bytes each).
+    fn call<'a>(addrs: &'a [u64], bytes: &'a [usize]) -> Bound<'a> {
+        let none = DRegion {
+            addr: 0,
+            len: 0,
+            elem: Elem::I64,
+        };
+        Bound {
+            weights: &[],
+            tokens: none,
+            pos: none,
+            outputs: Vec::new(),
+            slots: addrs,
+            slot_bytes: bytes,
+            scratch: &[],
+            scratch_bytes: &[],
+        }
+    }
+
+    #[test]
+    fn a_gemv_runs_batched_only_over_evenly_spaced_rows() {
+        let view = |slot| PView {
+            buf: crate::cpu::plan::Buf::Slot(slot),
+            offset: zambac_engine::Expr::k(0),
+        };
+        let shape = |rows: Vec<usize>| GemvShape {
+            k: 8,
+            rows,
+            elem: Elem::F32,
+            accumulate: false,
+            ld: 8,
+        };
+        let d = Dims { t: 1, c: 4, pos: 0 };
+        let stride = 256usize;
+        let bytes = [stride; 3];
+        // Slots 0 (x), 1 and 2 (two outputs), each sequence's copy `stride` bytes on.
+        let seqs: Vec<Vec<u64>> = (0..3u64)
+            .map(|b| {
+                (0..3u64)
+                    .map(|i| 4096 * (i + 1) + b * stride as u64)
+                    .collect()
+            })
+            .collect();
+        let bounds: Vec<Bound<'_>> = seqs.iter().map(|a| call(a, &bytes)).collect();
+        // Views: x, w0, w1 (weights are not looked at here), y0, y1.
+        let views = [view(0), view(1), view(2), view(1), view(2)];
+        let args = gemv_batch(&shape(vec![4, 2]), &views, &bounds, &[d; 3])
+            .unwrap()
+            .expect("evenly spaced");
+        assert_eq!((args.sequences, args.x_stride, args.y_stride), (3, 64, 64));
+        // An output whose copies are spaced differently from the other's: one launch per
+        // sequence instead.
+        let uneven: Vec<Vec<u64>> = (0..3u64)
+            .map(|b| vec![4096 + b * 256, 8192 + b * 256, 12288 + b * 512])
+            .collect();
+        let bounds: Vec<Bound<'_>> = uneven.iter().map(|a| call(a, &bytes)).collect();
+        assert!(
+            gemv_batch(&shape(vec![4, 2]), &views, &bounds, &[d; 3])
+                .unwrap()
+                .is_none()
+        );
+        // A Gemv whose views do not match its parts is a manifest error.
+        assert!(gemv_batch(&shape(vec![4]), &views, &bounds, &[d; 3]).is_err());
+    }
+
     #[test]
     fn every_buffer_of_a_batch_gets_the_largest_stride() {
         assert_eq!(
