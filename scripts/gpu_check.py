@@ -212,6 +212,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def decode_rate(model, ids, new_tokens, kw, device):
+    """Decoded tokens/s of all the prompts of `ids` together: `generate` of `new_tokens`
+    less the time of generating the first (the prefill)."""
+    sync(device)
+    t0 = time.time()
+    model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+    sync(device)
+    first = time.time() - t0
+    t0 = time.time()
+    model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+    sync(device)
+    total = time.time() - t0
+    return ids.shape[0] * (new_tokens - 1) / max(total - first, 1e-9)
+
+
 def hf_bench(args, lengths, new_tokens, batch, device):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -237,28 +252,10 @@ def hf_bench(args, lengths, new_tokens, batch, device):
         ids = torch.randint(0, cfg.vocab_size, (1, lengths[0]), generator=g).to(device)
         kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
         model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
-        sync(device)
-        t0 = time.time()
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
-        sync(device)
-        first = time.time() - t0
-        t0 = time.time()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
-        sync(device)
-        total = time.time() - t0
-        out["decode_tok_per_s"] = (new_tokens - 1) / max(total - first, 1e-9)
+        out["decode_tok_per_s"] = decode_rate(model, ids, new_tokens, kw, device)
         # The same for a batch of `batch` prompts decoded together (all their tokens).
         ids = torch.randint(0, cfg.vocab_size, (batch, lengths[0]), generator=g).to(device)
-        sync(device)
-        t0 = time.time()
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
-        sync(device)
-        first = time.time() - t0
-        t0 = time.time()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
-        sync(device)
-        total = time.time() - t0
-        out[f"decode_batch{batch}_tok_per_s"] = batch * (new_tokens - 1) / max(total - first, 1e-9)
+        out[f"decode_batch{batch}_tok_per_s"] = decode_rate(model, ids, new_tokens, kw, device)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
