@@ -214,7 +214,8 @@ def sync(device):
 
 def decode_rate(model, ids, new_tokens, kw, device):
     """Decoded tokens/s of all the prompts of `ids` together: `generate` of `new_tokens`
-    less the time of generating the first (the prefill)."""
+    less the time of generating the first (the prefill), after a warm-up at this shape."""
+    model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
     sync(device)
     t0 = time.time()
     model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
@@ -251,7 +252,6 @@ def hf_bench(args, lengths, new_tokens, batch, device):
             out[f"prefill_{L}_s"] = sorted(times)[len(times) // 2]
         ids = torch.randint(0, cfg.vocab_size, (1, lengths[0]), generator=g).to(device)
         kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
         out["decode_tok_per_s"] = decode_rate(model, ids, new_tokens, kw, device)
         # The same for a batch of `batch` prompts decoded together (all their tokens).
         ids = torch.randint(0, cfg.vocab_size, (batch, lengths[0]), generator=g).to(device)
