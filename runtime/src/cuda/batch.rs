@@ -24,11 +24,11 @@ use cudarc::driver::sys::CUevent_flags;
 use zambac_engine::{Elem, MANIFEST_FILE};
 
 use super::blas;
-use super::graph::{self, GraphKey, LaunchId};
+use super::graph::GraphKey;
 use super::state::DeviceTensors;
 use super::{
-    BatchArgs, Bound, CudaBackend, DRegion, Entry, Pool, Queued, StepLaunches, buffer_bytes,
-    launch_function, launch_params, launch_params_of, run_graph,
+    BatchArgs, Bound, CudaBackend, DRegion, Entry, Pool, Queued, buffer_bytes, launch_function,
+    launch_params, launch_params_of, run_graph,
 };
 use crate::cpu::plan::{PStep, PView, Plan};
 use crate::cpu::{Dims, GemvShape};
@@ -140,10 +140,11 @@ fn gemv_batch(
     }))
 }
 
-/// The launches of step `i` (a kernel launch) of a batched decode step: one launch of a
-/// Gemv's batched form for all the sequences when their buffers allow it (`gemv_batch`),
-/// else one launch per sequence on its own buffers. A step that is not a launch has none.
-fn step_launches<'a>(
+/// The launches of step `i` (a kernel launch) of a decode step over the sequences of
+/// `bounds`: one launch of a Gemv's batched form for all of them when their buffers allow
+/// it (`gemv_batch`; never for one sequence), else one launch per sequence on its own
+/// buffers. A step that is not a launch has none.
+pub(super) fn step_launches<'a>(
     entries: &'a [Entry],
     gemv: &[Option<GemvShape>],
     plan: &Plan,
@@ -354,27 +355,7 @@ impl CudaBackend {
                     + self.batch.scratch.allocations
                     + self.batch.io.allocations,
             };
-            let all = || {
-                let mut queued = Vec::new();
-                for i in 0..plan.steps.len() {
-                    queued.extend(launches_of(i)?);
-                }
-                Ok(queued)
-            };
-            let dynamic =
-                |(i, _): LaunchId| plan.steps.get(i).is_some_and(graph::depends_on_position);
-            let one = |id: LaunchId| {
-                launches_of(id.0)?
-                    .into_iter()
-                    .find(|q| q.id == id)
-                    .ok_or_else(|| format!("step {} has no launch {id:?} any more", id.0))
-            };
-            let step = StepLaunches {
-                all: &all,
-                dynamic: &dynamic,
-                one: &one,
-            };
-            run_graph(&mut self.batch_graph, &stream, key, &step)
+            run_graph(&mut self.batch_graph, &stream, key, plan, &launches_of)
                 .map_err(|e| internal(format!("decode graph: {e}")))?;
         } else {
             for (i, step) in plan.steps.iter().enumerate() {

@@ -29,8 +29,8 @@ pub(super) struct GraphKey {
     pub buffers: u64,
 }
 
-/// Which launch of a decode step: its program step, and the sequence of a batch it runs
-/// for (`None`: one launch for the whole call — a single sequence's, or a batched form's).
+/// Which launch of a decode step: its program step, and the sequence it runs for (`None`: a
+/// Gemv's batched form, one launch for every sequence of a batch).
 pub(super) type LaunchId = (usize, Option<usize>);
 
 /// A captured decode step.

@@ -446,46 +446,9 @@ impl CudaBackend {
                 capacities: vec![d.c],
                 buffers: self.slots.allocations + self.scratch.allocations + self.io.allocations,
             };
-            let entries = &self.entries;
-            let one = |(i, _): LaunchId| -> Result<Option<Queued<'_>>, String> {
-                let Some(PStep::Launch {
-                    kernel,
-                    grid,
-                    views,
-                    ints,
-                }) = plan.steps.get(i)
-                else {
-                    return Err(format!("step {i} is not a launch"));
-                };
-                let entry = entry(entries, *kernel)?;
-                Ok(
-                    launch_params(entry, grid, views, ints, &call, d)?.map(|(values, cfg)| {
-                        Queued {
-                            id: (i, None),
-                            func: &entry.func,
-                            values,
-                            cfg,
-                        }
-                    }),
-                )
-            };
-            let all = || {
-                let mut queued = Vec::with_capacity(plan.steps.len());
-                for i in 0..plan.steps.len() {
-                    queued.extend(one((i, None))?);
-                }
-                Ok(queued)
-            };
-            let dynamic =
-                |(i, _): LaunchId| plan.steps.get(i).is_some_and(graph::depends_on_position);
-            let fresh =
-                |id: LaunchId| one(id)?.ok_or_else(|| format!("step {}'s grid became empty", id.0));
-            let step = StepLaunches {
-                all: &all,
-                dynamic: &dynamic,
-                one: &fresh,
-            };
-            run_graph(&mut self.graph, &stream, key, &step)
+            let (entries, gemv, calls) = (&self.entries, &self.gemv, std::slice::from_ref(&call));
+            let launches_of = |i| batch::step_launches(entries, gemv, plan, i, calls, &[d]);
+            run_graph(&mut self.graph, &stream, key, plan, &launches_of)
                 .map_err(|e| internal(format!("decode graph: {e}")))?;
         }
         for (i, step) in steps.iter().enumerate() {
@@ -759,34 +722,32 @@ struct Queued<'a> {
     cfg: LaunchConfig,
 }
 
-/// How to build a decode step's launches for [`run_graph`].
-struct StepLaunches<'f, 'a> {
-    /// Every launch of the step, in order.
-    all: &'f dyn Fn() -> Result<Vec<Queued<'a>>, String>,
-    /// Whether a launch's parameters change with a position.
-    dynamic: &'f dyn Fn(LaunchId) -> bool,
-    /// One launch's parameters, computed afresh.
-    one: &'f dyn Fn(LaunchId) -> Result<Queued<'a>, String>,
-}
-
-/// Runs a decode step through its captured graph: replays it (the position-dependent
-/// launches updated) when `key` says its addresses still hold, else captures the step's
-/// launches into a new graph and launches that.
-fn run_graph(
+/// Runs a decode step through its captured graph: replays it (the launches whose program
+/// step depends on a position given fresh parameters) when `key` says its addresses still
+/// hold, else captures the step's launches — `launches_of(i)` for each program step `i` —
+/// into a new graph and launches that.
+fn run_graph<'a>(
     slot: &mut Option<DecodeGraph>,
     stream: &Arc<CudaStream>,
     key: GraphKey,
-    step: &StepLaunches<'_, '_>,
+    plan: &Plan,
+    launches_of: &dyn Fn(usize) -> Result<Vec<Queued<'a>>, String>,
 ) -> Result<(), String> {
     if let Some(g) = slot.as_ref().filter(|g| g.key == key) {
         for &(id, node) in &g.dynamic {
-            let q = (step.one)(id)?;
+            let q = launches_of(id.0)?
+                .into_iter()
+                .find(|q| q.id == id)
+                .ok_or_else(|| format!("step {} has no launch {id:?} any more", id.0))?;
             g.set_params(node, &q.values, &q.cfg)?;
         }
         return g.graph.launch().map_err(|e| format!("replay: {e}"));
     }
     *slot = None;
-    let launches = (step.all)()?;
+    let mut launches = Vec::new();
+    for i in 0..plan.steps.len() {
+        launches.extend(launches_of(i)?);
+    }
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| format!("cannot start a capture: {e}"))?;
@@ -811,7 +772,11 @@ fn run_graph(
     let dynamic = launches
         .iter()
         .zip(&chain)
-        .filter(|(q, _)| (step.dynamic)(q.id))
+        .filter(|(q, _)| {
+            plan.steps
+                .get(q.id.0)
+                .is_some_and(graph::depends_on_position)
+        })
         .map(|(q, node)| (q.id, *node))
         .collect();
     graph.launch().map_err(|e| format!("launch: {e}"))?;
