@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use zambac_ir::{Bindings, Elem, Module};
-use zambac_kernelize::{Lowered, StateElems, kernelize_with};
+use zambac_kernelize::{Lowered, Mamba2Prefill, StateElems, kernelize_with};
 
 use crate::error::{CliError, CliResult};
 use crate::fmt::{bytes, count};
@@ -26,6 +26,12 @@ pub struct BuildArgs {
     /// code's arithmetic on whole models without a GPU (slower).
     #[arg(long, default_value = "host", value_parser = ["host", "gpu"])]
     pub host_schedule: String,
+    /// How a prefill's Mamba2 scans are lowered: `sequential` (one kernel; each head walks
+    /// every token), `chunked` (three kernels over 32 chunks of the call, in parallel:
+    /// twice the work, a sixteenth of the longest chain at 4,096 tokens), or `auto`
+    /// (default): chunked when the engine carries GPU code, which every backend then runs.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "sequential", "chunked"])]
+    pub mamba2_prefill: String,
     /// Weights: a checkpoint directory or `random[:SEED]` (default: the checkpoint the
     /// input is, else random with seed 0).
     #[arg(long)]
@@ -260,7 +266,18 @@ pub fn compile_input(input: Input, args: &BuildArgs) -> CliResult<Compiled> {
         kv: elem(&args.kv_dtype),
         ssm: elem(&args.state_dtype),
     };
-    let lowered = kernelize_with(&module, dtype, state)
+    let chunked = match args.mamba2_prefill.as_str() {
+        "auto" => args.target != "cpu",
+        other => other == "chunked",
+    };
+    let prefill = if chunked {
+        Mamba2Prefill::Chunked {
+            chunks: zambac_kernelize::GPU_PREFILL_CHUNKS,
+        }
+    } else {
+        Mamba2Prefill::Sequential
+    };
+    let lowered = kernelize_with(&module, dtype, state, prefill)
         .map_err(|e| CliError::input(format!("error: {e}")))?;
     Ok(Compiled {
         input,

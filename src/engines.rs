@@ -109,6 +109,7 @@ pub fn compile_temporary(
         output: Some(out.clone()),
         target: "cpu".into(),
         host_schedule: "host".into(),
+        mamba2_prefill: "auto".into(),
         emit: "engine".into(),
         weights: weights.map(str::to_string),
         dtype: None,

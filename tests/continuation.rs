@@ -10,12 +10,19 @@ use zambac_runtime::cpu::CpuBackend;
 use zambac_runtime::session::{Backend, State};
 
 fn engine(tmp: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let dir = tmp.join(format!("{name}.engine"));
+    engine_built(tmp, name, "sequential")
+}
+
+/// The fixture's engine with its Mamba2 prefill scans lowered as `prefill` says.
+fn engine_built(tmp: &std::path::Path, name: &str, prefill: &str) -> std::path::PathBuf {
+    let dir = tmp.join(format!("{name}-{prefill}.engine"));
     let o = zambac(&[
         "build",
         fixture(name).to_str().unwrap(),
         "-o",
         dir.to_str().unwrap(),
+        "--mamba2-prefill",
+        prefill,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     dir
@@ -34,9 +41,21 @@ fn state_diff(a: &State, b: &State) -> f32 {
 /// logits still match Hugging Face.
 #[test]
 fn a_prefill_split_anywhere_equals_one_prefill() {
+    split_anywhere("sequential");
+}
+
+/// [`a_prefill_split_anywhere_equals_one_prefill`] with the chunked Mamba2 prefill scan:
+/// calls of 1 to 36 tokens cut into 32 chunks — empty ones, one token each, two — each
+/// continuing the state the call before left.
+#[test]
+fn a_chunked_prefill_split_anywhere_equals_one_prefill() {
+    split_anywhere("chunked");
+}
+
+fn split_anywhere(prefill: &str) {
     let tmp = tempfile::tempdir().unwrap();
     for name in fixture_names() {
-        let dir = engine(tmp.path(), &name);
+        let dir = engine_built(tmp.path(), &name, prefill);
         let mut b = CpuBackend::new(Engine::open(&dir).unwrap(), 2).unwrap();
         b.set_bf16_products(false).unwrap();
         let prompt = prompts(&fixture(&name))

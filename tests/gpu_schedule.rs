@@ -9,6 +9,29 @@ use common::*;
 
 const TOL: f32 = 2e-4;
 
+/// The cpu backend of the engine `zambac build TOML -o ENGINE --weights WEIGHTS EXTRA…`
+/// writes.
+fn random_engine(
+    toml: &std::path::Path,
+    engine: &std::path::Path,
+    weights: &str,
+    extra: &[&str],
+) -> Box<dyn zambac_runtime::session::Backend> {
+    let mut args = vec![
+        "build",
+        toml.to_str().unwrap(),
+        "-o",
+        engine.to_str().unwrap(),
+        "--weights",
+        weights,
+    ];
+    args.extend_from_slice(extra);
+    let out = zambac(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let engine = zambac_engine::Engine::open(engine).unwrap();
+    zambac::engines::cpu_backend(engine, 2, "off").unwrap()
+}
+
 #[test]
 fn every_fixture_matches_hf_with_the_gpu_schedule() {
     for name in fixture_names() {
@@ -91,19 +114,7 @@ fn wide_rows_take_a_block_each_and_match_the_host_schedule() {
             .enumerate()
             .map(|(i, schedule)| {
                 let engine = dir.path().join(format!("wide{version}-{i}.engine"));
-                let mut args = vec![
-                    "build",
-                    toml.to_str().unwrap(),
-                    "-o",
-                    engine.to_str().unwrap(),
-                    "--weights",
-                    "random:3",
-                ];
-                args.extend_from_slice(schedule);
-                let out = zambac(&args);
-                assert!(out.status.success(), "{}", stderr(&out));
-                let engine = zambac_engine::Engine::open(&engine).unwrap();
-                let mut cpu = zambac::engines::cpu_backend(engine, 2, "off").unwrap();
+                let mut cpu = random_engine(&toml, &engine, "random:3", schedule);
                 trajectory(cpu.as_mut(), &prompt, 6)
             })
             .collect();
@@ -126,5 +137,97 @@ fn wide_rows_take_a_block_each_and_match_the_host_schedule() {
                 .map(|(a, b)| max_diff(a, b))
                 .fold(0.0, f32::max)
         );
+    }
+}
+
+/// The chunked Mamba2 prefill scan (what engines with GPU code run) on every Zamba2 fixture
+/// against Hugging Face, with the host schedule and with the GPU's.
+#[test]
+fn every_zamba2_fixture_matches_hf_with_the_chunked_scan() {
+    for name in fixture_names()
+        .into_iter()
+        .filter(|n| n.starts_with("zamba2"))
+    {
+        for schedule in ["host", "gpu"] {
+            check_hf_dir_built(
+                &fixture(&name),
+                &name,
+                "cpu",
+                TOL,
+                &["--mamba2-prefill", "chunked", "--host-schedule", schedule],
+            );
+        }
+    }
+}
+
+/// The chunked scan against the sequential one on a random Zamba2 whose prompts run from
+/// one token (31 of the 32 chunks empty) through a chunk per token (32) and ragged chunks
+/// (33, 100) to chunks of 22 tokens (700): prefill logits and the decode steps after it,
+/// host and GPU schedules.
+#[test]
+fn the_chunked_scan_equals_the_sequential_scan_from_1_to_700_tokens() {
+    use common::random_model::RandomModel;
+    let dir = tempfile::tempdir().unwrap();
+    let model = RandomModel {
+        version: 2,
+        hidden: 64,
+        layers: 3,
+        hybrid: vec![false, true, false],
+        blocks: 1,
+        mamba_heads: 4,
+        groups: 2,
+        d_state: 16,
+        d_conv: 4,
+        dt_rank: 8,
+        attn_heads: 4,
+        kv_heads: 4,
+        rope: true,
+        concat: true,
+        attn_rank: 4,
+        mlp_rank: 4,
+        intermediate: 96,
+        activation: "gelu",
+        tie: true,
+        proj_bias: false,
+        conv_bias: true,
+        dt_clamp: "none",
+    };
+    let toml = dir.path().join("m.toml");
+    std::fs::write(&toml, model.toml()).unwrap();
+    let build = |name: &str, extra: &[&str]| {
+        random_engine(&toml, &dir.path().join(name), "random:5", extra)
+    };
+    let mut sequential = build("seq.engine", &["--mamba2-prefill", "sequential"]);
+    let mut chunked = [
+        build("chunked-host.engine", &["--mamba2-prefill", "chunked"]),
+        build(
+            "chunked-gpu.engine",
+            &["--mamba2-prefill", "chunked", "--host-schedule", "gpu"],
+        ),
+    ];
+    for len in [1usize, 32, 33, 100, 700] {
+        let prompt: Vec<i64> = (0..len as i64).map(|i| (i * 13 + 5) % 61).collect();
+        let want = trajectory(sequential.as_mut(), &prompt, 3);
+        let scale = want.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (schedule, backend) in ["host", "gpu"].iter().zip(chunked.iter_mut()) {
+            let got = trajectory(backend.as_mut(), &prompt, 3);
+            assert_eq!(got.len(), want.len());
+            let largest = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| max_diff(a, b))
+                .fold(0.0, f32::max);
+            eprintln!(
+                "{len} tokens, {schedule} schedule: largest difference {largest:.2e} (logits up to {scale})"
+            );
+            for (row, (a, b)) in got.iter().zip(&want).enumerate() {
+                let d = max_diff(a, b);
+                assert!(
+                    d <= TOL,
+                    "{len} tokens, {schedule} schedule, row {row}: chunked and sequential \
+                     scans differ by {d} (logits up to {scale})"
+                );
+            }
+        }
     }
 }

@@ -103,6 +103,7 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
         output: Some(dir.to_path_buf()),
         target: "cpu".into(),
         host_schedule: "host".into(),
+        mamba2_prefill: "auto".into(),
         emit: "engine".into(),
         weights: None,
         dtype: None,

@@ -68,19 +68,56 @@ impl Default for StateElems {
     }
 }
 
-/// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16), with
-/// an f32 state.
-pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
-    kernelize_with(m, dtype, StateElems::default())
+/// How a prefill's Mamba2 scans are lowered (decode steps take one token: always one
+/// kernel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mamba2Prefill {
+    /// One kernel whose heads (state rows on the GPU) each walk every token of the call:
+    /// the least work, and the host's choice — two cores have parallelism enough in the
+    /// heads.
+    #[default]
+    Sequential,
+    /// Three kernels over a call cut into `chunks` chunks: each chunk's scan from a zero
+    /// state, the state passed along the chunks, each chunk's scan again from the state
+    /// entering it, writing the outputs ([`zambac_engine::KernelKind::Mamba2ChunkScan`]).
+    /// Twice the recurrence's work, but the longest chain of dependent steps is
+    /// `2·⌈T/chunks⌉ + chunks` tokens instead of `T`, with `chunks` times the parallelism —
+    /// what a GPU, with thousands of warps to fill, needs.
+    Chunked { chunks: usize },
 }
 
-/// [`kernelize`] with the KV caches stored as `kv` (f32, or bf16: half the memory and the
-/// bytes decode reads, each key and value rounded to bf16 when written).
+/// The chunks a GPU engine's prefill cuts its Mamba2 scans into: a 4,096-token call's
+/// longest chain of steps falls from 4,096 tokens to 288 (chunks of 128, then 32 passes),
+/// for a workspace of 32 states per head (64 MiB for the Zamba2-1.2B's 64 × 64 × 128 f32
+/// per layer, reused by every layer).
+pub const GPU_PREFILL_CHUNKS: usize = 32;
+
+/// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16), with
+/// an f32 state and sequential Mamba2 prefill scans.
+pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
+    kernelize_with(m, dtype, StateElems::default(), Mamba2Prefill::default())
+}
+
+/// [`kernelize`] with the state stored as `state` says (KV caches and SSM states in f32,
+/// or bf16: half the memory and the bytes decode reads, each value rounded to bf16 when
+/// written) and the prefill's Mamba2 scans lowered as `prefill` says.
 pub fn kernelize_with(
     m: &Module,
     dtype: Elem,
     state: StateElems,
+    prefill: Mamba2Prefill,
 ) -> Result<Lowered, KernelizeError> {
+    if let Mamba2Prefill::Chunked { chunks } = prefill
+        && !(1..=zambac_engine::MAX_SCAN_CHUNKS).contains(&chunks)
+    {
+        return Err(KernelizeError {
+            graph: "prefill".into(),
+            msg: format!(
+                "a chunked Mamba2 prefill scan takes 1 to {} chunks, not {chunks}",
+                zambac_engine::MAX_SCAN_CHUNKS
+            ),
+        });
+    }
     for (what, elem) in [("KV caches", state.kv), ("SSM states", state.ssm)] {
         if !matches!(elem, Elem::F32 | Elem::Bf16) {
             return Err(KernelizeError {
@@ -107,6 +144,7 @@ pub fn kernelize_with(
             blocks: &weight_blocks,
             kv: state.kv,
             ssm: state.ssm,
+            mamba2_prefill: prefill,
         };
         let mut lw = GraphLowering::new(g, storage, &mut kernels, last_only)?;
         lw.lower_all()?;

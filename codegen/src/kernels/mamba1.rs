@@ -220,8 +220,9 @@ fn scan_warp<'c>(
         state: (ch.state, row),
         elem,
         per,
-        rows,
+        tokens: (e.index(0), rows),
         step,
+        outputs: true,
     };
     column_scan(
         e,

@@ -14,8 +14,10 @@
 
 use super::act::softplus;
 use super::emit::{Emitter, V, VW};
-use super::rows::{for_chunks, load_f32, store_f32_as, tail_chunks};
-use super::warp::{ColumnScan, column_scan, lane_element, lane_elements, real_or_zero};
+use super::rows::{
+    for_chunks, load_f32, load_scalar_f32, store_f32_as, store_scalar_as, tail_chunks,
+};
+use super::warp::{ColumnScan, column_scan, lane_element, lane_elements, real_or_zero, when_real};
 use super::{Frame, WARP};
 use melior::dialect::arith::CmpiPredicate;
 use zambac_engine::Elem;
@@ -44,13 +46,14 @@ pub(crate) struct ScanShape {
 struct Head<'c> {
     zx: V<'c>,
     xbc: V<'c>,
-    y: V<'c>,
+    /// The output `y` and `D[h]`, for a scan that writes its outputs (the first pass of
+    /// the chunked scan only carries the state).
+    out: Option<(V<'c>, V<'c>)>,
     state: V<'c>,
     /// How `state` is stored.
     ssm: Elem,
-    /// `A = −exp(A_log[h])`, `D[h]`, `dt_bias[h]`.
+    /// `A = −exp(A_log[h])`, `dt_bias[h]`.
     a: V<'c>,
-    d: V<'c>,
     dt_bias: V<'c>,
     dt_min: Option<f32>,
     /// Column of this head's Δ input in `zx`, of its x in `xbc`, and of its group's B and C.
@@ -67,6 +70,59 @@ struct Head<'c> {
     n: usize,
 }
 
+impl<'c> Head<'c> {
+    /// Head `h` of a scan of shape `s`, its state at `state_base` of `state` (stored as
+    /// `ssm`); with `y` and `D` when `outputs`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        e: &Emitter<'c, '_>,
+        f: &Frame<'c, '_>,
+        s: &ScanShape,
+        dt_min: Option<f64>,
+        h: V<'c>,
+        (state, state_base, ssm): (V<'c>, V<'c>, Elem),
+        outputs: bool,
+    ) -> Head<'c> {
+        let (p, n) = (s.head_dim, s.state);
+        let di = s.heads * p;
+        let gn = s.groups * n;
+        let cd = di + 2 * gn;
+        let group = e.divui(h, e.index((s.heads / s.groups) as i64));
+        let b_column = e.add_k(e.mul_k(group, n), di);
+        let out = outputs.then(|| (f.view(Role::Y), e.load(f.view(Role::D), h)));
+        Head {
+            zx: f.view(Role::Zx),
+            xbc: f.view(Role::Xbc),
+            out,
+            state,
+            ssm,
+            a: e.negf(e.math("exp", e.load(f.view(Role::ALog), h))),
+            dt_bias: e.load(f.view(Role::DtBias), h),
+            dt_min: dt_min.map(|min| min as f32),
+            dt_column: e.add_k(h, di + cd),
+            x_column: e.mul_k(h, p),
+            b_column,
+            c_column: e.add_k(b_column, gn),
+            state_base,
+            width: s.width,
+            cd,
+            di,
+            p,
+            n,
+        }
+    }
+
+    /// Token `t`'s Δ (softplus, clamped) and decay `exp(Δ·A)`, one token at a time.
+    fn delta_decay(&self, e: &Emitter<'c, '_>, t: V<'c>) -> (V<'c>, V<'c>) {
+        let raw = e.load(self.zx, e.addi(e.mul_k(t, self.width), self.dt_column));
+        let mut delta = softplus(e, e.addf(raw, self.dt_bias));
+        if let Some(min) = self.dt_min {
+            delta = e.maxf(delta, e.f32(min));
+        }
+        (delta, e.math("exp", e.mulf(delta, self.a)))
+    }
+}
+
 /// [`zambac_engine::KernelKind::Mamba2Scan`].
 pub(crate) fn scan<'c>(
     e: &Emitter<'c, '_>,
@@ -75,46 +131,13 @@ pub(crate) fn scan<'c>(
     dt_min: Option<f64>,
     step: bool,
 ) {
-    let (zx, xbc, dt_bias, a_log, d, y, state) = (
-        f.view(Role::Zx),
-        f.view(Role::Xbc),
-        f.view(Role::DtBias),
-        f.view(Role::ALog),
-        f.view(Role::D),
-        f.view(Role::Y),
-        f.view(Role::State),
-    );
     let rows = f.ints[0];
     let h = f.item;
-    let (p, n) = (s.head_dim, s.state);
-    let di = s.heads * p;
-    let gn = s.groups * n;
-    let cd = di + 2 * gn;
-    let group = e.divui(h, e.index((s.heads / s.groups) as i64));
-    let b_column = e.add_k(e.mul_k(group, n), di);
-    let head = Head {
-        zx,
-        xbc,
-        y,
-        state,
-        ssm: s.ssm,
-        a: e.negf(e.math("exp", e.load(a_log, h))),
-        d: e.load(d, h),
-        dt_bias: e.load(dt_bias, h),
-        dt_min: dt_min.map(|min| min as f32),
-        dt_column: e.add_k(h, di + cd),
-        x_column: e.mul_k(h, p),
-        b_column,
-        c_column: e.add_k(b_column, gn),
-        state_base: e.mul_k(h, p * n),
-        width: s.width,
-        cd,
-        di,
-        p,
-        n,
-    };
+    let state = (f.view(Role::State), e.mul_k(h, s.head_dim * s.state), s.ssm);
+    let head = Head::new(e, f, s, dt_min, h, state, true);
+    let tokens = (e.index(0), rows);
     if f.gpu_schedule {
-        scan_warp(e, f, &head, rows, step);
+        scan_warp(e, f, &head, tokens, step);
         return;
     }
     // A bf16 state read by one token is stored once anyway; for more tokens it is carried
@@ -124,29 +147,178 @@ pub(crate) fn scan<'c>(
     match f.stack {
         Some(work) if s.ssm == Elem::Bf16 => {
             let one = e.cmpi(CmpiPredicate::Eq, rows, e.index(1));
-            e.when(one, |e| in_place(e, &head, rows, step));
+            e.when(one, |e| in_place(e, &head, tokens, step));
             let more = e.cmpi(CmpiPredicate::Ne, rows, e.index(1));
-            e.when(more, |e| through_copy(e, &head, work, rows, step));
+            e.when(more, |e| through_copy(e, &head, work, tokens, step));
         }
-        _ => in_place(e, &head, rows, step),
+        _ => in_place(e, &head, tokens, step),
     }
 }
 
-/// The scan over `rows` tokens with the state where it is stored (zeroed first for a new
-/// prompt).
-fn in_place<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, rows: V<'c>, step: bool) {
+/// [`zambac_engine::KernelKind::Mamba2ChunkScan`]: grid index `c·heads + h` scans head `h`
+/// over chunk `c` with the state in the chunk's row of `chunk_states` — from zero, keeping
+/// the state and the product of the decays (pass 1), or from the state the pass left there,
+/// writing `y` (pass 3) — as [`scan`] scans a whole call.
+pub(crate) fn chunk_scan<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    s: &ScanShape,
+    dt_min: Option<f64>,
+    chunks: usize,
+    outputs: bool,
+) {
+    let rows = f.ints[0];
+    let heads = e.index(s.heads as i64);
+    let (c, h) = (e.divui(f.item, heads), e.remui(f.item, heads));
+    let len = e.divui(e.add_k(rows, chunks - 1), e.index(chunks as i64));
+    let first = e.minsi(e.muli(c, len), rows);
+    let tokens = (first, e.minsi(e.addi(first, len), rows));
+    let states = f.view(Role::ChunkStates);
+    let row = (states, e.mul_k(f.item, s.head_dim * s.state), Elem::F32);
+    let head = Head::new(e, f, s, dt_min, h, row, outputs);
+    if f.gpu_schedule {
+        scan_warp(e, f, &head, tokens, outputs);
+    } else {
+        in_place(e, &head, tokens, outputs);
+    }
+    if outputs {
+        return;
+    }
+    // The chunk's decay: the product of its tokens' (1 for an empty chunk), by one thread.
+    let store_decay = |e: &Emitter<'c, '_>| {
+        let one = e.f32(1.0);
+        let product = e.for_(tokens.0, tokens.1, e.index(1), &[one], |e, t, acc| {
+            vec![e.mulf(acc[0], head.delta_decay(e, t).1)]
+        });
+        e.store(product[0], f.view(Role::ChunkDecay), f.item);
+    };
+    if f.gpu_schedule {
+        // By the first lane of state row 0: thread 0 of the grid index on the GPU; on the
+        // host, where an iteration is a row and its warp a loop, row 0's iteration.
+        e.when(e.cmpi(CmpiPredicate::Eq, f.lane, e.index(0)), store_decay);
+    } else {
+        store_decay(e);
+    }
+}
+
+/// [`zambac_engine::KernelKind::Mamba2ChunkPass`]: head `f.item`'s state carried along the
+/// chunks, each chunk's row of `chunk_states` swapped for the state entering it.
+pub(crate) fn chunk_pass<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    (heads, p, n): (usize, usize, usize),
+    chunks: usize,
+    ssm: Elem,
+) {
+    let (states, decays, state) = (
+        f.view(Role::ChunkStates),
+        f.view(Role::ChunkDecay),
+        f.view(Role::State),
+    );
+    let h = f.item;
+    let head_base = e.mul_k(h, p * n);
+    // Chunk `c`'s decay and the first element of head `h`'s rows in `chunk_states`.
+    let chunk = |e: &Emitter<'c, '_>, c: V<'c>| {
+        let at = e.addi(e.mul_k(c, heads), h);
+        (e.load(decays, at), e.mul_k(at, p * n))
+    };
+    if !f.gpu_schedule {
+        for_chunks(e, p * n, 2, |e, offset, width| {
+            let at = e.addi(head_base, offset);
+            let start = load_f32(e, state, at, width, ssm);
+            let end = e.for_(
+                e.index(0),
+                e.index(chunks as i64),
+                e.index(1),
+                &[start],
+                |e, c, s| {
+                    let (decay, base) = chunk(e, c);
+                    let own_at = e.addi(base, offset);
+                    let own = load_f32(e, states, own_at, width, Elem::F32);
+                    e.vstore(s[0], states, own_at);
+                    vec![e.fma(e.splat(decay, width), s[0], own)]
+                },
+            );
+            store_f32_as(e, end[0], state, at, width, ssm);
+        });
+        return;
+    }
+    // A warp per state row, as in the scan: lane `l` carries columns `l, l + 32, …`.
+    let row = if f.warp_threads {
+        e.divui(f.lane, e.index(WARP as i64))
+    } else {
+        f.lane
+    };
+    let column = |e: &Emitter<'c, '_>, lane: V<'c>, i: usize| {
+        lane_element(e, e.remui(lane, e.index(WARP as i64)), i, n)
+    };
+    let row_offset = e.mul_k(row, n);
+    let state_row = e.addi(head_base, row_offset);
+    // On the host the lanes are a loop through the buffer between chunks: a bf16 state is
+    // carried in an f32 copy of the row (the stack) and rounded once, as the GPU's registers
+    // carry it.
+    let carry = match f.stack {
+        Some(work) if !f.warp_threads && ssm == Elem::Bf16 => {
+            e.for_k(0, n, 1, &[], |e, i, _| {
+                let value = load_scalar_f32(e, state, e.addi(state_row, i), ssm);
+                e.store(value, work, i);
+                vec![]
+            });
+            Some(work)
+        }
+        _ => None,
+    };
+    let scan = ColumnScan {
+        state: carry.map_or((state, state_row), |work| (work, e.index(0))),
+        elem: if carry.is_some() { Elem::F32 } else { ssm },
+        per: lane_elements(n),
+        tokens: (e.index(0), e.index(chunks as i64)),
+        step: true,
+        outputs: false,
+    };
+    column_scan(
+        e,
+        f,
+        &scan,
+        column,
+        |e, c| {
+            let (decay, base) = chunk(e, c);
+            (decay, e.addi(base, row_offset))
+        },
+        |e, &(decay, base), lane, i, s| {
+            let (col, real) = column(e, lane, i);
+            let at = e.addi(base, col);
+            let own = e.load(states, at);
+            when_real(e, real, |e| e.store(s, states, at));
+            (e.fma(decay, s, own), e.f32(0.0))
+        },
+        |_, _, _, _| {},
+    );
+    if let Some(work) = carry {
+        e.for_k(0, n, 1, &[], |e, i, _| {
+            let value = e.load(work, i);
+            store_scalar_as(e, value, state, e.addi(state_row, i), ssm);
+            vec![]
+        });
+    }
+}
+
+/// The scan over tokens `first .. end` with the state where it is stored (zeroed first
+/// for a new prompt).
+fn in_place<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, (first, end): (V<'c>, V<'c>), step: bool) {
     if !step {
         for_chunks(e, head.p * head.n, 2, |e, offset, width| {
             let at = e.addi(head.state_base, offset);
             store_f32_as(e, e.f32_splat(0.0, width), head.state, at, width, head.ssm);
         });
     }
-    let full = e.mul_k(e.divui(rows, e.index(TOKENS as i64)), TOKENS);
-    e.for_(e.index(0), full, e.index(TOKENS as i64), &[], |e, t, _| {
+    let whole = e.mul_k(e.divui(e.subi(end, first), e.index(TOKENS as i64)), TOKENS);
+    let full = e.addi(first, whole);
+    e.for_(first, full, e.index(TOKENS as i64), &[], |e, t, _| {
         tokens(e, head, t, TOKENS);
         vec![]
     });
-    e.for_(full, rows, e.index(1), &[], |e, t, _| {
+    e.for_(full, end, e.index(1), &[], |e, t, _| {
         tokens(e, head, t, 1);
         vec![]
     });
@@ -154,7 +326,13 @@ fn in_place<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, rows: V<'c>, step: bool) {
 
 /// The scan with the state carried in `work` (`P × N` f32): widened from where it is stored
 /// (or zero), scanned in place there, and stored back rounded once.
-fn through_copy<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, work: V<'c>, rows: V<'c>, step: bool) {
+fn through_copy<'c>(
+    e: &Emitter<'c, '_>,
+    head: &Head<'c>,
+    work: V<'c>,
+    tokens: (V<'c>, V<'c>),
+    step: bool,
+) {
     let copy = Head {
         state: work,
         state_base: e.index(0),
@@ -176,7 +354,7 @@ fn through_copy<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, work: V<'c>, rows: V<'
         };
         e.vstore(value, work, offset);
     });
-    in_place(e, &copy, rows, true);
+    in_place(e, &copy, tokens, true);
     for_chunks(e, len, 2, |e, offset, width| {
         let value = load_f32(e, work, offset, width, Elem::F32);
         let at = e.addi(head.state_base, offset);
@@ -224,26 +402,32 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
                 let mut narrow = None;
                 for (i, &(offset, width)) in chunks.iter().enumerate() {
                     let b = load_f32(e, head.xbc, e.add_k(b_at, offset), width, Elem::F32);
-                    let c = load_f32(e, head.xbc, e.add_k(c_at, offset), width, Elem::F32);
                     let decayed = e.mulf(s[i], e.splat(decays[j], width));
                     s[i] = e.fma(b, e.splat(dbx, width), decayed);
+                    if head.out.is_none() {
+                        continue;
+                    }
+                    let c = load_f32(e, head.xbc, e.add_k(c_at, offset), width, Elem::F32);
                     if width == VW {
                         accs[i % 2] = e.fma(s[i], c, accs[i % 2]);
                     } else {
                         narrow = Some(e.mulf(s[i], c));
                     }
                 }
+                let Some((y, d)) = head.out else {
+                    continue;
+                };
                 let mut out = e.sum_any_order(e.addf(accs[0], accs[1]));
                 if let Some(part) = narrow {
                     out = e.addf(out, e.sum_any_order(part));
                 }
                 let y_at = e.addi(y_rows[j], x_at);
                 out = if block == 0 {
-                    e.fma(head.d, xs[j], out)
+                    e.fma(d, xs[j], out)
                 } else {
-                    e.addf(e.load(head.y, y_at), out)
+                    e.addf(e.load(y, y_at), out)
                 };
-                e.store(out, head.y, y_at);
+                e.store(out, y, y_at);
             }
             for (i, &(offset, width)) in chunks.iter().enumerate() {
                 let at = e.add_k(state_row, offset);
@@ -261,7 +445,13 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
 /// the whole warp and each lane computes them itself. On the GPU a lane's columns stay in
 /// registers from the first token to the last (loaded once when continuing a state, stored
 /// once at the end); on the host, where the warp is a loop, they live in the state buffer.
-fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: V<'c>, step: bool) {
+fn scan_warp<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    head: &Head<'c>,
+    tokens: (V<'c>, V<'c>),
+    step: bool,
+) {
     // On the GPU the grid index has `P·32` threads: lane `l` is row `l / 32`, column lane
     // `l % 32`; on the host an iteration is a row and its warp a loop (see `team_sum`).
     let p = if f.warp_threads {
@@ -278,12 +468,7 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
     let x_at = e.addi(head.x_column, p);
     // Token `t`'s decay, Δ·x, x, and where its B and C start.
     let token = |e: &Emitter<'c, '_>, t: V<'c>| {
-        let raw = e.load(head.zx, e.addi(e.mul_k(t, head.width), head.dt_column));
-        let mut delta = softplus(e, e.addf(raw, head.dt_bias));
-        if let Some(min) = head.dt_min {
-            delta = e.maxf(delta, e.f32(min));
-        }
-        let decay = e.math("exp", e.mulf(delta, head.a));
+        let (delta, decay) = head.delta_decay(e, t);
         let xbc_row = e.mul_k(t, head.cd);
         let x = e.load(head.xbc, e.addi(xbc_row, x_at));
         let b_at = e.addi(xbc_row, head.b_column);
@@ -300,6 +485,9 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
         let (c, real) = column(e, lane, i);
         let b = e.load(head.xbc, e.addi(b_at, c));
         let s = e.fma(b, dbx, e.mulf(s, decay));
+        if head.out.is_none() {
+            return (s, e.f32(0.0));
+        }
         let cv = e.load(head.xbc, e.addi(c_at, c));
         (s, real_or_zero(e, real, e.mulf(s, cv)))
     };
@@ -307,8 +495,9 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
         state: (head.state, row),
         elem: head.ssm,
         per,
-        rows,
+        tokens,
         step,
+        outputs: head.out.is_some(),
     };
     column_scan(
         e,
@@ -317,9 +506,11 @@ fn scan_warp<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, head: &Head<'c>, rows: 
         column,
         token,
         update,
-        |e, t, &(_, _, x, _, _), y| {
-            let y_at = e.addi(e.mul_k(t, head.di), x_at);
-            e.store(e.fma(head.d, x, y), head.y, y_at);
+        |e, t, &(_, _, x, _, _), sum| {
+            if let Some((y, d)) = head.out {
+                let y_at = e.addi(e.mul_k(t, head.di), x_at);
+                e.store(e.fma(d, x, sum), y, y_at);
+            }
         },
     );
 }

@@ -230,7 +230,12 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
         (Target::Host, _) => 1,
         // A warp per state row on the GPU; on the host each row is an iteration whose
         // warp is a loop.
-        (Target::Gpu, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1) * WARP,
+        (
+            Target::Gpu,
+            KernelKind::Mamba2Scan { head_dim, .. }
+            | KernelKind::Mamba2ChunkScan { head_dim, .. }
+            | KernelKind::Mamba2ChunkPass { head_dim, .. },
+        ) => (*head_dim).max(1) * WARP,
         // Decode attention: a warp per split whose lanes split the head dim (on the host
         // the warp is a loop).
         (Target::Gpu, KernelKind::AttentionDecode { .. }) => WARP,
@@ -238,6 +243,11 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
         // Prompt attention: a warp per query row, the same warp loop.
         (Target::Gpu, KernelKind::AttentionPrefill { .. }) => WARP,
         (_, KernelKind::AttentionPrefill { .. }) => 1,
+        (
+            Target::HostWithGpuSchedule,
+            KernelKind::Mamba2ChunkScan { head_dim, .. }
+            | KernelKind::Mamba2ChunkPass { head_dim, .. },
+        ) => (*head_dim).max(1),
         (_, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1),
         // A warp per channel on the GPU (its lanes split the state columns); on the host
         // each channel is an iteration whose warp is a loop.
@@ -278,7 +288,9 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
         }
         if matches!(
             kind,
-            KernelKind::Mamba2Scan { .. } | KernelKind::Mamba1Scan { .. }
+            KernelKind::Mamba2Scan { .. }
+                | KernelKind::Mamba2ChunkScan { .. }
+                | KernelKind::Mamba1Scan { .. }
         ) {
             return WARP;
         }
@@ -292,6 +304,12 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
             ssm: zambac_engine::Elem::Bf16,
             ..
         } if target == Target::Host => head_dim * state,
+        // The GPU schedule on the host carries a bf16 state row along the chunks in f32.
+        KernelKind::Mamba2ChunkPass {
+            state,
+            ssm: zambac_engine::Elem::Bf16,
+            ..
+        } if target == Target::HostWithGpuSchedule => *state,
         KernelKind::AttentionDecode { head_dim, .. } if target == Target::HostWithGpuSchedule => {
             attention::decode_warp_stack(*head_dim)
         }
@@ -387,6 +405,37 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             *dt_min,
             *step,
         ),
+        K::Mamba2ChunkScan {
+            width,
+            heads,
+            head_dim,
+            groups,
+            state,
+            dt_min,
+            chunks,
+            outputs,
+        } => mamba2::chunk_scan(
+            e,
+            f,
+            &mamba2::ScanShape {
+                width: *width,
+                heads: *heads,
+                head_dim: *head_dim,
+                groups: *groups,
+                state: *state,
+                ssm: zambac_engine::Elem::F32,
+            },
+            *dt_min,
+            *chunks,
+            *outputs,
+        ),
+        K::Mamba2ChunkPass {
+            heads,
+            head_dim,
+            state,
+            chunks,
+            ssm,
+        } => mamba2::chunk_pass(e, f, (*heads, *head_dim, *state), *chunks, *ssm),
         K::Mamba2GateNorm {
             width,
             di,

@@ -349,13 +349,16 @@ pub(crate) struct ColumnScan<'c> {
     pub elem: Elem,
     /// State columns per lane ([`lane_elements`]).
     pub per: usize,
-    /// Tokens to take.
-    pub rows: V<'c>,
+    /// Tokens to take: `first .. end`.
+    pub tokens: (V<'c>, V<'c>),
     /// Whether the scan continues the state in the buffer (else it starts from zero).
     pub step: bool,
+    /// Whether each token has an output (the warp's sum, stored by `finish`); without one
+    /// the lanes only carry their columns (no sums, no exchange).
+    pub outputs: bool,
 }
 
-/// A warp's scan over tokens `0 .. rows`, its lanes owning the state columns
+/// A warp's scan over tokens `first .. end`, its lanes owning the state columns
 /// `column(e, lane, i)` (`i < per`, with [`lane_element`]'s mask) of one state row: per token
 /// `token(e, t)` gives what the token's update reads, `update(e, &token, lane, i, s)` the
 /// column's new value and its part of the token's output sum, and `finish(e, t, &token, sum)`
@@ -388,18 +391,23 @@ pub(crate) fn column_scan<'c, T>(
                 }
             })
             .collect();
-        let last = e.for_(e.index(0), scan.rows, e.index(1), &init, |e, t, s| {
+        let (first, end) = scan.tokens;
+        let last = e.for_(first, end, e.index(1), &init, |e, t, s| {
             let tok = token(e, t);
             let mut sum = e.f32(0.0);
             let next = (0..scan.per)
                 .map(|i| {
                     let (value, part) = update(e, &tok, f.lane, i, s[i]);
-                    sum = e.addf(sum, part);
+                    if scan.outputs {
+                        sum = e.addf(sum, part);
+                    }
                     value
                 })
                 .collect();
-            let total = team_sum(e, f, |_, _| sum);
-            e.when(first_lane(e, f), |e| finish(e, t, &tok, total));
+            if scan.outputs {
+                let total = team_sum(e, f, |_, _| sum);
+                e.when(first_lane(e, f), |e| finish(e, t, &tok, total));
+            }
             next
         });
         for (i, value) in last.iter().enumerate() {
@@ -418,8 +426,20 @@ pub(crate) fn column_scan<'c, T>(
             }
         });
     }
-    e.for_(e.index(0), scan.rows, e.index(1), &[], |e, t, _| {
+    let (first, end) = scan.tokens;
+    e.for_(first, end, e.index(1), &[], |e, t, _| {
         let tok = token(e, t);
+        if !scan.outputs {
+            for_lanes(e, f, |e, lane| {
+                for i in 0..scan.per {
+                    let (a, real) = at(e, lane, i);
+                    let old = load_scalar_f32(e, state, a, scan.elem);
+                    let (value, _) = update(e, &tok, lane, i, old);
+                    when_real(e, real, |e| store_scalar_as(e, value, state, a, scan.elem));
+                }
+            });
+            return vec![];
+        }
         let total = team_sum(e, f, |e, lane| {
             let mut sum = e.f32(0.0);
             for i in 0..scan.per {

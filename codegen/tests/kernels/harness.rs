@@ -28,7 +28,7 @@ pub enum Buf {
 }
 
 impl Buf {
-    fn as_mut_ptr(&mut self) -> *mut u8 {
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
         match self {
             Buf::F32(v) => v.as_mut_ptr().cast(),
             Buf::Bf16(v) | Buf::F16(v) => v.as_mut_ptr().cast(),

@@ -3,7 +3,7 @@
 use super::harness::{
     Buf, Lib, assert_close, assert_within_scale, check, check_with, random, to_bf16,
 };
-use zambac_engine::{Elem, KernelKind};
+use zambac_engine::{Elem, Kernel, KernelKind};
 use zambac_reference::kernels as k;
 use zambac_runtime::Tensor;
 
@@ -295,7 +295,16 @@ fn mamba2_scan(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool) {
     mamba2_scan_stored(s, rows, dt_min, step, Elem::F32);
 }
 
-fn mamba2_scan_stored(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool, ssm: Elem) {
+/// A scan's inputs — views `[zx, xbc, dt_bias, A_log, D, y (zero), state]` — with the
+/// reference's output `y` and final state.
+struct ScanCase {
+    width: usize,
+    bufs: [Buf; 7],
+    y: Vec<f32>,
+    state: Vec<f32>,
+}
+
+fn scan_case(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool, ssm: Elem) -> ScanCase {
     let (h, p, g, n) = (s.heads, s.p, s.groups, s.n);
     let di = h * p;
     let cd = di + 2 * g * n;
@@ -340,17 +349,160 @@ fn mamba2_scan_stored(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool, ssm
         Buf::F32(vec![0.0; rows * di]),
         s0_buf,
     ];
-    let kind = KernelKind::Mamba2Scan {
+    ScanCase {
         width,
-        heads: h,
-        head_dim: p,
-        groups: g,
-        state: n,
+        bufs,
+        y,
+        state: state.data,
+    }
+}
+
+fn mamba2_scan_stored(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool, ssm: Elem) {
+    let case = scan_case(s, rows, dt_min, step, ssm);
+    let kind = KernelKind::Mamba2Scan {
+        width: case.width,
+        heads: s.heads,
+        head_dim: s.p,
+        groups: s.groups,
+        state: s.n,
         dt_min,
         step,
         ssm,
     };
-    check_scan(kind, &bufs, (rows, h), (5, y), (6, state.data), ssm);
+    let expected = ((5, case.y), (6, case.state));
+    check_scan(
+        kind,
+        &case.bufs,
+        (rows, s.heads),
+        expected.0,
+        expected.1,
+        ssm,
+    );
+}
+
+/// The chunked prefill scan — pass 1 over every chunk, the pass along the chunks, pass 3 —
+/// run on shared buffers and compared with the reference's sequential scan from the state
+/// (every call continues one): outputs and final state, with the host schedule and the
+/// GPU's, each pass whole and with its grid split in two.
+fn mamba2_chunked(s: &Ssd, rows: usize, chunks: usize, dt_min: Option<f64>, ssm: Elem) {
+    let case = scan_case(s, rows, dt_min, true, ssm);
+    let (h, pn) = (s.heads, s.p * s.n);
+    let scan = |outputs| KernelKind::Mamba2ChunkScan {
+        width: case.width,
+        heads: h,
+        head_dim: s.p,
+        groups: s.groups,
+        state: s.n,
+        dt_min,
+        chunks,
+        outputs,
+    };
+    let kernels = [
+        ("states", scan(false)),
+        (
+            "pass",
+            KernelKind::Mamba2ChunkPass {
+                heads: h,
+                head_dim: s.p,
+                state: s.n,
+                chunks,
+                ssm,
+            },
+        ),
+        ("outputs", scan(true)),
+    ]
+    .map(|(symbol, kind)| Kernel {
+        symbol: symbol.into(),
+        kind,
+    });
+    let schedules = [
+        ("host", Lib::build(&kernels)),
+        ("GPU schedule", Lib::build_gpu_schedule(&kernels)),
+    ];
+    for (schedule, lib) in &schedules {
+        for split in [false, true] {
+            let mut bufs = case.bufs.clone();
+            // Garbage in the workspaces: every pass must write before it reads.
+            let mut states = Buf::F32(vec![f32::NAN; chunks * h * pn]);
+            let mut decay = Buf::F32(vec![f32::NAN; chunks * h]);
+            let ints = [rows as i64];
+            let call = |symbol: &str, views: &[*mut u8], ints: &[i64], grid: usize| {
+                if split {
+                    let cut = grid / 2;
+                    lib.call_raw(symbol, views, ints, cut, grid);
+                    lib.call_raw(symbol, views, ints, 0, cut);
+                } else {
+                    lib.call_raw(symbol, views, ints, 0, grid);
+                }
+            };
+            let [zx, xbc, dt_bias, a_log, d, y, state] = &mut bufs;
+            let p = |b: &mut Buf| b.as_mut_ptr();
+            let first = [
+                p(zx),
+                p(xbc),
+                p(dt_bias),
+                p(a_log),
+                p(&mut states),
+                p(&mut decay),
+            ];
+            call("states", &first, &ints, chunks * h);
+            call("pass", &[p(&mut states), p(&mut decay), p(state)], &[], h);
+            let last = [
+                p(zx),
+                p(xbc),
+                p(dt_bias),
+                p(a_log),
+                p(d),
+                p(y),
+                p(&mut states),
+            ];
+            call("outputs", &last, &ints, chunks * h);
+            let label = |what: &str| {
+                format!(
+                    "chunked scan {what}, {rows} tokens in {chunks} chunks ({schedule}, split {split})"
+                )
+            };
+            if ssm == Elem::F32 {
+                assert_close(&y.values(), &case.y, SCAN_RTOL, &label("y"));
+                assert_close(&state.values(), &case.state, SCAN_RTOL, &label("state"));
+            } else {
+                // The state is rounded once, when the pass stores it: the outputs are the
+                // f32 scan's, the state within the drift of a rounding.
+                assert_close(&y.values(), &case.y, SCAN_RTOL, &label("y"));
+                assert_within_scale(&state.values(), &case.state, 4e-3, &label("state"));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_chunked_scan_equals_the_sequential_one() {
+    let small = Ssd {
+        heads: 4,
+        p: 4,
+        groups: 2,
+        n: 5,
+    };
+    // Fewer tokens than chunks (empty chunks), one per chunk, ragged last chunks, and whole
+    // vectors of tokens (the host takes 8 at a time) in a chunk.
+    for (rows, chunks) in [(1, 3), (2, 5), (5, 5), (19, 3), (37, 4), (40, 2), (17, 1)] {
+        mamba2_chunked(&small, rows, chunks, Some(0.01), Elem::F32);
+    }
+    let typical = Ssd {
+        heads: 4,
+        p: 16,
+        groups: 1,
+        n: 64,
+    };
+    mamba2_chunked(&typical, 37, 4, None, Elem::F32);
+    let wide = Ssd {
+        heads: 2,
+        p: 3,
+        groups: 1,
+        n: 72,
+    };
+    mamba2_chunked(&wide, 29, 6, Some(0.001), Elem::F32);
+    mamba2_chunked(&small, 23, 4, None, Elem::Bf16);
 }
 
 #[test]

@@ -143,6 +143,47 @@ pub enum KernelKind {
         #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         ssm: Elem,
     },
+    /// Pass 1 or 3 of the chunked Mamba2 prefill scan (with [`KernelKind::Mamba2ChunkPass`]
+    /// between them), the recurrence of [`KernelKind::Mamba2Scan`] split along the tokens so
+    /// that its chunks run in parallel. A call's `rows` tokens are cut into `chunks` chunks
+    /// of `L = ⌈rows / chunks⌉` (chunk `c` holds tokens `[c·L, min((c+1)·L, rows))`, empty
+    /// past the end); grid `chunks · heads`, index `c·heads + h`.
+    ///
+    /// - `outputs: false` (pass 1) — views `[zx, xbc, dt_bias, A_log, chunk_states
+    ///   [chunks, H·P·N] f32, chunk_decay [chunks, H] f32]`: head `h`'s scan over chunk `c`
+    ///   from a zero state; `chunk_states[c, h]` gets the state it ends with and
+    ///   `chunk_decay[c, h]` the product of its tokens' decays `exp(Δ·A)` (1 for an empty
+    ///   chunk).
+    /// - `outputs: true` (pass 3) — views `[zx, xbc, dt_bias, A_log, D, y, chunk_states]`:
+    ///   head `h`'s scan over chunk `c` from the state `chunk_states[c, h]` (the state
+    ///   entering the chunk, which the pass left there), writing `y` for the chunk's tokens
+    ///   as [`KernelKind::Mamba2Scan`] does; `chunk_states` is left changed.
+    ///
+    /// Δ, the clamp and the column layout are [`KernelKind::Mamba2Scan`]'s; ints `[rows]`.
+    Mamba2ChunkScan {
+        width: usize,
+        heads: usize,
+        head_dim: usize,
+        groups: usize,
+        state: usize,
+        dt_min: Option<f64>,
+        chunks: usize,
+        outputs: bool,
+    },
+    /// Pass 2 of the chunked Mamba2 prefill scan: passes the state along the chunks. Views
+    /// `[chunk_states [chunks, H·P·N] f32, chunk_decay [chunks, H] f32, state [H,P,N]]`;
+    /// grid heads. For head `h`, from `S = state[h]` (the sequence's state before the call)
+    /// and for `c = 0 .. chunks`: `E = chunk_states[c, h]`, `chunk_states[c, h] ← S` (the
+    /// state entering chunk `c`), `S ← chunk_decay[c, h]·S + E`; then `state[h] ← S`.
+    Mamba2ChunkPass {
+        heads: usize,
+        head_dim: usize,
+        state: usize,
+        chunks: usize,
+        /// How `state` is stored, as for [`KernelKind::Mamba2Scan`].
+        #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
+        ssm: Elem,
+    },
     /// Mamba2 gate and gated group norm: views `[y [rows,di], zx [rows,width],
     /// w [di], out [rows,di]]`; grid rows:
     /// `out = w ⊙ GroupRmsNorm(y ⊙ silu(zx[:, 0..di]))` with `groups` groups.
@@ -212,6 +253,10 @@ pub fn gemv_main_step(elem: Elem) -> usize {
 /// The most parts [`KernelKind::AttentionDecode`] may split a head's keys into.
 pub const MAX_DECODE_SPLITS: usize = 256;
 
+/// The most chunks a chunked Mamba2 prefill scan ([`KernelKind::Mamba2ChunkScan`]) cuts a
+/// call into: each chunk keeps a whole state per head in its workspace.
+pub const MAX_SCAN_CHUNKS: usize = 1024;
+
 /// The fewest keys a split of decode attention takes (but for the last): below it a split's
 /// fixed cost (its partial row, its share of the combine) outweighs the keys it reads, so
 /// short caches use fewer splits than the kernel has.
@@ -258,6 +303,8 @@ impl KernelKind {
             KernelKind::AttentionCombine { .. } => "AttentionCombine",
             KernelKind::Mamba2Conv { .. } => "Mamba2Conv",
             KernelKind::Mamba2Scan { .. } => "Mamba2Scan",
+            KernelKind::Mamba2ChunkScan { .. } => "Mamba2ChunkScan",
+            KernelKind::Mamba2ChunkPass { .. } => "Mamba2ChunkPass",
             KernelKind::Mamba2GateNorm { .. } => "Mamba2GateNorm",
             KernelKind::Mamba1Conv { .. } => "Mamba1Conv",
             KernelKind::Mamba1Scan { .. } => "Mamba1Scan",

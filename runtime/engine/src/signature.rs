@@ -56,6 +56,10 @@ pub enum Role {
     State,
     /// Per-split partial results of decode attention (max, sum, unnormalised output).
     Partial,
+    /// The chunked Mamba2 scan's per-chunk states (a chunk's own, then the state entering it).
+    ChunkStates,
+    /// The chunked Mamba2 scan's per-chunk products of decays.
+    ChunkDecay,
     /// Weight of part `q` of a multi-part Gemv.
     PartW(u16),
     /// Output of part `q` of a multi-part Gemv.
@@ -105,6 +109,8 @@ impl std::fmt::Display for Role {
             Role::ConvB => "conv_b",
             Role::State => "state",
             Role::Partial => "partial",
+            Role::ChunkStates => "chunk_states",
+            Role::ChunkDecay => "chunk_decay",
             Role::PartW(q) => return write!(f, "w[{q}]"),
             Role::PartY(q) => return write!(f, "y[{q}]"),
         };
@@ -295,6 +301,22 @@ impl Sig {
 
 use Factor::{Grid, Int};
 
+/// What every Mamba2 scan kind reads first, `[zx (the Δ columns), xbc, dt_bias, A_log]`,
+/// for a scan of `(width, heads, head_dim, groups, state)`, with ints `[rows]` and the grid
+/// `grid`.
+fn mamba2_scan_inputs(grid: GridRule, sizes: (usize, usize, usize, usize, usize)) -> Sig {
+    let (width, heads, head_dim, groups, state) = sizes;
+    let m = |a: usize, b: usize| a.saturating_mul(b);
+    let di = m(heads, head_dim);
+    let cd = di.saturating_add(m(2, m(groups, state)));
+    let dt_col = di.saturating_add(cd);
+    Sig::new(grid, &[IntArg::Rows])
+        .read(Role::Zx, window(rows_of(0, width), width, dt_col, heads))
+        .read(Role::Xbc, rows_of(0, cd))
+        .read(Role::DtBias, Extent::of(heads))
+        .read(Role::ALog, Extent::of(heads))
+}
+
 /// `n` elements per grid index.
 fn rows(n: usize) -> Extent {
     Extent::per(Grid, n)
@@ -483,15 +505,47 @@ impl KernelKind {
                 ..
             } => {
                 let di = m(*heads, *head_dim);
-                let cd = di.saturating_add(m(2, m(*groups, *state)));
-                let dt_col = di.saturating_add(cd);
-                Sig::new(Exactly(*heads), &[I::Rows])
-                    .read(R::Zx, window(rows_of(0, *width), *width, dt_col, *heads))
-                    .read(R::Xbc, rows_of(0, cd))
-                    .read(R::DtBias, Extent::of(*heads))
-                    .read(R::ALog, Extent::of(*heads))
+                let sizes = (*width, *heads, *head_dim, *groups, *state);
+                mamba2_scan_inputs(Exactly(*heads), sizes)
                     .read(R::D, Extent::of(*heads))
                     .write(R::Y, rows_of(0, di))
+                    .view(R::State, *ssm, Access::ReadWrite, Extent::of(m(di, *state)))
+            }
+            K::Mamba2ChunkScan {
+                width,
+                heads,
+                head_dim,
+                groups,
+                state,
+                chunks,
+                outputs,
+                ..
+            } => {
+                let di = m(*heads, *head_dim);
+                let states = || Extent::of(m(*chunks, m(di, *state)));
+                let sizes = (*width, *heads, *head_dim, *groups, *state);
+                mamba2_scan_inputs(Exactly(m(*chunks, *heads)), sizes)
+                    .when(*outputs, |s| {
+                        s.read(R::D, Extent::of(*heads))
+                            .write(R::Y, rows_of(0, di))
+                            .update(R::ChunkStates, states())
+                    })
+                    .when(!*outputs, |s| {
+                        s.write(R::ChunkStates, states())
+                            .write(R::ChunkDecay, Extent::of(m(*chunks, *heads)))
+                    })
+            }
+            K::Mamba2ChunkPass {
+                heads,
+                head_dim,
+                state,
+                chunks,
+                ssm,
+            } => {
+                let di = m(*heads, *head_dim);
+                Sig::new(Exactly(*heads), &[])
+                    .update(R::ChunkStates, Extent::of(m(*chunks, m(di, *state))))
+                    .read(R::ChunkDecay, Extent::of(m(*chunks, *heads)))
                     .view(R::State, *ssm, Access::ReadWrite, Extent::of(m(di, *state)))
             }
             K::Mamba2GateNorm { width, di, .. } => Sig::new(Rows, &[])
@@ -627,6 +681,33 @@ mod tests {
                 dt_min: None,
                 step: true,
                 ssm: Elem::F32,
+            },
+            K::Mamba2ChunkScan {
+                width: 36,
+                heads: 2,
+                head_dim: 4,
+                groups: 1,
+                state: 4,
+                dt_min: None,
+                chunks: 3,
+                outputs: false,
+            },
+            K::Mamba2ChunkScan {
+                width: 36,
+                heads: 2,
+                head_dim: 4,
+                groups: 1,
+                state: 4,
+                dt_min: Some(1e-3),
+                chunks: 3,
+                outputs: true,
+            },
+            K::Mamba2ChunkPass {
+                heads: 2,
+                head_dim: 4,
+                state: 4,
+                chunks: 3,
+                ssm: Elem::Bf16,
             },
             K::Mamba2GateNorm {
                 width: 36,

@@ -3,7 +3,7 @@
 //! builds no kernel, and the validator accepts no engine, whose kinds fail these checks.
 
 use crate::elem::Elem;
-use crate::kernel::{EpilogueOp, KernelKind, MAX_DECODE_SPLITS};
+use crate::kernel::{EpilogueOp, KernelKind, MAX_DECODE_SPLITS, MAX_SCAN_CHUNKS};
 
 /// Whether `symbol` can be exported as `zk_<symbol>`: a C identifier.
 pub fn check_symbol(symbol: &str) -> Result<(), String> {
@@ -146,10 +146,21 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             head_dim,
             groups,
             state,
-            ssm,
+            ..
+        }
+        | K::Mamba2ChunkScan {
+            width,
+            heads,
+            head_dim,
+            groups,
+            state,
             ..
         } => {
-            ssm_state(*ssm)?;
+            match kind {
+                K::Mamba2Scan { ssm, .. } => ssm_state(*ssm)?,
+                K::Mamba2ChunkScan { chunks, .. } => scan_chunks(*chunks)?,
+                _ => {}
+            }
             positive("head_dim", *head_dim)?;
             positive("state", *state)?;
             positive("heads", *heads)?;
@@ -162,6 +173,19 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
                     .saturating_add(bc)
                     .saturating_add(*heads),
             )
+        }
+        K::Mamba2ChunkPass {
+            heads,
+            head_dim,
+            state,
+            chunks,
+            ssm,
+        } => {
+            ssm_state(*ssm)?;
+            scan_chunks(*chunks)?;
+            positive("head_dim", *head_dim)?;
+            positive("state", *state)?;
+            positive("heads", *heads)
         }
         K::Mamba2GateNorm {
             width, di, groups, ..
@@ -215,6 +239,16 @@ fn ssm_state(e: Elem) -> Result<(), String> {
 }
 
 /// Decode attention splits each head's keys into 1 ..= [`MAX_DECODE_SPLITS`] parts.
+fn scan_chunks(chunks: usize) -> Result<(), String> {
+    if (1..=MAX_SCAN_CHUNKS).contains(&chunks) {
+        Ok(())
+    } else {
+        Err(format!(
+            "chunks ({chunks}) must be between 1 and {MAX_SCAN_CHUNKS}"
+        ))
+    }
+}
+
 fn split_count(splits: usize) -> Result<(), String> {
     if (1..=MAX_DECODE_SPLITS).contains(&splits) {
         Ok(())

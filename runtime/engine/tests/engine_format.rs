@@ -40,7 +40,7 @@ fn weights_round_trip_bit_exact_and_bf16_rounds_to_nearest_even() {
     let engine = Engine::open(&out).unwrap();
     let m = engine.manifest();
     assert_eq!(m.format_version, FORMAT_VERSION);
-    assert_eq!(FORMAT_VERSION, 7);
+    assert_eq!(FORMAT_VERSION, 8);
     let parts = common::parts(common::kernels());
     let mut model = parts.model.clone();
     model.tokenizer = Some(zambac_engine::FileRef {
@@ -135,7 +135,7 @@ fn same_inputs_give_byte_identical_engines() {
     );
     let manifest = String::from_utf8(first[0].1.clone()).unwrap();
     assert!(
-        manifest.starts_with("{\n  \"format_version\": 7,\n  \"zambac_version\""),
+        manifest.starts_with("{\n  \"format_version\": 8,\n  \"zambac_version\""),
         "{manifest}"
     );
     assert!(manifest.ends_with("}\n"));
@@ -252,15 +252,15 @@ fn progress_reports_every_tensor_and_the_final_size() {
 
 #[test]
 fn another_format_version_is_rejected_by_name() {
-    for version in [1, 2, 3, 4, 5, 6, 8] {
+    for version in [1, 2, 3, 4, 5, 6, 7, 9] {
         let (_tmp, out) = fresh();
         let path = out.join(MANIFEST_FILE);
         let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"format_version\": 7"));
+        assert!(text.contains("\"format_version\": 8"));
         fs::write(
             &path,
             text.replace(
-                "\"format_version\": 7",
+                "\"format_version\": 8",
                 &format!("\"format_version\": {version}"),
             ),
         )

@@ -1,13 +1,13 @@
 //! The mixers: attention over the KV cache (generated flash-attention kernels for prefill
 //! and decode) and the fused Mamba2 / Mamba1 mixers.
 
-use zambac_engine::{Expr, KernelKind};
+use zambac_engine::{Expr, KernelKind, View};
 use zambac_ir::op::{AttnAttrs, Mamba1Attrs, Mamba2Attrs};
 use zambac_ir::operands::Mamba1Args;
 use zambac_ir::{NodeId, ValueRef};
 
 use super::GraphLowering;
-use crate::{KernelizeError, matrix};
+use crate::{KernelizeError, Mamba2Prefill, matrix};
 
 /// Grid indices decode attention aims for: enough for every thread of a many-core host and
 /// for a few warps on every SM of a GPU, so that one long cache is read in parallel even
@@ -130,6 +130,33 @@ impl GraphLowering<'_> {
         ];
         self.launch("mamba2_conv", kind, Expr::k(cd as i64), views, vec![rows]);
         let yscan = self.new_scratch(rows.times(di as i64));
+        if let (false, Mamba2Prefill::Chunked { chunks }) = (step, self.storage.mamba2_prefill) {
+            let io = (xbc, yscan.clone(), self.view(ssm_state));
+            self.chunked_scan(m, (zx, width, rows), io, ops, chunks);
+        } else {
+            let io = (xbc, yscan.clone(), self.view(ssm_state));
+            self.sequential_scan(m, (zx, width, rows), io, ops);
+        }
+        let kind = KernelKind::Mamba2GateNorm {
+            width,
+            di,
+            groups: s.groups,
+            eps: m.norm_eps,
+        };
+        let views = vec![yscan, self.view(zx), self.view(ops[6]), self.view(y)];
+        self.launch("mamba2_gate_norm", kind, rows, views, vec![]);
+        Ok(())
+    }
+
+    /// The Mamba2 scan of a call as one kernel: `y = scan(xbc)`, continuing `state`.
+    fn sequential_scan(
+        &mut self,
+        m: &Mamba2Attrs,
+        (zx, width, rows): (ValueRef, usize, Expr),
+        (xbc, yscan, state): (View, View, View),
+        ops: &[ValueRef],
+    ) {
+        let s = m.ssd;
         let kind = KernelKind::Mamba2Scan {
             width,
             heads: s.heads,
@@ -146,8 +173,8 @@ impl GraphLowering<'_> {
             self.view(ops[3]),
             self.view(ops[4]),
             self.view(ops[5]),
-            yscan.clone(),
-            self.view(ssm_state),
+            yscan,
+            state,
         ];
         self.launch(
             "mamba2_scan",
@@ -156,15 +183,60 @@ impl GraphLowering<'_> {
             views,
             vec![rows],
         );
-        let kind = KernelKind::Mamba2GateNorm {
+    }
+
+    /// The Mamba2 scan of a prefill as the three kernels of the chunked scan
+    /// ([`Mamba2Prefill::Chunked`]), through a workspace of `chunks` states per head.
+    fn chunked_scan(
+        &mut self,
+        m: &Mamba2Attrs,
+        (zx, width, rows): (ValueRef, usize, Expr),
+        (xbc, yscan, state): (View, View, View),
+        ops: &[ValueRef],
+        chunks: usize,
+    ) {
+        let s = m.ssd;
+        let per_chunk = s.heads * s.head_dim * s.state;
+        let states = self.new_scratch(Expr::k((chunks * per_chunk) as i64));
+        let decay = self.new_scratch(Expr::k((chunks * s.heads) as i64));
+        let scan = |outputs| KernelKind::Mamba2ChunkScan {
             width,
-            di,
+            heads: s.heads,
+            head_dim: s.head_dim,
             groups: s.groups,
-            eps: m.norm_eps,
+            state: s.state,
+            dt_min: m.dt_min,
+            chunks,
+            outputs,
         };
-        let views = vec![yscan, self.view(zx), self.view(ops[6]), self.view(y)];
-        self.launch("mamba2_gate_norm", kind, rows, views, vec![]);
-        Ok(())
+        let grid = Expr::k((chunks * s.heads) as i64);
+        let (dt_bias, a_log, d) = (self.view(ops[3]), self.view(ops[4]), self.view(ops[5]));
+        let views = vec![
+            self.view(zx),
+            xbc.clone(),
+            dt_bias.clone(),
+            a_log.clone(),
+            states.clone(),
+            decay.clone(),
+        ];
+        self.launch("mamba2_chunk_scan", scan(false), grid, views, vec![rows]);
+        let kind = KernelKind::Mamba2ChunkPass {
+            heads: s.heads,
+            head_dim: s.head_dim,
+            state: s.state,
+            chunks,
+            ssm: self.storage.ssm,
+        };
+        let views = vec![states.clone(), decay, state];
+        self.launch(
+            "mamba2_chunk_pass",
+            kind,
+            Expr::k(s.heads as i64),
+            views,
+            vec![],
+        );
+        let views = vec![self.view(zx), xbc, dt_bias, a_log, d, yscan, states];
+        self.launch("mamba2_chunk_scan", scan(true), grid, views, vec![rows]);
     }
 
     pub(super) fn mamba1(

@@ -23,6 +23,8 @@ pub(crate) struct Storage<'a> {
     pub kv: Elem,
     /// How the SSM states are stored (f32 or bf16).
     pub ssm: Elem,
+    /// How a prefill's Mamba2 scans are lowered.
+    pub mamba2_prefill: crate::Mamba2Prefill,
 }
 
 pub(crate) struct GraphLowering<'a> {
