@@ -3,7 +3,8 @@
 # a release `zambac-run` (stripped), fixture engines (f32, bf16 weights, bf16 KV caches)
 # with the fixtures' HF logits, random-weight engines of both families, and a
 # Zamba2-1.2B-shaped bf16 engine *without* weights.bin (2.4 GB cannot travel: the check
-# regenerates it from its seed with `zambac-run materialize`). Host code is generated for
+# regenerates it from its seed with `zambac-run materialize`), and its twin whose prefill
+# scans the Mamba2 layers sequentially. Host code is generated for
 # `x86-64-v3` so the cpu backend also runs on the GPU machine's processor.
 #
 #   scripts/gpu-prepare.sh [BUNDLE]        (about 3 minutes; 20 MB)
@@ -30,10 +31,17 @@ build examples/tiny.toml --weights random:7 --dtype bf16 --kv-dtype bf16 -o "$OU
 build "$SHARED/fixtures/zamba1-tiny/config.json" --weights random:5 -o "$OUT/engines/random-zamba1.f32"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-build "$SHARED/configs/zamba2-1.2b" --dtype bf16 --weights random:0 -o "$TMP/bench.engine"
-mkdir -p "$OUT/engines/bench-zamba2-1.2b"
-for f in manifest.json host.so kernels.ptx; do
-    cp "$TMP/bench.engine/$f" "$OUT/engines/bench-zamba2-1.2b/"
+# The benchmark engine, and its twin with the sequential Mamba2 prefill scan (a GPU engine
+# scans a prefill in chunks by default), so the device measures the two side by side.
+for scan in chunked sequential; do
+    name=bench-zamba2-1.2b
+    [ "$scan" = sequential ] && name=bench-zamba2-1.2b-sequential-scan
+    build "$SHARED/configs/zamba2-1.2b" --dtype bf16 --weights random:0 \
+        --mamba2-prefill "$scan" -o "$TMP/$name"
+    mkdir -p "$OUT/engines/$name"
+    for f in manifest.json host.so kernels.ptx; do
+        cp "$TMP/$name/$f" "$OUT/engines/$name/"
+    done
 done
 mkdir -p "$OUT/configs/zamba2-1.2b"
 cp "$SHARED/configs/zamba2-1.2b/config.json" "$OUT/configs/zamba2-1.2b/"

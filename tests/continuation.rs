@@ -45,8 +45,8 @@ fn a_prefill_split_anywhere_equals_one_prefill() {
 }
 
 /// [`a_prefill_split_anywhere_equals_one_prefill`] with the chunked Mamba2 prefill scan:
-/// calls of 1 to 36 tokens cut into 32 chunks — empty ones, one token each, two — each
-/// continuing the state the call before left.
+/// calls of 1 to 36 tokens — one chunk up to 32 tokens, two past it — each continuing the
+/// state the call before left.
 #[test]
 fn a_chunked_prefill_split_anywhere_equals_one_prefill() {
     split_anywhere("chunked");

@@ -161,9 +161,9 @@ fn every_zamba2_fixture_matches_hf_with_the_chunked_scan() {
 }
 
 /// The chunked scan against the sequential one on a random Zamba2 whose prompts run from
-/// one token (31 of the 32 chunks empty) through a chunk per token (32) and ragged chunks
-/// (33, 100) to chunks of 22 tokens (700): prefill logits and the decode steps after it,
-/// host and GPU schedules.
+/// one token through one whole chunk of the fewest tokens a chunk takes (32), ragged chunks
+/// (33: two; 100: four) to 22 chunks of 32 tokens (700): prefill logits and the decode steps
+/// after it, host and GPU schedules.
 #[test]
 fn the_chunked_scan_equals_the_sequential_scan_from_1_to_700_tokens() {
     use common::random_model::RandomModel;

@@ -86,10 +86,15 @@ pub enum Mamba2Prefill {
     Chunked { chunks: usize },
 }
 
-/// The chunks a GPU engine's prefill cuts its Mamba2 scans into: a 4,096-token call's
-/// longest chain of steps falls from 4,096 tokens to 288 (chunks of 128, then 32 passes),
-/// for a workspace of 32 states per head (64 MiB for the Zamba2-1.2B's 64 × 64 × 128 f32
-/// per layer, reused by every layer).
+/// The fewest tokens a chunk of a chunked prefill scan takes ([`Mamba2Prefill::Chunked`]):
+/// a call shorter than `chunks` of them uses fewer chunks, so a short prompt reads and
+/// writes the workspace of a few states per head rather than of all.
+pub const CHUNK_MIN_TOKENS: usize = 32;
+
+/// The chunks a GPU engine's prefill cuts its Mamba2 scans into (at most): a 4,096-token
+/// call's longest chain of steps falls from 4,096 tokens to 288 (chunks of 128, then 32
+/// passes), for a workspace of 32 states per head (64 MiB for the Zamba2-1.2B's 64 × 64 ×
+/// 128 f32 per layer, reused by every layer).
 pub const GPU_PREFILL_CHUNKS: usize = 32;
 
 /// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16), with

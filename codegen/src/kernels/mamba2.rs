@@ -164,15 +164,42 @@ pub(crate) fn chunk_scan<'c>(
     f: &Frame<'c, '_>,
     s: &ScanShape,
     dt_min: Option<f64>,
-    chunks: usize,
+    (chunks, min_len): (usize, usize),
     outputs: bool,
 ) {
     let rows = f.ints[0];
     let heads = e.index(s.heads as i64);
     let (c, h) = (e.divui(f.item, heads), e.remui(f.item, heads));
-    let len = e.divui(e.add_k(rows, chunks - 1), e.index(chunks as i64));
-    let first = e.minsi(e.muli(c, len), rows);
-    let tokens = (first, e.minsi(e.addi(first, len), rows));
+    let (len, used) = chunking(e, rows, chunks, min_len);
+    // An empty chunk (past the `used` ones) has nothing to do.
+    e.when(e.cmpi(CmpiPredicate::Ult, c, used), |e| {
+        let first = e.muli(c, len);
+        let tokens = (first, e.minsi(e.addi(first, len), rows));
+        chunk_tokens(e, f, s, dt_min, (h, tokens), outputs);
+    });
+}
+
+/// [`zambac_engine::scan_chunking`] of a call of `rows` tokens: `(L, used)` as indices.
+fn chunking<'c>(e: &Emitter<'c, '_>, rows: V<'c>, chunks: usize, min_len: usize) -> (V<'c>, V<'c>) {
+    let even = e.divui(
+        e.add_k(rows, chunks.max(1) - 1),
+        e.index(chunks.max(1) as i64),
+    );
+    let len = e.maxsi(even, e.index(min_len.max(1) as i64));
+    let used = e.divui(e.addi(rows, e.subi(len, e.index(1))), len);
+    (len, used)
+}
+
+/// Head `h`'s scan over `tokens`, the non-empty chunk of grid index `f.item` (see
+/// [`chunk_scan`]).
+fn chunk_tokens<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    s: &ScanShape,
+    dt_min: Option<f64>,
+    (h, tokens): (V<'c>, (V<'c>, V<'c>)),
+    outputs: bool,
+) {
     let states = f.view(Role::ChunkStates);
     let row = (states, e.mul_k(f.item, s.head_dim * s.state), Elem::F32);
     let head = Head::new(e, f, s, dt_min, h, row, outputs);
@@ -184,7 +211,7 @@ pub(crate) fn chunk_scan<'c>(
     if outputs {
         return;
     }
-    // The chunk's decay: the product of its tokens' (1 for an empty chunk), by one thread.
+    // The chunk's decay: the product of its tokens', by one thread.
     let store_decay = |e: &Emitter<'c, '_>| {
         let one = e.f32(1.0);
         let product = e.for_(tokens.0, tokens.1, e.index(1), &[one], |e, t, acc| {
@@ -207,9 +234,10 @@ pub(crate) fn chunk_pass<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
     (heads, p, n): (usize, usize, usize),
-    chunks: usize,
+    (chunks, min_len): (usize, usize),
     ssm: Elem,
 ) {
+    let (_, used) = chunking(e, f.ints[0], chunks, min_len);
     let (states, decays, state) = (
         f.view(Role::ChunkStates),
         f.view(Role::ChunkDecay),
@@ -226,19 +254,13 @@ pub(crate) fn chunk_pass<'c>(
         for_chunks(e, p * n, 2, |e, offset, width| {
             let at = e.addi(head_base, offset);
             let start = load_f32(e, state, at, width, ssm);
-            let end = e.for_(
-                e.index(0),
-                e.index(chunks as i64),
-                e.index(1),
-                &[start],
-                |e, c, s| {
-                    let (decay, base) = chunk(e, c);
-                    let own_at = e.addi(base, offset);
-                    let own = load_f32(e, states, own_at, width, Elem::F32);
-                    e.vstore(s[0], states, own_at);
-                    vec![e.fma(e.splat(decay, width), s[0], own)]
-                },
-            );
+            let end = e.for_(e.index(0), used, e.index(1), &[start], |e, c, s| {
+                let (decay, base) = chunk(e, c);
+                let own_at = e.addi(base, offset);
+                let own = load_f32(e, states, own_at, width, Elem::F32);
+                e.vstore(s[0], states, own_at);
+                vec![e.fma(e.splat(decay, width), s[0], own)]
+            });
             store_f32_as(e, end[0], state, at, width, ssm);
         });
         return;
@@ -272,7 +294,7 @@ pub(crate) fn chunk_pass<'c>(
         state: carry.map_or((state, state_row), |work| (work, e.index(0))),
         elem: if carry.is_some() { Elem::F32 } else { ssm },
         per: lane_elements(n),
-        tokens: (e.index(0), e.index(chunks as i64)),
+        tokens: (e.index(0), used),
         step: true,
         outputs: false,
     };

@@ -413,6 +413,7 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             state,
             dt_min,
             chunks,
+            min_len,
             outputs,
         } => mamba2::chunk_scan(
             e,
@@ -426,7 +427,7 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
                 ssm: zambac_engine::Elem::F32,
             },
             *dt_min,
-            *chunks,
+            (*chunks, *min_len),
             *outputs,
         ),
         K::Mamba2ChunkPass {
@@ -434,8 +435,9 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             head_dim,
             state,
             chunks,
+            min_len,
             ssm,
-        } => mamba2::chunk_pass(e, f, (*heads, *head_dim, *state), *chunks, *ssm),
+        } => mamba2::chunk_pass(e, f, (*heads, *head_dim, *state), (*chunks, *min_len), *ssm),
         K::Mamba2GateNorm {
             width,
             di,

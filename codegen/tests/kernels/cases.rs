@@ -302,6 +302,7 @@ pub fn all() -> Vec<Kernel> {
                 state: 5,
                 dt_min: Some(0.01),
                 chunks: 3,
+                min_len: 2,
                 outputs: false,
             },
         ),
@@ -315,6 +316,7 @@ pub fn all() -> Vec<Kernel> {
                 state: 5,
                 dt_min: None,
                 chunks: 3,
+                min_len: 2,
                 outputs: true,
             },
         ),
@@ -325,6 +327,7 @@ pub fn all() -> Vec<Kernel> {
                 head_dim: 4,
                 state: 5,
                 chunks: 3,
+                min_len: 2,
                 ssm: Elem::Bf16,
             },
         ),
@@ -500,6 +503,7 @@ pub fn released_sizes() -> Vec<Kernel> {
                 state: n,
                 dt_min: Some(0.001),
                 chunks: 32,
+                min_len: 32,
                 outputs: false,
             },
             K::Mamba2ChunkScan {
@@ -510,6 +514,7 @@ pub fn released_sizes() -> Vec<Kernel> {
                 state: n,
                 dt_min: None,
                 chunks: 32,
+                min_len: 32,
                 outputs: true,
             },
             K::Mamba2ChunkPass {
@@ -517,6 +522,7 @@ pub fn released_sizes() -> Vec<Kernel> {
                 head_dim: 64,
                 state: n,
                 chunks: 32,
+                min_len: 32,
                 ssm: Elem::F32,
             },
             K::Mamba2GateNorm {

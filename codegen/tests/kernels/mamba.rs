@@ -384,7 +384,13 @@ fn mamba2_scan_stored(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool, ssm
 /// run on shared buffers and compared with the reference's sequential scan from the state
 /// (every call continues one): outputs and final state, with the host schedule and the
 /// GPU's, each pass whole and with its grid split in two.
-fn mamba2_chunked(s: &Ssd, rows: usize, chunks: usize, dt_min: Option<f64>, ssm: Elem) {
+fn mamba2_chunked(
+    s: &Ssd,
+    rows: usize,
+    (chunks, min_len): (usize, usize),
+    dt_min: Option<f64>,
+    ssm: Elem,
+) {
     let case = scan_case(s, rows, dt_min, true, ssm);
     let (h, pn) = (s.heads, s.p * s.n);
     let scan = |outputs| KernelKind::Mamba2ChunkScan {
@@ -395,6 +401,7 @@ fn mamba2_chunked(s: &Ssd, rows: usize, chunks: usize, dt_min: Option<f64>, ssm:
         state: s.n,
         dt_min,
         chunks,
+        min_len,
         outputs,
     };
     let kernels = [
@@ -406,6 +413,7 @@ fn mamba2_chunked(s: &Ssd, rows: usize, chunks: usize, dt_min: Option<f64>, ssm:
                 head_dim: s.p,
                 state: s.n,
                 chunks,
+                min_len,
                 ssm,
             },
         ),
@@ -446,7 +454,7 @@ fn mamba2_chunked(s: &Ssd, rows: usize, chunks: usize, dt_min: Option<f64>, ssm:
                 p(&mut decay),
             ];
             call("states", &first, &ints, chunks * h);
-            call("pass", &[p(&mut states), p(&mut decay), p(state)], &[], h);
+            call("pass", &[p(&mut states), p(&mut decay), p(state)], &ints, h);
             let last = [
                 p(zx),
                 p(xbc),
@@ -483,10 +491,24 @@ fn the_chunked_scan_equals_the_sequential_one() {
         groups: 2,
         n: 5,
     };
-    // Fewer tokens than chunks (empty chunks), one per chunk, ragged last chunks, and whole
-    // vectors of tokens (the host takes 8 at a time) in a chunk.
-    for (rows, chunks) in [(1, 3), (2, 5), (5, 5), (19, 3), (37, 4), (40, 2), (17, 1)] {
-        mamba2_chunked(&small, rows, chunks, Some(0.01), Elem::F32);
+    // (tokens, (chunks, fewest tokens per chunk)): fewer tokens than chunks (empty
+    // chunks), one token per chunk, ragged last chunks, whole vectors of tokens (the host
+    // takes 8 at a time) in a chunk, and calls that the fewest tokens per chunk cut into
+    // fewer chunks than there are.
+    for (rows, chunking) in [
+        (1, (3, 1)),
+        (2, (5, 1)),
+        (5, (5, 1)),
+        (19, (3, 1)),
+        (37, (4, 1)),
+        (40, (2, 1)),
+        (17, (1, 1)),
+        (37, (8, 8)),
+        (64, (4, 16)),
+        (65, (4, 16)),
+        (5, (4, 16)),
+    ] {
+        mamba2_chunked(&small, rows, chunking, Some(0.01), Elem::F32);
     }
     let typical = Ssd {
         heads: 4,
@@ -494,15 +516,15 @@ fn the_chunked_scan_equals_the_sequential_one() {
         groups: 1,
         n: 64,
     };
-    mamba2_chunked(&typical, 37, 4, None, Elem::F32);
+    mamba2_chunked(&typical, 37, (4, 1), None, Elem::F32);
     let wide = Ssd {
         heads: 2,
         p: 3,
         groups: 1,
         n: 72,
     };
-    mamba2_chunked(&wide, 29, 6, Some(0.001), Elem::F32);
-    mamba2_chunked(&small, 23, 4, None, Elem::Bf16);
+    mamba2_chunked(&wide, 29, (6, 4), Some(0.001), Elem::F32);
+    mamba2_chunked(&small, 23, (4, 1), None, Elem::Bf16);
 }
 
 #[test]

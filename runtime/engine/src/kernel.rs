@@ -145,15 +145,16 @@ pub enum KernelKind {
     },
     /// Pass 1 or 3 of the chunked Mamba2 prefill scan (with [`KernelKind::Mamba2ChunkPass`]
     /// between them), the recurrence of [`KernelKind::Mamba2Scan`] split along the tokens so
-    /// that its chunks run in parallel. A call's `rows` tokens are cut into `chunks` chunks
-    /// of `L = ⌈rows / chunks⌉` (chunk `c` holds tokens `[c·L, min((c+1)·L, rows))`, empty
-    /// past the end); grid `chunks · heads`, index `c·heads + h`.
+    /// that its chunks run in parallel. A call's `rows` tokens are cut into chunks of `L`
+    /// tokens, the first `used` of the `chunks` non-empty ([`scan_chunking`]: at most
+    /// `chunks`, each at least `min_len` tokens); chunk `c` holds tokens
+    /// `[c·L, min((c+1)·L, rows))`. Grid `chunks · heads`, index `c·heads + h`; an index of an
+    /// empty chunk does nothing.
     ///
     /// - `outputs: false` (pass 1) — views `[zx, xbc, dt_bias, A_log, chunk_states
     ///   [chunks, H·P·N] f32, chunk_decay [chunks, H] f32]`: head `h`'s scan over chunk `c`
     ///   from a zero state; `chunk_states[c, h]` gets the state it ends with and
-    ///   `chunk_decay[c, h]` the product of its tokens' decays `exp(Δ·A)` (1 for an empty
-    ///   chunk).
+    ///   `chunk_decay[c, h]` the product of its tokens' decays `exp(Δ·A)`.
     /// - `outputs: true` (pass 3) — views `[zx, xbc, dt_bias, A_log, D, y, chunk_states]`:
     ///   head `h`'s scan over chunk `c` from the state `chunk_states[c, h]` (the state
     ///   entering the chunk, which the pass left there), writing `y` for the chunk's tokens
@@ -168,18 +169,21 @@ pub enum KernelKind {
         state: usize,
         dt_min: Option<f64>,
         chunks: usize,
+        min_len: usize,
         outputs: bool,
     },
     /// Pass 2 of the chunked Mamba2 prefill scan: passes the state along the chunks. Views
     /// `[chunk_states [chunks, H·P·N] f32, chunk_decay [chunks, H] f32, state [H,P,N]]`;
-    /// grid heads. For head `h`, from `S = state[h]` (the sequence's state before the call)
-    /// and for `c = 0 .. chunks`: `E = chunk_states[c, h]`, `chunk_states[c, h] ← S` (the
-    /// state entering chunk `c`), `S ← chunk_decay[c, h]·S + E`; then `state[h] ← S`.
+    /// ints `[rows]`; grid heads. For head `h`, from `S = state[h]` (the sequence's state
+    /// before the call) and for each non-empty chunk `c = 0 .. used` ([`scan_chunking`]):
+    /// `E = chunk_states[c, h]`, `chunk_states[c, h] ← S` (the state entering chunk `c`),
+    /// `S ← chunk_decay[c, h]·S + E`; then `state[h] ← S`.
     Mamba2ChunkPass {
         heads: usize,
         head_dim: usize,
         state: usize,
         chunks: usize,
+        min_len: usize,
         /// How `state` is stored, as for [`KernelKind::Mamba2Scan`].
         #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         ssm: Elem,
@@ -252,6 +256,15 @@ pub fn gemv_main_step(elem: Elem) -> usize {
 
 /// The most parts [`KernelKind::AttentionDecode`] may split a head's keys into.
 pub const MAX_DECODE_SPLITS: usize = 256;
+
+/// How a chunked Mamba2 scan ([`KernelKind::Mamba2ChunkScan`]) cuts a call of `rows`
+/// tokens: `(L, used)` — chunks of `L = max(⌈rows / chunks⌉, min_len)` tokens, of which the
+/// first `used = ⌈rows / L⌉` (at most `chunks`) hold any. Short calls so touch the
+/// workspace of a few chunks, not of all.
+pub fn scan_chunking(rows: usize, chunks: usize, min_len: usize) -> (usize, usize) {
+    let len = rows.div_ceil(chunks.max(1)).max(min_len).max(1);
+    (len, rows.div_ceil(len))
+}
 
 /// The most chunks a chunked Mamba2 prefill scan ([`KernelKind::Mamba2ChunkScan`]) cuts a
 /// call into: each chunk keeps a whole state per head in its workspace.
@@ -376,6 +389,25 @@ pub struct Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every token in exactly one of the used chunks, no chunk shorter than the minimum but
+    /// the last, never more chunks than there are.
+    #[test]
+    fn scan_chunks_take_every_token_once() {
+        assert_eq!(scan_chunking(4096, 32, 32), (128, 32));
+        assert_eq!(scan_chunking(64, 32, 32), (32, 2));
+        assert_eq!(scan_chunking(5, 32, 32), (32, 1));
+        assert_eq!(scan_chunking(0, 32, 32), (32, 0));
+        for rows in 0..300 {
+            for chunks in [1, 2, 3, 7, 32] {
+                for min_len in [1, 4, 32] {
+                    let (len, used) = scan_chunking(rows, chunks, min_len);
+                    assert!(used <= chunks && len >= min_len);
+                    assert!(used * len >= rows && used.saturating_sub(1) * len < rows.max(1));
+                }
+            }
+        }
+    }
 
     /// Every key in exactly one split, splits aligned and never shorter than the minimum
     /// (but the last busy one), and no more busy splits than there are.

@@ -55,6 +55,7 @@ pub use gpu::{GpuBatchedEntry, GpuCode, GpuEntry, GpuParam};
 pub use kernel::{
     ActKind, BinOp, DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, EpilogueOp, GEMV_LANES, Kernel,
     KernelKind, MAX_DECODE_SPLITS, MAX_SCAN_CHUNKS, decode_split_len, gemv_main_step,
+    scan_chunking,
 };
 pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, TargetCpu, WeightEntry};
 pub use model::{GenerationInfo, ModelInfo, StateRole, StateSpec};

@@ -541,9 +541,10 @@ impl KernelKind {
                 state,
                 chunks,
                 ssm,
+                ..
             } => {
                 let di = m(*heads, *head_dim);
-                Sig::new(Exactly(*heads), &[])
+                Sig::new(Exactly(*heads), &[I::Rows])
                     .update(R::ChunkStates, Extent::of(m(*chunks, m(di, *state))))
                     .read(R::ChunkDecay, Extent::of(m(*chunks, *heads)))
                     .view(R::State, *ssm, Access::ReadWrite, Extent::of(m(di, *state)))
@@ -690,6 +691,7 @@ mod tests {
                 state: 4,
                 dt_min: None,
                 chunks: 3,
+                min_len: 2,
                 outputs: false,
             },
             K::Mamba2ChunkScan {
@@ -700,6 +702,7 @@ mod tests {
                 state: 4,
                 dt_min: Some(1e-3),
                 chunks: 3,
+                min_len: 2,
                 outputs: true,
             },
             K::Mamba2ChunkPass {
@@ -707,6 +710,7 @@ mod tests {
                 head_dim: 4,
                 state: 4,
                 chunks: 3,
+                min_len: 2,
                 ssm: Elem::Bf16,
             },
             K::Mamba2GateNorm {

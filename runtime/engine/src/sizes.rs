@@ -158,7 +158,12 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
         } => {
             match kind {
                 K::Mamba2Scan { ssm, .. } => ssm_state(*ssm)?,
-                K::Mamba2ChunkScan { chunks, .. } => scan_chunks(*chunks)?,
+                K::Mamba2ChunkScan {
+                    chunks, min_len, ..
+                } => {
+                    scan_chunks(*chunks)?;
+                    positive("min_len", *min_len)?;
+                }
                 _ => {}
             }
             positive("head_dim", *head_dim)?;
@@ -179,10 +184,12 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             head_dim,
             state,
             chunks,
+            min_len,
             ssm,
         } => {
             ssm_state(*ssm)?;
             scan_chunks(*chunks)?;
+            positive("min_len", *min_len)?;
             positive("head_dim", *head_dim)?;
             positive("state", *state)?;
             positive("heads", *heads)

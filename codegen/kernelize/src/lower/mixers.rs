@@ -207,6 +207,7 @@ impl GraphLowering<'_> {
             state: s.state,
             dt_min: m.dt_min,
             chunks,
+            min_len: crate::CHUNK_MIN_TOKENS,
             outputs,
         };
         let grid = Expr::k((chunks * s.heads) as i64);
@@ -225,6 +226,7 @@ impl GraphLowering<'_> {
             head_dim: s.head_dim,
             state: s.state,
             chunks,
+            min_len: crate::CHUNK_MIN_TOKENS,
             ssm: self.storage.ssm,
         };
         let views = vec![states.clone(), decay, state];
@@ -233,7 +235,7 @@ impl GraphLowering<'_> {
             kind,
             Expr::k(s.heads as i64),
             views,
-            vec![],
+            vec![rows],
         );
         let views = vec![self.view(zx), xbc, dt_bias, a_log, d, yscan, states];
         self.launch("mamba2_chunk_scan", scan(true), grid, views, vec![rows]);
