@@ -12,7 +12,7 @@
 //! loads of the row are one coalesced stretch, and shuffles add the lanes' sums.
 
 use super::emit::{Emitter, V, VW};
-use super::rows::{dots, load_f32};
+use super::rows::{dots, load_f32, load_f32_aligned};
 use super::warp::{first_lane, team_stack, team_sums};
 use super::{Batch, Frame, Target, WARP};
 use melior::dialect::arith::CmpiPredicate;
@@ -279,23 +279,36 @@ fn lane_dots<'c>(
     let round = WARP * VW;
     let rounds = shape.k / round;
     let n = xs.len();
-    let x_at = |e: &Emitter<'c, '_>, j: usize, at: V<'c>| e.load(shape.x, e.addi(xs[j], at));
     let mut sums = vec![e.f32(0.0); n];
     if rounds > 0 {
-        // One accumulator per load of the round and input: VW independent FMA chains each.
+        // The lane's chunk of each round; one accumulator per element of the chunk and
+        // input: VW independent FMA chains each.
+        let chunk = e.mul_k(lane, VW);
         let zero = vec![e.f32(0.0); VW * n];
-        let accs = e.for_k(0, rounds, 1, &zero, |e, r, accs| {
-            let first = e.addi(e.mul_k(r, round), lane);
-            let mut next = accs.to_vec();
-            for i in 0..VW {
-                let at = e.add_k(first, i * WARP);
-                let wv = e.extract(load_f32(e, part.w, e.addi(base, at), 1, shape.elem), 0);
-                for j in 0..n {
-                    next[j * VW + i] = e.fma(x_at(e, j, at), wv, accs[j * VW + i]);
+        let pass = |e: &Emitter<'c, '_>, align: Option<u64>| {
+            e.for_k(0, rounds, 1, &zero, |e, r, accs| {
+                let first = e.addi(e.mul_k(r, round), chunk);
+                let elements = |e: &Emitter<'c, '_>, mem: V<'c>, at: V<'c>, elem: Elem| {
+                    let values = load_f32_aligned(e, mem, at, VW, elem, align);
+                    (0..VW).map(|i| e.extract(values, i)).collect::<Vec<_>>()
+                };
+                let ws = elements(e, part.w, e.addi(base, first), shape.elem);
+                let mut next = accs.to_vec();
+                for (j, x0) in xs.iter().enumerate() {
+                    let xv = elements(e, shape.x, e.addi(*x0, first), Elem::F32);
+                    for i in 0..VW {
+                        next[j * VW + i] = e.fma(xv[i], ws[i], accs[j * VW + i]);
+                    }
                 }
-            }
-            next
-        });
+                next
+            })
+        };
+        // Rows and inputs at 16-byte boundaries (the usual case: weights and buffers are
+        // allocated aligned, rows and offsets are whole multiples) are read with 16-byte
+        // vector loads; others element by element — the same additions either way.
+        let aligned = aligned16(e, shape, part, base, xs);
+        let types = vec![e.f32_t(); VW * n];
+        let accs = e.if_(aligned, &types, |e| pass(e, Some(16)), |e| pass(e, None));
         for (j, sum) in sums.iter_mut().enumerate() {
             let own = &accs[j * VW..(j + 1) * VW];
             *sum = own[1..].iter().fold(own[0], |t, a| e.addf(t, *a));
@@ -303,6 +316,7 @@ fn lane_dots<'c>(
     }
     let tail = rounds * round;
     if tail < shape.k {
+        let x_at = |e: &Emitter<'c, '_>, j: usize, at: V<'c>| e.load(shape.x, e.addi(xs[j], at));
         let from = e.add_k(lane, tail);
         sums = e.for_(
             from,
@@ -316,6 +330,31 @@ fn lane_dots<'c>(
         );
     }
     sums
+}
+
+/// Whether the weight row at element `base` of `part`'s weight and every input at `xs[j]`
+/// of `x` start at a multiple of 16 bytes (then so does every lane's chunk of a round:
+/// rounds and chunks are whole multiples of 16 bytes).
+fn aligned16<'c>(
+    e: &Emitter<'c, '_>,
+    shape: &Shape<'c>,
+    part: &Part<'c>,
+    base: V<'c>,
+    xs: &[V<'c>],
+) -> V<'c> {
+    let misaligned = |e: &Emitter<'c, '_>, mem: V<'c>, at: V<'c>, bytes: usize| {
+        let address = e.addi(e.address(mem), e.mul_k(at, bytes));
+        e.remui(address, e.index(16))
+    };
+    let w_bytes = match shape.elem {
+        Elem::Bf16 | Elem::F16 => 2,
+        _ => 4,
+    };
+    let mut off = misaligned(e, part.w, base, w_bytes);
+    for x0 in xs {
+        off = e.ori(off, misaligned(e, shape.x, *x0, 4));
+    }
+    e.cmpi(CmpiPredicate::Eq, off, e.index(0))
 }
 
 /// Whether grid rows `[row, row + n)` all belong to `part`.

@@ -29,18 +29,35 @@ pub(crate) fn load_f32<'c>(
     width: usize,
     elem: Elem,
 ) -> V<'c> {
+    load_f32_aligned(e, mem, index, width, elem, None)
+}
+
+/// [`load_f32`], promising with `align` (bytes) that `mem[index]` lies at a multiple of it
+/// ([`Emitter::vload_aligned`]).
+pub(crate) fn load_f32_aligned<'c>(
+    e: &Emitter<'c, '_>,
+    mem: V<'c>,
+    index: V<'c>,
+    width: usize,
+    elem: Elem,
+    align: Option<u64>,
+) -> V<'c> {
+    let vload = |ty| match align {
+        Some(align) => e.vload_aligned(mem, index, width, ty, align),
+        None => e.vload(mem, index, width, ty),
+    };
     match elem {
         Elem::Bf16 => {
-            let bits = e.vload(mem, index, width, e.int_t(16));
+            let bits = vload(e.int_t(16));
             let wide = e.cast("extui", bits, e.vec_t(width, e.int_t(32)));
             let shifted = e.shli(wide, e.int_splat(16, 32, width));
             e.cast("bitcast", shifted, e.vf32(width))
         }
         Elem::F16 => {
-            let half = e.vload(mem, index, width, Type::float16(e.cx));
+            let half = vload(Type::float16(e.cx));
             e.cast("extf", half, e.vf32(width))
         }
-        Elem::F32 | Elem::I64 => e.vload(mem, index, width, e.f32_t()),
+        Elem::F32 | Elem::I64 => vload(e.f32_t()),
     }
 }
 

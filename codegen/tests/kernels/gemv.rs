@@ -244,3 +244,61 @@ fn only_a_gemv_on_a_gpu_schedule_has_a_batched_form() {
     assert!(error.contains("only a Gemv on a GPU schedule"), "{error}");
     assert!(build(&norm, Target::Gpu).is_err());
 }
+
+/// The GPU schedule reads a row and its input with 16-byte vector loads when both start at
+/// a 16-byte boundary, element by element otherwise: the same additions in the same order,
+/// so the same bits — checked by placing the operands at a boundary and one element past it.
+#[test]
+fn aligned_and_misaligned_rows_give_the_same_bits() {
+    for (elem, k, rows) in [
+        (Elem::F32, 600, 5),
+        (Elem::Bf16, 520, 3),
+        (Elem::F16, 256, 2),
+    ] {
+        let kernel = Kernel {
+            symbol: "g".into(),
+            kind: KernelKind::Gemv {
+                k,
+                rows: vec![rows],
+                elem,
+                accumulate: false,
+                row_stride: None,
+            },
+        };
+        let lib = Lib::build_gpu_schedule(std::slice::from_ref(&kernel));
+        let x = random(k, 71, -1.0, 1.0);
+        let (stored, _) = weights(elem, rows * k, 70);
+        let w_bytes: Vec<u8> = match &stored {
+            Buf::F32(v) => v.iter().flat_map(|f| f.to_le_bytes()).collect(),
+            Buf::Bf16(v) | Buf::F16(v) => v.iter().flat_map(|h| h.to_le_bytes()).collect(),
+            Buf::I64(_) => unreachable!("weights are floats"),
+        };
+        let w_elem = w_bytes.len() / (rows * k);
+        let results: Vec<Vec<u32>> = [0usize, 1]
+            .iter()
+            .map(|&shift| {
+                // 16-byte aligned storage, the operands `shift` elements into it.
+                let mut xs = vec![0u128; (4 * (k + 1)).div_ceil(16)];
+                let mut ws = vec![0u128; (w_bytes.len() + w_elem).div_ceil(16)];
+                let x_bytes: Vec<u8> = x.iter().flat_map(|f| f.to_le_bytes()).collect();
+                // SAFETY: both copies stay inside the storage just sized for them.
+                unsafe {
+                    let xp = xs.as_mut_ptr().cast::<u8>().add(4 * shift);
+                    std::ptr::copy_nonoverlapping(x_bytes.as_ptr(), xp, x_bytes.len());
+                    let wp = ws.as_mut_ptr().cast::<u8>().add(w_elem * shift);
+                    std::ptr::copy_nonoverlapping(w_bytes.as_ptr(), wp, w_bytes.len());
+                }
+                let mut y = vec![0f32; rows];
+                let views = [
+                    // SAFETY: `shift` elements lie inside each storage.
+                    unsafe { xs.as_mut_ptr().cast::<u8>().add(4 * shift) },
+                    unsafe { ws.as_mut_ptr().cast::<u8>().add(w_elem * shift) },
+                    y.as_mut_ptr().cast::<u8>(),
+                ];
+                lib.call_raw("g", &views, &[], 0, rows);
+                y.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        assert_eq!(results[0], results[1], "{elem}: k {k}");
+    }
+}

@@ -64,6 +64,24 @@ fn every_kind_assembles_for_sm_90_without_spills() {
         );
     }
     assert!(blocks >= 5, "only {blocks} kernels sum across a block");
+    // A Gemv with whole rounds of 256 elements reads rows that start at a 16-byte boundary
+    // with 16-byte vector loads (`ld.global.v4`), its batched form too.
+    let mut vector_gemvs = 0;
+    for (kernel, entry) in kernels.iter().zip(&module.kernels) {
+        if let zambac_engine::KernelKind::Gemv { k, .. } = kernel.kind
+            && k >= 256
+        {
+            for name in [entry.entry.clone(), format!("{}_batched", entry.entry)] {
+                let body = ptx_entry_text(&module.ptx, &name).expect("the entry exists");
+                assert!(body.contains("ld.global.v4"), "{name}: no 16-byte loads");
+            }
+            vector_gemvs += 1;
+        }
+    }
+    assert!(
+        vector_gemvs >= 3,
+        "only {vector_gemvs} Gemvs of whole rounds"
+    );
     assert!(dumps.path().join("kernels.ptx").is_file());
     assert!(dumps.path().join("attention.gpu.mlir").is_file());
 }

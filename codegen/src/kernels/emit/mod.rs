@@ -348,6 +348,10 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.same_type("arith.andi", &[a, b])
     }
 
+    pub(crate) fn ori(&self, a: V<'c>, b: V<'c>) -> V<'c> {
+        self.same_type("arith.ori", &[a, b])
+    }
+
     pub(crate) fn shli(&self, a: V<'c>, b: V<'c>) -> V<'c> {
         self.same_type("arith.shli", &[a, b])
     }
@@ -393,6 +397,37 @@ impl<'c, 'b> Emitter<'c, 'b> {
     /// `vector.load` of `width` consecutive elements of type `elem` at `mem[index]`.
     pub(crate) fn vload(&self, mem: V<'c>, index: V<'c>, width: usize, elem: Type<'c>) -> V<'c> {
         self.emit1("vector.load", &[mem, index], self.vec_t(width, elem), &[])
+    }
+
+    /// [`Emitter::vload`] promising that `mem[index]` lies at a multiple of `align` bytes,
+    /// so the backend may load the vector in a few wide instructions (on NVPTX, 16-byte
+    /// `ld.global.v4`; a scalar load per element otherwise).
+    pub(crate) fn vload_aligned(
+        &self,
+        mem: V<'c>,
+        index: V<'c>,
+        width: usize,
+        elem: Type<'c>,
+        align: u64,
+    ) -> V<'c> {
+        let align = IntegerAttribute::new(self.int_t(64), align as i64).into();
+        let attributes = [("alignment", align)];
+        self.emit1(
+            "vector.load",
+            &[mem, index],
+            self.vec_t(width, elem),
+            &attributes,
+        )
+    }
+
+    /// The address of `mem`'s first element, as an index (`memref.extract_aligned_pointer_as_index`).
+    pub(crate) fn address(&self, mem: V<'c>) -> V<'c> {
+        self.emit1(
+            "memref.extract_aligned_pointer_as_index",
+            &[mem],
+            self.index_t(),
+            &[],
+        )
     }
 
     /// `vector.store` of `value` at `mem[index]`.
