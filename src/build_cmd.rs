@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use zambac_ir::{Bindings, Elem, Module};
-use zambac_kernelize::{Lowered, Mamba2Prefill, StateElems, kernelize_with};
+use zambac_kernelize::{Lowered, Mamba2Lowering, Mamba2Prefill, StateElems, kernelize_with};
 
 use crate::error::{CliError, CliResult};
 use crate::fmt::{bytes, count};
@@ -27,11 +27,17 @@ pub struct BuildArgs {
     #[arg(long, default_value = "host", value_parser = ["host", "gpu"])]
     pub host_schedule: String,
     /// How a prefill's Mamba2 scans are lowered: `sequential` (one kernel; each head walks
-    /// every token), `chunked` (three kernels over 32 chunks of the call, in parallel:
+    /// every token), `chunked` (three kernels over up to 32 chunks of the call, in parallel:
     /// twice the work, a sixteenth of the longest chain at 4,096 tokens), or `auto`
     /// (default): chunked when the engine carries GPU code, which every backend then runs.
     #[arg(long, default_value = "auto", value_parser = ["auto", "sequential", "chunked"])]
     pub mamba2_prefill: String,
+    /// How a decode step's Mamba2 conv and scan are lowered: `separate` (a conv kernel,
+    /// then the scan), `fused` (one kernel; the gate norm after it shifts the conv state:
+    /// one launch fewer per layer, B and C computed by every head), or `auto` (default):
+    /// fused when the engine carries GPU code.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "separate", "fused"])]
+    pub mamba2_decode: String,
     /// Weights: a checkpoint directory or `random[:SEED]` (default: the checkpoint the
     /// input is, else random with seed 0).
     #[arg(long)]
@@ -266,18 +272,17 @@ pub fn compile_input(input: Input, args: &BuildArgs) -> CliResult<Compiled> {
         kv: elem(&args.kv_dtype),
         ssm: elem(&args.state_dtype),
     };
-    let chunked = match args.mamba2_prefill.as_str() {
-        "auto" => args.target != "cpu",
-        other => other == "chunked",
+    let gpu = args.target != "cpu";
+    let chosen = |flag: &str, yes: &str| if flag == "auto" { gpu } else { flag == yes };
+    let mamba2 = Mamba2Lowering {
+        prefill: if chosen(&args.mamba2_prefill, "chunked") {
+            Mamba2Lowering::gpu().prefill
+        } else {
+            Mamba2Prefill::Sequential
+        },
+        fused_step: chosen(&args.mamba2_decode, "fused"),
     };
-    let prefill = if chunked {
-        Mamba2Prefill::Chunked {
-            chunks: zambac_kernelize::GPU_PREFILL_CHUNKS,
-        }
-    } else {
-        Mamba2Prefill::Sequential
-    };
-    let lowered = kernelize_with(&module, dtype, state, prefill)
+    let lowered = kernelize_with(&module, dtype, state, mamba2)
         .map_err(|e| CliError::input(format!("error: {e}")))?;
     Ok(Compiled {
         input,
@@ -350,6 +355,8 @@ struct Summary {
     /// Kernels whose host code came from the compile cache.
     kernels_cached: usize,
     gemm_calls: usize,
+    /// Kernel launches of one decode step (what a GPU pays a launch for, even in a graph).
+    decode_launches: usize,
     context: usize,
     peak_prefill_activation_bytes: u64,
     peak_decode_activation_bytes: u64,
@@ -437,8 +444,8 @@ fn print_summary(
             "kernels",
             format!(
                 "{} generated ({} from the compile cache), {} GEMM library calls over all \
-                 programs",
-                s.kernels, s.kernels_cached, s.gemm_calls
+                 programs; {} launches per decode step",
+                s.kernels, s.kernels_cached, s.gemm_calls, s.decode_launches
             ),
         ),
         (
@@ -531,6 +538,14 @@ fn summary(c: &Compiled, args: &BuildArgs, engine: Option<&Path>, cached: usize)
         kernels: c.lowered.kernels.len(),
         kernels_cached: cached,
         gemm_calls,
+        decode_launches: c
+            .lowered
+            .programs
+            .iter()
+            .filter(|p| p.name == zambac_engine::ProgramName::Decode)
+            .flat_map(|p| &p.steps)
+            .filter(|s| matches!(s, zambac_engine::Step::Launch { .. }))
+            .count(),
         context: args.context,
         peak_prefill_activation_bytes: peak("prefill", &bind),
         peak_decode_activation_bytes: peak("decode", &decode_bind),

@@ -110,6 +110,7 @@ pub fn compile_temporary(
         target: "cpu".into(),
         host_schedule: "host".into(),
         mamba2_prefill: "auto".into(),
+        mamba2_decode: "auto".into(),
         emit: "engine".into(),
         weights: weights.map(str::to_string),
         dtype: None,

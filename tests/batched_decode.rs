@@ -144,6 +144,36 @@ fn batched_decode_equals_decoding_alone_on_every_fixture() {
     }
 }
 
+/// The same for engines with the GPU's Mamba2 forms (chunked prefill scans, a decode step's
+/// conv and scan in one kernel whose conv state the gate norm shifts), on the Zamba2
+/// fixtures.
+#[test]
+fn gpu_mamba2_forms_decode_the_same_in_a_batch_and_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in fixture_names()
+        .into_iter()
+        .filter(|n| n.starts_with("zamba2"))
+    {
+        let dir = tmp.path().join(format!("{name}.engine"));
+        let o = zambac(&[
+            "build",
+            fixture(&name).to_str().unwrap(),
+            "--mamba2-prefill",
+            "chunked",
+            "--mamba2-decode",
+            "fused",
+            "-o",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let pool = prompts(&fixture(&name));
+        let mut b = CpuBackend::new(Engine::open(&dir).unwrap(), 2).unwrap();
+        for batch in [1, 3, 8] {
+            batched_equals_alone(&mut b, &pool, batch).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
+
 /// The same with bf16 weights: exact products, and bf16 products where the CPU has them
 /// (the default there), which round every sequence's activations to bf16 whether it decodes
 /// alone or in a batch.

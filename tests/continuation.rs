@@ -10,12 +10,17 @@ use zambac_runtime::cpu::CpuBackend;
 use zambac_runtime::session::{Backend, State};
 
 fn engine(tmp: &std::path::Path, name: &str) -> std::path::PathBuf {
-    engine_built(tmp, name, "sequential")
+    engine_built(tmp, name, "host")
 }
 
-/// The fixture's engine with its Mamba2 prefill scans lowered as `prefill` says.
-fn engine_built(tmp: &std::path::Path, name: &str, prefill: &str) -> std::path::PathBuf {
-    let dir = tmp.join(format!("{name}-{prefill}.engine"));
+/// The fixture's engine with the host's Mamba2 forms (`host`) or the GPU's (`gpu`: chunked
+/// prefill scans, fused decode steps).
+fn engine_built(tmp: &std::path::Path, name: &str, forms: &str) -> std::path::PathBuf {
+    let dir = tmp.join(format!("{name}-{forms}.engine"));
+    let (prefill, decode) = match forms {
+        "gpu" => ("chunked", "fused"),
+        _ => ("sequential", "separate"),
+    };
     let o = zambac(&[
         "build",
         fixture(name).to_str().unwrap(),
@@ -23,6 +28,8 @@ fn engine_built(tmp: &std::path::Path, name: &str, prefill: &str) -> std::path::
         dir.to_str().unwrap(),
         "--mamba2-prefill",
         prefill,
+        "--mamba2-decode",
+        decode,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     dir
@@ -41,21 +48,21 @@ fn state_diff(a: &State, b: &State) -> f32 {
 /// logits still match Hugging Face.
 #[test]
 fn a_prefill_split_anywhere_equals_one_prefill() {
-    split_anywhere("sequential");
+    split_anywhere("host");
 }
 
-/// [`a_prefill_split_anywhere_equals_one_prefill`] with the chunked Mamba2 prefill scan:
-/// calls of 1 to 36 tokens — one chunk up to 32 tokens, two past it — each continuing the
-/// state the call before left.
+/// [`a_prefill_split_anywhere_equals_one_prefill`] with the GPU's Mamba2 forms: chunked
+/// prefill scans over calls of 1 to 36 tokens — one chunk up to 32 tokens, two past it —
+/// each continuing the state the call before left, and fused decode steps after them.
 #[test]
-fn a_chunked_prefill_split_anywhere_equals_one_prefill() {
-    split_anywhere("chunked");
+fn a_split_prefill_equals_one_with_the_gpu_mamba2_forms() {
+    split_anywhere("gpu");
 }
 
-fn split_anywhere(prefill: &str) {
+fn split_anywhere(forms: &str) {
     let tmp = tempfile::tempdir().unwrap();
     for name in fixture_names() {
-        let dir = engine_built(tmp.path(), &name, prefill);
+        let dir = engine_built(tmp.path(), &name, forms);
         let mut b = CpuBackend::new(Engine::open(&dir).unwrap(), 2).unwrap();
         b.set_bf16_products(false).unwrap();
         let prompt = prompts(&fixture(&name))

@@ -140,10 +140,11 @@ fn wide_rows_take_a_block_each_and_match_the_host_schedule() {
     }
 }
 
-/// The chunked Mamba2 prefill scan (what engines with GPU code run) on every Zamba2 fixture
-/// against Hugging Face, with the host schedule and with the GPU's.
+/// The Mamba2 forms of engines with GPU code — the chunked prefill scan, the fused conv and
+/// scan of a decode step — on every Zamba2 fixture against Hugging Face (prefill, cached
+/// decode, greedy tokens), with the host schedule and with the GPU's.
 #[test]
-fn every_zamba2_fixture_matches_hf_with_the_chunked_scan() {
+fn every_zamba2_fixture_matches_hf_with_the_gpu_mamba2_forms() {
     for name in fixture_names()
         .into_iter()
         .filter(|n| n.starts_with("zamba2"))
@@ -154,18 +155,22 @@ fn every_zamba2_fixture_matches_hf_with_the_chunked_scan() {
                 &name,
                 "cpu",
                 TOL,
-                &["--mamba2-prefill", "chunked", "--host-schedule", schedule],
+                &[GPU_FORMS, &["--host-schedule", schedule]].concat(),
             );
         }
     }
 }
 
-/// The chunked scan against the sequential one on a random Zamba2 whose prompts run from
-/// one token through one whole chunk of the fewest tokens a chunk takes (32), ragged chunks
-/// (33: two; 100: four) to 22 chunks of 32 tokens (700): prefill logits and the decode steps
-/// after it, host and GPU schedules.
+/// `zambac build` flags for the Mamba2 forms of an engine with GPU code.
+const GPU_FORMS: &[&str] = &["--mamba2-prefill", "chunked", "--mamba2-decode", "fused"];
+
+/// The GPU's Mamba2 forms against the host's on a random Zamba2 whose prompts run from one
+/// token through one whole chunk of the fewest tokens a chunk takes (32), ragged chunks
+/// (33: two; 100: four) to 22 chunks of 32 tokens (700): prefill logits (chunked against
+/// sequential scans) and the decode steps after it (fused conv and scan against separate),
+/// host and GPU schedules.
 #[test]
-fn the_chunked_scan_equals_the_sequential_scan_from_1_to_700_tokens() {
+fn the_gpu_mamba2_forms_equal_the_host_forms_from_1_to_700_tokens() {
     use common::random_model::RandomModel;
     let dir = tempfile::tempdir().unwrap();
     let model = RandomModel {
@@ -197,12 +202,18 @@ fn the_chunked_scan_equals_the_sequential_scan_from_1_to_700_tokens() {
     let build = |name: &str, extra: &[&str]| {
         random_engine(&toml, &dir.path().join(name), "random:5", extra)
     };
-    let mut sequential = build("seq.engine", &["--mamba2-prefill", "sequential"]);
+    let host_forms = [
+        "--mamba2-prefill",
+        "sequential",
+        "--mamba2-decode",
+        "separate",
+    ];
+    let mut sequential = build("seq.engine", &host_forms);
     let mut chunked = [
-        build("chunked-host.engine", &["--mamba2-prefill", "chunked"]),
+        build("chunked-host.engine", GPU_FORMS),
         build(
             "chunked-gpu.engine",
-            &["--mamba2-prefill", "chunked", "--host-schedule", "gpu"],
+            &[GPU_FORMS, &["--host-schedule", "gpu"]].concat(),
         ),
     ];
     for len in [1usize, 32, 33, 100, 700] {
@@ -224,8 +235,8 @@ fn the_chunked_scan_equals_the_sequential_scan_from_1_to_700_tokens() {
                 let d = max_diff(a, b);
                 assert!(
                     d <= TOL,
-                    "{len} tokens, {schedule} schedule, row {row}: chunked and sequential \
-                     scans differ by {d} (logits up to {scale})"
+                    "{len} tokens, {schedule} schedule, row {row}: the GPU's and the host's \
+                     Mamba2 forms differ by {d} (logits up to {scale})"
                 );
             }
         }

@@ -347,6 +347,7 @@ fn decode_kernels() -> Vec<Kernel> {
             di,
             groups: 1,
             eps: 1e-5,
+            conv_shift: None,
         },
         KernelKind::Binary {
             op: zambac_engine::BinOp::Add,

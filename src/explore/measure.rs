@@ -104,6 +104,7 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
         target: "cpu".into(),
         host_schedule: "host".into(),
         mamba2_prefill: "auto".into(),
+        mamba2_decode: "auto".into(),
         emit: "engine".into(),
         weights: None,
         dtype: None,

@@ -68,8 +68,34 @@ impl Default for StateElems {
     }
 }
 
-/// How a prefill's Mamba2 scans are lowered (decode steps take one token: always one
-/// kernel).
+/// How the Mamba2 mixers are lowered: the forms the host runs best, or those a GPU needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mamba2Lowering {
+    /// How a prefill's scans are lowered.
+    pub prefill: Mamba2Prefill,
+    /// Whether a decode step's conv and scan are one kernel
+    /// ([`zambac_engine::KernelKind::Mamba2ConvScan`], the gate norm shifting the conv
+    /// state) rather than a conv, then a scan: one launch fewer per layer and step, which
+    /// is what a GPU pays most for at decode; on the host each head computes the conv
+    /// channels it reads, B and C again for every head of a group, which costs more than
+    /// the launch it saves.
+    pub fused_step: bool,
+}
+
+impl Mamba2Lowering {
+    /// The forms a GPU needs: chunked prefill scans of at most [`GPU_PREFILL_CHUNKS`]
+    /// chunks, fused decode steps.
+    pub fn gpu() -> Mamba2Lowering {
+        Mamba2Lowering {
+            prefill: Mamba2Prefill::Chunked {
+                chunks: GPU_PREFILL_CHUNKS,
+            },
+            fused_step: true,
+        }
+    }
+}
+
+/// How a prefill's Mamba2 scans are lowered (decode steps take one token: one scan).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mamba2Prefill {
     /// One kernel whose heads (state rows on the GPU) each walk every token of the call:
@@ -98,21 +124,21 @@ pub const CHUNK_MIN_TOKENS: usize = 32;
 pub const GPU_PREFILL_CHUNKS: usize = 32;
 
 /// Lowers `m` for an engine whose matrix weights are stored as `dtype` (f32 or bf16), with
-/// an f32 state and sequential Mamba2 prefill scans.
+/// an f32 state and the host's Mamba2 forms.
 pub fn kernelize(m: &Module, dtype: Elem) -> Result<Lowered, KernelizeError> {
-    kernelize_with(m, dtype, StateElems::default(), Mamba2Prefill::default())
+    kernelize_with(m, dtype, StateElems::default(), Mamba2Lowering::default())
 }
 
 /// [`kernelize`] with the state stored as `state` says (KV caches and SSM states in f32,
 /// or bf16: half the memory and the bytes decode reads, each value rounded to bf16 when
-/// written) and the prefill's Mamba2 scans lowered as `prefill` says.
+/// written) and the Mamba2 mixers lowered as `mamba2` says.
 pub fn kernelize_with(
     m: &Module,
     dtype: Elem,
     state: StateElems,
-    prefill: Mamba2Prefill,
+    mamba2: Mamba2Lowering,
 ) -> Result<Lowered, KernelizeError> {
-    if let Mamba2Prefill::Chunked { chunks } = prefill
+    if let Mamba2Prefill::Chunked { chunks } = mamba2.prefill
         && !(1..=zambac_engine::MAX_SCAN_CHUNKS).contains(&chunks)
     {
         return Err(KernelizeError {
@@ -149,7 +175,7 @@ pub fn kernelize_with(
             blocks: &weight_blocks,
             kv: state.kv,
             ssm: state.ssm,
-            mamba2_prefill: prefill,
+            mamba2,
         };
         let mut lw = GraphLowering::new(g, storage, &mut kernels, last_only)?;
         lw.lower_all()?;

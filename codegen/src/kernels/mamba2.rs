@@ -12,7 +12,7 @@
 //! On the GPU each state row is a warp of its own ([`scan_warp`]): the rows share nothing but
 //! the head's Δ, B and C, and a row's 32 lanes split its state columns.
 
-use super::act::softplus;
+use super::act::{silu, softplus};
 use super::emit::{Emitter, V, VW};
 use super::rows::{
     for_chunks, load_f32, load_scalar_f32, store_f32_as, store_scalar_as, tail_chunks,
@@ -41,11 +41,33 @@ pub(crate) struct ScanShape {
     pub ssm: Elem,
 }
 
+impl ScanShape {
+    pub(crate) fn new(
+        width: usize,
+        (heads, head_dim): (usize, usize),
+        (groups, state): (usize, usize),
+        ssm: Elem,
+    ) -> ScanShape {
+        ScanShape {
+            width,
+            heads,
+            head_dim,
+            groups,
+            state,
+            ssm,
+        }
+    }
+}
+
 /// Everything one head's chunks read.
 #[derive(Clone, Copy)]
 struct Head<'c> {
     zx: V<'c>,
+    /// The conv's output rows `[rows, cd]`; not read when `conv` computes the channels.
     xbc: V<'c>,
+    /// One token's xBC channels computed from the conv's operands instead of read from
+    /// `xbc` ([`zambac_engine::KernelKind::Mamba2ConvScan`]; the GPU schedule only).
+    conv: Option<ConvIn<'c>>,
     /// The output `y` and `D[h]`, for a scan that writes its outputs (the first pass of
     /// the chunked scan only carries the state).
     out: Option<(V<'c>, V<'c>)>,
@@ -59,6 +81,8 @@ struct Head<'c> {
     /// Column of this head's Δ input in `zx`, of its x in `xbc`, and of its group's B and C.
     dt_column: V<'c>,
     x_column: V<'c>,
+    /// Column of this head's first output in `y` (its x column in the conv's rows).
+    y_column: V<'c>,
     b_column: V<'c>,
     c_column: V<'c>,
     /// First element of this head's state.
@@ -70,16 +94,53 @@ struct Head<'c> {
     n: usize,
 }
 
+/// The operands of a decode step's conv, from which [`Head::channel`] computes xBC channels.
+#[derive(Clone, Copy)]
+struct ConvIn<'c> {
+    zx: V<'c>,
+    w: V<'c>,
+    b: V<'c>,
+    state: V<'c>,
+    k: usize,
+    di: usize,
+}
+
+impl<'c> ConvIn<'c> {
+    /// Channel `c` of the step's conv output: `silu(b[c] + Σ_{j<K-1} w[c,j]·state[c,j] +
+    /// w[c,K-1]·zx[di + c])`.
+    fn channel(&self, e: &Emitter<'c, '_>, c: V<'c>) -> V<'c> {
+        let k = self.k;
+        let (w_row, s_row) = (e.mul_k(c, k), e.mul_k(c, k - 1));
+        let mut acc = e.load(self.b, c);
+        for j in 0..k - 1 {
+            let w = e.load(self.w, e.add_k(w_row, j));
+            acc = e.fma(w, e.load(self.state, e.add_k(s_row, j)), acc);
+        }
+        let input = e.load(self.zx, e.add_k(c, self.di));
+        acc = e.fma(e.load(self.w, e.add_k(w_row, k - 1)), input, acc);
+        silu(e, acc)
+    }
+}
+
 impl<'c> Head<'c> {
-    /// Head `h` of a scan of shape `s`, its state at `state_base` of `state` (stored as
-    /// `ssm`); with `y` and `D` when `outputs`.
+    /// xBC channel `index` of the token whose row starts at `index − column` (one token and
+    /// `row 0` when the conv computes it).
+    fn channel(&self, e: &Emitter<'c, '_>, index: V<'c>) -> V<'c> {
+        match &self.conv {
+            Some(conv) => conv.channel(e, index),
+            None => e.load(self.xbc, index),
+        }
+    }
+
+    /// Head `h` of a scan of shape `s` reading xBC from `xbc`, its state at `state_base` of
+    /// `state` (stored as `ssm`); with `y` and `D` when `outputs`.
     #[allow(clippy::too_many_arguments)]
     fn new(
         e: &Emitter<'c, '_>,
         f: &Frame<'c, '_>,
         s: &ScanShape,
         dt_min: Option<f64>,
-        h: V<'c>,
+        (h, xbc): (V<'c>, V<'c>),
         (state, state_base, ssm): (V<'c>, V<'c>, Elem),
         outputs: bool,
     ) -> Head<'c> {
@@ -92,7 +153,8 @@ impl<'c> Head<'c> {
         let out = outputs.then(|| (f.view(Role::Y), e.load(f.view(Role::D), h)));
         Head {
             zx: f.view(Role::Zx),
-            xbc: f.view(Role::Xbc),
+            xbc,
+            conv: None,
             out,
             state,
             ssm,
@@ -101,6 +163,7 @@ impl<'c> Head<'c> {
             dt_min: dt_min.map(|min| min as f32),
             dt_column: e.add_k(h, di + cd),
             x_column: e.mul_k(h, p),
+            y_column: e.mul_k(h, p),
             b_column,
             c_column: e.add_k(b_column, gn),
             state_base,
@@ -134,7 +197,7 @@ pub(crate) fn scan<'c>(
     let rows = f.ints[0];
     let h = f.item;
     let state = (f.view(Role::State), e.mul_k(h, s.head_dim * s.state), s.ssm);
-    let head = Head::new(e, f, s, dt_min, h, state, true);
+    let head = Head::new(e, f, s, dt_min, (h, f.view(Role::Xbc)), state, true);
     let tokens = (e.index(0), rows);
     if f.gpu_schedule {
         scan_warp(e, f, &head, tokens, step);
@@ -153,6 +216,66 @@ pub(crate) fn scan<'c>(
         }
         _ => in_place(e, &head, tokens, step),
     }
+}
+
+/// [`zambac_engine::KernelKind::Mamba2ConvScan`]: head `f.item`'s decode step with the
+/// xBC channels it reads computed from the conv's operands. The GPU schedule computes each
+/// where the scan reads it (every lane its state columns' B and C); the host computes the
+/// head's `P + 2N` channels into its stack first and scans from there.
+pub(crate) fn conv_scan<'c>(
+    e: &Emitter<'c, '_>,
+    f: &Frame<'c, '_>,
+    s: &ScanShape,
+    k: usize,
+    dt_min: Option<f64>,
+) {
+    let h = f.item;
+    let (p, n) = (s.head_dim, s.state);
+    let conv = ConvIn {
+        zx: f.view(Role::Zx),
+        w: f.view(Role::ConvW),
+        b: f.view(Role::ConvB),
+        state: f.view(Role::ConvState),
+        k,
+        di: s.heads * p,
+    };
+    let state = (f.view(Role::State), e.mul_k(h, p * n), s.ssm);
+    let head = Head::new(e, f, s, dt_min, (h, conv.zx), state, true);
+    let token = (e.index(0), e.index(1));
+    if f.gpu_schedule {
+        let head = Head {
+            conv: Some(conv),
+            ..head
+        };
+        scan_warp(e, f, &head, token, true);
+        return;
+    }
+    let Some(stage) = f.stack else {
+        // `stack_size` gives this kind its stack on the host; without one the build is
+        // inconsistent, which the verifier reports on the missing value.
+        return;
+    };
+    // The head's x, then its group's B and C, at columns 0, P and P + N of the stack.
+    for (from, count, at) in [
+        (head.x_column, p, 0),
+        (head.b_column, n, p),
+        (head.c_column, n, p + n),
+    ] {
+        e.for_k(0, count, 1, &[], |e, i, _| {
+            let value = conv.channel(e, e.addi(from, i));
+            e.store(value, stage, e.add_k(i, at));
+            vec![]
+        });
+    }
+    let staged = Head {
+        xbc: stage,
+        x_column: e.index(0),
+        b_column: e.index(p as i64),
+        c_column: e.index((p + n) as i64),
+        cd: p + 2 * n,
+        ..head
+    };
+    in_place(e, &staged, token, true);
 }
 
 /// [`zambac_engine::KernelKind::Mamba2ChunkScan`]: grid index `c·heads + h` scans head `h`
@@ -202,7 +325,7 @@ fn chunk_tokens<'c>(
 ) {
     let states = f.view(Role::ChunkStates);
     let row = (states, e.mul_k(f.item, s.head_dim * s.state), Elem::F32);
-    let head = Head::new(e, f, s, dt_min, h, row, outputs);
+    let head = Head::new(e, f, s, dt_min, (h, f.view(Role::Xbc)), row, outputs);
     if f.gpu_schedule {
         scan_warp(e, f, &head, tokens, outputs);
     } else {
@@ -443,7 +566,7 @@ fn tokens<'c>(e: &Emitter<'c, '_>, head: &Head<'c>, first: V<'c>, count: usize) 
                 if let Some(part) = narrow {
                     out = e.addf(out, e.sum_any_order(part));
                 }
-                let y_at = e.addi(y_rows[j], x_at);
+                let y_at = e.addi(y_rows[j], e.addi(head.y_column, p));
                 out = if block == 0 {
                     e.fma(d, xs[j], out)
                 } else {
@@ -492,7 +615,7 @@ fn scan_warp<'c>(
     let token = |e: &Emitter<'c, '_>, t: V<'c>| {
         let (delta, decay) = head.delta_decay(e, t);
         let xbc_row = e.mul_k(t, head.cd);
-        let x = e.load(head.xbc, e.addi(xbc_row, x_at));
+        let x = head.channel(e, e.addi(xbc_row, x_at));
         let b_at = e.addi(xbc_row, head.b_column);
         let c_at = e.addi(xbc_row, head.c_column);
         (decay, e.mulf(delta, x), x, b_at, c_at)
@@ -505,12 +628,12 @@ fn scan_warp<'c>(
                   i: usize,
                   s: V<'c>| {
         let (c, real) = column(e, lane, i);
-        let b = e.load(head.xbc, e.addi(b_at, c));
+        let b = head.channel(e, e.addi(b_at, c));
         let s = e.fma(b, dbx, e.mulf(s, decay));
         if head.out.is_none() {
             return (s, e.f32(0.0));
         }
-        let cv = e.load(head.xbc, e.addi(c_at, c));
+        let cv = head.channel(e, e.addi(c_at, c));
         (s, real_or_zero(e, real, e.mulf(s, cv)))
     };
     let scan = ColumnScan {
@@ -530,7 +653,7 @@ fn scan_warp<'c>(
         update,
         |e, t, &(_, _, x, _, _), sum| {
             if let Some((y, d)) = head.out {
-                let y_at = e.addi(e.mul_k(t, head.di), x_at);
+                let y_at = e.addi(e.mul_k(t, head.di), e.addi(head.y_column, p));
                 e.store(e.fma(d, x, sum), y, y_at);
             }
         },

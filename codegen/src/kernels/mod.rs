@@ -233,6 +233,7 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
         (
             Target::Gpu,
             KernelKind::Mamba2Scan { head_dim, .. }
+            | KernelKind::Mamba2ConvScan { head_dim, .. }
             | KernelKind::Mamba2ChunkScan { head_dim, .. }
             | KernelKind::Mamba2ChunkPass { head_dim, .. },
         ) => (*head_dim).max(1) * WARP,
@@ -245,7 +246,8 @@ pub fn lanes(kind: &KernelKind, target: Target) -> usize {
         (_, KernelKind::AttentionPrefill { .. }) => 1,
         (
             Target::HostWithGpuSchedule,
-            KernelKind::Mamba2ChunkScan { head_dim, .. }
+            KernelKind::Mamba2ConvScan { head_dim, .. }
+            | KernelKind::Mamba2ChunkScan { head_dim, .. }
             | KernelKind::Mamba2ChunkPass { head_dim, .. },
         ) => (*head_dim).max(1),
         (_, KernelKind::Mamba2Scan { head_dim, .. }) => (*head_dim).max(1),
@@ -289,6 +291,7 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
         if matches!(
             kind,
             KernelKind::Mamba2Scan { .. }
+                | KernelKind::Mamba2ConvScan { .. }
                 | KernelKind::Mamba2ChunkScan { .. }
                 | KernelKind::Mamba1Scan { .. }
         ) {
@@ -304,6 +307,10 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
             ssm: zambac_engine::Elem::Bf16,
             ..
         } if target == Target::Host => head_dim * state,
+        // The host stages a fused conv's channels for the head: x, then B and C.
+        KernelKind::Mamba2ConvScan {
+            head_dim, state, ..
+        } if target == Target::Host => head_dim + 2 * state,
         // The GPU schedule on the host carries a bf16 state row along the chunks in f32.
         KernelKind::Mamba2ChunkPass {
             state,
@@ -394,14 +401,7 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
         } => mamba2::scan(
             e,
             f,
-            &mamba2::ScanShape {
-                width: *width,
-                heads: *heads,
-                head_dim: *head_dim,
-                groups: *groups,
-                state: *state,
-                ssm: *ssm,
-            },
+            &mamba2::ScanShape::new(*width, (*heads, *head_dim), (*groups, *state), *ssm),
             *dt_min,
             *step,
         ),
@@ -418,14 +418,12 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
         } => mamba2::chunk_scan(
             e,
             f,
-            &mamba2::ScanShape {
-                width: *width,
-                heads: *heads,
-                head_dim: *head_dim,
-                groups: *groups,
-                state: *state,
-                ssm: zambac_engine::Elem::F32,
-            },
+            &mamba2::ScanShape::new(
+                *width,
+                (*heads, *head_dim),
+                (*groups, *state),
+                zambac_engine::Elem::F32,
+            ),
             *dt_min,
             (*chunks, *min_len),
             *outputs,
@@ -438,12 +436,29 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             min_len,
             ssm,
         } => mamba2::chunk_pass(e, f, (*heads, *head_dim, *state), (*chunks, *min_len), *ssm),
+        K::Mamba2ConvScan {
+            width,
+            heads,
+            head_dim,
+            groups,
+            state,
+            k,
+            dt_min,
+            ssm,
+        } => mamba2::conv_scan(
+            e,
+            f,
+            &mamba2::ScanShape::new(*width, (*heads, *head_dim), (*groups, *state), *ssm),
+            *k,
+            *dt_min,
+        ),
         K::Mamba2GateNorm {
             width,
             di,
             groups,
             eps,
-        } => norm::gate_norm(e, f, *width, *di, *groups, *eps),
+            conv_shift,
+        } => norm::gate_norm(e, f, (*width, *di, *groups, *eps), *conv_shift),
         K::Mamba1Conv { di, k, bias, step } => conv::mamba1(e, f, *di, *k, *bias, *step),
         K::Mamba1Scan {
             heads,

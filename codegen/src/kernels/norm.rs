@@ -13,8 +13,8 @@ use super::act::silu;
 use super::emit::{Emitter, V, VW};
 use super::rows::{for_chunks, load_f32, sum_chunks};
 use super::warp::{for_lanes, lane_chunks, lane_sum_chunks, team_leader, team_sum};
-use zambac_engine::Elem;
 use zambac_engine::Role;
+use zambac_engine::{ConvShift, Elem};
 
 /// `Σ` over a row of `n` elements of what `body(e, offset, width, acc)` accumulates: by one
 /// thread on the host, by the lanes of a warp or block and a [`team_sum`] in a GPU schedule, each
@@ -213,11 +213,12 @@ fn concat_inv_rms<'c>(
 pub(crate) fn gate_norm<'c>(
     e: &Emitter<'c, '_>,
     f: &Frame<'c, '_>,
-    width: usize,
-    di: usize,
-    groups: usize,
-    eps: f64,
+    (width, di, groups, eps): (usize, usize, usize, f64),
+    conv_shift: Option<ConvShift>,
 ) {
+    if let Some(shift) = conv_shift {
+        shift_conv_state(e, f, di, shift);
+    }
     let (y, zx, w, out) = (
         f.view(Role::Y),
         f.view(Role::Zx),
@@ -251,4 +252,40 @@ pub(crate) fn gate_norm<'c>(
         );
         vec![]
     });
+}
+
+/// A decode step's conv state moved one input to the left, the step's input (`zx[0, di +
+/// c]`) last: channel `c`'s row of `K − 1` values. Spread over the team's lanes in a GPU
+/// schedule (channel `c` by lane `c mod team`).
+fn shift_conv_state<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, di: usize, shift: ConvShift) {
+    let (zx, state) = (f.view(Role::Zx), f.view(Role::ConvState));
+    let keep = shift.k.saturating_sub(1);
+    if keep == 0 {
+        return;
+    }
+    let channel = |e: &Emitter<'c, '_>, c: V<'c>| {
+        let row = e.mul_k(c, keep);
+        for j in 0..keep - 1 {
+            let next = e.load(state, e.add_k(row, j + 1));
+            e.store(next, state, e.add_k(row, j));
+        }
+        let input = e.load(zx, e.add_k(c, di));
+        e.store(input, state, e.add_k(row, keep - 1));
+    };
+    let channels = e.index(shift.channels as i64);
+    if f.gpu_schedule {
+        let team = e.index(f.team as i64);
+        for_lanes(e, f, |e, lane| {
+            let first = e.remui(lane, team);
+            e.for_(first, channels, team, &[], |e, c, _| {
+                channel(e, c);
+                vec![]
+            });
+        });
+    } else {
+        e.for_(e.index(0), channels, e.index(1), &[], |e, c, _| {
+            channel(e, c);
+            vec![]
+        });
+    }
 }

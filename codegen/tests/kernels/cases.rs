@@ -338,6 +338,30 @@ pub fn all() -> Vec<Kernel> {
                 di: 32,
                 groups: 2,
                 eps: 1e-5,
+                conv_shift: None,
+            },
+        ),
+        (
+            "gate_norm_conv_shift",
+            K::Mamba2GateNorm {
+                width: 70,
+                di: 32,
+                groups: 2,
+                eps: 1e-5,
+                conv_shift: Some(zambac_engine::ConvShift { channels: 33, k: 4 }),
+            },
+        ),
+        (
+            "mamba2_conv_scan",
+            K::Mamba2ConvScan {
+                width: 62,
+                heads: 4,
+                head_dim: 4,
+                groups: 2,
+                state: 5,
+                k: 4,
+                dt_min: Some(0.01),
+                ssm: Elem::F32,
             },
         ),
         (
@@ -530,6 +554,24 @@ pub fn released_sizes() -> Vec<Kernel> {
                 di,
                 groups: 2,
                 eps: 1e-5,
+                conv_shift: None,
+            },
+            K::Mamba2GateNorm {
+                width,
+                di,
+                groups: 2,
+                eps: 1e-5,
+                conv_shift: Some(zambac_engine::ConvShift { channels: cd, k: 4 }),
+            },
+            K::Mamba2ConvScan {
+                width,
+                heads,
+                head_dim: 64,
+                groups: 2,
+                state: n,
+                k: 4,
+                dt_min: None,
+                ssm: Elem::F32,
             },
         ]);
     }

@@ -305,12 +305,27 @@ struct ScanCase {
 }
 
 fn scan_case(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool, ssm: Elem) -> ScanCase {
+    let (di, cd) = (s.heads * s.p, s.heads * s.p + 2 * s.groups * s.n);
+    let width = di + cd + s.heads + 3;
+    let zx = random(rows * width, 70, -3.0, 1.0);
+    let xbc = random(rows * cd, 71, -1.0, 1.0);
+    scan_reference(s, rows, (zx, xbc), dt_min, step, ssm)
+}
+
+/// [`scan_case`] of the given in-projection rows `zx` (of width `di + cd + heads + 3`) and
+/// conv output `xbc`.
+fn scan_reference(
+    s: &Ssd,
+    rows: usize,
+    (zx, xbc): (Vec<f32>, Vec<f32>),
+    dt_min: Option<f64>,
+    step: bool,
+    ssm: Elem,
+) -> ScanCase {
     let (h, p, g, n) = (s.heads, s.p, s.groups, s.n);
     let di = h * p;
     let cd = di + 2 * g * n;
     let width = di + cd + h + 3;
-    let zx = random(rows * width, 70, -3.0, 1.0);
-    let xbc = random(rows * cd, 71, -1.0, 1.0);
     let dt_bias = random(h, 72, -1.0, 0.5);
     let a_log = random(h, 73, -1.0, 1.5);
     let d = random(h, 74, 0.5, 1.5);
@@ -378,6 +393,102 @@ fn mamba2_scan_stored(s: &Ssd, rows: usize, dt_min: Option<f64>, step: bool, ssm
         expected.1,
         ssm,
     );
+}
+
+/// A decode step's conv and scan in one kernel against the conv's reference step followed
+/// by the scan's: the outputs and the SSM state as the two give them, the conv state only
+/// read; and the gate norm after it shifts the conv state as the conv step would have.
+fn mamba2_conv_scan(s: &Ssd, dt_min: Option<f64>, ssm: Elem) {
+    let kw = 4;
+    let (di, cd) = (s.heads * s.p, s.heads * s.p + 2 * s.groups * s.n);
+    let width = di + cd + s.heads + 3;
+    let zx = random(width, 90, -2.0, 2.0);
+    let w = random(cd * kw, 91, -1.0, 1.0);
+    let b = random(cd, 92, -0.5, 0.5);
+    let conv_state = random(cd * (kw - 1), 93, -2.0, 2.0);
+    let (xbc, shifted) = conv(&zx[di..di + cd], 1, cd, &w, Some(&b), Some(&conv_state), kw);
+    let case = scan_reference(s, 1, (zx.clone(), xbc), dt_min, true, ssm);
+    let [zx_buf, _, dt_bias, a_log, d, y, state] = case.bufs.clone();
+    let bufs = [
+        zx_buf.clone(),
+        Buf::F32(w),
+        Buf::F32(b),
+        Buf::F32(conv_state.clone()),
+        dt_bias,
+        a_log,
+        d,
+        y,
+        state,
+    ];
+    let kind = KernelKind::Mamba2ConvScan {
+        width,
+        heads: s.heads,
+        head_dim: s.p,
+        groups: s.groups,
+        state: s.n,
+        k: kw,
+        dt_min,
+        ssm,
+    };
+    check(
+        kind.clone(),
+        &bufs,
+        &[],
+        s.heads,
+        &[(3, conv_state.clone())],
+        0.0,
+    );
+    check_scan(kind, &bufs, (1, s.heads), (7, case.y), (8, case.state), ssm);
+    // The gate norm of the step, with and without the shift: the same output, and the
+    // shifted state the conv step leaves.
+    let y = random(di, 94, -1.0, 1.0);
+    let norm_w = random(di, 95, 0.5, 1.5);
+    let groups = s.groups;
+    let norm = |conv_shift| KernelKind::Mamba2GateNorm {
+        width,
+        di,
+        groups,
+        eps: 1e-5,
+        conv_shift,
+    };
+    let plain = [
+        Buf::F32(y.clone()),
+        zx_buf.clone(),
+        Buf::F32(norm_w.clone()),
+        Buf::F32(vec![0.0; di]),
+    ];
+    let lib = Lib::build(&[Kernel {
+        symbol: "n".into(),
+        kind: norm(None),
+    }]);
+    let [want, _] = lib.run_both("n", &plain, &[], 1);
+    let mut shifting = plain.to_vec();
+    shifting.push(Buf::F32(conv_state));
+    let shift = zambac_engine::ConvShift {
+        channels: cd,
+        k: kw,
+    };
+    let expected = [(3, want[3].values()), (4, shifted)];
+    check(norm(Some(shift)), &shifting, &[], 1, &expected, 1e-6);
+}
+
+#[test]
+fn a_fused_conv_and_scan_step_equals_the_conv_then_the_scan() {
+    let small = Ssd {
+        heads: 4,
+        p: 4,
+        groups: 2,
+        n: 5,
+    };
+    mamba2_conv_scan(&small, Some(0.01), Elem::F32);
+    mamba2_conv_scan(&small, None, Elem::Bf16);
+    let typical = Ssd {
+        heads: 2,
+        p: 8,
+        groups: 1,
+        n: 64,
+    };
+    mamba2_conv_scan(&typical, None, Elem::F32);
 }
 
 /// The chunked prefill scan — pass 1 over every chunk, the pass along the chunks, pass 3 —

@@ -121,6 +121,7 @@ fn mamba2_gate_norm_gates_with_silu_then_normalises_each_group() {
             di,
             groups,
             eps,
+            conv_shift: None,
         };
         check(kind, &bufs, &[], rows, &[(3, want)], 1e-5);
     }

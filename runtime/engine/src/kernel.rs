@@ -188,14 +188,40 @@ pub enum KernelKind {
         #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         ssm: Elem,
     },
+    /// One decode step of a Mamba2 mixer's conv and scan in one kernel: views `[zx
+    /// [1,width], conv_w [cd,1,K], conv_b [cd], conv_state [cd,K-1], dt_bias [H], A_log
+    /// [H], D [H], y [di], state [H,P,N]]`; grid heads. Channel `c` of xBC is
+    /// `silu(b[c] + Σ_{j<K-1} w[c,j]·conv_state[c,j] + w[c,K-1]·zx[di + c])` — the step
+    /// [`KernelKind::Mamba2Conv`] computes — and head `h` takes the step
+    /// [`KernelKind::Mamba2Scan`] takes over it, each head computing the channels it reads.
+    /// `conv_state` is only read: heads share B and C, so no head may shift it before every
+    /// other has read it; the [`KernelKind::Mamba2GateNorm`] after it does
+    /// (`conv_shift`).
+    Mamba2ConvScan {
+        width: usize,
+        heads: usize,
+        head_dim: usize,
+        groups: usize,
+        state: usize,
+        k: usize,
+        dt_min: Option<f64>,
+        /// How `state` is stored, as for [`KernelKind::Mamba2Scan`].
+        #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
+        ssm: Elem,
+    },
     /// Mamba2 gate and gated group norm: views `[y [rows,di], zx [rows,width],
     /// w [di], out [rows,di]]`; grid rows:
-    /// `out = w ⊙ GroupRmsNorm(y ⊙ silu(zx[:, 0..di]))` with `groups` groups.
+    /// `out = w ⊙ GroupRmsNorm(y ⊙ silu(zx[:, 0..di]))` with `groups` groups. With
+    /// `conv_shift` (a decode step after [`KernelKind::Mamba2ConvScan`]; grid 1): a fifth
+    /// view, the conv state `[channels, K-1]`, is shifted by the step's input — each
+    /// channel's row moves one to the left and ends with `zx[0, di + c]`.
     Mamba2GateNorm {
         width: usize,
         di: usize,
         groups: usize,
         eps: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conv_shift: Option<ConvShift>,
     },
     /// Mamba1 conv over the interleaved x columns (`xz[t, 2c]`) of `xz [rows, 2·di]`:
     /// views `[xz, w [di,1,K], (b [di]), state [di,K-1], out [rows,di]]`; ints `[rows]`;
@@ -224,6 +250,14 @@ pub enum KernelKind {
         #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         ssm: Elem,
     },
+}
+
+/// The conv state a decode step's [`KernelKind::Mamba2GateNorm`] shifts: `channels` rows of
+/// `k - 1` inputs (the xBC channels of a conv of kernel size `k`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvShift {
+    pub channels: usize,
+    pub k: usize,
 }
 
 /// Lanes of a host [`KernelKind::Gemv`]'s accumulator: the width of the vectors its rows are
@@ -318,6 +352,7 @@ impl KernelKind {
             KernelKind::Mamba2Scan { .. } => "Mamba2Scan",
             KernelKind::Mamba2ChunkScan { .. } => "Mamba2ChunkScan",
             KernelKind::Mamba2ChunkPass { .. } => "Mamba2ChunkPass",
+            KernelKind::Mamba2ConvScan { .. } => "Mamba2ConvScan",
             KernelKind::Mamba2GateNorm { .. } => "Mamba2GateNorm",
             KernelKind::Mamba1Conv { .. } => "Mamba1Conv",
             KernelKind::Mamba1Scan { .. } => "Mamba1Scan",

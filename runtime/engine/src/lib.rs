@@ -53,8 +53,8 @@ pub use error::EngineError;
 pub use expr::{Domain, Expr, Point};
 pub use gpu::{GpuBatchedEntry, GpuCode, GpuEntry, GpuParam};
 pub use kernel::{
-    ActKind, BinOp, DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, EpilogueOp, GEMV_LANES, Kernel,
-    KernelKind, MAX_DECODE_SPLITS, MAX_SCAN_CHUNKS, decode_split_len, gemv_main_step,
+    ActKind, BinOp, ConvShift, DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, EpilogueOp, GEMV_LANES,
+    Kernel, KernelKind, MAX_DECODE_SPLITS, MAX_SCAN_CHUNKS, decode_split_len, gemv_main_step,
     scan_chunking,
 };
 pub use manifest::{Checksum, FileRef, Manifest, ManifestParts, TargetCpu, WeightEntry};
@@ -79,7 +79,9 @@ pub use writer::{Companions, EngineWriter, GpuFiles, WriteProgress};
 /// `AttentionCombine` merges them), so one head's keys are read by many threads. Version 7:
 /// a GPU Gemv entry may carry its batched form (`gpu.kernels[].batched`), which a version-6
 /// reader would refuse as an unknown field. Version 8: a prefill may scan its Mamba2 layers
-/// in chunks (`Mamba2ChunkScan`, `Mamba2ChunkPass`), kinds a version-7 reader does not know.
+/// in chunks (`Mamba2ChunkScan`, `Mamba2ChunkPass`) and a decode step run its conv inside
+/// the scan (`Mamba2ConvScan`, the gate norm's `conv_shift`), which a version-7 reader does
+/// not know.
 pub const FORMAT_VERSION: u32 = 8;
 /// Alignment of every tensor in `weights.bin`: a cache line, and enough for any SIMD load.
 pub const WEIGHT_ALIGN: u64 = 64;

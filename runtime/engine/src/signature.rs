@@ -54,6 +54,8 @@ pub enum Role {
     ConvB,
     /// A recurrent state, read and updated in place.
     State,
+    /// A Mamba2 conv state read by a fused conv and scan, shifted by the gate norm after it.
+    ConvState,
     /// Per-split partial results of decode attention (max, sum, unnormalised output).
     Partial,
     /// The chunked Mamba2 scan's per-chunk states (a chunk's own, then the state entering it).
@@ -110,6 +112,7 @@ impl std::fmt::Display for Role {
             Role::State => "state",
             Role::Partial => "partial",
             Role::ChunkStates => "chunk_states",
+            Role::ConvState => "conv_state",
             Role::ChunkDecay => "chunk_decay",
             Role::PartW(q) => return write!(f, "w[{q}]"),
             Role::PartY(q) => return write!(f, "y[{q}]"),
@@ -549,11 +552,70 @@ impl KernelKind {
                     .read(R::ChunkDecay, Extent::of(m(*chunks, *heads)))
                     .view(R::State, *ssm, Access::ReadWrite, Extent::of(m(di, *state)))
             }
-            K::Mamba2GateNorm { width, di, .. } => Sig::new(Rows, &[])
+            K::Mamba2GateNorm {
+                width,
+                di,
+                conv_shift: None,
+                ..
+            } => Sig::new(Rows, &[])
                 .read(R::Y, rows(*di))
                 .read(R::Zx, window(rows(*width), *width, 0, *di))
                 .read(R::W, Extent::of(*di))
                 .write(R::Out, rows(*di)),
+            K::Mamba2GateNorm {
+                width,
+                di,
+                conv_shift: Some(shift),
+                ..
+            } => Sig::new(Exactly(1), &[])
+                .read(R::Y, Extent::of(*di))
+                .read(
+                    R::Zx,
+                    window(
+                        Extent::of(*width),
+                        *width,
+                        0,
+                        di.saturating_add(shift.channels),
+                    ),
+                )
+                .read(R::W, Extent::of(*di))
+                .write(R::Out, Extent::of(*di))
+                .update(
+                    R::ConvState,
+                    Extent::of(m(shift.channels, shift.k.saturating_sub(1))),
+                ),
+            K::Mamba2ConvScan {
+                width,
+                heads,
+                head_dim,
+                groups,
+                state,
+                k,
+                ssm,
+                ..
+            } => {
+                let di = m(*heads, *head_dim);
+                let cd = di.saturating_add(m(2, m(*groups, *state)));
+                let dt_col = di.saturating_add(cd);
+                Sig::new(Exactly(*heads), &[])
+                    .read(
+                        R::Zx,
+                        window(
+                            Extent::of(*width),
+                            *width,
+                            di,
+                            dt_col.saturating_add(*heads).saturating_sub(di),
+                        ),
+                    )
+                    .read(R::ConvW, Extent::of(m(cd, *k)))
+                    .read(R::ConvB, Extent::of(cd))
+                    .read(R::ConvState, Extent::of(m(cd, k.saturating_sub(1))))
+                    .read(R::DtBias, Extent::of(*heads))
+                    .read(R::ALog, Extent::of(*heads))
+                    .read(R::D, Extent::of(*heads))
+                    .write(R::Y, Extent::of(di))
+                    .view(R::State, *ssm, Access::ReadWrite, Extent::of(m(di, *state)))
+            }
             K::Mamba1Conv { di, k, bias, .. } => Sig::new(Exactly(*di), &[I::Rows])
                 .read(R::Xz, rows_of(0, m(2, *di)))
                 .read(R::ConvW, Extent::of(m(*di, *k)))
@@ -718,6 +780,24 @@ mod tests {
                 di: 8,
                 groups: 1,
                 eps: 1e-5,
+                conv_shift: None,
+            },
+            K::Mamba2GateNorm {
+                width: 36,
+                di: 8,
+                groups: 1,
+                eps: 1e-5,
+                conv_shift: Some(crate::ConvShift { channels: 16, k: 4 }),
+            },
+            K::Mamba2ConvScan {
+                width: 36,
+                heads: 2,
+                head_dim: 4,
+                groups: 1,
+                state: 4,
+                k: 4,
+                dt_min: None,
+                ssm: Elem::Bf16,
             },
             K::Mamba1Conv {
                 di: 8,

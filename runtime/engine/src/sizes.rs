@@ -155,9 +155,21 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             groups,
             state,
             ..
+        }
+        | K::Mamba2ConvScan {
+            width,
+            heads,
+            head_dim,
+            groups,
+            state,
+            ..
         } => {
             match kind {
                 K::Mamba2Scan { ssm, .. } => ssm_state(*ssm)?,
+                K::Mamba2ConvScan { ssm, k, .. } => {
+                    ssm_state(*ssm)?;
+                    positive("k", *k)?;
+                }
                 K::Mamba2ChunkScan {
                     chunks, min_len, ..
                 } => {
@@ -195,11 +207,22 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             positive("heads", *heads)
         }
         K::Mamba2GateNorm {
-            width, di, groups, ..
+            width,
+            di,
+            groups,
+            conv_shift,
+            ..
         } => {
             positive("di", *di)?;
             divides("groups", *groups, *di)?;
-            wide_enough(*width, *di)
+            match conv_shift {
+                Some(shift) => {
+                    positive("conv_shift.channels", shift.channels)?;
+                    positive("conv_shift.k", shift.k)?;
+                    wide_enough(*width, di.saturating_add(shift.channels))
+                }
+                None => wide_enough(*width, *di),
+            }
         }
         K::Mamba1Conv { di, k, .. } => positive("di", *di).and(positive("k", *k)),
         K::Mamba1Scan {

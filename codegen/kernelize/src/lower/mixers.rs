@@ -1,7 +1,7 @@
 //! The mixers: attention over the KV cache (generated flash-attention kernels for prefill
 //! and decode) and the fused Mamba2 / Mamba1 mixers.
 
-use zambac_engine::{Expr, KernelKind, View};
+use zambac_engine::{ConvShift, Expr, KernelKind, View};
 use zambac_ir::op::{AttnAttrs, Mamba1Attrs, Mamba2Attrs};
 use zambac_ir::operands::Mamba1Args;
 use zambac_ir::{NodeId, ValueRef};
@@ -111,6 +111,9 @@ impl GraphLowering<'_> {
         {
             return self.err("a Mamba step must update its states in place");
         }
+        if step && rows == Expr::k(1) && self.storage.mamba2.fused_step {
+            return self.mamba2_step(m, (zx, width), ops, (y, conv_state, ssm_state));
+        }
         let xbc = self.new_scratch(rows.times(cd as i64));
         // Every program reads the incoming conv and SSM states: a new prompt's are zero, a
         // continued prefill's and a decode step's hold the sequence so far.
@@ -130,7 +133,7 @@ impl GraphLowering<'_> {
         ];
         self.launch("mamba2_conv", kind, Expr::k(cd as i64), views, vec![rows]);
         let yscan = self.new_scratch(rows.times(di as i64));
-        if let (false, Mamba2Prefill::Chunked { chunks }) = (step, self.storage.mamba2_prefill) {
+        if let (false, Mamba2Prefill::Chunked { chunks }) = (step, self.storage.mamba2.prefill) {
             let io = (xbc, yscan.clone(), self.view(ssm_state));
             self.chunked_scan(m, (zx, width, rows), io, ops, chunks);
         } else {
@@ -142,9 +145,69 @@ impl GraphLowering<'_> {
             di,
             groups: s.groups,
             eps: m.norm_eps,
+            conv_shift: None,
         };
         let views = vec![yscan, self.view(zx), self.view(ops[6]), self.view(y)];
         self.launch("mamba2_gate_norm", kind, rows, views, vec![]);
+        Ok(())
+    }
+
+    /// A decode step of a Mamba2 mixer in two kernels: the conv and the scan in one
+    /// ([`KernelKind::Mamba2ConvScan`], which only reads the conv state), then the gate norm,
+    /// which also shifts the conv state by the step's input — one launch fewer than the
+    /// conv, the scan and the norm apart would take, none for the xBC row in between.
+    fn mamba2_step(
+        &mut self,
+        m: &Mamba2Attrs,
+        (zx, width): (ValueRef, usize),
+        ops: &[ValueRef],
+        (y, conv_state, ssm_state): (ValueRef, ValueRef, ValueRef),
+    ) -> Result<(), KernelizeError> {
+        let s = m.ssd;
+        let di = s.heads * s.head_dim;
+        let cd = di + 2 * s.groups * s.state;
+        let yscan = self.new_scratch(Expr::k(di as i64));
+        let kind = KernelKind::Mamba2ConvScan {
+            width,
+            heads: s.heads,
+            head_dim: s.head_dim,
+            groups: s.groups,
+            state: s.state,
+            k: m.conv,
+            dt_min: m.dt_min,
+            ssm: self.storage.ssm,
+        };
+        let views = vec![
+            self.view(zx),
+            self.view(ops[1]),
+            self.view(ops[2]),
+            self.view(conv_state),
+            self.view(ops[3]),
+            self.view(ops[4]),
+            self.view(ops[5]),
+            yscan.clone(),
+            self.view(ssm_state),
+        ];
+        let heads = Expr::k(s.heads as i64);
+        self.launch("mamba2_conv_scan", kind, heads, views, vec![]);
+        let kind = KernelKind::Mamba2GateNorm {
+            width,
+            di,
+            groups: s.groups,
+            eps: m.norm_eps,
+            conv_shift: Some(ConvShift {
+                channels: cd,
+                k: m.conv,
+            }),
+        };
+        let views = vec![
+            yscan,
+            self.view(zx),
+            self.view(ops[6]),
+            self.view(y),
+            self.view(conv_state),
+        ];
+        self.launch("mamba2_gate_norm", kind, Expr::k(1), views, vec![]);
         Ok(())
     }
 

@@ -23,8 +23,8 @@ pub(crate) struct Storage<'a> {
     pub kv: Elem,
     /// How the SSM states are stored (f32 or bf16).
     pub ssm: Elem,
-    /// How a prefill's Mamba2 scans are lowered.
-    pub mamba2_prefill: crate::Mamba2Prefill,
+    /// How the Mamba2 mixers are lowered.
+    pub mamba2: crate::Mamba2Lowering,
 }
 
 pub(crate) struct GraphLowering<'a> {
