@@ -11,6 +11,10 @@
 //!
 //! On the GPU each state row is a warp of its own ([`scan_warp`]): the rows share nothing but
 //! the head's Δ, B and C, and a row's 32 lanes split its state columns.
+//!
+//! The same recurrence serves the GPU's forms: the chunked prefill scan ([`chunk_scan`]
+//! over one chunk of the tokens, [`chunk_pass`] carrying the state along the chunks) and a
+//! decode step with its conv ([`conv_scan`]: the xBC channels computed where they are read).
 
 use super::act::{silu, softplus};
 use super::emit::{Emitter, V, VW};
@@ -123,8 +127,8 @@ impl<'c> ConvIn<'c> {
 }
 
 impl<'c> Head<'c> {
-    /// xBC channel `index` of the token whose row starts at `index − column` (one token and
-    /// `row 0` when the conv computes it).
+    /// The xBC value at flat index `index` of the conv's rows (`t·cd + column`); a fused
+    /// step has one token, so there the index is the channel, which the conv computes.
     fn channel(&self, e: &Emitter<'c, '_>, index: V<'c>) -> V<'c> {
         match &self.conv {
             Some(conv) => conv.channel(e, index),
