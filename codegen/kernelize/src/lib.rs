@@ -107,8 +107,8 @@ pub enum Mamba2Prefill {
     /// state, the state passed along the chunks, each chunk's scan again from the state
     /// entering it, writing the outputs ([`zambac_engine::KernelKind::Mamba2ChunkScan`]).
     /// Twice the recurrence's work, but the longest chain of dependent steps is
-    /// `2·⌈T/chunks⌉ + chunks` tokens instead of `T`, with `chunks` times the parallelism —
-    /// what a GPU, with thousands of warps to fill, needs.
+    /// `2·⌈T/chunks⌉ + chunks` tokens instead of `T`, with `chunks` times the parallelism:
+    /// for a GPU that the sequential form's warps (heads × head dim) leave partly idle.
     Chunked { chunks: usize },
 }
 
