@@ -3,8 +3,9 @@
 # a release `zambac-run` (stripped), fixture engines (f32, bf16 weights, bf16 KV caches)
 # with the fixtures' HF logits, random-weight engines of both families, and a
 # Zamba2-1.2B-shaped bf16 engine *without* weights.bin (2.4 GB cannot travel: the check
-# regenerates it from its seed with `zambac-run materialize`), and its twin whose prefill
-# scans the Mamba2 layers sequentially. Host code is generated for
+# regenerates it from its seed with `zambac-run materialize`), and its twin with the host's
+# Mamba2 forms (sequential prefill scans, the decode step's conv apart from its scan). Host
+# code is generated for
 # `x86-64-v3` so the cpu backend also runs on the GPU machine's processor.
 #
 #   scripts/gpu-prepare.sh [BUNDLE]        (about 3 minutes; 20 MB)
@@ -31,13 +32,18 @@ build examples/tiny.toml --weights random:7 --dtype bf16 --kv-dtype bf16 -o "$OU
 build "$SHARED/fixtures/zamba1-tiny/config.json" --weights random:5 -o "$OUT/engines/random-zamba1.f32"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-# The benchmark engine, and its twin with the sequential Mamba2 prefill scan (a GPU engine
-# scans a prefill in chunks by default), so the device measures the two side by side.
-for scan in chunked sequential; do
+# The benchmark engine, and its twin with the host's Mamba2 forms (a GPU engine scans a
+# prefill in chunks and fuses a decode step's conv into its scan by default), so the device
+# measures the two side by side.
+for forms in gpu host; do
     name=bench-zamba2-1.2b
-    [ "$scan" = sequential ] && name=bench-zamba2-1.2b-sequential-scan
-    build "$SHARED/configs/zamba2-1.2b" --dtype bf16 --weights random:0 \
-        --mamba2-prefill "$scan" -o "$TMP/$name"
+    flags=(--mamba2-prefill chunked --mamba2-decode fused)
+    if [ "$forms" = host ]; then
+        name=bench-zamba2-1.2b-host-forms
+        flags=(--mamba2-prefill sequential --mamba2-decode separate)
+    fi
+    build "$SHARED/configs/zamba2-1.2b" --dtype bf16 --weights random:0 "${flags[@]}" \
+        -o "$TMP/$name"
     mkdir -p "$OUT/engines/$name"
     for f in manifest.json host.so kernels.ptx; do
         cp "$TMP/$name/$f" "$OUT/engines/$name/"

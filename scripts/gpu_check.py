@@ -12,8 +12,9 @@ no Rust toolchain, no network. With `--backend cpu` the same checks run on the c
   (c) a Zamba2-1.2B-shaped bf16 engine, its weights regenerated here from the seed:
       prefill of 512 and 4096 tokens and decode tokens/s at batch 1 and 16, beside Hugging Face transformers
       on the same device in the same run, with decode's fraction of the memory roofline
-      (weight bytes read per token over a copy bandwidth measured here); the prefills
-      again with the engine's twin whose Mamba2 prefill scan is sequential, not chunked;
+      (weight bytes read per token over a copy bandwidth measured here); the prefills and
+      decode again with the engine's twin in the host's Mamba2 forms (sequential prefill
+      scans, a decode step's conv apart from its scan);
   (d) batched decode: each of 4 sequences decoded in one batch generates the tokens it
       generates alone (random models of both families, f32 and bf16: a batch's Gemvs run
       as their batched form, which gives each sequence the bits it gets alone);
@@ -313,7 +314,7 @@ def bench(args):
     except Exception as e:  # noqa: BLE001 — reported, the rest of the check goes on
         record("zambac bench", False, str(e))
         return
-    sequential_scan(args, lengths, z)
+    host_forms(args, lengths, new_tokens, z)
     try:
         h = hf_bench(args, lengths, new_tokens, batch, device)
     except Exception as e:  # noqa: BLE001 — reported; zambac's numbers still are
@@ -351,29 +352,36 @@ def bench(args):
     with open(os.path.join(args.out, "profile.txt"), "w") as f:
         f.write(p.stdout + p.stderr)
     for L in lengths:
-        seq = z.get(f"prefill_{L}_s_sequential_scan")
+        seq = z.get(f"prefill_{L}_s_host_forms")
         log(f"      prefill {L}: zambac {z[f'prefill_{L}_s'] * 1e3:.1f} ms, HF {h[f'prefill_{L}_s'] * 1e3:.1f} ms; "
             f"ratio {res[f'prefill_{L}_vs_hf']:.2f}x"
             + (f"; with the sequential Mamba2 scan {seq * 1e3:.1f} ms" if seq is not None else ""))
+    if "decode_tok_per_s_host_forms" in z:
+        log(f"      decode with the conv apart from the scan: {z['decode_tok_per_s_host_forms']:.1f} tok/s "
+            f"(fused: {z_tok:.1f})")
 
 
-def sequential_scan(args, lengths, z):
-    """The benchmark's prefills again with the twin engine whose Mamba2 prefill scan is
-    sequential (the bench engine scans in chunks): `prefill_{L}_s_sequential_scan` in `z`."""
-    src = os.path.join(args.dir, "engines", "bench-zamba2-1.2b-sequential-scan")
+def host_forms(args, lengths, new_tokens, z):
+    """The benchmark's prefills and batch-1 decode again with the twin engine in the host's
+    Mamba2 forms (sequential prefill scans, the decode step's conv apart from its scan; the
+    bench engine has the GPU's): `prefill_{L}_s_host_forms`, `decode_tok_per_s_host_forms`."""
+    src = os.path.join(args.dir, "engines", "bench-zamba2-1.2b-host-forms")
     if not os.path.isdir(src):
         return
-    engine = os.path.join(args.work, "bench-zamba2-1.2b-sequential-scan.engine")
+    engine = os.path.join(args.work, "bench-zamba2-1.2b-host-forms.engine")
     p, _ = run([args.zambac_run, "materialize", src, "-o", engine], timeout=900)
     if p.returncode != 0:
-        record("materialize the sequential-scan 1.2B engine", False, p.stderr.strip()[-600:])
+        record("materialize the host-forms 1.2B engine", False, p.stderr.strip()[-600:])
         return
     try:
         for L in lengths:
-            r = zambac_bench(args, engine, L, 2, 1 if args.quick else 2)
-            z[f"prefill_{L}_s_sequential_scan"] = r["prefill_s"]
+            new = new_tokens if L == lengths[0] else 2
+            r = zambac_bench(args, engine, L, new, 1 if args.quick else 2)
+            z[f"prefill_{L}_s_host_forms"] = r["prefill_s"]
+            if L == lengths[0]:
+                z["decode_tok_per_s_host_forms"] = r["decode_tok_per_s"]
     except Exception as e:  # noqa: BLE001 — reported, the rest of the check goes on
-        record("zambac bench, sequential scan", False, str(e))
+        record("zambac bench, host forms", False, str(e))
     shutil.rmtree(engine, ignore_errors=True)
 
 
