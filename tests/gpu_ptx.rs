@@ -276,3 +276,54 @@ fn the_build_summary_reports_the_gpu_code() {
         assert_eq!(spills, 0, "{s}");
     }
 }
+
+/// A build for the GPU takes the GPU's Mamba2 forms unless told otherwise — the chunked
+/// prefill scan and the fused decode step — and the host's when asked (`--mamba2-prefill
+/// sequential --mamba2-decode separate`); its PTX agrees with the launcher either way.
+#[test]
+fn a_gpu_build_takes_the_gpu_mamba2_forms_unless_told_otherwise() {
+    let input = fixture("zamba2-tiny");
+    let entries = |extra: &[&str]| -> Vec<String> {
+        check_ptx_with(input.to_str().unwrap(), "zamba2-tiny", extra);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ptx");
+        let mut args = vec![
+            "build",
+            input.to_str().unwrap(),
+            "--target",
+            "sm_90",
+            "--emit",
+            "ptx",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let built = zambac(&args);
+        assert!(built.status.success(), "{}", stderr(&built));
+        let table: GpuCode =
+            serde_json::from_slice(&std::fs::read(out.join("gpu.json")).unwrap()).unwrap();
+        table.kernels.iter().map(|k| k.entry()).collect()
+    };
+    let has = |entries: &[String], family: &str| {
+        entries
+            .iter()
+            .any(|e| e.starts_with(&format!("zk_{family}_")))
+    };
+    let gpu = entries(&[]);
+    for family in ["mamba2_chunk_scan", "mamba2_chunk_pass", "mamba2_conv_scan"] {
+        assert!(has(&gpu, family), "no {family} in {gpu:?}");
+    }
+    assert!(!has(&gpu, "mamba2_scan"), "{gpu:?}");
+    let host = entries(&[
+        "--mamba2-prefill",
+        "sequential",
+        "--mamba2-decode",
+        "separate",
+    ]);
+    for family in ["mamba2_scan", "mamba2_conv"] {
+        assert!(has(&host, family), "no {family} in {host:?}");
+    }
+    for family in ["mamba2_chunk_scan", "mamba2_chunk_pass", "mamba2_conv_scan"] {
+        assert!(!has(&host, family), "{family} in {host:?}");
+    }
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use zambac_engine::{Buffer, Checksum, FileRef, Manifest, ModelInfo, Step, WeightEntry};
 use zambac_ir::{Bindings, Elem, Module};
-use zambac_kernelize::{Lowered, kernelize};
+use zambac_kernelize::{Lowered, Mamba2Lowering, StateElems, kernelize, kernelize_with};
 
 fn optimised(path: &Path) -> Module {
     let spec = zambac_frontend::load(path).unwrap().spec;
@@ -111,13 +111,79 @@ fn every_lowering_passes_the_engine_validator() {
         let spec = zambac_frontend::load(&p).unwrap().spec;
         let m = optimised(&p);
         for dtype in [Elem::F32, Elem::Bf16] {
-            let l = kernelize(&m, dtype).unwrap();
-            let manifest = manifest(&m, &l, spec.vocab_size);
-            if let Err(e) = zambac_engine::validate::manifest(&manifest) {
-                panic!("{} ({dtype}): {e}", p.display());
+            for (forms, mamba2) in [
+                ("host", Mamba2Lowering::default()),
+                ("GPU", Mamba2Lowering::gpu()),
+            ] {
+                let l = kernelize_with(&m, dtype, StateElems::default(), mamba2).unwrap();
+                let manifest = manifest(&m, &l, spec.vocab_size);
+                if let Err(e) = zambac_engine::validate::manifest(&manifest) {
+                    panic!("{} ({dtype}, {forms} forms): {e}", p.display());
+                }
             }
         }
     }
+}
+
+/// The GPU's Mamba2 forms are what they say: a prefill scans in chunks (states, pass,
+/// outputs) and a decode step has no conv kernel of its own — the scan computes it and the
+/// gate norm shifts its state; the host's forms have neither.
+#[test]
+fn the_gpu_forms_chunk_the_prefill_scan_and_fuse_the_decode_conv() {
+    use zambac_engine::{KernelKind as K, ProgramName};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let m = optimised(&root.join("examples/tiny.toml"));
+    let kinds = |mamba2: Mamba2Lowering, program: ProgramName| -> Vec<String> {
+        let l = kernelize_with(&m, Elem::F32, StateElems::default(), mamba2).unwrap();
+        let p = l.programs.iter().find(|p| p.name == program).unwrap();
+        p.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Launch { kernel, .. } => l.kernels.iter().find(|k| &k.symbol == kernel),
+                _ => None,
+            })
+            .map(|k| match &k.kind {
+                K::Mamba2GateNorm {
+                    conv_shift: Some(_),
+                    ..
+                } => "Mamba2GateNorm+shift".to_string(),
+                kind => kind.name().to_string(),
+            })
+            .collect()
+    };
+    let count = |v: &[String], name: &str| v.iter().filter(|k| *k == name).count();
+    let layers = m
+        .graph("decode")
+        .map(|g| {
+            g.order()
+                .into_iter()
+                .filter(|n| matches!(g.kind(*n), zambac_ir::OpKind::Mamba2Step(_)))
+                .count()
+        })
+        .unwrap();
+    assert!(layers > 0);
+    let gpu_prefill = kinds(Mamba2Lowering::gpu(), ProgramName::Prefill);
+    assert_eq!(count(&gpu_prefill, "Mamba2ChunkScan"), 2 * layers);
+    assert_eq!(count(&gpu_prefill, "Mamba2ChunkPass"), layers);
+    assert_eq!(count(&gpu_prefill, "Mamba2Scan"), 0);
+    let gpu_decode = kinds(Mamba2Lowering::gpu(), ProgramName::Decode);
+    assert_eq!(count(&gpu_decode, "Mamba2ConvScan"), layers);
+    assert_eq!(count(&gpu_decode, "Mamba2GateNorm+shift"), layers);
+    assert_eq!(
+        count(&gpu_decode, "Mamba2Conv") + count(&gpu_decode, "Mamba2Scan"),
+        0
+    );
+    let host_prefill = kinds(Mamba2Lowering::default(), ProgramName::Prefill);
+    assert_eq!(count(&host_prefill, "Mamba2Scan"), layers);
+    assert_eq!(count(&host_prefill, "Mamba2ChunkScan"), 0);
+    let host_decode = kinds(Mamba2Lowering::default(), ProgramName::Decode);
+    assert_eq!(count(&host_decode, "Mamba2Conv"), layers);
+    assert_eq!(count(&host_decode, "Mamba2ConvScan"), 0);
+    assert_eq!(
+        gpu_decode.len() + layers,
+        host_decode.len(),
+        "one launch fewer per layer"
+    );
 }
 
 /// The validator is not vacuous on real programs: shrinking one slot of the decode
