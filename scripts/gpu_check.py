@@ -328,6 +328,7 @@ def bench(args):
     res = {
         "device": device, "zambac": z, "hf": h, "copy_bandwidth_B_per_s": bw,
         "decode_weight_bytes_per_token": weight_bytes,
+        "decode_launches_per_token": decode_launches(m),
         "decode_roofline_fraction": roofline_s * z_tok,
         "decode_vs_hf": z_tok / h["decode_tok_per_s"],
         f"decode_batch{batch}_vs_hf": z[f"decode_batch{batch}_tok_per_s"] / h[f"decode_batch{batch}_tok_per_s"],
@@ -337,7 +338,7 @@ def bench(args):
         res[f"prefill_{L}_vs_hf"] = h[f"prefill_{L}_s"] / z[f"prefill_{L}_s"]
     RESULTS["bench"] = res
     log(f"bench ({device}): copy bandwidth {bw / 1e9:.0f} GB/s; decode reads {weight_bytes / 1e9:.3f} GB "
-        f"of weights per token (roofline {roofline_s * 1e3:.3f} ms/token)")
+        f"of weights per token (roofline {roofline_s * 1e3:.3f} ms/token) in {decode_launches(m)} launches")
     log(f"      zambac decode {z_tok:.1f} tok/s = {res['decode_roofline_fraction'] * 100:.1f}% of the roofline; "
         f"HF {h['decode_tok_per_s']:.1f} tok/s; ratio {res['decode_vs_hf']:.2f}x"
         + (f"; without CUDA graphs {z['decode_tok_per_s_without_graphs']:.1f} tok/s"
@@ -383,6 +384,12 @@ def host_forms(args, lengths, new_tokens, z):
     except Exception as e:  # noqa: BLE001 — reported, the rest of the check goes on
         record("zambac bench, host forms", False, str(e))
     shutil.rmtree(engine, ignore_errors=True)
+
+
+def decode_launches(m):
+    """Kernel launches of one decode step of the engine whose manifest is `m`."""
+    decode = next(p for p in m["programs"] if p["name"] == "decode")
+    return sum(1 for step in decode["steps"] if "Launch" in step)
 
 
 def decode_weight_bytes(m):
