@@ -28,7 +28,7 @@ pub struct BuildArgs {
     pub host_schedule: String,
     /// How a prefill's Mamba2 scans are lowered: `sequential` (one kernel; each head walks
     /// every token), `chunked` (three kernels over up to 32 chunks of the call, in parallel:
-    /// twice the work, a sixteenth of the longest chain at 4,096 tokens), or `auto`
+    /// twice the work, a longest chain of 288 steps instead of 4,096 at 4,096 tokens), or `auto`
     /// (default): chunked when the engine carries GPU code, which every backend then runs.
     #[arg(long, default_value = "auto", value_parser = ["auto", "sequential", "chunked"])]
     pub mamba2_prefill: String,
