@@ -141,11 +141,10 @@ impl<'c> Frame<'c, '_> {
     }
 }
 
-/// Grid indices per host iteration of the blocked kinds: Gemv rows share each load of `x`
-/// (8 rows measured fastest on Zen 3 against 2 and 4: more weight streams in flight per core),
-/// conv channels fill a vector.
+/// Grid indices per host iteration of a Gemv: its rows share each load of `x` (8 rows
+/// measured fastest on Zen 3 against 2 and 4: more weight streams in flight per core). The
+/// convs take [`conv::HOST_CHANNELS`].
 const GEMV_ROWS: usize = 8;
-const CONV_CHANNELS: usize = 8;
 
 /// Threads of a warp: the lanes a butterfly of shuffles combines ([`warp::team_sum`]).
 pub(crate) const WARP: usize = 32;
@@ -276,7 +275,7 @@ pub(crate) fn block_size(kind: &KernelKind, target: Target) -> usize {
         (Target::Gpu | Target::HostWithGpuSchedule, _) => 1,
         (Target::Host, KernelKind::Gemv { .. }) => GEMV_ROWS,
         (Target::Host, KernelKind::Mamba2Conv { .. } | KernelKind::Mamba1Conv { .. }) => {
-            CONV_CHANNELS
+            conv::HOST_CHANNELS
         }
         (Target::Host, _) => 1,
     }
@@ -299,6 +298,12 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
         }
     }
     match kind {
+        // The host stages a block's conv weights and state ([`conv::host_stack`]).
+        KernelKind::Mamba2Conv { k, .. } | KernelKind::Mamba1Conv { k, .. }
+            if target == Target::Host =>
+        {
+            conv::host_stack(*k)
+        }
         // The host's Mamba2 scan carries a bf16 state through a call in an f32 copy of the
         // head's `P × N` values.
         KernelKind::Mamba2Scan {

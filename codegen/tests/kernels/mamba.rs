@@ -118,8 +118,8 @@ fn conv(
     (out, next)
 }
 
-fn mamba2_conv(rows: usize, step: bool, kw: usize) {
-    let (di, cd) = (16, 33);
+fn mamba2_conv(rows: usize, step: bool, kw: usize, cd: usize) {
+    let di = 16;
     let width = di + cd + 7;
     let zx = random(rows * width, 60, -2.0, 2.0);
     let w = random(cd * kw, 61, -1.0, 1.0);
@@ -155,14 +155,19 @@ fn mamba2_conv(rows: usize, step: bool, kw: usize) {
 
 #[test]
 fn mamba2_conv_prefill_from_zeros_and_step_from_state() {
-    mamba2_conv(7, false, 4);
-    mamba2_conv(2, false, 4);
-    mamba2_conv(1, true, 4);
-    mamba2_conv(3, true, 4);
-    mamba2_conv(5, false, 2);
+    mamba2_conv(7, false, 4, 33);
+    mamba2_conv(2, false, 4, 33);
+    mamba2_conv(1, true, 4, 33);
+    mamba2_conv(3, true, 4, 33);
+    mamba2_conv(5, false, 2, 33);
+    mamba2_conv(4, true, 1, 33);
+    // More channels than the host takes per iteration: several iterations per thread, the
+    // last one ragged.
+    mamba2_conv(9, true, 4, 1100);
+    mamba2_conv(2, true, 4, 1100);
 }
 
-/// A conv's channels are computed in blocks of 8 and a range's leftover channels one at a
+/// A conv's channels are computed in vectors of 8 and a range's leftover channels one at a
 /// time, and which channels are left over depends on how a launch splits the grid among
 /// threads. Every channel must come out with the same bits either way (a sequence decoded
 /// in a batch runs each launch whole on one thread, decoded alone split across them).
