@@ -34,7 +34,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also time every kernel: one more prefill and `--new-tokens` more decode steps run
-    /// with a clock around each step, and a table per phase shows where the time goes.
+    /// with a clock around each step, and a table per phase shows where the time goes (each
+    /// generated kernel, and the library's matrix products by shape, `gemm MxNxK`).
     #[arg(long)]
     pub profile: bool,
     /// Timed prefills after a warm-up (the median is reported); 0 times only the

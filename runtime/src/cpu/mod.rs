@@ -36,7 +36,8 @@ use plan::{Output, Plan};
 /// steps took (every thread of a step together).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProfileRow {
-    /// The kernel's symbol, or `gemm` for the library's matrix products.
+    /// The kernel's symbol, or `gemm MxNxK` for the library's matrix products of one shape
+    /// (`C [M, N] = A [M, K] · B [K, N]`).
     pub name: String,
     /// The kernel kind (`Gemv`, `Mamba2Scan`, ...), or `library`.
     pub kind: String,
@@ -217,10 +218,10 @@ impl CpuBackend {
                 gflop_per_s: None,
             })
             .collect();
-        let (calls, seconds, flops) = times.gemm;
-        if calls > 0 {
+        for (&(m, n, k), &(calls, seconds)) in &times.gemm {
+            let flops = 2.0 * (m as f64) * (n as f64) * (k as f64) * calls as f64;
             rows.push(ProfileRow {
-                name: "gemm".into(),
+                name: format!("gemm {m}x{n}x{k}"),
                 kind: "library".into(),
                 calls,
                 seconds,

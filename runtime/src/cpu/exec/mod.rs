@@ -92,8 +92,8 @@ pub struct Executor {
 pub struct StepTimes {
     /// Indexed like the engine's kernel table: (launches, seconds).
     pub kernels: Vec<(u64, f64)>,
-    /// Library matrix products: (calls, seconds, floating-point operations).
-    pub gemm: (u64, f64, f64),
+    /// Library matrix products by shape `(m, n, k)`: (calls, seconds).
+    pub gemm: std::collections::BTreeMap<(usize, usize, usize), (u64, f64)>,
 }
 
 /// Kernel launches: the pool, the loaded kernels, and the argument arrays reused by every
@@ -151,7 +151,7 @@ impl Executor {
     pub fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(|| StepTimes {
             kernels: vec![(0, 0.0); self.launcher.fns.len()],
-            gemm: (0, 0.0, 0.0),
+            gemm: Default::default(),
         });
     }
 
@@ -159,7 +159,7 @@ impl Executor {
     pub fn take_profile(&mut self) -> Option<StepTimes> {
         let fresh = self.profile.as_ref().map(|p| StepTimes {
             kernels: vec![(0, 0.0); p.kernels.len()],
-            gemm: (0, 0.0, 0.0),
+            gemm: Default::default(),
         });
         std::mem::replace(&mut self.profile, fresh)
     }
@@ -206,9 +206,9 @@ impl Executor {
                     let g = bind_gemm(pg, &bound, d)?;
                     gemm::run(&g, &self.launcher.pool, &mut self.widen, self.bf16)?;
                     if let (Some(p), Some(t0)) = (profile.as_mut(), t0) {
-                        p.gemm.0 += 1;
-                        p.gemm.1 += t0.elapsed().as_secs_f64();
-                        p.gemm.2 += 2.0 * (g.m as f64) * (g.n as f64) * (g.k as f64);
+                        let shape = p.gemm.entry((g.m, g.n, g.k)).or_default();
+                        shape.0 += 1;
+                        shape.1 += t0.elapsed().as_secs_f64();
                     }
                     Ok(())
                 }
