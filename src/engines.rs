@@ -115,6 +115,7 @@ pub fn compile_temporary(
         weights: weights.map(str::to_string),
         dtype: None,
         kv_dtype: "f32".into(),
+        attention_products: "f32".into(),
         state_dtype: "f32".into(),
         context: 4096,
         dt_clamp: dt_clamp.map(str::to_string),

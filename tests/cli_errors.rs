@@ -66,3 +66,61 @@ fn bad_token_lists_exit_2() {
         assert!(!stderr(&out).contains("panicked"));
     }
 }
+
+/// `--attention-products bf16` multiplies bf16 caches on the CPU: without `--kv-dtype bf16`,
+/// or with GPU code or the GPU's schedule, the build exits 2 naming what is missing, and
+/// writes nothing.
+#[test]
+fn bf16_attention_products_without_what_they_need_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = fixture("zamba2-tiny");
+    let out_dir = tmp.path().join("e.engine");
+    for (extra, says) in [
+        (&["--attention-products", "bf16"][..], "--kv-dtype bf16"),
+        (
+            &[
+                "--attention-products",
+                "bf16",
+                "--kv-dtype",
+                "bf16",
+                "--target",
+                "all",
+            ],
+            "--target cpu",
+        ),
+        (
+            &[
+                "--attention-products",
+                "bf16",
+                "--kv-dtype",
+                "bf16",
+                "--host-schedule",
+                "gpu",
+            ],
+            "--host-schedule host",
+        ),
+        (
+            &[
+                "--attention-products",
+                "bf16",
+                "--kv-dtype",
+                "bf16",
+                "--cpu",
+                "x86-64-v3",
+            ],
+            "AVX-512 BF16",
+        ),
+    ] {
+        let mut args = vec![
+            "build",
+            input.to_str().unwrap(),
+            "-o",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = zambac(&args);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{extra:?}: {}", stderr(&out));
+        assert!(!out_dir.exists(), "{extra:?}");
+    }
+}

@@ -307,6 +307,7 @@ fn decode_kernels() -> Vec<Kernel> {
             head_dim: 128,
             scale: 0.125,
             kv: Elem::F32,
+            products: Elem::F32,
         },
         KernelKind::Mamba2Conv {
             width,

@@ -15,7 +15,7 @@ use crate::llvm::{HostTarget, compile_host_object};
 use crate::mlir::{MlirContext, lower_to_host};
 use std::collections::BTreeSet;
 use std::path::Path;
-use zambac_engine::Kernel;
+use zambac_engine::{Elem, Kernel, KernelKind};
 
 /// A linked `host.so`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +65,21 @@ pub fn compile_host_scheduled(
     let mut cached = 0;
     for kernel in kernels {
         let symbol = &kernel.symbol;
+        if let KernelKind::AttentionPrefill {
+            products: Elem::Bf16,
+            ..
+        } = kernel.kind
+            && (schedule != Target::Host || !target.has_avx512_bf16())
+        {
+            return Err(CodegenError::InvalidKernel {
+                symbol: symbol.clone(),
+                reason: format!(
+                    "bf16 attention products are host-schedule code for CPUs with AVX-512 BF16; \
+                     the target is `{}` with `{}`",
+                    target.cpu, target.features
+                ),
+            });
+        }
         let mut module = build_module(mlir.context(), kernel, schedule, target.vector_math())?;
         let key = cache.map(|c| {
             let math = format!("{:?}", target.vector_math());

@@ -52,6 +52,13 @@ impl HostTarget {
         self.features.split(',').any(|f| f.trim() == "+avx2")
     }
 
+    /// Whether the feature string enables AVX-512 BF16 (`vdpbf16ps`) and the vector
+    /// lengths its 256-bit form needs.
+    pub fn has_avx512_bf16(&self) -> bool {
+        let has = |name: &str| self.features.split(',').any(|f| f.trim() == name);
+        has("+avx512bf16") && has("+avx512vl") && has("+avx512f")
+    }
+
     /// Libmvec's AVX2 functions where the target has AVX2, `math` ops otherwise.
     pub fn vector_math(&self) -> crate::kernels::VectorMath {
         if self.has_avx2() {

@@ -109,6 +109,7 @@ fn one(spec: &ModelSpec, opts: &Options, dir: &Path, bar: &ProgressBar) -> CliRe
         weights: None,
         dtype: None,
         kv_dtype: "f32".into(),
+        attention_products: "f32".into(),
         state_dtype: "f32".into(),
         context: opts.context,
         dt_clamp: None,

@@ -52,11 +52,14 @@ pub struct Lowered {
 
 /// How a sequence's state is stored: each of its KV caches as `kv`, each SSM state as `ssm`
 /// (f32, or bf16: half the memory and the bytes a step reads and writes, each value rounded
-/// to nearest even when a kernel stores it). Conv states are always f32.
+/// to nearest even when a kernel stores it). Conv states are always f32. And what prompt
+/// attention multiplies over bf16 caches: f32, or bf16 pairs
+/// (`zambac_engine::KernelKind::AttentionPrefill`'s `products`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateElems {
     pub kv: Elem,
     pub ssm: Elem,
+    pub attention_products: Elem,
 }
 
 impl Default for StateElems {
@@ -64,6 +67,7 @@ impl Default for StateElems {
         StateElems {
             kv: Elem::F32,
             ssm: Elem::F32,
+            attention_products: Elem::F32,
         }
     }
 }
@@ -175,6 +179,7 @@ pub fn kernelize_with(
             blocks: &weight_blocks,
             kv: state.kv,
             ssm: state.ssm,
+            attention_products: state.attention_products,
             mamba2,
         };
         let mut lw = GraphLowering::new(g, storage, &mut kernels, last_only)?;

@@ -22,6 +22,8 @@ use super::{Frame, WARP};
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
 use zambac_engine::{DECODE_SPLIT_ALIGN, DECODE_SPLIT_MIN_KEYS, Elem, Role};
 
+mod bf16;
+
 /// Keys per block of the online softmax: one vector of scores.
 const KEYS: usize = VW;
 
@@ -33,6 +35,8 @@ pub(crate) struct Heads {
     head_dim: usize,
     scale: f64,
     kv: Elem,
+    /// The host prefill's product operands ([`bf16`]).
+    products: Elem,
 }
 
 impl Heads {
@@ -49,7 +53,13 @@ impl Heads {
             head_dim,
             scale,
             kv,
+            products: Elem::F32,
         }
+    }
+
+    /// The host prefill multiplies `products` operands (f32, or bf16 pairs: [`bf16`]).
+    pub(crate) fn with_products(self, products: Elem) -> Heads {
+        Heads { products, ..self }
     }
 }
 
@@ -562,6 +572,7 @@ pub(crate) fn prefill<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, a: &Heads) {
             stack,
             blocking,
             kv: a.kv,
+            products: a.products,
         };
         prefill_item(e, &block, a.scale as f32);
     });
@@ -599,9 +610,19 @@ fn prefill_row<'c>(
 }
 
 /// Private f32 elements of a prefill call: for each block, `Qᵀ`, `Oᵀ`, the running maximum
-/// and sum and the causal limit of each query; and one tile of scores.
-pub(crate) fn prefill_stack(head_dim: usize, blocking: Blocking) -> usize {
-    blocking.sub * block_stack(head_dim) + blocking.tile * QUERIES
+/// and sum and the causal limit of each query; one tile of scores; with bf16 products, the
+/// tile's weights and values as bf16 pairs ([`bf16::stack`]).
+pub(crate) fn prefill_stack(head_dim: usize, blocking: Blocking, products: Elem) -> usize {
+    let pairs = match products {
+        Elem::Bf16 => bf16::stack(head_dim, blocking),
+        _ => 0,
+    };
+    scores_at(head_dim, blocking) + blocking.tile * QUERIES + pairs
+}
+
+/// Where the tile of scores starts in the stack: after the blocks' parts.
+fn scores_at(head_dim: usize, blocking: Blocking) -> usize {
+    blocking.sub * block_stack(head_dim)
 }
 
 /// A block's part of the stack: `Qᵀ`, `Oᵀ` (`head_dim` rows each), then one row each of
@@ -632,6 +653,8 @@ struct Block<'c> {
     blocking: Blocking,
     /// How the caches are stored.
     kv: Elem,
+    /// The products' operands: f32, or bf16 pairs ([`bf16`]).
+    products: Elem,
 }
 
 /// One block of `QUERIES` queries: its first row, and its parts of the stack.
@@ -698,15 +721,20 @@ fn prefill_item<'c>(e: &Emitter<'c, '_>, b: &Block<'c>, scale: f32) {
         let bases: Vec<V<'c>> = (0..QUERIES).map(|j| q.row_base(e, b, j)).collect();
         e.for_k(0, hd, 1, &[], |e, d, _| {
             for v in 0..QV {
-                let lanes: Vec<V<'c>> = bases[v * VW..(v + 1) * VW]
-                    .iter()
-                    .map(|base| e.load(b.q, e.addi(*base, d)))
-                    .collect();
-                e.vstore(e.vector_of(&lanes), b.stack, q.qt.lanes(e, d, v));
+                if b.products == Elem::F32 {
+                    let lanes: Vec<V<'c>> = bases[v * VW..(v + 1) * VW]
+                        .iter()
+                        .map(|base| e.load(b.q, e.addi(*base, d)))
+                        .collect();
+                    e.vstore(e.vector_of(&lanes), b.stack, q.qt.lanes(e, d, v));
+                }
                 e.vstore(e.f32_splat(0.0, VW), b.stack, q.ot.lanes(e, d, v));
             }
             vec![]
         });
+        if b.products == Elem::Bf16 {
+            bf16::store_queries(e, b, q, &bases);
+        }
         for v in 0..QV {
             let limits: Vec<V<'c>> = (0..VW)
                 .map(|lane| e.index_to_f32(e.addi(b.pos, q.row(e, b, v * VW + lane))))
@@ -719,13 +747,19 @@ fn prefill_item<'c>(e: &Emitter<'c, '_>, b: &Block<'c>, scale: f32) {
     let last = e.minsi(e.add_k(b.first, bk.queries() - 1), b.last_row);
     let keys = e.add_k(e.addi(b.pos, last), 1);
     // Scores go to the one tile of scores after the blocks' parts.
-    let p = Part(e.index((bk.sub * block_stack(hd)) as i64));
+    let p = Part(e.index(scores_at(hd, bk) as i64));
     e.for_(
         e.index(0),
         keys,
         e.index(bk.tile as i64),
         &[],
         |e, tile, _| {
+            if b.products == Elem::Bf16 {
+                // The tile's values as pairs, once for every block: up to the last block's
+                // reach, whole groups of keys.
+                let n = e.minsi(e.index(bk.tile as i64), e.subi(keys, tile));
+                bf16::store_values(e, b, tile, span(e, bk, n), e.subi(keys, e.index(1)));
+            }
             for_blocks(e, b, |e, q| {
                 let in_reach = e.cmpi(CmpiPredicate::Slt, tile, q.keys);
                 e.when(in_reach, |e| fold_tile(e, b, q, tile, p, scale));
@@ -798,12 +832,21 @@ fn fold_tile<'c>(
             })
             .collect()
     });
+    if b.products == Elem::Bf16 {
+        bf16::store_weights(e, b, &ctx, span);
+    }
     weighted_values(e, b, &ctx, span, &correction);
     for v in 0..QV {
         let l = q.stat(e, b, 1, v);
         q.set_stat(e, b, 0, v, new_m[v]);
         q.set_stat(e, b, 1, v, e.fma(l, correction[v], sums[v]));
     }
+}
+
+/// `n` keys rounded up to whole groups of [`Blocking::keys`].
+fn span<'c>(e: &Emitter<'c, '_>, bk: Blocking, n: V<'c>) -> V<'c> {
+    let groups = e.divui(e.add_k(n, bk.keys - 1), e.index(bk.keys as i64));
+    e.mul_k(groups, bk.keys)
 }
 
 /// A part of the stack buffer: its first element.
@@ -854,17 +897,21 @@ fn scores<'c>(
             .map(|k| e.addi(b.kv_base, e.mul_k(e.minsi(*k, t.last_key), hd)))
             .collect();
         let zeros = vec![e.f32_splat(0.0, VW); QV * group];
-        let acc = e.for_k(0, hd, 1, &zeros, |e, d, acc| {
-            let qs: Vec<V<'c>> = (0..QV).map(|v| t.qt.load(e, b.stack, d, v)).collect();
-            let mut next = acc.to_vec();
-            for (r, base) in bases.iter().enumerate() {
-                let kv = e.splat(load_scalar_f32(e, b.k, e.addi(*base, d), b.kv), VW);
-                for v in 0..QV {
-                    next[r * QV + v] = e.fma(qs[v], kv, next[r * QV + v]);
+        let acc = if b.products == Elem::Bf16 {
+            bf16::score_sums(e, b, t, &bases, zeros)
+        } else {
+            e.for_k(0, hd, 1, &zeros, |e, d, acc| {
+                let qs: Vec<V<'c>> = (0..QV).map(|v| t.qt.load(e, b.stack, d, v)).collect();
+                let mut next = acc.to_vec();
+                for (r, base) in bases.iter().enumerate() {
+                    let kv = e.splat(load_scalar_f32(e, b.k, e.addi(*base, d), b.kv), VW);
+                    for v in 0..QV {
+                        next[r * QV + v] = e.fma(qs[v], kv, next[r * QV + v]);
+                    }
                 }
-            }
-            next
-        });
+                next
+            })
+        };
         let mut maxes = maxes.to_vec();
         for (r, key) in keys.iter().enumerate() {
             let key_f = e.splat(e.index_to_f32(*key), VW);
@@ -898,6 +945,14 @@ fn weighted_values<'c>(
                 e.mulf(t.ot.load(e, b.stack, e.add_k(d0, c), v), correction[v])
             })
             .collect();
+        if b.products == Elem::Bf16 {
+            let acc = bf16::weighted_sums(e, b, span, (d0, columns), init);
+            for (i, a) in acc.iter().enumerate() {
+                let (c, v) = (i / QV, i % QV);
+                e.vstore(*a, b.stack, t.ot.lanes(e, e.add_k(d0, c), v));
+            }
+            return;
+        }
         let acc = e.for_(e.index(0), span, e.index(1), &init, |e, j, acc| {
             let key = e.minsi(e.addi(t.tile, j), t.last_key);
             let base = e.addi(e.addi(b.kv_base, e.mul_k(key, hd)), d0);

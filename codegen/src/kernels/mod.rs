@@ -325,12 +325,16 @@ pub(crate) fn stack_size(kind: &KernelKind, target: Target) -> usize {
         KernelKind::AttentionDecode { head_dim, .. } if target == Target::HostWithGpuSchedule => {
             attention::decode_warp_stack(*head_dim)
         }
-        KernelKind::AttentionPrefill { head_dim, .. } => match target {
+        KernelKind::AttentionPrefill {
+            head_dim, products, ..
+        } => match target {
             // The GPU schedule keeps no blocks of queries (a warp per query, its lanes'
             // elements in registers; on the host, where the warp is a loop, in the stack).
             Target::Gpu => 0,
             Target::HostWithGpuSchedule => attention::decode_warp_stack(*head_dim),
-            Target::Host => attention::prefill_stack(*head_dim, attention::Blocking::new()),
+            Target::Host => {
+                attention::prefill_stack(*head_dim, attention::Blocking::new(), *products)
+            }
         },
         _ => 0,
     }
@@ -366,10 +370,12 @@ fn emit_kind<'c>(e: &Emitter<'c, '_>, f: &Frame<'c, '_>, kind: &KernelKind) {
             head_dim,
             scale,
             kv,
+            products,
         } => attention::prefill(
             e,
             f,
-            &attention::Heads::new(*heads, *kv_heads, *head_dim, *scale, *kv),
+            &attention::Heads::new(*heads, *kv_heads, *head_dim, *scale, *kv)
+                .with_products(*products),
         ),
         K::AttentionDecode {
             heads,

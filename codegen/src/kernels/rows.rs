@@ -96,7 +96,7 @@ pub(crate) fn store_scalar_as<'c>(
 /// The bf16 bits of f32 `v` — a vector of `width` lanes, or a scalar for `None` — rounded to
 /// nearest even: `(bits + 0x7fff + lsb) >> 16`, as `to_bf16` in the tests and torch's
 /// `.to(bfloat16)` for finite values.
-fn bf16_bits<'c>(e: &Emitter<'c, '_>, v: V<'c>, width: Option<usize>) -> V<'c> {
+pub(crate) fn bf16_bits<'c>(e: &Emitter<'c, '_>, v: V<'c>, width: Option<usize>) -> V<'c> {
     let ty = |bits: u32| match width {
         Some(w) => e.vec_t(w, e.int_t(bits)),
         None => e.int_t(bits),

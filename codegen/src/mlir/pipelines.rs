@@ -15,11 +15,13 @@ use std::path::Path;
 /// (`approximate-log1p=false`) because the LLVM lowering computes `log(1 + x)`, which loses
 /// all precision for the tiny `x` of a very negative softplus; `expand-strided-metadata`
 /// emits `affine.apply`, which `lower-affine` must remove before `finalize-memref-to-llvm`.
+/// `enable-x86vector` lowers the `x86vector` ops (`avx512.dot`: `vdpbf16ps`) that kernels
+/// built for AVX-512 BF16 use.
 pub const HOST: &str = "builtin.module(\
 func.func(arith-expand,convert-vector-to-scf,convert-scf-to-cf),\
 convert-math-to-llvm{approximate-log1p=false},\
 convert-math-to-libm,\
-convert-vector-to-llvm,\
+convert-vector-to-llvm{enable-x86vector=true},\
 expand-strided-metadata,\
 lower-affine,\
 finalize-memref-to-llvm,\

@@ -145,6 +145,7 @@ struct Prompt {
     pos: usize,
     rows: usize,
     kv: Elem,
+    products: Elem,
 }
 
 impl Prompt {
@@ -155,6 +156,7 @@ impl Prompt {
             head_dim: self.head_dim,
             scale: (self.head_dim as f64 / 2.0).powf(-0.5),
             kv: self.kv,
+            products: self.products,
         }
     }
 
@@ -211,6 +213,7 @@ fn prompt(heads: usize, kv_heads: usize, head_dim: usize, pos: usize, rows: usiz
         pos,
         rows,
         kv: Elem::F32,
+        products: Elem::F32,
     }
 }
 
@@ -300,4 +303,121 @@ fn bf16_caches_are_read_as_their_values() {
         p.kv = Elem::Bf16;
         p.check();
     }
+}
+
+/// A host target with AVX-512 BF16, whatever this machine is: code for it compiles anywhere.
+fn bf16_target() -> HostTarget {
+    HostTarget {
+        cpu: "x86-64-v4".into(),
+        features: "+avx,+avx2,+fma,+f16c,+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl,\
+                   +avx512bf16"
+            .into(),
+    }
+}
+
+/// bf16 products (`vdpbf16ps`): q and the softmax weights are rounded to bf16, the caches are
+/// bf16 already. Against attention over the rounded queries, what is left is the rounding of
+/// each weight (2⁻⁹ of it, relative), so every output is within 2⁻⁸ of the values' largest
+/// magnitude — across the query blocks, key groups and tiles of the f32 test, head dims that
+/// are not whole vectors, and grouped-query heads. The code must call `vdpbf16ps`; on a CPU
+/// without AVX-512 BF16 it is only compiled.
+#[test]
+fn bf16_products_equal_attention_over_rounded_queries_to_the_weights_rounding() {
+    let runs_here = std::arch::is_x86_feature_detected!("avx512bf16");
+    let mut shapes: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+    for rows in [1, 2, 5, 6, 7, 16, 17, 59, 60, 61, 64, 65, 121, 130] {
+        for pos in [0, 5, 64] {
+            shapes.push((2, 2, 24, pos, rows));
+        }
+    }
+    shapes.extend([
+        (3, 3, 22, 7, 40),
+        (4, 2, 64, 0, 33),
+        (8, 1, 18, 3, 19),
+        (2, 1, 128, 50, 70),
+    ]);
+    for (heads, kv_heads, head_dim, pos, rows) in shapes {
+        let mut p = prompt(heads, kv_heads, head_dim, pos, rows);
+        p.kv = Elem::Bf16;
+        p.products = Elem::Bf16;
+        let (bufs, _) = p.case(60);
+        let Buf::F32(q) = &bufs[0] else {
+            unreachable!("queries are f32")
+        };
+        let (_, rounded) = to_bf16(q);
+        let values = bufs[2].values();
+        let want = k::attention(
+            &Tensor::new(vec![rows, heads * head_dim], rounded),
+            &Tensor::new(vec![kv_heads, p.capacity, head_dim], bufs[1].values()),
+            &Tensor::new(vec![kv_heads, p.capacity, head_dim], values.clone()),
+            heads,
+            (head_dim as f64 / 2.0).powf(-0.5),
+            pos,
+        );
+        let kernel = Kernel {
+            symbol: "k".into(),
+            kind: p.kind(),
+        };
+        let dumps = tempfile::tempdir().expect("tempdir");
+        let lib = Lib::build_for(
+            std::slice::from_ref(&kernel),
+            &bf16_target(),
+            Some(dumps.path()),
+        );
+        let ll = std::fs::read_to_string(dumps.path().join("k.ll")).expect("k.ll");
+        assert!(
+            ll.contains("llvm.x86.avx512bf16.dpbf16ps.256"),
+            "no vdpbf16ps"
+        );
+        if !runs_here {
+            continue;
+        }
+        let bound = values.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 256.0;
+        let label = format!("bf16 products {heads}/{kv_heads}×{head_dim}, {rows} rows from {pos}");
+        for cut in [0, rows * heads / 3] {
+            let mut run = bufs.clone();
+            let grid = heads * rows;
+            lib.call("k", &mut run, &p.ints(), cut, grid);
+            lib.call("k", &mut run, &p.ints(), 0, cut);
+            for (i, (g, w)) in run[3].f32().iter().zip(&want.data).enumerate() {
+                assert!(
+                    (g - w).abs() <= bound,
+                    "{label}: element {i}: {g} against {w}"
+                );
+            }
+        }
+    }
+}
+
+/// bf16 products are code for AVX-512 BF16 only: host code for another CPU, or the GPU
+/// schedule, is refused with the kernel's name, not compiled into an instruction the CPU
+/// lacks.
+#[test]
+fn bf16_products_are_refused_for_a_cpu_without_avx512_bf16() {
+    let mut p = prompt(2, 2, 24, 0, 9);
+    p.kv = Elem::Bf16;
+    p.products = Elem::Bf16;
+    let kernel = Kernel {
+        symbol: "k".into(),
+        kind: p.kind(),
+    };
+    let avx2 = HostTarget {
+        cpu: "x86-64-v3".into(),
+        features: "+avx,+avx2,+fma".into(),
+    };
+    let Err(error) = zambac_codegen::compile_host(std::slice::from_ref(&kernel), &avx2, None, None)
+    else {
+        panic!("bf16 products compiled for an AVX2 target");
+    };
+    assert!(error.to_string().contains("AVX-512 BF16"), "{error}");
+    let Err(error) = zambac_codegen::compile_host_scheduled(
+        std::slice::from_ref(&kernel),
+        &bf16_target(),
+        zambac_codegen::kernels::Target::HostWithGpuSchedule,
+        None,
+        None,
+    ) else {
+        panic!("bf16 products compiled with the GPU schedule");
+    };
+    assert!(error.to_string().contains("AVX-512 BF16"), "{error}");
 }

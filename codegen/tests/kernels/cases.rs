@@ -196,6 +196,7 @@ pub fn all() -> Vec<Kernel> {
                 head_dim: 24,
                 scale: 0.25,
                 kv: Elem::F32,
+                products: Elem::F32,
             },
         ),
         (
@@ -233,6 +234,7 @@ pub fn all() -> Vec<Kernel> {
                 head_dim: 24,
                 scale: 0.25,
                 kv: Elem::Bf16,
+                products: Elem::F32,
             },
         ),
         (
@@ -491,6 +493,7 @@ pub fn released_sizes() -> Vec<Kernel> {
                 head_dim: hd,
                 scale: (hd as f64 / 2.0).powf(-0.5),
                 kv: Elem::F32,
+                products: Elem::F32,
             },
             K::Mamba2Conv {
                 width,

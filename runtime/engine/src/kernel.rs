@@ -81,6 +81,12 @@ pub enum KernelKind {
         /// How the caches are stored (f32 or bf16).
         #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
         kv: Elem,
+        /// The operands of the host's two products, `q·kᵀ` and `p·v`: f32, or bf16 (bf16
+        /// caches only, an even head dim, host code for a CPU with AVX-512 BF16): q and the
+        /// softmax weights rounded to nearest even, pairs of elements multiplied and added
+        /// into f32 by `vdpbf16ps`. The GPU's prompt attention keeps f32 products.
+        #[serde(default = "Elem::f32", skip_serializing_if = "Elem::is_f32")]
+        products: Elem,
     },
     /// One-token attention over a cache, split along the sequence (flash-decoding): views
     /// `[q [heads·hd], K [kvh,C,hd], V [kvh,C,hd], partial [heads·splits, hd+2]]`; ints

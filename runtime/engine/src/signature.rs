@@ -714,6 +714,7 @@ mod tests {
                 head_dim: 4,
                 scale: 0.5,
                 kv: Elem::F32,
+                products: Elem::F32,
             },
             K::AttentionDecode {
                 heads: 4,

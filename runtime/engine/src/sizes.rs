@@ -122,6 +122,9 @@ pub(crate) fn check(kind: &KernelKind) -> Result<(), String> {
             if let K::AttentionDecode { splits, .. } = kind {
                 split_count(*splits)?;
             }
+            if let K::AttentionPrefill { products, .. } = kind {
+                attention_products(*products, *kv, *head_dim)?;
+            }
             kv_cache(*kv)
         }
         K::AttentionCombine {
@@ -254,6 +257,23 @@ fn kv_cache(e: Elem) -> Result<(), String> {
         Elem::F32 | Elem::Bf16 => Ok(()),
         other => Err(format!(
             "a KV cache is stored as f32 or bf16, not {other:?}"
+        )),
+    }
+}
+
+/// Prompt attention multiplies f32, or bf16 pairs read straight from bf16 caches.
+fn attention_products(products: Elem, kv: Elem, head_dim: usize) -> Result<(), String> {
+    match products {
+        Elem::F32 => Ok(()),
+        Elem::Bf16 if kv != Elem::Bf16 => Err(format!(
+            "bf16 attention products need bf16 KV caches, not {kv:?}"
+        )),
+        Elem::Bf16 if !head_dim.is_multiple_of(2) => Err(format!(
+            "bf16 attention products multiply pairs of elements: the head dim must be even, not {head_dim}"
+        )),
+        Elem::Bf16 => Ok(()),
+        other => Err(format!(
+            "attention multiplies f32 or bf16 operands, not {other:?}"
         )),
     }
 }

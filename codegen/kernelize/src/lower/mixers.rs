@@ -83,6 +83,7 @@ impl GraphLowering<'_> {
                 head_dim: hd,
                 scale: a.scale,
                 kv: self.storage.kv,
+                products: self.storage.attention_products,
             };
             let grid = t.times(heads as i64);
             let ints = vec![Expr::POS, Expr::C, t];

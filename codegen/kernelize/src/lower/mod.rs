@@ -23,6 +23,8 @@ pub(crate) struct Storage<'a> {
     pub kv: Elem,
     /// How the SSM states are stored (f32 or bf16).
     pub ssm: Elem,
+    /// What prompt attention multiplies (f32, or bf16 pairs).
+    pub attention_products: Elem,
     /// How the Mamba2 mixers are lowered.
     pub mamba2: crate::Mamba2Lowering,
 }
