@@ -299,12 +299,25 @@ fn by_token<'c>(
     let head = e.minsi(rows, e.index((k - 1) as i64));
     tokens(e, e.index(0), head, true);
     tokens(e, head, rows, false);
-    // The new state: the last K−1 inputs of the state before the call and the call's rows.
+    // The new state: the last K−1 inputs of the state before the call and the call's rows
+    // (a branch, not a select: a call of no rows has no row to read).
     e.for_(e.index(0), n, e.index(1), &[], |e, o, _| {
         let channel = e.addi(first, o);
         for j in 0..k - 1 {
-            let v = earlier(e, rows, j, o, 1, true);
-            let v = e.extract(v, 0);
+            let reach = e.add_k(rows, j);
+            let inside = e.cmpi(CmpiPredicate::Sge, reach, e.index((k - 1) as i64));
+            let v = e.if_(
+                inside,
+                &[e.f32_t()],
+                |e| {
+                    let row = e.subi(reach, e.index((k - 1) as i64));
+                    vec![e.extract(load_input(e, c.input, row, channel, 1), 0)]
+                },
+                |e| {
+                    let column = e.minsi(reach, e.index(k.saturating_sub(2) as i64));
+                    vec![e.load(stack, past_at(e, column, o))]
+                },
+            )[0];
             e.store(v, c.state, e.add_k(e.mul_k(channel, k - 1), j));
         }
         vec![]

@@ -161,6 +161,8 @@ fn mamba2_conv_prefill_from_zeros_and_step_from_state() {
     mamba2_conv(3, true, 4, 33);
     mamba2_conv(5, false, 2, 33);
     mamba2_conv(4, true, 1, 33);
+    // A call of no rows leaves the state as it was.
+    mamba2_conv(0, true, 4, 33);
     // More channels than the host takes per iteration: several iterations per thread, the
     // last one ragged.
     mamba2_conv(9, true, 4, 1100);
