@@ -234,14 +234,16 @@ fn check_bf16_attention(args: &BuildArgs) -> CliResult<()> {
     }
     if args.target != "cpu" || args.host_schedule != "host" {
         return refuse(format!(
-            "is for the CPU's prompt attention: it needs --target cpu and --host-schedule host              (they are `{}` and `{}`)",
+            "is for the CPU's prompt attention: it needs --target cpu and --host-schedule host \
+             (they are `{}` and `{}`)",
             args.target, args.host_schedule
         ));
     }
     let target = host_target(args)?;
     if !target.has_avx512_bf16() {
         return refuse(format!(
-            "needs a host CPU with AVX-512 BF16 (`+avx512bf16`); host code is generated for              `{}` with `{}`",
+            "needs a host CPU with AVX-512 BF16 (`+avx512bf16`); host code is generated for \
+             `{}` with `{}`",
             target.cpu, target.features
         ));
     }
