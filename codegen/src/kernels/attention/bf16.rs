@@ -8,7 +8,7 @@
 //!
 //! - `S[·, k] += Qᵀ[d, d+1] · K[k, d..d+2]`: the block's queries are stored as pairs of
 //!   head-dim columns (lane `i` of row `d/2` holds `q_i[d], q_i[d+1]`, rounded to bf16), and
-//!   the two cached keys' elements are one 32-bit word of the bf16 cache, broadcast.
+//!   key `k`'s elements `d`, `d + 1` are one 32-bit word of the bf16 cache, broadcast.
 //! - `Oᵀ[d] += P[·, k..k+2] · V[k..k+2, d]`: after the softmax, the tile's weights are
 //!   stored as pairs of keys (lane `i` of row `k/2` holds `p_i[k], p_i[k+1]`), and the
 //!   tile's values once per tile as pairs of rows (word `(k/2)·hd + d` holds `V[k, d],
