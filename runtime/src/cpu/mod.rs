@@ -36,8 +36,9 @@ use plan::{Output, Plan};
 /// steps took (every thread of a step together).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProfileRow {
-    /// The kernel's symbol, or `gemm MxNxK` for the library's matrix products of one shape
-    /// (`C [M, N] = A [M, K] · B [K, N]`).
+    /// The kernel's symbol, or for the matrix products: `gemm MxNxK`, the cpu backend's
+    /// library products of one shape (`C [M, N] = A [M, K] · B [K, N]`), or `gemm`, all of
+    /// the cuda backend's cuBLAS calls.
     pub name: String,
     /// The kernel kind (`Gemv`, `Mamba2Scan`, ...), or `library`.
     pub kind: String,
