@@ -945,27 +945,23 @@ fn weighted_values<'c>(
                 e.mulf(t.ot.load(e, b.stack, e.add_k(d0, c), v), correction[v])
             })
             .collect();
-        if b.products == Elem::Bf16 {
-            let acc = bf16::weighted_sums(e, b, span, (d0, columns), init);
-            for (i, a) in acc.iter().enumerate() {
-                let (c, v) = (i / QV, i % QV);
-                e.vstore(*a, b.stack, t.ot.lanes(e, e.add_k(d0, c), v));
-            }
-            return;
-        }
-        let acc = e.for_(e.index(0), span, e.index(1), &init, |e, j, acc| {
-            let key = e.minsi(e.addi(t.tile, j), t.last_key);
-            let base = e.addi(e.addi(b.kv_base, e.mul_k(key, hd)), d0);
-            let ps: Vec<V<'c>> = (0..QV).map(|v| t.p.load(e, b.stack, j, v)).collect();
-            let mut next = acc.to_vec();
-            for c in 0..columns {
-                let value = e.splat(load_scalar_f32(e, b.v, e.add_k(base, c), b.kv), VW);
-                for v in 0..QV {
-                    next[c * QV + v] = e.fma(ps[v], value, next[c * QV + v]);
+        let acc = if b.products == Elem::Bf16 {
+            bf16::weighted_sums(e, b, span, (d0, columns), init)
+        } else {
+            e.for_(e.index(0), span, e.index(1), &init, |e, j, acc| {
+                let key = e.minsi(e.addi(t.tile, j), t.last_key);
+                let base = e.addi(e.addi(b.kv_base, e.mul_k(key, hd)), d0);
+                let ps: Vec<V<'c>> = (0..QV).map(|v| t.p.load(e, b.stack, j, v)).collect();
+                let mut next = acc.to_vec();
+                for c in 0..columns {
+                    let value = e.splat(load_scalar_f32(e, b.v, e.add_k(base, c), b.kv), VW);
+                    for v in 0..QV {
+                        next[c * QV + v] = e.fma(ps[v], value, next[c * QV + v]);
+                    }
                 }
-            }
-            next
-        });
+                next
+            })
+        };
         for (i, a) in acc.iter().enumerate() {
             let (c, v) = (i / QV, i % QV);
             e.vstore(*a, b.stack, t.ot.lanes(e, e.add_k(d0, c), v));
