@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use zambac_engine::Engine;
-use zambac_runtime::cpu::CpuBackend;
 use zambac_runtime::session::Backend;
 
 /// How far bf16 products may move a fixture's prefill logits from f32 products over the
@@ -40,10 +39,8 @@ fn build(
     (o, dir)
 }
 
-fn backend(dir: &std::path::Path) -> CpuBackend {
-    let mut b = CpuBackend::new(Engine::open(dir).unwrap(), 2).unwrap();
-    b.set_bf16_products(false).unwrap();
-    b
+fn backend(dir: &std::path::Path) -> Box<dyn Backend> {
+    zambac::engines::cpu_backend(Engine::open(dir).unwrap(), 2, "off").unwrap()
 }
 
 #[test]

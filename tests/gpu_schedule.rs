@@ -17,18 +17,8 @@ fn random_engine(
     weights: &str,
     extra: &[&str],
 ) -> Box<dyn zambac_runtime::session::Backend> {
-    let mut args = vec![
-        "build",
-        toml.to_str().unwrap(),
-        "-o",
-        engine.to_str().unwrap(),
-        "--weights",
-        weights,
-    ];
-    args.extend_from_slice(extra);
-    let out = zambac(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let engine = zambac_engine::Engine::open(engine).unwrap();
+    let args = [&["--weights", weights][..], extra].concat();
+    let engine = zambac_engine::Engine::open(build_engine(toml, engine, &args)).unwrap();
     zambac::engines::cpu_backend(engine, 2, "off").unwrap()
 }
 

@@ -37,19 +37,23 @@ rope_theta = 500.0
 fn build(tmp: &std::path::Path, name: &str, flags: &[&str]) -> std::path::PathBuf {
     let toml = tmp.join("long.toml");
     std::fs::write(&toml, MODEL).unwrap();
-    let engine = tmp.join(format!("{name}.engine"));
-    let mut args = vec![
-        "build",
-        toml.to_str().unwrap(),
-        "-o",
-        engine.to_str().unwrap(),
-        "--weights",
-        "random:11",
-    ];
-    args.extend_from_slice(flags);
-    let out = zambac(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    engine
+    let args = [&["--weights", "random:11"][..], flags].concat();
+    build_engine(&toml, &tmp.join(format!("{name}.engine")), &args)
+}
+
+/// Logits of `prompt` prefilled in chunks of 1000, 999 and the rest: each continues at a
+/// position inside a tile and a query block. Returns them and the state they leave.
+fn in_chunks(
+    be: &mut dyn zambac_runtime::session::Backend,
+    prompt: &[i64],
+    capacity: usize,
+) -> (Vec<f32>, zambac_runtime::session::State) {
+    let mut state = be.new_state(capacity).unwrap();
+    let mut rows = Vec::new();
+    for part in [&prompt[..1000], &prompt[1000..1999], &prompt[1999..]] {
+        rows.extend_from_slice(&be.extend(part, &mut state).unwrap().data);
+    }
+    (rows, state)
 }
 
 fn long_prompt() -> Vec<i64> {
@@ -72,13 +76,7 @@ fn long_prompts_match_the_reference_in_prefill_continuation_and_decode() {
     eprintln!("prefill of {PROMPT}: max |Δ| {d:.2e}");
     assert!(d <= TOL, "prefill logits differ by {d:e}");
 
-    // The same prompt in chunks of 1000, 999 and the rest: each continues at a position
-    // inside a tile and a query block.
-    let mut state = cpu.new_state(capacity).unwrap();
-    let mut rows = Vec::new();
-    for part in [&prompt[..1000], &prompt[1000..1999], &prompt[1999..]] {
-        rows.extend_from_slice(&cpu.extend(part, &mut state).unwrap().data);
-    }
+    let (rows, mut state) = in_chunks(cpu.as_mut(), &prompt, capacity);
     let d = max_diff(&rows, &got.data);
     eprintln!("chunked prefill against one prefill: max |Δ| {d:.2e}");
     assert!(d <= TOL, "chunked prefill differs by {d:e}");
@@ -129,11 +127,7 @@ fn bf16_attention_products_over_a_long_prompt() {
     let d = max_diff(&got.data, &want.data);
     eprintln!("bf16 products over {PROMPT} tokens: max |Δ| {d:.2e} (logits up to {scale:.2})");
     assert!(d <= PRODUCTS, "bf16 products move logits by {d:e}");
-    let mut state = rounded.new_state(capacity).unwrap();
-    let mut rows = Vec::new();
-    for part in [&prompt[..1000], &prompt[1000..1999], &prompt[1999..]] {
-        rows.extend_from_slice(&rounded.extend(part, &mut state).unwrap().data);
-    }
+    let (rows, _) = in_chunks(rounded.as_mut(), &prompt, capacity);
     let d = max_diff(&rows, &got.data);
     eprintln!("chunked against one prefill, bf16 products: max |Δ| {d:.2e}");
     assert!(d <= PRODUCTS, "chunked prefill differs by {d:e}");

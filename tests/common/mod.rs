@@ -176,6 +176,20 @@ pub fn check_hf_dir(dir: &Path, name: &str, backend: &str, tol: f32) {
     check_hf_dir_built(dir, name, backend, tol, &[]);
 }
 
+/// `zambac build INPUT -o ENGINE ARGS…`, which must succeed; returns `engine`.
+pub fn build_engine(input: &Path, engine: &Path, args: &[&str]) -> PathBuf {
+    let mut all = vec![
+        "build",
+        input.to_str().unwrap(),
+        "-o",
+        engine.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let out = zambac(&all);
+    assert!(out.status.success(), "{}", stderr(&out));
+    engine.to_path_buf()
+}
+
 /// [`check_hf_dir`] with `build_args` added to the engine's `zambac build` (cpu backend).
 pub fn check_hf_dir_built(dir: &Path, name: &str, backend: &str, tol: f32, build_args: &[&str]) {
     let dir = dir.to_path_buf();
