@@ -195,17 +195,7 @@ pub fn check_hf_dir_built(dir: &Path, name: &str, backend: &str, tol: f32, build
     let dir = dir.to_path_buf();
     let engine_dir = tempfile::tempdir().unwrap();
     let input = if backend == "cpu" {
-        let engine = engine_dir.path().join("e.engine");
-        let mut args = vec![
-            "build",
-            dir.to_str().unwrap(),
-            "-o",
-            engine.to_str().unwrap(),
-        ];
-        args.extend(build_args);
-        let out = zambac(&args);
-        assert!(out.status.success(), "{name}: build: {}", stderr(&out));
-        engine
+        build_engine(&dir, &engine_dir.path().join("e.engine"), build_args)
     } else {
         dir.clone()
     };
